@@ -1,0 +1,1 @@
+"""cf-compile: a torch.compile backend fusing decoder blocks into cluster kernels."""

@@ -1,0 +1,1 @@
+"""Run-time compiled Hopper cluster kernels (NVRTC -> cubin cache -> cluster launch)."""
