@@ -1,0 +1,55 @@
+"""Every environment knob of the kernel runtime, in one place, read at call time.
+
+Reading on each call (not at import) lets tests and tools point one process at another cache.
+
+| variable | default | effect |
+|---|---|---|
+| CF_CACHE_DIR | $XDG_CACHE_HOME/cf_compile_kernels (~/.cache/...) | where compiled cubins are kept |
+| CF_DISABLE_DISK_CACHE | 0 | 1: never read or write the disk cache (the in-process memo stays) |
+| CF_ARCH | the device's (sm_XYa), else sm_90a | target architecture for NVRTC |
+| CF_NVRTC_EXTRA_OPTIONS | "" | extra NVRTC options, split on whitespace (e.g. "-lineinfo") |
+| CF_INCLUDE_DIRS | "" | extra header directories, os.pathsep-separated, searched after the wheels' |
+| CF_VERBOSE | 0 | 1: log every compile and cache hit at INFO |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_ARCH = "sm_90a"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_dir() -> Path:
+    """Directory of the on-disk cubin cache (created by the writer, not here)."""
+    explicit = os.environ.get("CF_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cf_compile_kernels"
+
+
+def disk_cache_enabled() -> bool:
+    return not _flag("CF_DISABLE_DISK_CACHE")
+
+
+def arch_override() -> str | None:
+    value = os.environ.get("CF_ARCH", "").strip()
+    return value or None
+
+
+def extra_nvrtc_options() -> tuple[str, ...]:
+    return tuple(os.environ.get("CF_NVRTC_EXTRA_OPTIONS", "").split())
+
+
+def extra_include_dirs() -> tuple[str, ...]:
+    raw = os.environ.get("CF_INCLUDE_DIRS", "")
+    return tuple(p for p in raw.split(os.pathsep) if p)
+
+
+def verbose() -> bool:
+    return _flag("CF_VERBOSE")
