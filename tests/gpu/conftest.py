@@ -1,0 +1,44 @@
+"""GPU tests: skipped (with the reason) unless kernels_available() says this machine can run them."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@functools.cache
+def _skip_reason() -> str | None:
+    from cf_compile_kernels import kernels_available
+
+    ok, reason = kernels_available()
+    return None if ok else f"no usable GPU for cluster kernels: {reason}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/gpu carries the `gpu` marker (declared in pyproject.toml)."""
+    for item in items:
+        if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.gpu)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is not None:
+        reason = _skip_reason()
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def test_kernel():
+    """Factory: test_kernel(name, *template_args) -> LoadedKernel from csrc/collectives_test.cu."""
+    import torch
+
+    from cf_compile_kernels.build import compile_kernel
+    from cf_compile_kernels.launch import load_kernel
+
+    def make(name: str, *template_args):
+        compiled = compile_kernel("collectives_test.cu", name, template_args=template_args)
+        return load_kernel(compiled, torch.cuda.current_device())
+
+    return make
