@@ -1,0 +1,105 @@
+"""``torch.compile(model, backend="clusterfusion")``: options -> rewrite -> Inductor.
+
+Registered as a ``torch_dynamo_backends`` entry point (pyproject.toml), so the string works
+without importing this package. Everything the pass does not fuse reaches Inductor's
+``compile_fx`` untouched, with the Inductor mode the user asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch.fx as fx
+
+from cf_compile.options import Options
+from cf_compile.report import GraphReport, emit, new_graph_report
+from cf_compile.rewrite import rewrite
+
+log = logging.getLogger("cf_compile")
+
+
+@dataclass
+class FusedRegion:
+    """A fused block, by node names of ``Compilation.original`` (names survive deepcopy)."""
+
+    record: Any                 # BlockRecord
+    block: str
+    node_names: frozenset[str]
+    output_name: str
+    op_args: dict[str, Any]     # fx.Nodes replaced by NodeRef(name)
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    name: str
+
+
+@dataclass
+class Compilation:
+    """What one backend call saw and did; kept for the accuracy tool and for debugging."""
+
+    report: GraphReport
+    options: Options
+    original: fx.GraphModule | None = None   # the Dynamo graph before the rewrite (when kept)
+    regions: list[FusedRegion] | None = None
+
+
+_COMPILATIONS: list[Compilation] = []
+_KEEP_ORIGINALS = False
+
+
+def compilations() -> list[Compilation]:
+    return list(_COMPILATIONS)
+
+
+def keep_original_graphs(keep: bool) -> None:
+    """Ask the backend to keep each graph as it was before the rewrite (used by the accuracy tool)."""
+    global _KEEP_ORIGINALS
+    _KEEP_ORIGINALS = keep
+
+
+def _by_name(value: Any) -> Any:
+    return fx.node.map_arg(value, lambda n: NodeRef(n.name))
+
+
+def _inductor_patches(options: Options) -> dict[str, Any]:
+    patches: dict[str, Any] = {}
+    if options.mode not in (None, "default"):
+        from torch._inductor import list_mode_options
+
+        patches.update(list_mode_options(options.mode))
+    patches.update(options.inductor)
+    return patches
+
+
+def clusterfusion(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable:
+    """The Dynamo backend. ``kwargs`` may hold ``mode`` and ``options`` (from torch.compile)."""
+    options = Options.parse(kwargs.get("options"), mode=kwargs.get("mode"))
+    report = new_graph_report()
+    comp = Compilation(report=report, options=options)
+    if _KEEP_ORIGINALS:
+        comp.original = copy.deepcopy(gm)
+    matches = rewrite(gm, options, report)
+    if _KEEP_ORIGINALS:
+        comp.regions = [FusedRegion(record=rec, block=m.block, node_names=frozenset(n.name for n in m.nodes),
+                                    output_name=m.output.name, op_args=_by_name(m.op_args)) for m, rec in matches]
+    _COMPILATIONS.append(comp)
+    if options.report:
+        emit(report, options.report)
+    log.info("clusterfusion graph %d: %s", report.graph, report.coverage())
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(options))
+
+
+def register() -> None:
+    """Register the string backend for code paths that bypass entry points (idempotent)."""
+    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+
+    if "clusterfusion" not in _BACKENDS or _BACKENDS["clusterfusion"] is None:
+        register_backend(name="clusterfusion")(clusterfusion)
+

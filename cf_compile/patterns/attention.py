@@ -1,0 +1,262 @@
+"""The attention block of a HF decoder layer, found from its SDPA call by walking the dataflow.
+
+Anchor: ``scaled_dot_product_attention(q, key, value, attn_mask, scale)``. From there:
+  q     <- NeoX RoPE <- [transpose] <- [per-head RMSNorm] <- view <- q projection  (or a slice of qkv)
+  key   <- [repeat_kv] <- k cache <- index_copy_(2, pos, RoPE(k <- ... <- k projection))
+  value <- [repeat_kv] <- v cache <- index_copy_(2, pos, v <- ... <- v projection)
+  q/k/v projections read one RMSNorm(x); the SDPA result is merged back to [B, 1, heads*D] and
+  goes through o_proj, optionally followed by ``x + o`` (the residual add).
+Every condition that fails is a near-miss reason in the report.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from cf_compile.fx.idioms import (
+    Linear,
+    NoMatch,
+    RMSNorm,
+    is_dropout_noop,
+    is_layout,
+    match_linear,
+    match_repeat_kv,
+    match_rmsnorm,
+    match_rope,
+    require,
+)
+from cf_compile.fx.walk import arg, const_float, dtype, is_input, is_op, shape
+from cf_compile.patterns.common import (
+    BlockMatch,
+    NearMiss,
+    check_decode_shape,
+    check_region_closed,
+    int_shape,
+    verify_layout,
+)
+
+BLOCK = "attention"
+
+
+def anchors(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if is_op(n, "sdpa")]
+
+
+class _Heads:
+    """A projection viewed as heads: linear (or a column slice of a fused linear) -> [B, H, 1, D]."""
+
+    def __init__(self, src: fx.Node, what: str):
+        self.nodes: list[fx.Node] = []
+        self.norm: RMSNorm | None = None
+        chain: list[tuple[str, object]] = []
+        n = src
+        while True:
+            if is_layout(n):
+                chain.append(("layout", n))
+                self.nodes.append(n)
+                n = n.args[0]
+                continue
+            if self.norm is None and not is_op(n, "linear", "getitem"):
+                try:
+                    self.norm = match_rmsnorm(n)
+                except NoMatch as e:
+                    raise NoMatch(f"{what}: between projection and attention: {e}") from None
+                require(self.norm.kind == "weight", f"{what}: per-head norm with a (1 + weight) factor")
+                chain.append(("norm", self.norm))
+                self.nodes.extend(self.norm.nodes)
+                n = self.norm.x
+                continue
+            break
+        self.chain = chain[::-1]
+        self.col_start, self.col_stop = 0, None
+        if is_op(n, "getitem"):
+            idx = n.args[1]
+            ok = isinstance(idx, tuple) and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice)
+            require(ok and idx[1].step in (None, 1), f"{what}: projection slice is not qkv[..., a:b]")
+            self.nodes.append(n)
+            self.col_start = idx[1].start or 0
+            self.col_stop = idx[1].stop
+            n = n.args[0]
+        self.linear: Linear = match_linear(n, f"{what}_proj")
+        out_features = shape(self.linear.weight)[0]
+        if self.col_stop is None:
+            self.col_stop = out_features
+        self.width = self.col_stop - self.col_start
+        self.fused = (self.col_start, self.col_stop) != (0, out_features)
+
+    def verify(self, batch: int, head_dim: int, what: str) -> int:
+        """Prove the chain is HF's head split; returns the number of heads."""
+        require(self.width % head_dim == 0, f"{what}: width {self.width} is not a multiple of head_dim {head_dim}")
+        heads = self.width // head_dim
+        t = torch.arange(batch * self.width).reshape(batch, 1, self.width)
+        for kind, item in self.chain:
+            if kind == "norm":
+                rows = t.reshape(-1, t.shape[-1])
+                contiguous_heads = t.shape[-1] == head_dim and bool((rows[:, 0] % head_dim == 0).all()) and \
+                    bool((rows[:, 1:] - rows[:, :-1] == 1).all())
+                require(contiguous_heads, f"{what}: per-head norm is not over one head's head_dim values")
+                continue
+            from cf_compile.fx.idioms import replay
+
+            t = replay(item, t)
+        expected = torch.arange(batch * self.width).reshape(batch, 1, heads, head_dim).transpose(1, 2)
+        require(tuple(t.shape) == tuple(expected.shape) and torch.equal(t, expected),
+                f"{what}: projection is not split into heads as [B, heads, 1, head_dim]")
+        return heads
+
+
+def _cache_write(cache: fx.Node, sdpa: fx.Node, what: str) -> fx.Node:
+    writes = [u for u in cache.users if u.op == "call_method" and u.target == "index_copy_"]
+    require(len(writes) == 1, f"{what} cache: expected one index_copy_ write, found {len(writes)}")
+    w = writes[0]
+    require(w.args[0] is cache and w.args[1] in (2, -2), f"{what} cache: write is not along the sequence dim")
+    order = {n: i for i, n in enumerate(sdpa.graph.nodes)}
+    require(order[w] < order[sdpa], f"{what} cache: written after attention reads it")
+    return w
+
+
+def match(sdpa: fx.Node) -> BlockMatch | NearMiss:
+    q, key, value = sdpa.args[0], sdpa.args[1], sdpa.args[2]
+    q_shape = shape(q)
+    miss = check_decode_shape(BLOCK, sdpa, (q_shape[0], q_shape[2]) if q_shape and len(q_shape) == 4 else None)
+    if miss is not None:
+        return miss
+    try:
+        return _match(sdpa, q, key, value)
+    except NoMatch as e:
+        return NearMiss(BLOCK, sdpa, str(e), batch=q_shape[0], dtype=dtype(q))
+
+
+def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatch:
+    mask = arg(sdpa, 3, "attn_mask")
+    dropout = arg(sdpa, 4, "dropout_p", 0.0)
+    is_causal = arg(sdpa, 5, "is_causal", False)
+    scale = sdpa.kwargs.get("scale", arg(sdpa, 6, "scale"))
+    enable_gqa = sdpa.kwargs.get("enable_gqa", False)
+    require(const_float(dropout) == 0.0, f"attention dropout {dropout}")
+    require(is_causal is False, "is_causal=True")
+    require(scale is None or const_float(scale) is not None, "softmax scale is not a constant")
+    require(mask is not None, "no attention mask: SDPA would attend over the whole static cache")
+    require(isinstance(mask, fx.Node) and dtype(mask) == torch.bool,
+            f"attention mask is {dtype(mask) if isinstance(mask, fx.Node) else type(mask).__name__}, not a bool mask")
+
+    # key / value: the static caches, possibly through repeat_kv
+    k_cache, k_groups, k_rep = match_repeat_kv(key)
+    v_cache, v_groups, v_rep = match_repeat_kv(value)
+    require(is_input(k_cache) and is_input(v_cache) and k_cache is not v_cache, "key/value are not two cache inputs")
+    k_write = _cache_write(k_cache, sdpa, "key")
+    v_write = _cache_write(v_cache, sdpa, "value")
+    pos = k_write.args[2]
+    require(v_write.args[2] is pos, "key and value are written at different positions")
+    pos_shape = shape(pos)
+    require(pos_shape == (1,) and dtype(pos) == torch.int64, f"cache position is {pos_shape}, not one int64 index")
+
+    # q / k: NeoX RoPE from one cos/sin pair
+    rq = match_rope(q, "q")
+    rk = match_rope(k_write.args[3], "k")
+    require(rq.cos is rk.cos and rq.sin is rk.sin, "q and k are rotated with different cos/sin")
+    qh, kh, vh = _Heads(rq.src, "q"), _Heads(rk.src, "k"), _Heads(v_write.args[3], "v")
+    require(qh.norm is None or kh.norm is not None, "q has a per-head norm but k has none")
+    require(kh.norm is None or qh.norm is not None, "k has a per-head norm but q has none")
+    if qh.norm is not None:
+        require(qh.norm.eps == kh.norm.eps, "q and k norms use different eps")
+    require(qh.linear.input is kh.linear.input is vh.linear.input, "q, k and v project different inputs")
+    norm = match_rmsnorm(qh.linear.input)
+
+    x = norm.x
+    x_shape = int_shape(x, "attention input")
+    batch, hidden = x_shape[0], x_shape[-1]
+    require(len(x_shape) == 3 and x_shape[1] == 1, f"attention input is {x_shape}, not [B, 1, hidden]")
+    kc_shape = shape(k_cache)
+    require(kc_shape is not None and len(kc_shape) == 4 and shape(v_cache) is not None, "caches are not 4-D")
+    head_dim = kc_shape[3]
+    num_kv_heads = kc_shape[1]
+    require(isinstance(head_dim, int) and isinstance(num_kv_heads, int), "symbolic cache heads/head_dim")
+    require(kc_shape[0] == batch, f"cache batch {kc_shape[0]} differs from activation batch {batch}")
+    require(tuple(shape(v_cache)[i] for i in (0, 1, 3)) == (batch, num_kv_heads, head_dim),
+            "value cache layout differs from key cache layout")
+    num_heads = qh.verify(batch, head_dim, "q")
+    require(kh.verify(batch, head_dim, "k") == num_kv_heads, "k heads differ from the key cache heads")
+    require(vh.verify(batch, head_dim, "v") == num_kv_heads, "v heads differ from the value cache heads")
+    require(num_heads % num_kv_heads == 0, f"{num_heads} query heads not a multiple of {num_kv_heads} kv heads")
+    groups = num_heads // num_kv_heads
+    if enable_gqa:
+        require(k_groups == v_groups == 1, "enable_gqa together with repeat_kv")
+    else:
+        require(k_groups == v_groups == groups, f"repeat_kv repeats {k_groups}x, heads need {groups}x")
+    mask_shape = shape(mask)
+    require(mask_shape is not None and len(mask_shape) == 4 and mask_shape[1] == 1 and mask_shape[2] == 1
+            and mask_shape[0] in (1, batch), f"mask shape {mask_shape} is not [B, 1, 1, L]")
+
+    # projections: three linears, or one fused qkv linear cut into [q | k | v]
+    fused = qh.fused or kh.fused or vh.fused
+    if fused:
+        require(qh.linear.node is kh.linear.node is vh.linear.node, "q/k/v slices come from different linears")
+        q_end, k_end = num_heads * head_dim, (num_heads + num_kv_heads) * head_dim
+        require((qh.col_start, qh.col_stop, kh.col_start, kh.col_stop, vh.col_start, vh.col_stop)
+                == (0, q_end, q_end, k_end, k_end, k_end + num_kv_heads * head_dim),
+                "fused qkv is not split as [q | k | v]")
+        qkv_weights, qkv_biases = [qh.linear.weight], [qh.linear.bias]
+        linears = [qh.linear.node]
+    else:
+        require(len({qh.linear.node, kh.linear.node, vh.linear.node}) == 3, "q/k/v share a projection")
+        qkv_weights = [qh.linear.weight, kh.linear.weight, vh.linear.weight]
+        qkv_biases = [qh.linear.bias, kh.linear.bias, vh.linear.bias]
+        linears = [qh.linear.node, kh.linear.node, vh.linear.node]
+
+    # output: SDPA -> merge heads -> o_proj -> [dropout(p=0)] -> [x + o]
+    chain, n = [], sdpa
+    while len(n.users) == 1 and is_layout(next(iter(n.users))):
+        n = next(iter(n.users))
+        chain.append(n)
+    require(len(n.users) == 1, "attention output has several users")
+    o_lin = match_linear(next(iter(n.users)), "o_proj")
+    require(o_lin.input is n, "o_proj does not read the merged attention output")
+    start = torch.arange(batch * num_heads * head_dim).reshape(batch, num_heads, 1, head_dim)
+    verify_layout(chain, start, torch.arange(batch * num_heads * head_dim).reshape(batch, 1, num_heads * head_dim),
+                  "attention output")
+    require(shape(o_lin.weight)[0] == hidden, "o_proj does not return to the hidden size")
+    output, tail = _residual_tail(o_lin.node, x)
+
+    region = set(norm.nodes) | set(linears) | set(qh.nodes) | set(kh.nodes) | set(vh.nodes) | set(rq.nodes) \
+        | set(rk.nodes) | {k_write, v_write, sdpa, o_lin.node} | set(k_rep) | set(v_rep) | set(chain) | set(tail)
+    for cache in (k_cache, v_cache):
+        outside = [u for u in cache.users if u not in region]
+        if outside:
+            raise NoMatch(f"cache '{cache.name}' is also read or written outside the block ('{outside[0].name}')")
+    check_region_closed(region, output, "attention")
+
+    op_args = dict(
+        x=x, norm_weight=norm.weight, norm_eps=norm.eps, norm_kind=norm.kind,
+        qkv_weights=qkv_weights, qkv_biases=qkv_biases,
+        q_norm_weight=qh.norm.weight if qh.norm else None, k_norm_weight=kh.norm.weight if kh.norm else None,
+        qk_norm_eps=qh.norm.eps if qh.norm else 0.0,
+        cos=rq.cos, sin=rq.sin, cache_position=pos, k_cache=k_cache, v_cache=v_cache,
+        attn_mask=mask, scale=const_float(scale) if scale is not None else None,
+        o_weight=o_lin.weight, o_bias=o_lin.bias, add_residual=is_op(output, "add"),
+    )
+    return BlockMatch(
+        block=BLOCK, anchor=sdpa, output=output, nodes=region, op_args=op_args,
+        shapes=dict(hidden=hidden, heads=num_heads, kv_heads=num_kv_heads, head_dim=head_dim),
+        dtype=dtype(x), batch=batch,
+        features=dict(qkv_bias=any(b is not None for b in qkv_biases), fused_qkv=fused,
+                      qk_norm=qh.norm is not None, o_bias=o_lin.bias is not None, norm=norm.kind,
+                      residual=op_args["add_residual"], mask_dtype=str(dtype(mask)).replace("torch.", "")),
+    )
+
+
+def _residual_tail(o_node: fx.Node, x: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """Extend the block over ``dropout(p=0)`` and ``x + o`` when o is used only there."""
+    tail, n = [], o_node
+    while len(n.users) == 1 and is_dropout_noop(next(iter(n.users))):
+        n = next(iter(n.users))
+        tail.append(n)
+    if len(n.users) == 1:
+        add = next(iter(n.users))
+        if is_op(add, "add") and len(add.args) == 2 and not add.kwargs and set(add.args) == {n, x} \
+                and shape(add) == shape(x) and dtype(add) == dtype(x):
+            return add, tail + [add]
+    if tail:
+        return tail[-1], tail
+    return o_node, tail

@@ -1,0 +1,170 @@
+"""The pass: find blocks in a Dynamo graph, choose an implementation for each, rewrite, report.
+
+Order (one list, here): attention blocks, then gated FFNs. Each family's matcher only reads the
+graph; all edits happen after both have run, so one block's rewrite cannot hide another's match.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from cf_compile.fx.edit import replace_region
+from cf_compile.fx.walk import module_path, val
+from cf_compile.ops import attention as attention_op
+from cf_compile.ops import ffn as ffn_op
+from cf_compile.options import Options
+from cf_compile.patterns import attention as attention_pattern
+from cf_compile.patterns import ffn as ffn_pattern
+from cf_compile.patterns.common import BlockMatch, NearMiss
+from cf_compile.report import FUSED, BlockRecord, GraphReport
+
+log = logging.getLogger("cf_compile")
+
+
+class ClusterFusionError(RuntimeError):
+    """Raised with ``strict=True`` when a block candidate cannot be fused."""
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    anchors: Callable[[fx.Graph], list[fx.Node]]
+    match: Callable[[fx.Node], BlockMatch | NearMiss | None]
+    op: Callable
+    reference: Callable
+
+
+FAMILIES = (
+    Family("attention", attention_pattern.anchors, attention_pattern.match,
+           torch.ops.clusterfusion.attention_decode.default, attention_op.attention_decode_reference),
+    Family("ffn", ffn_pattern.anchors, ffn_pattern.match,
+           torch.ops.clusterfusion.gated_ffn.default, ffn_op.gated_ffn_reference),
+)
+
+REFERENCE_INLINED = "reference (inlined)"
+REFERENCE_OP = "reference (op)"
+KERNEL = "kernel"
+
+
+def _device_of(m: BlockMatch) -> torch.device:
+    v = val(m.op_args["x"])
+    return v.device if isinstance(v, torch.Tensor) else torch.device("cpu")
+
+
+def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, dict]:
+    """(implementation, reason the kernel is not used or "", kernel config for the report)."""
+    if options.kernels == "reference":
+        return REFERENCE_OP, "kernels='reference' requested", {}
+    try:
+        import cf_compile_kernels
+        ok, why = cf_compile_kernels.kernels_available(_device_of(m))
+    except Exception as e:  # a broken kernel package must never break compilation
+        ok, why = False, f"kernel package unavailable: {e}"
+    if not ok:
+        return REFERENCE_INLINED, why, {}
+    try:
+        reason, config = _kernel_support(m)
+    except Exception as e:
+        reason, config = f"kernel support check failed: {e}", {}
+    if reason:
+        return REFERENCE_INLINED, reason, {}
+    return KERNEL, "", config
+
+
+def _kernel_support(m: BlockMatch) -> tuple[str | None, dict]:
+    dtype, s, f = m.dtype, m.shapes, m.features
+    num_sms = torch.cuda.get_device_properties(_device_of(m)).multi_processor_count
+    if m.block == "ffn":
+        from cf_compile_kernels import ffn as k
+
+        reason = k.ffn_unsupported_reason(hidden=s["hidden"], intermediate=s["intermediate"], batch=m.batch,
+                                          dtype=dtype, activation=f["activation"], norm_kind=f["norm"],
+                                          fused_gate_up=f["fused_gate_up"], has_bias=f["bias"])
+        if reason:
+            return reason, {}
+        return None, k.ffn_config(hidden=s["hidden"], intermediate=s["intermediate"], batch=m.batch, dtype=dtype,
+                                  num_sms=num_sms)
+    from cf_compile_kernels import attention as k
+
+    cache = val(m.op_args["k_cache"])
+    reason = k.attention_unsupported_reason(
+        hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
+        batch=m.batch, dtype=dtype, max_cache_len=cache.shape[2], has_qk_norm=f["qk_norm"],
+        mask_dtype=f["mask_dtype"])
+    if reason:
+        return reason, {}
+    return None, k.attention_config(hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"],
+                                    head_dim=s["head_dim"], batch=m.batch, dtype=dtype, num_sms=num_sms)
+
+
+def _record(rep: GraphReport, layer: int, result: BlockMatch | NearMiss) -> BlockRecord:
+    rec = BlockRecord(graph=rep.graph, layer=layer, block=result.block, status=result.status if
+                      isinstance(result, NearMiss) else FUSED, module=module_path(result.anchor),
+                      shapes=dict(result.shapes), dtype=str(result.dtype or "").replace("torch.", ""),
+                      batch=result.batch)
+    if isinstance(result, NearMiss):
+        rec.reason = result.reason
+    else:
+        rec.features = dict(result.features)
+    rep.records.append(rec)
+    return rec
+
+
+def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[tuple[BlockMatch, BlockRecord]]:
+    """Match every enabled family, rewrite the proven blocks, fill ``report``; returns the matches."""
+    results: list[tuple[BlockMatch | NearMiss, BlockRecord]] = []
+    for family in FAMILIES:
+        if family.name not in options.patterns:
+            continue
+        layer = 0
+        for anchor in family.anchors(gm.graph):
+            try:
+                result = family.match(anchor)
+            except Exception as e:  # a matcher bug must never break compilation: leave the block alone
+                log.warning("clusterfusion: %s matcher failed on %s: %r", family.name, anchor.name, e)
+                result = NearMiss(family.name, anchor, f"matcher error: {type(e).__name__}: {e}")
+            if result is None:
+                continue
+            results.append((result, _record(report, layer, result)))
+            layer += 1
+    if options.strict:
+        misses = [(r, rec) for r, rec in results if isinstance(r, NearMiss) and r.status != "skipped"]
+        if misses:
+            r, rec = misses[0]
+            raise ClusterFusionError(f"clusterfusion (strict): {rec.block} block of layer {rec.layer}"
+                                     f"{' (' + rec.module + ')' if rec.module else ''} not fused: {r.reason}")
+    # Two matches may not claim the same node (e.g. a residual add claimed twice): first wins.
+    claimed: set[fx.Node] = set()
+    replaced: dict[fx.Node, fx.Node] = {}
+    done = []
+    by_name = {f.name: f for f in FAMILIES}
+    for result, rec in results:
+        if not isinstance(result, BlockMatch):
+            continue
+        if result.nodes & claimed:
+            rec.status, rec.reason = "near-miss", "overlaps a block fused earlier"
+            continue
+        claimed |= result.nodes
+        impl, why, config = choose_implementation(result, options)
+        rec.implementation, rec.kernel_config = impl, config
+        if why and impl != REFERENCE_OP:
+            rec.reason = why
+        family = by_name[result.block]
+        # an earlier rewrite may have replaced one of our operands (the residual stream x)
+        op_args = fx.node.map_arg(result.op_args, lambda n: replaced.get(n, n))
+        if impl == REFERENCE_INLINED:
+            new = replace_region(gm.graph, result.nodes, result.output, family.reference, op_args)
+        else:
+            op_args = dict(op_args, impl="kernel" if impl == KERNEL else "reference")
+            new = replace_region(gm.graph, result.nodes, result.output, family.op, op_args)
+        replaced[result.output] = new
+        done.append((result, rec))
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
