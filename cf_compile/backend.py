@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.fx as fx
 
+from cf_compile.fx.walk import is_mutating
 from cf_compile.options import Options
 from cf_compile.report import GraphReport, emit, new_graph_report
 from cf_compile.rewrite import rewrite
@@ -46,6 +48,7 @@ class Compilation:
     options: Options
     original: fx.GraphModule | None = None   # the Dynamo graph before the rewrite (when kept)
     regions: list[FusedRegion] | None = None
+    last_inputs: list[Any] | None = None     # inputs of the latest call, mutated ones cloned before it
 
 
 _COMPILATIONS: list[Compilation] = []
@@ -93,7 +96,31 @@ def clusterfusion(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: A
     log.info("clusterfusion graph %d: %s", report.graph, report.coverage())
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, config_patches=_inductor_patches(options))
+    compiled = compile_fx(gm, example_inputs, config_patches=_inductor_patches(options))
+    if not _KEEP_ORIGINALS:
+        return compiled
+    return _recording(compiled, comp)
+
+
+def _mutated_inputs(gm: fx.GraphModule) -> set[int]:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    mutated = {n.args[0] for n in gm.graph.nodes if is_mutating(n) and n.args}
+    return {i for i, p in enumerate(placeholders) if p in mutated}
+
+
+def _recording(compiled: Callable, comp: Compilation) -> Callable:
+    """Keep each call's inputs (graph inputs it mutates are cloned first) for the accuracy tool."""
+    mutated = _mutated_inputs(comp.original)
+
+    def record(args: Sequence[Any]) -> None:
+        comp.last_inputs = [a.clone() if i in mutated and isinstance(a, torch.Tensor) else a
+                            for i, a in enumerate(args)]
+
+    def run(*args: Any) -> Any:
+        record(args)
+        return compiled(*args)
+
+    return run
 
 
 def register() -> None:
