@@ -1,0 +1,400 @@
+"""Launcher of the fused attention-block decode kernel (csrc/attention_decode.cu).
+
+Shapes -> work split (cluster size, clusters per KV head, K chunk, batch bucket) -> compile (cached)
+-> launch on the current stream. The split is derived here, from the shape and the SM count, and
+passed to the kernel; the kernel hard-codes no model. Semantics: docs/kernel-contract.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .build import CompiledKernel, compile_kernel
+from .launch import check_tensor, load_kernel
+from .registry import register_check
+
+SOURCE = "attention_decode.cu"
+KERNEL = "attention_decode"
+
+SUPPORTED_DTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+SUPPORTED_HEAD_DIMS = (64, 128, 256)  # a lane holds 8 dims; RoPE pairs (i, i + D/2) stay in one lane
+MAX_BATCH = 16
+MAX_HIDDEN = 8192
+THREADS = 256  # attn::kThreads
+WARPS = THREADS // 32
+VECTOR_ELEMS = 8  # 2-byte elements per 16-byte load
+MAX_CLUSTER = 8  # portable cluster size; larger needs opt-in and schedules worse
+MAX_HEADS_PER_PASS = 8  # query heads whose q/o live in registers during one pass over K/V
+SMEM_LIMIT = 227 * 1024  # opt-in dynamic shared memory per block on sm_90
+_COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << max(0, n.bit_length() - 1)
+
+
+def batch_bucket(batch: int) -> int:
+    """Batch size the kernel is instantiated for (1, 2, 4, 8, 16): padding rows cost FMAs, not bytes."""
+    return _next_pow2(batch)
+
+
+def heads_per_pass(group: int) -> int:
+    """Query heads per register pass over the K/V chunk (power of two, at most 8)."""
+    return min(MAX_HEADS_PER_PASS, _next_pow2(group))
+
+
+def _align16(n: int) -> int:
+    return (n + 15) & ~15
+
+
+def _smem_bytes(
+    *, batch: int, bucket: int, group: int, head_dim: int, k_chunk: int, hg: int, esize: int
+) -> int:
+    """Dynamic shared memory of one CTA; mirrors attn::plan_smem (the kernel traps if they disagree)."""
+    qkv = _align16(bucket * (group + 2) * head_dim * 4)
+    part = _align16(batch * group * (head_dim + 2) * 4)
+    ws = _align16(WARPS * hg * (head_dim + 2) * 4)
+    stage = max(_align16(bucket * k_chunk * esize), part + ws)
+    new = _align16(batch * head_dim * esize)
+    return qkv + stage + 2 * new + _align16(bucket * 4) + _align16(batch * 8) + 16
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """The work split of one shape on one device (see the kernel's header comment)."""
+
+    cluster: int  # C: CTAs per cluster, each owning a slice of the q/k/v rows and output columns
+    clusters_per_kv_head: int  # P: clusters splitting one KV head's tokens (few-KV-head models)
+    k_chunk: int  # KC: hidden columns of normalised x staged in shared memory at a time
+    batch_bucket: int
+    heads_per_pass: int
+    smem_bytes: int
+    grid: tuple[int, int, int]
+
+    def as_dict(self) -> dict:
+        return {
+            "cluster": self.cluster,
+            "clusters_per_kv_head": self.clusters_per_kv_head,
+            "ctas": self.grid[0] * self.grid[1] * self.grid[2],
+            "k_chunk": self.k_chunk,
+            "batch_bucket": self.batch_bucket,
+            "heads_per_pass": self.heads_per_pass,
+            "threads": THREADS,
+            "smem_bytes": self.smem_bytes,
+        }
+
+
+def _plan(
+    *, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int, esize: int, num_sms: int
+) -> AttentionConfig | str:
+    group = num_heads // num_kv_heads
+    # One CTA per SM: clusters of C per KV head up to the SM count, then P clusters per KV head.
+    cluster = max(1, min(MAX_CLUSTER, _floor_pow2(max(1, num_sms // num_kv_heads))))
+    per_head = max(1, num_sms // (num_kv_heads * cluster))
+    bucket, hg = batch_bucket(batch), heads_per_pass(group)
+    fixed = _smem_bytes(
+        batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=0, hg=hg, esize=esize
+    )
+    room = SMEM_LIMIT - fixed
+    if room < 0:
+        return f"shared memory: {fixed} bytes needed for batch {batch}, {group} heads x {head_dim} > {SMEM_LIMIT}"
+    # stage region: max(x chunk, partials) already counts the partials; the x chunk may grow into the rest
+    part_ws = _align16(batch * group * (head_dim + 2) * 4) + _align16(WARPS * hg * (head_dim + 2) * 4)
+    max_chunk = (room + part_ws) // (bucket * esize) // VECTOR_ELEMS * VECTOR_ELEMS
+    k_chunk = min(hidden, max_chunk)
+    if k_chunk < 32 * VECTOR_ELEMS and k_chunk < hidden:
+        return f"shared memory: only {k_chunk} hidden columns fit per chunk at batch {batch}"
+    smem = _smem_bytes(
+        batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=k_chunk, hg=hg, esize=esize
+    )
+    return AttentionConfig(cluster, per_head, k_chunk, bucket, hg, smem, (cluster, per_head, num_kv_heads))
+
+
+def attention_unsupported_reason(
+    *,
+    hidden: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    batch: int,
+    dtype: torch.dtype,
+    max_cache_len: int,
+    has_qk_norm: bool = False,
+    mask_dtype: torch.dtype | None = torch.bool,
+    num_sms: int = 132,
+) -> str | None:
+    """None when the kernel covers this shape, else a one-line reason (the backend then falls back)."""
+    del has_qk_norm  # supported
+    if dtype not in SUPPORTED_DTYPES:
+        return f"dtype {dtype}: only float16 and bfloat16"
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        return f"head_dim {head_dim}: supported {SUPPORTED_HEAD_DIMS}"
+    if num_kv_heads < 1 or num_heads % num_kv_heads:
+        return f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads"
+    if not 1 <= batch <= MAX_BATCH:
+        return f"batch {batch}: supported 1..{MAX_BATCH}"
+    if hidden > MAX_HIDDEN or hidden % VECTOR_ELEMS:
+        return f"hidden {hidden}: must be a multiple of {VECTOR_ELEMS} and at most {MAX_HIDDEN}"
+    if max_cache_len < 1:
+        return f"max_cache_len {max_cache_len}"
+    if mask_dtype is not None and mask_dtype != torch.bool:
+        return f"attention mask of dtype {mask_dtype}: only bool masks"
+    plan = _plan(
+        hidden=hidden,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        batch=batch,
+        esize=torch.empty((), dtype=dtype).element_size(),
+        num_sms=num_sms,
+    )
+    return plan if isinstance(plan, str) else None
+
+
+def attention_config(
+    *,
+    hidden: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    batch: int,
+    dtype: torch.dtype,
+    num_sms: int,
+) -> dict:
+    """The work split for the report (cluster size, clusters per KV head, chunks, shared memory)."""
+    plan = _plan(
+        hidden=hidden,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        batch=batch,
+        esize=torch.empty((), dtype=dtype).element_size(),
+        num_sms=num_sms,
+    )
+    if isinstance(plan, str):
+        raise ValueError(plan)
+    return plan.as_dict()
+
+
+def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None = None) -> CompiledKernel:
+    """attention_decode<T, BB, HG> as a cubin (disk-cached)."""
+    return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket, hg), arch=arch)
+
+
+# ------------------------------------------------------------------ scratch (once per shape and device)
+
+_scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_scratch_lock = threading.Lock()
+
+
+def _scratch_for(
+    device: torch.device, kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 partials and arrival counters; counters start at zero and every launch leaves them at zero.
+
+    Shared by every launch of this shape on this device, so launches of one shape must be ordered
+    (one stream, or a graph): two concurrent streams would share the counters."""
+    key = (device, kvh, cfg.cluster, cfg.clusters_per_kv_head, batch, group, head_dim, hidden)
+    with _scratch_lock:
+        found = _scratch.get(key)
+        if found is None:
+            c, p = cfg.cluster, cfg.clusters_per_kv_head
+            attn_partial = torch.empty(
+                max(1, kvh * c * p * batch * group * (head_dim + 2) if p > 1 else 1),
+                dtype=torch.float32,
+                device=device,
+            )
+            o_partial = torch.empty(kvh * batch * hidden, dtype=torch.float32, device=device)
+            arrivals = torch.zeros(kvh * c + c, dtype=torch.int32, device=device)
+            found = _scratch[key] = (attn_partial, o_partial, arrivals)
+        return found
+
+
+@functools.cache
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _split_rows(weights: list[torch.Tensor], sizes: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+    if len(weights) == 3:
+        return tuple(weights)
+    if len(weights) != 1:
+        raise ValueError(f"qkv weights: 3 tensors or one fused tensor, got {len(weights)}")
+    return tuple(weights[0].split(sizes, dim=0))
+
+
+def _split_bias(biases: list[torch.Tensor | None], sizes: tuple[int, int, int]) -> tuple:
+    if len(biases) == 3:
+        return tuple(biases)
+    if len(biases) != 1:
+        raise ValueError(f"qkv biases: 3 entries or one fused entry, got {len(biases)}")
+    if biases[0] is None:
+        return (None, None, None)
+    return tuple(biases[0].split(sizes, dim=0))
+
+
+def attention_decode(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    norm_kind: str,
+    qkv_weights: list[torch.Tensor],
+    qkv_biases: list[torch.Tensor | None],
+    q_norm_weight: torch.Tensor | None,
+    k_norm_weight: torch.Tensor | None,
+    qk_norm_eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_position: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    scale: float,
+    o_weight: torch.Tensor,
+    o_bias: torch.Tensor | None,
+    add_residual: bool,
+    out: torch.Tensor,
+    *,
+    prefetch: bool = True,
+) -> None:
+    """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
+
+    One kernel launch, no host sync, no allocation after the first call of a shape (CUDA-graph safe).
+    Raises ValueError/TypeError for unsupported inputs (attention_unsupported_reason says why first)."""
+    if norm_kind not in ("weight", "unit_offset"):
+        raise ValueError(f"norm_kind {norm_kind!r}: 'weight' or 'unit_offset'")
+    batch, _, hidden = x.shape
+    _, kvh, max_len, head_dim = k_cache.shape
+    dtype = x.dtype
+    q_rows = qkv_weights[0].shape[0] - (2 * kvh * head_dim if len(qkv_weights) == 1 else 0)
+    num_heads = q_rows // head_dim
+    reason = attention_unsupported_reason(
+        hidden=hidden,
+        num_heads=num_heads,
+        num_kv_heads=kvh,
+        head_dim=head_dim,
+        batch=batch,
+        dtype=dtype,
+        max_cache_len=max_len,
+        has_qk_norm=q_norm_weight is not None,
+        mask_dtype=None if attn_mask is None else attn_mask.dtype,
+        num_sms=_num_sms(x.device.index or 0),
+    )
+    if reason:
+        raise ValueError(f"attention_decode: {reason}")
+    sizes = (num_heads * head_dim, kvh * head_dim, kvh * head_dim)
+    wq, wk, wv = _split_rows(list(qkv_weights), sizes)
+    bq, bk, bv = _split_bias(list(qkv_biases), sizes)
+    dev = x.device
+    check_tensor("x", x, dtype=dtype, shape=(batch, 1, hidden), device=dev)
+    check_tensor("out", out, dtype=dtype, shape=(batch, 1, hidden), device=dev)
+    check_tensor("norm_weight", norm_weight, dtype=dtype, shape=(hidden,), device=dev)
+    for name, w, rows in (("Wq", wq, sizes[0]), ("Wk", wk, sizes[1]), ("Wv", wv, sizes[2])):
+        check_tensor(name, w, dtype=dtype, shape=(rows, hidden), device=dev)
+    for name, bias, rows in (("bq", bq, sizes[0]), ("bk", bk, sizes[1]), ("bv", bv, sizes[2])):
+        if bias is not None:
+            check_tensor(name, bias, dtype=dtype, shape=(rows,), device=dev, align=2)
+    for name, w in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
+        if w is not None:
+            check_tensor(name, w, dtype=dtype, shape=(head_dim,), device=dev, align=2)
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("q_norm_weight and k_norm_weight come together")
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, cache, dtype=dtype, shape=(batch, kvh, max_len, head_dim), device=dev)
+    check_tensor("o_weight", o_weight, dtype=dtype, shape=(hidden, num_heads * head_dim), device=dev)
+    if o_bias is not None:
+        check_tensor("o_bias", o_bias, dtype=dtype, shape=(hidden,), device=dev, align=2)
+    check_tensor(
+        "cache_position", cache_position.reshape(-1), dtype=torch.int64, shape=(1,), device=dev, align=8
+    )
+    if cos.dtype not in _COS_KIND or sin.dtype != cos.dtype:
+        raise TypeError(f"cos/sin dtypes {cos.dtype}/{sin.dtype}: one of float32, float16, bfloat16")
+    cos2, sin2 = cos.reshape(-1, head_dim), sin.reshape(-1, head_dim)
+    if cos2.shape[0] not in (1, batch) or sin2.shape != cos2.shape:
+        raise ValueError(f"cos/sin shape {tuple(cos.shape)}: expected [B or 1, 1, {head_dim}]")
+    cos2, sin2 = cos2.contiguous(), sin2.contiguous()
+    cos_stride = head_dim if cos2.shape[0] == batch and batch > 1 else 0
+    mask_stride = 0
+    if attn_mask is not None:
+        if attn_mask.shape[-1] != max_len or attn_mask.numel() // max_len not in (1, batch):
+            raise ValueError(f"attn_mask shape {tuple(attn_mask.shape)}: expected [B, 1, 1, {max_len}]")
+        attn_mask = attn_mask.reshape(-1, max_len)
+        if attn_mask.stride(-1) != 1:
+            attn_mask = attn_mask.contiguous()
+        mask_stride = attn_mask.stride(0) if attn_mask.shape[0] == batch and batch > 1 else 0
+    esize = x.element_size()
+    plan = _plan(
+        hidden=hidden,
+        num_heads=num_heads,
+        num_kv_heads=kvh,
+        head_dim=head_dim,
+        batch=batch,
+        esize=esize,
+        num_sms=_num_sms(dev.index or 0),
+    )
+    assert not isinstance(plan, str)
+    group = num_heads // kvh
+    attn_partial, o_partial, arrivals = _scratch_for(dev, kvh, plan, batch, group, head_dim, hidden)
+    kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), dev)
+    i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
+    args = [
+        x,
+        norm_weight,
+        wq,
+        wk,
+        wv,
+        bq,
+        bk,
+        bv,
+        q_norm_weight,
+        k_norm_weight,
+        cos2,
+        sin2,
+        cache_position,
+        k_cache,
+        v_cache,
+        attn_mask,
+        o_weight,
+        o_bias,
+        out,
+        attn_partial,
+        o_partial,
+        arrivals,
+        f32(eps),
+        f32(qk_norm_eps),
+        f32(scale),
+        i32(batch),
+        i32(hidden),
+        i32(num_heads),
+        i32(kvh),
+        i32(head_dim),
+        i32(max_len),
+        i64(mask_stride),
+        i64(cos_stride),
+        i32(_COS_KIND[cos.dtype]),
+        i32(norm_kind == "unit_offset"),
+        i32(bool(add_residual)),
+        i32(plan.k_chunk),
+        i32(bool(prefetch)),
+    ]
+    kernel.launch(
+        plan.grid, (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes, cluster=(plan.cluster, 1, 1)
+    )
+
+
+# Representative instantiations for `python -m cf_compile_kernels check`:
+# Llama-2-7B / Llama-3-8B / Llama-3.2-1B / Qwen2.5-0.5B at batch 1 and 16.
+for _dtype in SUPPORTED_DTYPES.values():
+    for _bucket, _hg in ((1, 1), (1, 4), (1, 8), (16, 1), (16, 4), (16, 8)):
+        register_check(
+            SOURCE, KERNEL, (_dtype, _bucket, _hg), label=f"attention {_dtype} B<={_bucket} G/pass {_hg}"
+        )

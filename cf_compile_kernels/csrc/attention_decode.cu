@@ -1,0 +1,692 @@
+// attention_decode.cu -- one launch per attention block per decode step (docs/kernel-contract.md).
+//
+// [residual +] RMSNorm -> q/k/v projections (+bias) -> [per-head q/k RMSNorm] -> NeoX RoPE -> new K/V
+// into the static cache at the device-side cache position -> masked attention over the live range of
+// the cache only -> o_proj (+bias) -> residual.
+//
+// Work split (all numbers come from the launcher, attention.py `attention_config`, from the shape and
+// the SM count; nothing here assumes a model):
+//   grid = (C, P, KVH), cluster = (C, 1, 1).  A cluster owns one KV head and its G = NH/KVH query
+//   heads; P clusters share a KV head when KVH*C alone would leave SMs idle (few-KV-head models).
+//   1. Each CTA computes the RMS of every batch row itself (x is tiny and L2-resident).
+//   2. q/k/v projection split by rows: CTA rank r owns rows [r*RC, (r+1)*RC) of the group's (G+2)*D
+//      rows and computes full-length fp32 dot products for all B rows (each weight row is read once
+//      per cluster for the whole batch). The normalised activations are staged in shared memory in
+//      K chunks of KC columns (KC from the shared-memory budget).
+//   3. ClusterGather over DSMEM: every CTA copies its peers' rows, so each holds the fp32 q|k|v of the
+//      group; each CTA then applies bias, q/k-norm and RoPE to all of it (redundant, bitwise identical
+//      in every CTA; a lane holds both halves of each rotate-half pair, so RoPE needs no exchange).
+//      k, v are rounded once to the model dtype; CTA (rank 0, p 0) writes them to the cache slot.
+//   4. Attention: the live range [first True, last True] of each mask row (or [0, pos]) is split into
+//      P*C token chunks, one per CTA; warps stride over 16-byte K/V vectors, online softmax in fp32
+//      (exp2 domain, running max initialised to -inf, masked tokens never loaded). The current token
+//      is taken from shared memory (the rounded k/v), never from the slot being written.
+//   5. Merge: warps -> CTA in shared memory, CTA -> cluster by reading every peer's (m, l, o) over
+//      DSMEM in rank order (identical result in every CTA). With P > 1 each rank writes its cluster's
+//      partial to global scratch; the last of the P arrivals per (KV head, rank) merges them in p order.
+//   6. o_proj: rank r computes output columns [r*HC, (r+1)*HC) over the group's G*D inputs into fp32
+//      partials [KVH, B, H]; the last of the KVH arrivals per column slice sums them in KV-head order,
+//      adds o_bias and the residual and writes `out`. Arrival counters are reset by the last arriver,
+//      so the kernel is deterministic, needs no pre-zeroing and replays in CUDA graphs.
+// No floating-point atomics anywhere; integer atomics only count arrivals.
+#include <cooperative_groups.h>
+
+#include "common.cuh"
+
+namespace cg = cooperative_groups;
+
+namespace attn {
+
+constexpr int kThreads = 256;               // 8 warps: one CTA per SM, enough loads in flight
+constexpr int kWarps = kThreads / 32;
+constexpr int kVec = 8;                     // 2-byte elements per 16-byte vector
+// 16-byte weight loads in flight per lane: 8 keeps ~32 KB in flight per SM at small batch; large batch
+// buckets already hold BB accumulators per lane, so they issue 4 (no spills at BB = 16).
+template <int BB>
+constexpr int kWeightUnroll = BB >= 8 ? 4 : 8;
+// Tokens per lane group per attention step: 2 overlaps two K/V loads; at 8 heads per pass the q and o
+// registers (2 x 8 x 8 per lane) leave room for one.
+template <int HG>
+constexpr int kTokenUnroll = HG >= 8 ? 1 : 2;
+constexpr float kLog2e = 1.4426950408889634f;
+#define kNegInf (-__int_as_float(0x7f800000))  // -inf without <cmath> (NVRTC has no host headers)
+constexpr int kMaxPairsPerLane = 4;         // head_dim 256 = 32 lanes x 4 rotate-half pairs x 2
+
+// cos/sin arrive as fp32 in HF graphs, sometimes in the model dtype: a run-time tag avoids instantiations.
+enum CosKind : int { kCosF32 = 0, kCosF16 = 1, kCosBF16 = 2 };
+
+struct Params {
+  const void* x;            // [B, H]
+  const void* norm_w;       // [H]
+  const void* wq;           // [NH*D, H]
+  const void* wk;           // [KVH*D, H]
+  const void* wv;           // [KVH*D, H]
+  const void* bq;           // [NH*D] or null
+  const void* bk;
+  const void* bv;
+  const void* q_norm_w;     // [D] or null
+  const void* k_norm_w;
+  const void* cos;          // [B or 1, D] of cos_kind
+  const void* sin;
+  const long long* cache_position;  // [1]
+  void* k_cache;            // [B, KVH, L, D]
+  void* v_cache;
+  const unsigned char* mask;  // [B, L] rows of stride mask_stride, or null (attend j <= pos)
+  const void* wo;           // [H, NH*D]
+  const void* bo;           // [H] or null
+  void* out;                // [B, H]
+  float* attn_partial;      // [KVH, C, P, B, G, D+2] (P > 1 only)
+  float* o_partial;         // [KVH, B, H]
+  int* arrivals;            // [KVH*C] attention merges, then [C] output slices; zero between launches
+  float eps, qk_eps, scale;
+  int batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len;
+  long long mask_stride, cos_stride;  // elements between batch rows (cos_stride 0: shared by the batch)
+  int cos_kind, unit_offset, add_residual, k_chunk, prefetch;
+};
+
+// ------------------------------------------------------------------ small helpers
+
+template <typename T>
+__device__ __forceinline__ float2 pair_to_float2(unsigned u);
+template <>
+__device__ __forceinline__ float2 pair_to_float2<__half>(unsigned u) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&u));
+}
+template <>
+__device__ __forceinline__ float2 pair_to_float2<__nv_bfloat16>(unsigned u) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[kVec]) {
+  const float2 a = pair_to_float2<T>(v.x), b = pair_to_float2<T>(v.y);
+  const float2 c = pair_to_float2<T>(v.z), d = pair_to_float2<T>(v.w);
+  f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y; f[4] = c.x; f[5] = c.y; f[6] = d.x; f[7] = d.y;
+}
+
+// Eight activations from shared memory, whether staged in the model dtype or in fp32.
+template <typename T>
+__device__ __forceinline__ void load_x8(const T* p, float (&f)[kVec]) {
+  unpack8<T>(*reinterpret_cast<const uint4*>(p), f);
+}
+template <typename T>
+__device__ __forceinline__ void load_x8(const float* p, float (&f)[kVec]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+
+// Weights are streamed once: keep them out of L1.
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
+}
+
+template <typename T>
+__device__ __forceinline__ float load_scalar(const void* p, long long i) {
+  return cf::to_float(static_cast<const T*>(p)[i]);
+}
+
+__device__ __forceinline__ float load_cos(const void* p, int kind, long long i) {
+  if (kind == kCosF32) return static_cast<const float*>(p)[i];
+  if (kind == kCosF16) return load_scalar<__half>(p, i);
+  return load_scalar<__nv_bfloat16>(p, i);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Weight of a softmax partial with running max m against the merged max M (0 for empty partials).
+__device__ __forceinline__ float rescale(float m, float M) { return m == kNegInf ? 0.f : exp2f(m - M); }
+
+// ------------------------------------------------------------------ shared-memory plan
+// Must match attention.py `_smem_bytes`. All regions 16-byte aligned.
+__host__ __device__ constexpr int align16(int n) { return (n + 15) & ~15; }
+
+struct Smem {
+  float* qkv;              // [BB, (G+2)*D] fp32: gathered projections, then q (scaled), then attention out
+  unsigned char* stage;    // union: normalised x chunk [BB, KC] (phase 1) | partials + warp scratch
+  float* part;             // [B, G, D+2] the CTA's attention partial (m at D, l at D+1)
+  float* wscratch;         // [kWarps, HG, D+2]
+  void* knew;              // [B, D] model dtype: the rounded new k
+  void* vnew;
+  float* rstd;             // [BB]
+  int* range;              // [B, 2] first and one-past-last live position
+  int* flag;               // [1]
+};
+
+template <typename T, int BB, int HG>
+__device__ Smem plan_smem(unsigned char* base, int B, int G, int D, int KC) {
+  Smem s;
+  const int qkv_bytes = align16(BB * (G + 2) * D * 4);  // BB rows: the o_proj GEMV reads the bucket
+  const int part_bytes = align16(B * G * (D + 2) * 4);
+  const int ws_bytes = align16(kWarps * HG * (D + 2) * 4);
+  const int x_bytes = align16(BB * KC * static_cast<int>(sizeof(T)));
+  const int stage_bytes = x_bytes > part_bytes + ws_bytes ? x_bytes : part_bytes + ws_bytes;
+  const int new_bytes = align16(B * D * static_cast<int>(sizeof(T)));
+  int off = 0;
+  s.qkv = reinterpret_cast<float*>(base + off); off += qkv_bytes;
+  s.stage = base + off;
+  s.part = reinterpret_cast<float*>(base + off);
+  s.wscratch = reinterpret_cast<float*>(base + off + part_bytes);
+  off += stage_bytes;
+  s.knew = base + off; off += new_bytes;
+  s.vnew = base + off; off += new_bytes;
+  s.rstd = reinterpret_cast<float*>(base + off); off += align16(BB * 4);
+  s.range = reinterpret_cast<int*>(base + off); off += align16(B * 2 * 4);
+  s.flag = reinterpret_cast<int*>(base + off); off += 16;
+  return s;
+}
+
+__device__ __forceinline__ unsigned dynamic_smem_size() {
+  unsigned r;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+}
+
+// ------------------------------------------------------------------ GEMV over a batch
+// Dot products of nrows weight rows (row_ptr(i): first element used of row i) with BB activation rows
+// xs[b*ldx + k], k < k_len. LPR lanes share a row (32 for hidden-long rows; 8/16 for the short o_proj
+// rows of G*D inputs), so a warp covers 32/LPR rows per step. Each lane accumulates its k-slice in a
+// fixed order and the lanes of a row reduce by butterfly: deterministic. sink(i, b, value) gets sums.
+template <typename T, int BB, int LPR, typename XT, typename RowPtr, typename Sink>
+__device__ __forceinline__ void gemv(RowPtr row_ptr, int nrows, const XT* xs, int ldx, int k_len, Sink sink) {
+  constexpr int kRowsPerWarp = 32 / LPR;
+  constexpr int kStride = LPR * kVec;  // elements a row's lane group covers per load
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int grp = lane / LPR, lig = lane % LPR;
+  for (int row0 = warp * kRowsPerWarp; row0 < nrows; row0 += kWarps * kRowsPerWarp) {
+    const int i = row0 + grp;
+    const bool live = i < nrows;
+    const T* w = static_cast<const T*>(row_ptr(live ? i : row0));
+    float acc[BB];
+#pragma unroll
+    for (int b = 0; b < BB; ++b) acc[b] = 0.f;
+    for (int k0 = lig * kVec; k0 < k_len; k0 += kStride * kWeightUnroll<BB>) {
+      uint4 wv[kWeightUnroll<BB>];
+#pragma unroll
+      for (int u = 0; u < kWeightUnroll<BB>; ++u) {
+        const int k = k0 + u * kStride;
+        wv[u] = (live && k < k_len) ? ld_stream(w + k) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kWeightUnroll<BB>; ++u) {
+        const int k = k0 + u * kStride;
+        if (k < k_len) {
+          float wf[kVec];
+          unpack8<T>(wv[u], wf);
+#pragma unroll
+          for (int b = 0; b < BB; ++b) {
+            float xf[kVec];
+            load_x8<T>(xs + b * ldx + k, xf);
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) acc[b] = fmaf(wf[e], xf[e], acc[b]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < BB; ++b) {
+#pragma unroll
+      for (int off = LPR / 2; off; off >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+    }
+    if (live && lig == 0) {
+#pragma unroll
+      for (int b = 0; b < BB; ++b) sink(i, b, acc[b]);
+    }
+  }
+}
+
+template <typename T, int BB, typename XT, typename RowPtr, typename Sink>
+__device__ __forceinline__ void gemv_any(int lanes_per_row, RowPtr row_ptr, int nrows, const XT* xs, int ldx,
+                                         int k_len, Sink sink) {
+  if (lanes_per_row >= 32) gemv<T, BB, 32, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
+  else if (lanes_per_row == 16) gemv<T, BB, 16, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
+  else gemv<T, BB, 8, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
+}
+
+// Lanes per row for k_len inputs: enough 16-byte vectors per lane to keep every lane busy.
+__device__ __forceinline__ int lanes_for(int k_len) {
+  const int vectors = k_len / kVec;
+  return vectors >= 32 ? 32 : (vectors >= 16 ? 16 : 8);
+}
+
+// ------------------------------------------------------------------ the kernel
+
+template <typename T, int BB, int HG>
+__device__ __forceinline__ void attention_decode_body(const Params& p, unsigned char* smem_raw) {
+  cg::cluster_group cluster = cg::this_cluster();
+  const int C = static_cast<int>(cluster.num_blocks());
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int P = gridDim.y, part_idx = blockIdx.y, kvh = blockIdx.z;
+  const int B = p.batch, H = p.hidden, D = p.head_dim, KVH = p.num_kv_heads;
+  const int G = p.num_heads / KVH;
+  const int QKV_ROWS = (G + 2) * D, GD = G * D;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  Smem s = plan_smem<T, BB, HG>(smem_raw, B, G, D, p.k_chunk);
+  if (tid == 0 && dynamic_smem_size() < static_cast<unsigned>((reinterpret_cast<unsigned char*>(s.flag) + 16) - smem_raw))
+    __trap();  // the launcher's shared-memory plan disagrees with this one
+  const long long pos = *p.cache_position;
+  const T* x = static_cast<const T*>(p.x);
+
+  // Output column slice of this rank (o_proj and the final fix-up).
+  const int HC = cf::ceil_div(H, C);
+  const int col0 = min(H, rank * HC), ncols = min(H, col0 + HC) - col0;
+  if (p.prefetch) {  // o_proj weights: pull into L2 now, consumed after attention
+    const T* wo = static_cast<const T*>(p.wo);
+    const int lines_per_row = cf::ceil_div(GD * static_cast<int>(sizeof(T)), 128);
+    for (int idx = tid; idx < ncols * lines_per_row; idx += kThreads) {
+      const int n = idx / lines_per_row, l = idx % lines_per_row;
+      prefetch_l2(reinterpret_cast<const char*>(wo + static_cast<long long>(col0 + n) * p.num_heads * D + kvh * GD) +
+                  l * 128);
+    }
+  }
+
+  for (int idx = B * QKV_ROWS + tid; idx < BB * QKV_ROWS; idx += kThreads) s.qkv[idx] = 0.f;  // bucket padding
+
+  // ---- 1. live ranges from the mask, RMS of every row (warp w takes rows w, w+kWarps, ...)
+  for (int b = warp; b < B; b += kWarps) {
+    int first = 0x7fffffff, last = -1;
+    if (p.mask != nullptr) {
+      const unsigned char* row = p.mask + b * p.mask_stride;
+      for (int j = lane; j < p.max_cache_len; j += 32)
+        if (row[j]) { first = min(first, j); last = j; }
+#pragma unroll
+      for (int off = 16; off; off >>= 1) {
+        first = min(first, __shfl_xor_sync(0xffffffffu, first, off));
+        last = max(last, __shfl_xor_sync(0xffffffffu, last, off));
+      }
+    } else {
+      first = 0;
+      last = static_cast<int>(min(pos, static_cast<long long>(p.max_cache_len - 1)));
+    }
+    float ss = 0.f;
+    for (int k = lane * kVec; k < H; k += 32 * kVec) {
+      float f[kVec];
+      unpack8<T>(*reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k), f);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) ss = fmaf(f[e], f[e], ss);
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) {
+      s.rstd[b] = rsqrtf(ss / H + p.eps);
+      s.range[2 * b] = last < 0 ? 0 : first;
+      s.range[2 * b + 1] = last + 1;
+    }
+  }
+
+  // ---- 2. q/k/v rows [row0, row0+nrows) of this rank, K-chunked over the staged normalised x
+  const int RC = cf::ceil_div(cf::ceil_div(QKV_ROWS, C), 4) * 4;  // multiple of 4: float4 gather
+  const int row0 = min(QKV_ROWS, rank * RC), nrows = min(QKV_ROWS, row0 + RC) - row0;
+  T* xs = reinterpret_cast<T*>(s.stage);
+  const int KC = p.k_chunk;
+  const T* wq = static_cast<const T*>(p.wq) + static_cast<long long>(kvh) * GD * H;
+  const T* wk = static_cast<const T*>(p.wk) + static_cast<long long>(kvh) * D * H;
+  const T* wv = static_cast<const T*>(p.wv) + static_cast<long long>(kvh) * D * H;
+  for (int k0 = 0; k0 < H; k0 += KC) {
+    const int kc = min(KC, H - k0);
+    __syncthreads();  // rstd ready (first chunk) / previous chunk consumed
+    const int vecs = kc / kVec;
+    for (int idx = tid; idx < BB * vecs; idx += kThreads) {
+      const int b = idx / vecs, k = k0 + (idx % vecs) * kVec;
+      float n[kVec];
+      if (b < B) {
+        float xf[kVec], wf[kVec];
+        unpack8<T>(*reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k), xf);
+        unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(p.norm_w) + k), wf);
+        const float r = s.rstd[b];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) n[e] = (p.unit_offset ? 1.f + wf[e] : wf[e]) * (xf[e] * r);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) n[e] = 0.f;  // padding rows of the batch bucket
+      }
+      cf::store_vec_f32<T>(xs + b * KC + (k - k0), n);
+    }
+    __syncthreads();
+    const bool first_chunk = k0 == 0;
+    gemv_any<T, BB>(
+        lanes_for(kc),
+        [&](int i) -> const T* {
+          const int r = row0 + i;
+          const T* base = r < GD ? wq + static_cast<long long>(r) * H
+                                 : (r < GD + D ? wk + static_cast<long long>(r - GD) * H
+                                               : wv + static_cast<long long>(r - GD - D) * H);
+          return base + k0;
+        },
+        nrows, xs, KC, kc, [&](int i, int b, float v) {
+          if (b < B) {
+            float* dst = s.qkv + b * QKV_ROWS + row0 + i;
+            *dst = first_chunk ? v : *dst + v;
+          }
+        });
+  }
+
+  // ---- 3. ClusterGather of the fp32 projections, then bias / q,k-norm / RoPE in every CTA
+  cluster.sync();
+  for (int c = 0; c < C; ++c) {
+    if (c == rank) continue;
+    const int r0 = min(QKV_ROWS, c * RC), r1 = min(QKV_ROWS, r0 + RC);
+    const int n4 = (r1 - r0) / 4;
+    const float* peer = cluster.map_shared_rank(s.qkv, c);
+    for (int idx = tid; idx < B * n4; idx += kThreads) {
+      const int b = idx / n4, v = idx % n4;
+      const int off = b * QKV_ROWS + r0 + 4 * v;
+      *reinterpret_cast<float4*>(s.qkv + off) = *reinterpret_cast<const float4*>(peer + off);
+    }
+  }
+  cluster.sync();  // peers finished reading our rows before they are rewritten in place
+
+  const bool writer = rank == 0 && part_idx == 0;
+  const float q_scale = p.scale * kLog2e;
+  const int half = D / 2, pairs_per_lane = half / 32;
+  for (int job = warp; job < B * (G + 2); job += kWarps) {
+    const int b = job / (G + 2), hh = job % (G + 2);  // hh < G: q head; G: k; G+1: v
+    float* t = s.qkv + b * QKV_ROWS + hh * D;
+    const void* bias = hh < G ? p.bq : (hh == G ? p.bk : p.bv);
+    const long long bias0 = hh < G ? static_cast<long long>(kvh) * GD + hh * D : static_cast<long long>(kvh) * D;
+    float lo[kMaxPairsPerLane], hi[kMaxPairsPerLane];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxPairsPerLane; ++j) {
+      if (j < pairs_per_lane) {
+        const int i = lane + 32 * j;
+        lo[j] = t[i];
+        hi[j] = t[i + half];
+        if (bias != nullptr) {
+          lo[j] += load_scalar<T>(bias, bias0 + i);
+          hi[j] += load_scalar<T>(bias, bias0 + i + half);
+        }
+        ss += lo[j] * lo[j] + hi[j] * hi[j];
+      }
+    }
+    if (hh <= G) {  // q and k: optional per-head RMSNorm, then RoPE
+      const void* nw = hh < G ? p.q_norm_w : p.k_norm_w;
+      float r = 1.f;
+      if (nw != nullptr) r = rsqrtf(warp_sum(ss) / D + p.qk_eps);
+      const long long cb = static_cast<long long>(b) * p.cos_stride;
+#pragma unroll
+      for (int j = 0; j < kMaxPairsPerLane; ++j) {
+        if (j < pairs_per_lane) {
+          const int i = lane + 32 * j;
+          float a = lo[j], c = hi[j];
+          if (nw != nullptr) {
+            a *= r * load_scalar<T>(nw, i);
+            c *= r * load_scalar<T>(nw, i + half);
+          }
+          lo[j] = a * load_cos(p.cos, p.cos_kind, cb + i) - c * load_cos(p.sin, p.cos_kind, cb + i);
+          hi[j] = c * load_cos(p.cos, p.cos_kind, cb + i + half) + a * load_cos(p.sin, p.cos_kind, cb + i + half);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxPairsPerLane; ++j) {
+      if (j < pairs_per_lane) {
+        const int i = lane + 32 * j;
+        if (hh < G) {
+          t[i] = lo[j] * q_scale;
+          t[i + half] = hi[j] * q_scale;
+        } else {  // k or v: rounded once to the model dtype; that value is cached and attended
+          const T a = cf::from_float<T>(lo[j]), c = cf::from_float<T>(hi[j]);
+          T* snew = static_cast<T*>(hh == G ? s.knew : s.vnew) + b * D;
+          snew[i] = a;
+          snew[i + half] = c;
+          if (writer && pos >= 0 && pos < p.max_cache_len) {
+            T* cache = static_cast<T*>(hh == G ? p.k_cache : p.v_cache) +
+                       ((static_cast<long long>(b) * KVH + kvh) * p.max_cache_len + pos) * D;
+            cache[i] = a;
+            cache[i + half] = c;
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // ---- 4. attention over this CTA's token chunk, per batch row and group of HG query heads
+  const int lanes_per_token = D / kVec;          // one 16-byte vector of K/V per lane
+  const int token_slots = 32 / lanes_per_token;  // tokens a warp reads side by side
+  const int slot = lane / lanes_per_token, dl = lane % lanes_per_token;
+  const int step_tokens = token_slots * kTokenUnroll<HG>;
+  const int chunks = P * C, chunk_idx = part_idx * C + rank;
+  const T* kc_base = static_cast<const T*>(p.k_cache);
+  const T* vc_base = static_cast<const T*>(p.v_cache);
+  for (int b = 0; b < B; ++b) {
+    const int lo_pos = s.range[2 * b], hi_pos = s.range[2 * b + 1];
+    const int per_chunk = cf::ceil_div(max(hi_pos - lo_pos, 0), chunks);
+    const int cs = lo_pos + chunk_idx * per_chunk, ce = min(hi_pos, cs + per_chunk);
+    const long long head_base = (static_cast<long long>(b) * KVH + kvh) * p.max_cache_len;
+    const T* kb = kc_base + head_base * D + dl * kVec;
+    const T* vb = vc_base + head_base * D + dl * kVec;
+    const T* knew = static_cast<const T*>(s.knew) + b * D + dl * kVec;
+    const T* vnew = static_cast<const T*>(s.vnew) + b * D + dl * kVec;
+    const unsigned char* mrow = p.mask != nullptr ? p.mask + b * p.mask_stride : nullptr;
+    for (int g0 = 0; g0 < G; g0 += HG) {
+      float q[HG][kVec], o[HG][kVec], m[HG], l[HG];
+#pragma unroll
+      for (int h = 0; h < HG; ++h) {
+        m[h] = kNegInf;
+        l[h] = 0.f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          o[h][e] = 0.f;
+          q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
+        }
+      }
+      for (int t0 = cs + warp * step_tokens; t0 < ce; t0 += kWarps * step_tokens) {
+        uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
+        bool ok[kTokenUnroll<HG>];
+#pragma unroll
+        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+          const int j = t0 + u * token_slots + slot;
+          ok[u] = j < ce && (mrow == nullptr || mrow[j] != 0);
+          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+          if (ok[u]) {
+            const bool cur = j == pos;
+            kr[u] = *reinterpret_cast<const uint4*>(cur ? knew : kb + static_cast<long long>(j) * D);
+            vr[u] = *reinterpret_cast<const uint4*>(cur ? vnew : vb + static_cast<long long>(j) * D);
+          }
+        }
+        float sc[kTokenUnroll<HG>][HG];
+#pragma unroll
+        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+          float kf[kVec];
+          unpack8<T>(kr[u], kf);
+#pragma unroll
+          for (int h = 0; h < HG; ++h) {
+            float d = 0.f;
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) d = fmaf(q[h][e], kf[e], d);
+            for (int off = lanes_per_token / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+            sc[u][h] = ok[u] ? d : kNegInf;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+          float vf[kVec];
+          unpack8<T>(vr[u], vf);
+#pragma unroll
+          for (int h = 0; h < HG; ++h) {
+            const float mx = fmaxf(m[h], sc[u][h]);
+            if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
+            const float corr = rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
+            l[h] = fmaf(l[h], corr, pr);
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
+            m[h] = mx;
+          }
+        }
+      }
+      // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
+      for (int off = lanes_per_token; off < 32; off <<= 1) {
+#pragma unroll
+        for (int h = 0; h < HG; ++h) {
+          const float m2 = __shfl_xor_sync(0xffffffffu, m[h], off);
+          const float l2 = __shfl_xor_sync(0xffffffffu, l[h], off);
+          const float M = fmaxf(m[h], m2);
+          const float c1 = rescale(m[h], M), c2 = rescale(m2, M);
+          l[h] = l[h] * c1 + l2 * c2;
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) {
+            const float o2 = __shfl_xor_sync(0xffffffffu, o[h][e], off);
+            o[h][e] = o[h][e] * c1 + o2 * c2;
+          }
+          m[h] = M;
+        }
+      }
+      if (slot == 0) {
+#pragma unroll
+        for (int h = 0; h < HG; ++h) {
+          float* w = s.wscratch + (warp * HG + h) * (D + 2);
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) w[dl * kVec + e] = o[h][e];
+          if (dl == 0) {
+            w[D] = m[h];
+            w[D + 1] = l[h];
+          }
+        }
+      }
+      __syncthreads();
+      const int heads = min(HG, G - g0);
+      for (int idx = tid; idx < heads * D; idx += kThreads) {  // warps merged in warp order
+        const int h = idx / D, d = idx % D;
+        float M = kNegInf;
+        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s.wscratch[(w * HG + h) * (D + 2) + D]);
+        float L = 0.f, O = 0.f;
+        for (int w = 0; w < kWarps; ++w) {
+          const float* src = s.wscratch + (w * HG + h) * (D + 2);
+          const float c = rescale(src[D], M);
+          L += src[D + 1] * c;
+          O += src[d] * c;
+        }
+        float* dst = s.part + (b * G + g0 + h) * (D + 2);
+        dst[d] = O;
+        if (d == 0) {
+          dst[D] = M;
+          dst[D + 1] = L;
+        }
+      }
+      __syncthreads();
+    }
+  }
+
+  // ---- 5. cluster merge in rank order (same bits in every CTA); attention output into s.qkv's q rows
+  cluster.sync();
+  float* attn_out = s.qkv;  // [B, QKV_ROWS] layout, columns [0, G*D)
+  for (int idx = tid; idx < B * G * D; idx += kThreads) {
+    const int bg = idx / D, d = idx % D;
+    float M = kNegInf;
+    for (int c = 0; c < C; ++c) M = fmaxf(M, cluster.map_shared_rank(s.part, c)[bg * (D + 2) + D]);
+    float L = 0.f, O = 0.f;
+    for (int c = 0; c < C; ++c) {
+      const float* src = cluster.map_shared_rank(s.part, c) + bg * (D + 2);
+      const float w = rescale(src[D], M);
+      L += src[D + 1] * w;
+      O += src[d] * w;
+    }
+    if (P == 1) {
+      attn_out[(bg / G) * QKV_ROWS + (bg % G) * D + d] = O / L;
+    } else {
+      float* gpart = p.attn_partial + ((static_cast<long long>(kvh) * C + rank) * P + part_idx) * B * G * (D + 2);
+      gpart[bg * (D + 2) + d] = O;
+      if (d == 0) {
+        gpart[bg * (D + 2) + D] = M;
+        gpart[bg * (D + 2) + D + 1] = L;
+      }
+    }
+  }
+  cluster.sync();  // no CTA leaves or reuses its partial while a peer may still read it
+
+  if (P > 1) {  // the last of the P clusters of this KV head (per rank) merges them in p order
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      int* counter = p.arrivals + kvh * C + rank;
+      const int seen = atomicAdd(counter, 1);
+      const bool last = seen == P - 1;
+      if (last) atomicExch(counter, 0);
+      *s.flag = last;
+    }
+    __syncthreads();
+    if (!*s.flag) return;
+    __threadfence();
+    const float* all = p.attn_partial + (static_cast<long long>(kvh) * C + rank) * P * B * G * (D + 2);
+    for (int idx = tid; idx < B * G * D; idx += kThreads) {
+      const int bg = idx / D, d = idx % D;
+      float M = kNegInf;
+      for (int q = 0; q < P; ++q) M = fmaxf(M, __ldcg(all + (q * B * G + bg) * (D + 2) + D));
+      float L = 0.f, O = 0.f;
+      for (int q = 0; q < P; ++q) {
+        const float* src = all + (q * B * G + bg) * (D + 2);
+        const float w = rescale(__ldcg(src + D), M);
+        L += __ldcg(src + D + 1) * w;
+        O += __ldcg(src + d) * w;
+      }
+      attn_out[(bg / G) * QKV_ROWS + (bg % G) * D + d] = O / L;
+    }
+  }
+  __syncthreads();
+
+  // ---- 6. o_proj slice: columns [col0, col0+ncols) over this group's G*D inputs, then fix-up
+  const T* wo = static_cast<const T*>(p.wo) + static_cast<long long>(kvh) * GD;
+  const long long wo_ld = static_cast<long long>(p.num_heads) * D;
+  float* opart = p.o_partial;
+  gemv_any<T, BB>(
+      lanes_for(GD), [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; }, ncols, attn_out, QKV_ROWS, GD,
+      [&](int i, int b, float v) {
+        if (b < B) opart[(static_cast<long long>(kvh) * B + b) * H + col0 + i] = v;
+      });
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* counter = p.arrivals + KVH * C + rank;
+    const int seen = atomicAdd(counter, 1);
+    const bool last = seen == KVH - 1;
+    if (last) atomicExch(counter, 0);
+    *s.flag = last;
+  }
+  __syncthreads();
+  if (!*s.flag) return;
+  __threadfence();
+  T* out = static_cast<T*>(p.out);
+  for (int idx = tid; idx < B * ncols; idx += kThreads) {
+    const int b = idx / ncols, n = col0 + idx % ncols;
+    float acc = 0.f;
+    for (int h = 0; h < KVH; ++h) acc += __ldcg(opart + (static_cast<long long>(h) * B + b) * H + n);
+    if (p.bo != nullptr) acc += load_scalar<T>(p.bo, n);
+    if (p.add_residual) acc += cf::to_float(x[static_cast<long long>(b) * H + n]);
+    out[static_cast<long long>(b) * H + n] = cf::from_float<T>(acc);
+  }
+}
+
+}  // namespace attn
+
+// Entry point for NVRTC name expressions: attention_decode<T, BB, HG>. One parameter per Params field,
+// in field order (the launcher passes flat pointers and ctypes scalars), gathered into a Params.
+template <typename T, int BB, int HG>
+__global__ void __launch_bounds__(attn::kThreads, 1) attention_decode(
+    const void* x, const void* norm_w, const void* wq, const void* wk, const void* wv, const void* bq,
+    const void* bk, const void* bv, const void* q_norm_w, const void* k_norm_w, const void* cos,
+    const void* sin, const long long* cache_position, void* k_cache, void* v_cache, const unsigned char* mask,
+    const void* wo, const void* bo, void* out, float* attn_partial, float* o_partial, int* arrivals, float eps,
+    float qk_eps, float scale, int batch, int hidden, int num_heads, int num_kv_heads, int head_dim,
+    int max_cache_len, long long mask_stride, long long cos_stride, int cos_kind, int unit_offset,
+    int add_residual, int k_chunk, int prefetch) {
+  static_assert(BB >= 1 && BB <= 16, "batch bucket is 1..16");
+  static_assert(HG >= 1 && HG <= 8, "query heads per register pass is 1..8");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const attn::Params p{x, norm_w, wq, wk, wv, bq, bk, bv, q_norm_w, k_norm_w, cos, sin, cache_position,
+                       k_cache, v_cache, mask, wo, bo, out, attn_partial, o_partial, arrivals, eps, qk_eps,
+                       scale, batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len, mask_stride,
+                       cos_stride, cos_kind, unit_offset, add_residual, k_chunk, prefetch};
+  attn::attention_decode_body<T, BB, HG>(p, smem_raw);
+}

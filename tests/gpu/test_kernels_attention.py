@@ -1,0 +1,348 @@
+"""The fused attention-block decode kernel against an fp64 reference (docs/kernel-contract.md).
+
+Specification: for random shapes across the coverage (fp16/bf16, head_dim 64/128/256, MHA/GQA/MQA,
+batch 1-16, any cache length and position, hidden up to 8192, bias, q/k-norm, masks), `out` lies
+inside the dtype's band of an fp64 reference, the cache slot at `cache_position` holds the reference's
+k/v rounded once to the model dtype (within one ulp: the kernel accumulates in fp32, so the value
+before rounding may sit on the other side of a rounding boundary), every other slot is unchanged,
+repeated runs are bitwise identical, and the launch captures and replays in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from cf_compile_kernels.attention import (
+    attention_decode,
+    attention_unsupported_reason,
+    batch_bucket,
+    compiled_kernel,
+    heads_per_pass,
+)
+
+# ||out - ref|| / ||ref||: rounding the output alone costs about 2^-11 (fp16) / 2^-8 (bf16) per element;
+# METHOD.md's band for 2-byte operands is 1e-3..1e-2.
+BANDS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # spacing relative to the leading power of two
+N_RANDOM = 216
+MASK_KINDS = ("none", "causal", "left_pad", "holes", "beyond_pos")
+HEAD_SHAPES = ((4, 4), (8, 8), (32, 32), (8, 4), (12, 4), (16, 4), (14, 2), (24, 4), (32, 8), (40, 5),
+               (8, 1), (16, 1), (4, 1))  # MHA, GQA groups 2..8, MQA
+HIDDENS = (256, 512, 896, 1024, 1536, 2048, 4096, 8192)
+BATCHES = (1, 2, 3, 4, 5, 8, 9, 16)
+CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
+
+
+@dataclass(frozen=True)
+class Case:
+    dtype: torch.dtype
+    batch: int
+    hidden: int
+    num_heads: int
+    kv_heads: int
+    head_dim: int
+    max_len: int
+    pos: int
+    mask: str
+    bias: bool
+    qk_norm: bool
+    norm_kind: str
+    add_residual: bool
+    fused_qkv: bool
+    o_bias: bool
+    cos_dtype: torch.dtype
+    seed: int
+
+    def unsupported(self) -> str | None:
+        return attention_unsupported_reason(
+            hidden=self.hidden, num_heads=self.num_heads, num_kv_heads=self.kv_heads, head_dim=self.head_dim,
+            batch=self.batch, dtype=self.dtype, max_cache_len=self.max_len, has_qk_norm=self.qk_norm,
+            mask_dtype=torch.bool, num_sms=torch.cuda.get_device_properties(0).multi_processor_count)
+
+
+def random_cases(n: int, seed: int = 2026) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """n supported cases drawn from the coverage, plus the near-misses met on the way (with reasons)."""
+    rng = random.Random(seed)
+    cases, misses = [], []
+    while len(cases) < n:
+        nh, kvh = rng.choice(HEAD_SHAPES)
+        d = rng.choice((64, 128, 128, 256))
+        max_len = rng.choice(CACHE_LENS)
+        big = rng.random() < 0.1
+        hidden = rng.choice(HIDDENS if big else HIDDENS[:6])
+        case = Case(
+            dtype=rng.choice((torch.float16, torch.bfloat16)), batch=rng.choice(BATCHES), hidden=hidden,
+            num_heads=nh, kv_heads=kvh, head_dim=d, max_len=max_len, pos=rng.randrange(max_len),
+            mask=rng.choice(MASK_KINDS), bias=rng.random() < 0.4, qk_norm=rng.random() < 0.25,
+            norm_kind=rng.choice(("weight", "weight", "unit_offset")), add_residual=rng.random() < 0.7,
+            fused_qkv=rng.random() < 0.3, o_bias=rng.random() < 0.2,
+            cos_dtype=rng.choice((torch.float32, torch.float32, torch.bfloat16, torch.float16)),
+            seed=rng.randrange(1 << 30))
+        reason = case.unsupported()
+        if reason:
+            misses.append((case, reason))
+        else:
+            cases.append(case)
+    return cases, misses
+
+
+def make_inputs(case: Case, device: str = "cuda") -> dict:
+    """Fresh random inputs; weights scaled so every stage stays O(1)."""
+    g = torch.Generator(device=device).manual_seed(case.seed)
+    dt, B, H, D = case.dtype, case.batch, case.hidden, case.head_dim
+    nh, kvh, L = case.num_heads, case.kv_heads, case.max_len
+
+    def rnd(*shape, scale=1.0, dtype=dt):
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
+
+    rows = (nh + 2 * kvh) * D
+    wqkv = rnd(rows, H, scale=H**-0.5)
+    inp = {
+        "x": rnd(B, 1, H),
+        "norm_weight": rnd(H, scale=0.2) + (0 if case.norm_kind == "unit_offset" else 1),
+        "wqkv": wqkv,
+        "bqkv": rnd(rows, scale=0.5) if case.bias else None,
+        "q_norm": rnd(D, scale=0.2) + 1 if case.qk_norm else None,
+        "k_norm": rnd(D, scale=0.2) + 1 if case.qk_norm else None,
+        "k_cache": rnd(B, kvh, L, D),
+        "v_cache": rnd(B, kvh, L, D),
+        "wo": rnd(H, nh * D, scale=(nh * D) ** -0.5),
+        "bo": rnd(H, scale=0.5) if case.o_bias else None,
+        "cache_position": torch.tensor([case.pos], dtype=torch.int64, device=device),
+        "scale": D**-0.5,
+    }
+    # HF NeoX rotary: angle = position * base^(-2i/D), cos/sin = cat(angle, angle); per-row positions
+    positions = torch.full((B,), float(case.pos), device=device) - torch.arange(B, device=device) % 3
+    inv_freq = 10000.0 ** (-torch.arange(0, D, 2, device=device, dtype=torch.float64) / D)
+    ang = positions.double()[:, None] * inv_freq[None]
+    emb = torch.cat((ang, ang), dim=-1)[:, None, :]
+    inp["cos"], inp["sin"] = emb.cos().to(case.cos_dtype), emb.sin().to(case.cos_dtype)
+    inp["mask"] = make_mask(case, g, device)
+    return inp
+
+
+def make_mask(case: Case, g: torch.Generator, device: str) -> torch.Tensor | None:
+    B, L, pos = case.batch, case.max_len, case.pos
+    j = torch.arange(L, device=device)
+    causal = (j <= pos)[None].expand(B, L).clone()
+    if case.mask == "none":
+        return None
+    if case.mask == "left_pad":  # batch rows padded on the left by different amounts
+        pad = torch.randint(0, pos + 1, (B,), generator=g, device=device)
+        causal &= j[None] >= pad[:, None]
+        causal[:, pos] = True
+    elif case.mask == "holes":
+        causal &= torch.rand(B, L, generator=g, device=device) > 0.3
+        causal[:, 0] = True
+    elif case.mask == "beyond_pos":  # not an HF mask, but the contract says: honour it
+        causal |= torch.rand(B, L, generator=g, device=device) > 0.9
+    return causal[:, None, None, :]
+
+
+def rms(t: torch.Tensor, eps: float) -> torch.Tensor:
+    return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def rotate_half(t: torch.Tensor) -> torch.Tensor:
+    h = t.shape[-1] // 2
+    return torch.cat((-t[..., h:], t[..., :h]), dim=-1)
+
+
+EPS, QK_EPS = 1e-5, 1e-6
+
+
+def reference(case: Case, inp: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp64 out, and the new k/v as the cache should hold them (rounded once to the model dtype)."""
+    f = torch.float64
+    B, D, nh, kvh = case.batch, case.head_dim, case.num_heads, case.kv_heads
+    x = inp["x"].to(f)
+    w = inp["norm_weight"].to(f) + (1 if case.norm_kind == "unit_offset" else 0)
+    n = w * rms(x, EPS)
+    qkv = n @ inp["wqkv"].to(f).T
+    if inp["bqkv"] is not None:
+        qkv = qkv + inp["bqkv"].to(f)
+    q, k, v = qkv.split((nh * D, kvh * D, kvh * D), dim=-1)
+    q, k, v = q.view(B, nh, D), k.view(B, kvh, D), v.view(B, kvh, D)
+    if case.qk_norm:
+        q = inp["q_norm"].to(f) * rms(q, QK_EPS)
+        k = inp["k_norm"].to(f) * rms(k, QK_EPS)
+    cos, sin = inp["cos"].to(f), inp["sin"].to(f)  # [B, 1, D] broadcast over heads
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    k_new, v_new = k.to(case.dtype), v.to(case.dtype)
+    keys = inp["k_cache"].to(f).clone()
+    vals = inp["v_cache"].to(f).clone()
+    keys[:, :, case.pos] = k_new.to(f)
+    vals[:, :, case.pos] = v_new.to(f)
+    G = nh // kvh
+    keys = keys.repeat_interleave(G, dim=1)  # [B, nh, L, D]
+    vals = vals.repeat_interleave(G, dim=1)
+    scores = torch.einsum("bhd,bhld->bhl", q, keys) * inp["scale"]
+    live = inp["mask"][:, 0, 0, :] if inp["mask"] is not None else (torch.arange(case.max_len, device=x.device)
+                                                                      <= case.pos)[None].expand(B, -1)
+    scores = scores.masked_fill(~live[:, None, :], -math.inf)
+    attn = torch.einsum("bhl,bhld->bhd", scores.softmax(-1), vals).reshape(B, 1, nh * D)
+    out = attn @ inp["wo"].to(f).T
+    if inp["bo"] is not None:
+        out = out + inp["bo"].to(f)
+    if case.add_residual:
+        out = out + x
+    return out, k_new, v_new
+
+
+def run_kernel(case: Case, inp: dict, out: torch.Tensor) -> None:
+    nh, kvh, D = case.num_heads, case.kv_heads, case.head_dim
+    sizes = (nh * D, kvh * D, kvh * D)
+    weights = [inp["wqkv"]] if case.fused_qkv else list(inp["wqkv"].split(sizes))
+    if inp["bqkv"] is None:
+        biases = [None] if case.fused_qkv else [None, None, None]
+    else:
+        biases = [inp["bqkv"]] if case.fused_qkv else list(inp["bqkv"].split(sizes))
+    attention_decode(
+        inp["x"], inp["norm_weight"], EPS, case.norm_kind, weights, biases, inp["q_norm"], inp["k_norm"], QK_EPS,
+        inp["cos"], inp["sin"], inp["cache_position"], inp["k_cache"], inp["v_cache"], inp["mask"], inp["scale"],
+        inp["wo"], inp["bo"], case.add_residual, out)
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a.double() - ref).norm() / ref.norm()).item()
+
+
+def within_ulp(a: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
+    """|a - ref| <= one ulp of ref's binade (plus the subnormal floor)."""
+    diff = (a.double() - ref.double()).abs()
+    ulp = torch.exp2(torch.floor(torch.log2(ref.double().abs().clamp_min(2.0**-14)))) * ULP[dtype]
+    return bool((diff <= ulp * 1.0001).all())
+
+
+def check_case(case: Case) -> dict:
+    """Run once on poisoned output and fresh inputs; return the measured errors (asserts the spec)."""
+    inp = make_inputs(case)
+    k_before, v_before = inp["k_cache"].clone(), inp["v_cache"].clone()
+    out = torch.full_like(inp["x"], float("nan"))
+    run_kernel(case, inp, out)
+    torch.cuda.synchronize()
+    ref, k_new, v_new = reference(case, inp)
+    assert not out.isnan().any(), f"{case}: unwritten or NaN outputs"
+    err = rel_err(out, ref)
+    assert err <= BANDS[case.dtype], f"{case}: relative error {err:.2e} > {BANDS[case.dtype]:.0e}"
+    p = case.pos
+    assert within_ulp(inp["k_cache"][:, :, p], k_new, case.dtype), f"{case}: k slot"
+    assert within_ulp(inp["v_cache"][:, :, p], v_new, case.dtype), f"{case}: v slot"
+    untouched = torch.ones(case.max_len, dtype=torch.bool, device="cuda")
+    untouched[p] = False
+    assert torch.equal(inp["k_cache"][:, :, untouched], k_before[:, :, untouched]), f"{case}: other K slots"
+    assert torch.equal(inp["v_cache"][:, :, untouched], v_before[:, :, untouched]), f"{case}: other V slots"
+    k_exact = torch.equal(inp["k_cache"][:, :, p], k_new) and torch.equal(inp["v_cache"][:, :, p], v_new)
+    return {"err": err, "kv_bitwise": k_exact}
+
+
+CASES, NEAR_MISSES = None, None
+
+
+def _cases() -> tuple[list[Case], list[tuple[Case, str]]]:
+    global CASES, NEAR_MISSES
+    if CASES is None:
+        CASES, NEAR_MISSES = random_cases(N_RANDOM)
+    return CASES, NEAR_MISSES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def precompiled():
+    """Compile every instantiation the sweep needs in parallel (NVRTC releases the GIL), once."""
+    cases, _ = _cases()
+    needed = sorted({(c.dtype, batch_bucket(c.batch), heads_per_pass(c.num_heads // c.kv_heads)) for c in cases},
+                    key=str)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda key: compiled_kernel(*key), needed))
+
+
+def test_random_sweep_matches_fp64_reference():
+    cases, misses = _cases()
+    assert len(cases) >= 200
+    results = [check_case(c) for c in cases]
+    worst = {dt: max((r["err"] for c, r in zip(cases, results, strict=True) if c.dtype == dt), default=0.0) for dt in BANDS}
+    bitwise = sum(r["kv_bitwise"] for r in results)
+    print(f"\n{len(cases)} cases passed; worst relative error {worst}; cache slots bitwise equal to the "
+          f"reference's rounding in {bitwise}/{len(cases)}; near-misses {len(misses)}: "
+          f"{sorted({reason.split(':')[0] for _, reason in misses})}")
+
+
+NAMED = {
+    "llama2_7b": Case(torch.float16, 1, 4096, 32, 32, 128, 1024, 1000, "causal", False, False, "weight", True,
+                      False, False, torch.float32, 1),
+    "qwen25_05b_b16": Case(torch.bfloat16, 16, 896, 14, 2, 64, 4096, 3000, "left_pad", True, False, "weight",
+                           True, True, False, torch.float32, 2),
+    "llama3_8b_b4": Case(torch.bfloat16, 4, 4096, 32, 8, 128, 2048, 2047, "none", False, True, "weight", True,
+                         False, True, torch.float32, 3),
+    "mqa_d256": Case(torch.float16, 2, 2048, 8, 1, 256, 600, 599, "causal", False, False, "unit_offset", False,
+                     False, False, torch.bfloat16, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_named_models_match_reference(name):
+    check_case(NAMED[name])
+
+
+@pytest.mark.parametrize("name", ["llama2_7b", "qwen25_05b_b16", "llama3_8b_b4"])
+def test_bitwise_deterministic_over_1000_runs(name):
+    case = NAMED[name]
+    inp = make_inputs(case)
+    out = torch.empty_like(inp["x"])
+    run_kernel(case, inp, out)
+    first = out.clone()
+    outs = torch.empty((1000, *out.shape), dtype=out.dtype, device="cuda")
+    for i in range(1000):  # the same slot is rewritten with the same values: the inputs do not change
+        out.fill_(float("nan"))
+        run_kernel(case, inp, out)
+        outs[i].copy_(out)
+    torch.cuda.synchronize()
+    differing = (outs != first).flatten(1).any(1).sum().item()
+    assert differing == 0, f"{differing}/1000 runs differ bitwise from the first"
+
+
+@pytest.mark.parametrize("name", ["llama2_7b", "qwen25_05b_b16"])
+def test_cuda_graph_capture_and_replay(name):
+    """Capture once, then replay with new inputs and a new position written into the same tensors."""
+    case = NAMED[name]
+    inp = make_inputs(case)
+    out = torch.empty_like(inp["x"])
+    run_kernel(case, inp, out)  # compile, load and allocate scratch outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        run_kernel(case, inp, out)
+    for step, pos in enumerate((5, case.max_len // 2, case.max_len - 1)):
+        fresh = make_inputs(replace(case, pos=pos, seed=case.seed + 100 + step))
+        for key in ("x", "k_cache", "v_cache", "cos", "sin", "cache_position"):
+            inp[key].copy_(fresh[key])
+        if inp["mask"] is not None:
+            inp["mask"].copy_(fresh["mask"])
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, k_new, _ = reference(replace(case, pos=pos), inp | {"k_cache": fresh["k_cache"],
+                                                                 "v_cache": fresh["v_cache"]})
+        assert rel_err(out, ref) <= BANDS[case.dtype], f"replay {step}"
+        assert within_ulp(inp["k_cache"][:, :, pos], k_new, case.dtype)
+
+
+def test_unsupported_shapes_have_reasons():
+    common = dict(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=1, dtype=torch.float16,
+                  max_cache_len=1024, has_qk_norm=False, mask_dtype=torch.bool)
+    assert attention_unsupported_reason(**common) is None
+    assert "dtype" in attention_unsupported_reason(**common | {"dtype": torch.float32})
+    assert "head_dim" in attention_unsupported_reason(**common | {"head_dim": 96})
+    assert "batch" in attention_unsupported_reason(**common | {"batch": 17})
+    assert "multiple" in attention_unsupported_reason(**common | {"num_kv_heads": 5})
+    assert "bool" in attention_unsupported_reason(**common | {"mask_dtype": torch.float16})
+    big = common | {"num_heads": 8, "num_kv_heads": 1, "head_dim": 256, "batch": 16, "hidden": 2048}
+    assert "shared memory" in attention_unsupported_reason(**big)

@@ -1,0 +1,85 @@
+"""The attention decode kernel compiles for sm_90a with NVRTC (no GPU needed) within its resource plan.
+
+Specification: every batch bucket / heads-per-pass extreme compiles to SASS with no spills (the kernel
+runs one 256-thread CTA per SM, so 255 registers are available), and the launcher's work split for the
+benchmark models fills the SMs with one CTA each inside the shared-memory limit.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from cf_compile_kernels import attention
+from cf_compile_kernels.build import compile_kernel
+from cf_compile_kernels.registry import registered
+
+EXTREMES = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb, hg in ((1, 1), (16, 8))]
+MODELS = {  # hidden, heads, kv heads, head_dim
+    "llama-2-7b": (4096, 32, 32, 128),
+    "llama-3-8b": (4096, 32, 8, 128),
+    "llama-3.2-1b": (2048, 32, 8, 64),
+    "qwen2.5-0.5b": (896, 14, 2, 64),
+}
+H100_SMS = 132
+
+
+def _compile(args):
+    return compile_kernel(attention.SOURCE, attention.KERNEL, template_args=args, arch="sm_90a")
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return dict(zip(EXTREMES, pool.map(_compile, EXTREMES), strict=True))
+    except Exception as exc:  # no NVRTC/headers on this machine: the whole module is moot
+        if "HeadersNotFound" in type(exc).__name__ or isinstance(exc, ImportError):
+            pytest.skip(f"NVRTC unavailable: {exc}")
+        raise
+
+
+@pytest.mark.parametrize("args", EXTREMES, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
+def test_compiles_without_spills(compiled, args):
+    kernel = compiled[args]
+    assert kernel.cubin.startswith(b"\x7fELF")
+    assert kernel.registers is not None and kernel.registers <= 255
+    assert kernel.spill_bytes == 0, f"{kernel.name_expression}: {kernel.spill_bytes} bytes spilled"
+    assert kernel.local_bytes == 0, f"{kernel.name_expression}: {kernel.local_bytes} bytes of stack"
+    assert kernel.shared_bytes == 0  # all shared memory is dynamic, sized by attention._smem_bytes
+
+
+def test_registered_for_the_doctor():
+    mine = [e for e in registered() if e.source == attention.SOURCE]
+    assert {tuple(e.template_args) for e in mine} >= set(EXTREMES)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("batch", [1, 4, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_benchmark_shapes_fill_the_gpu(model, batch, dtype):
+    hidden, heads, kv_heads, head_dim = MODELS[model]
+    shape = dict(hidden=hidden, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, batch=batch, dtype=dtype)
+    assert attention.attention_unsupported_reason(**shape, max_cache_len=4096, num_sms=H100_SMS) is None
+    cfg = attention.attention_config(**shape, num_sms=H100_SMS)
+    assert H100_SMS * 0.9 <= cfg["ctas"] <= H100_SMS  # one CTA per SM, co-resident, no idle tenth
+    assert cfg["cluster"] <= attention.MAX_CLUSTER
+    assert cfg["smem_bytes"] <= attention.SMEM_LIMIT
+    assert cfg["k_chunk"] == hidden  # the normalised activations of the whole batch fit at once here
+
+
+def test_work_split_follows_the_sm_count():
+    shape = dict(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=1, dtype=torch.float16)
+    small = attention.attention_config(**shape, num_sms=66)
+    large = attention.attention_config(**shape, num_sms=132)
+    assert small["ctas"] <= 66 and large["ctas"] <= 132
+    assert large["clusters_per_kv_head"] > small["clusters_per_kv_head"]
+
+
+def test_large_batch_and_hidden_stage_activations_in_chunks():
+    cfg = attention.attention_config(hidden=8192, num_heads=64, num_kv_heads=8, head_dim=128, batch=16,
+                                     dtype=torch.bfloat16, num_sms=H100_SMS)
+    assert 0 < cfg["k_chunk"] < 8192 and cfg["k_chunk"] % attention.VECTOR_ELEMS == 0
+    assert cfg["smem_bytes"] <= attention.SMEM_LIMIT
