@@ -49,3 +49,19 @@ def register_check(
 def registered() -> list[CheckEntry]:
     """Entries in registration order."""
     return list(_entries)
+
+
+def register_runtime_checks() -> None:
+    """The runtime's own test kernels (csrc/collectives_test.cu), at the sizes the GPU tests use."""
+    source = "collectives_test.cu"
+    for n in (2, 3, 16):
+        for length, op in ((100, 0), (1024, 0), (1024, 1), (1024, 2)):
+            register_check(
+                source, "collective_test_kernel", (n, length, op, "false"), label="collective test"
+            )
+    register_check(source, "collective_test_kernel", (8, 1024, 0, "true"), label="global-memory baseline")
+    register_check(source, "merge_softmax_test_kernel", (6, 4, 128, "false"), label="softmax merge test")
+    register_check(source, "merge_softmax_test_kernel", (16, 4, 30, "true"), label="softmax merge test")
+    register_check(source, "tma_copy_2d_kernel", ("__nv_bfloat16", 32, 64, "true"), label="TMA 2-D copy test")
+    register_check(source, "tma_copy_3d_kernel", ("float", 2, 4, 32), label="TMA 3-D copy test")
+    register_check(source, "fill_ones_kernel", label="launch probe")
