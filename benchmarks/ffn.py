@@ -1,0 +1,200 @@
+"""Gated-FFN decode block: the fused kernel vs Inductor vs the HBM floor, every row from one run.
+
+    PYTHONPATH=. python3 benchmarks/ffn.py --rows-out rows.json [--no-inductor] [--variants]
+    python3 benchmarks/ffn.py --append rows.json      # on the CPU machine: rows -> results.jsonl/RESULTS.md
+
+Method: fresh random weights (several sets, rotated, so the weights of one timing never sit in L2),
+each path checked against fp64 before it is timed; one CUDA graph holds one call per weight set and
+is replayed; CUDA events around each replay; the per-call median over the replays is reported.
+Inductor: torch.compile(mode="max-autotune-no-cudagraphs") of the eager HF-style block (rmsnorm,
+gate/up linears, silu * up, down, residual), captured in the same kind of graph. Floor: bytes that must
+move (weights, x, out, norm weight) / device-to-device copy bandwidth measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import results  # noqa: E402
+from cf_compile_kernels import ffn  # noqa: E402
+
+MODELS = {"Llama-2-7B": (4096, 11008), "Llama-3-8B": (4096, 14336), "Llama-3.2-1B": (2048, 8192),
+          "Qwen2.5-0.5B": (896, 4864)}
+BATCHES = (1, 4, 16)
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+EPS = 1e-5
+ROTATION_BYTES = 400e6  # weight bytes cycled through per graph: 8x the 50 MB L2
+MIN_SETS = 2
+REPLAYS = 50
+WARMUP_REPLAYS = 5
+COPY_BYTES = 1 << 30
+COLUMNS = ["config.model", "config.dtype", "config.batch", "ours_us", "inductor_us", "floor_us",
+           "floor_over_ours", "inductor_over_ours"]
+
+
+def weight_sets(hidden: int, inter: int, dtype: torch.dtype) -> list[dict]:
+    per_set = 3 * hidden * inter * torch.finfo(dtype).bits // 8
+    count = max(MIN_SETS, math.ceil(ROTATION_BYTES / per_set))
+    sets = []
+    for _ in range(count):
+        sets.append({
+            "norm_weight": (1 + 0.1 * torch.randn(hidden, device="cuda")).to(dtype),
+            "gate": (torch.randn(inter, hidden, device="cuda") * hidden**-0.5).to(dtype),
+            "up": (torch.randn(inter, hidden, device="cuda") * hidden**-0.5).to(dtype),
+            "down": (torch.randn(hidden, inter, device="cuda") * inter**-0.5).to(dtype),
+        })
+    return sets
+
+
+def eager_block(x, norm_weight, gate, up, down):
+    """The HF Llama MLP + RMSNorm + residual, as eager code writes it (rounding points included)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS)
+    h = norm_weight * h.to(x.dtype)
+    a = torch.nn.functional.silu(torch.nn.functional.linear(h, gate)) * torch.nn.functional.linear(h, up)
+    return x + torch.nn.functional.linear(a, down)
+
+
+def graph_time_us(calls: list, replays: int = REPLAYS) -> float:
+    """Median time per call of a CUDA graph holding `calls` in sequence, over `replays` replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:  # warm: compile, autotune, allocate outside the capture
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    for _ in range(WARMUP_REPLAYS):
+        graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written), median of 20 copies."""
+    src = torch.empty(COPY_BYTES // 2, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    us = graph_time_us([lambda: dst.copy_(src)], replays=20)
+    return COPY_BYTES / (us * 1e-6)
+
+
+def rel_error(out: torch.Tensor, x, s) -> float:
+    ref = ffn.gated_ffn_reference(x, s["norm_weight"], EPS, "weight", [s["gate"], s["up"]], s["down"], "silu", True)
+    return float((out.double() - ref).norm() / ref.norm())
+
+
+def bench_row(model: str, batch: int, dtype_name: str, bandwidth: float, inductor: bool,
+              tuning: ffn.Tuning | None = None) -> dict:
+    tuning = tuning or ffn.Tuning()
+    hidden, inter = MODELS[model]
+    dtype = DTYPES[dtype_name]
+    sets = weight_sets(hidden, inter, dtype)
+    x = torch.randn(batch, 1, hidden, device="cuda").to(dtype)
+    outs = [torch.full_like(x, float("nan")) for _ in sets]
+
+    def ours(i):
+        s = sets[i]
+        return lambda: ffn.gated_ffn(x, s["norm_weight"], EPS, "weight", [s["gate"], s["up"]], s["down"], "silu",
+                                     True, outs[i], tuning=tuning)
+
+    calls = [ours(i) for i in range(len(sets))]
+    calls[0]()
+    err = rel_error(outs[0], x, sets[0])
+    assert err < 1e-2, f"{model} b{batch} {dtype_name}: ours relative error {err:.3g}"
+    ours_us = graph_time_us(calls)
+    assert torch.isfinite(torch.stack(outs)).all()
+
+    inductor_us = None
+    if inductor:
+        compiled = torch.compile(eager_block, mode="max-autotune-no-cudagraphs", dynamic=False)
+        ind_out = [None] * len(sets)
+
+        def theirs(i):
+            s = sets[i]
+
+            def call():
+                ind_out[i] = compiled(x, s["norm_weight"], s["gate"], s["up"], s["down"])
+            return call
+
+        ind_calls = [theirs(i) for i in range(len(sets))]
+        ind_calls[0]()
+        err_ind = rel_error(ind_out[0], x, sets[0])
+        assert err_ind < 2e-2, f"inductor error {err_ind:.3g}"
+        inductor_us = graph_time_us(ind_calls)
+
+    elem = x.element_size()
+    bytes_moved = (3 * hidden * inter + 2 * batch * hidden + hidden) * elem
+    floor_us = bytes_moved / bandwidth * 1e6
+    info = ffn.plan_info(hidden, inter, dtype, batch, tuning=tuning)
+    row = results.make_row("ffn", {"model": model, "batch": batch, "seq": 0, "dtype": dtype_name,
+                                   "hidden": hidden, "intermediate": inter},
+                           ours_us=round(ours_us, 2), inductor_us=None if inductor_us is None else round(inductor_us, 2),
+                           floor_us=round(floor_us, 2))
+    row["floor_over_ours"] = round(floor_us / ours_us, 3)
+    row["inductor_over_ours"] = None if inductor_us is None else round(inductor_us / ours_us, 3)
+    row["ours_rel_err"] = float(f"{err:.3g}")
+    row["launch"] = {"grid": info["grid"][0], "cluster": info["cluster"][0], "smem": info["smem"],
+                     "registers": info["registers"], "warps": tuning.warps, "depth": tuning.depth}
+    sets.clear()
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows-out", type=Path, help="write the rows as JSON here (device run)")
+    parser.add_argument("--no-inductor", action="store_true")
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--dtypes", nargs="*", default=list(DTYPES))
+    parser.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
+    parser.add_argument("--variants", nargs="*", default=[],
+                        help="extra tunings cluster:warps:depth timed on the same rows (no Inductor)")
+    parser.add_argument("--append", type=Path, help="append rows from this JSON to results.jsonl / RESULTS.md")
+    args = parser.parse_args()
+
+    if args.append:
+        rows = json.loads(args.append.read_text())
+        results.append(rows, title="Gated FFN decode block: fused kernel vs Inductor vs HBM floor",
+                       method=__doc__.split("Method:", 1)[1], columns=COLUMNS)
+        return
+
+    bandwidth = copy_bandwidth()
+    print(f"device-to-device copy bandwidth: {bandwidth / 1e12:.3f} TB/s", flush=True)
+    rows = []
+    for model in args.models:
+        for dtype_name in args.dtypes:
+            for batch in args.batches:
+                row = bench_row(model, batch, dtype_name, bandwidth, not args.no_inductor)
+                for spec in args.variants:
+                    cluster, warps, depth = (int(v) for v in spec.split(":"))
+                    alt = bench_row(model, batch, dtype_name, bandwidth, False, ffn.Tuning(cluster, warps, depth))
+                    row.setdefault("variants", {})[spec] = alt["ours_us"]
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    print(results.markdown_table(rows, COLUMNS + ["variants"]))
+    if args.rows_out:
+        args.rows_out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+// gated_ffn.cu -- one launch per gated-FFN block per decode step (docs/kernel-contract.md, "Gated FFN"):
+//
+//   n   = rmsnorm(x)                    (weight, or 1 + weight; statistics in fp32; n rounded to T as eager)
+//   h   = act(n W_gate^T) * (n W_up^T)  (fp32; rounded to T once, as eager, to feed the tensor cores)
+//   out = (x if add_residual) + h W_down^T   (fp32 accumulation, one rounding)
+//
+// Why it is shaped like this. At batch 1..16 the block is bound by the weight bytes (3 * I * H * 2),
+// so every weight byte is read exactly once, as 16-byte loads issued straight into MMA registers, with
+// DEPTH steps in flight per warp, by every SM. The batch is the N dimension of mma.sync m16n8k16
+// ("swap AB"): each weight tile is used for all B rows, and B only adds MMAs, never bytes.
+//
+// Work split (all derived from hidden H, intermediate I, cluster size N and the cluster count C, which
+// the host takes from the occupancy of this kernel -- one wave, every cluster resident):
+//   * the intermediate dimension is cut into units of kUnitRows rows; cluster c owns the contiguous units
+//     [c*U/C, (c+1)*U/C) (U = I / kUnitRows): its slice of h, and the matching k-slice of W_down.
+//   * gate/up: CTA rank r of the cluster takes the hidden range [r*H/N, (r+1)*H/N) of every row of the
+//     cluster's units (split-K across the cluster, so each CTA normalises only its H/N columns of x and
+//     all CTAs get the same bytes +-0.7%). One MMA tile = 8 gate rows + the 8 matching up rows, so the
+//     accumulator holds gate and up of one row in one thread. Inside the CTA the (unit, k-step) items
+//     are split evenly across warps; a unit cut between warps is finished in a fixed order (fold below).
+//   * cluster step: partial gate/up sums (fp32, smem) are added over the N ranks in rank order through
+//     DSMEM, each rank activating the units u % N == r; the h slices are then gathered over DSMEM.
+//   * down: CTA rank r computes output columns [r*H/N, (r+1)*H/N) over the cluster's k-slice, whole
+//     16-row tiles per warp, and writes fp32 partials [C][H/16][16][B] to global memory.
+//   * fix-up: per 16-column tile an arrival counter; the last of the C clusters to arrive sums the C
+//     partials in cluster order (bitwise deterministic, no float atomics), adds the residual, writes out
+//     and resets the counter to 0 (CUDA-graph replay safe). Tiles are visited in an order rotated by the
+//     cluster index, so the last arrivals -- and the fix-up work -- spread over the clusters.
+//
+// Scratch: `partials` (C * H * kMaxBatch floats) and `counters` (H / 16 ints, zero before the first
+// launch) are allocated once per (shape, device) by the host; launches that share them must be ordered
+// (one stream), as decoder layers are.
+#include "cluster.cuh"
+#include "common.cuh"
+
+namespace cf {
+namespace ffn {
+
+// ------------------------------------------------------------------ shape constants (named, derived)
+
+using bits16 = unsigned short;  // raw fp16/bf16 bits in shared memory
+
+constexpr int kWarpSize = 32;
+constexpr int kMmaRows = 16;                       // M of mma.m16n8k16: weight rows per tile
+constexpr int kMmaCols = 8;                        // N of mma.m16n8k16: batch rows per MMA
+constexpr int kUnitRows = kMmaRows / 2;            // 8 gate rows + 8 up rows fill one MMA tile
+constexpr int kLanesPerGroup = 4;                  // threadID_in_group of the MMA fragment layout
+constexpr int kElemsPerLoad = 8;                   // one 16-byte load of fp16/bf16
+constexpr int kStepK = kLanesPerGroup * kElemsPerLoad;  // 32 columns of k per warp step (2 MMAs of k16)
+constexpr int kMaxBatch = 2 * kMmaCols;            // batch 1..16 = at most two N tiles
+constexpr int kBankBytes = 128;                    // 32 banks x 4 bytes
+constexpr int kRowSkewBytes = kBankBytes / 2;      // row stride = 64 mod 128: 2 rows per wavefront
+
+enum Activation : int { kSilu = 0, kGeluTanh = 1, kGeluErf = 2 };
+enum NormKind : int { kNormWeight = 0, kNormUnitOffset = 1 };
+
+/// @brief Elements per smem row of `len` 16-bit values, padded so that consecutive rows start 64 bytes
+/// apart modulo 128 (the 8 rows of one fragment load then hit disjoint banks in pairs).
+__host__ __device__ constexpr int padded_row_elems(int len) {
+  return (ceil_div(len * 2, kBankBytes) * kBankBytes + kRowSkewBytes) / 2;
+}
+
+/// @brief Byte offsets of the dynamic shared memory regions; the host computes the same (ffn.py).
+struct SmemLayout {
+  int k_range;      // H / N: hidden columns per CTA
+  int units_max;    // most units any cluster owns
+  int n_stride;     // elements per row of n (gate/up phase)
+  int h_stride;     // elements per row of h (down phase), reusing n's region
+  int vec_offset;   // region A: n, later h   [kMaxBatch-or-BP rows]
+  int part_offset;  // gate/up partials, fp32 [units_max][16][BP]
+  int head_offset;  // per-warp unfinished first unit, fp32 [WARPS][16][BP]
+  int misc_offset;  // ss send/recv [2][kMaxBatch] fp32, rstd [kMaxBatch], head_unit [WARPS] int
+  int total;
+
+  __host__ __device__ SmemLayout(int hidden, int inter, int cluster, int clusters, int bp, int warps) {
+    k_range = hidden / cluster;
+    units_max = ceil_div(inter / kUnitRows, clusters);
+    n_stride = padded_row_elems(k_range);
+    h_stride = padded_row_elems(ceil_div(units_max * kUnitRows, kStepK) * kStepK);
+    const int region_a = bp * (n_stride > h_stride ? n_stride : h_stride) * 2;
+    vec_offset = 0;
+    part_offset = ceil_div(region_a, 16) * 16;
+    head_offset = part_offset + units_max * kMmaRows * bp * 4;
+    misc_offset = head_offset + warps * kMmaRows * bp * 4;
+    total = misc_offset + (3 * kMaxBatch + warps) * 4;
+  }
+};
+
+// ------------------------------------------------------------------ small device helpers
+
+/// @brief 16-byte streaming load of read-only weights: no L1 allocation (each byte is used once).
+__device__ __forceinline__ uint4 load_weights(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+/// @brief Ask L2 to fetch `bytes` (multiple of 16, 16-byte aligned) ahead of the loads that need them.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+
+/// @brief Dynamic shared memory the launch provided (checked against the layout: a mismatch traps).
+__device__ __forceinline__ unsigned dynamic_smem_size() {
+  unsigned v;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
+  return v;
+}
+
+template <typename T>
+struct MmaOp;
+template <>
+struct MmaOp<__half> {
+  /// @brief d += a * b, m16n8k16, fp16 inputs, fp32 accumulators.
+  __device__ __forceinline__ static void run(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                             unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct MmaOp<__nv_bfloat16> {
+  /// @brief d += a * b, m16n8k16, bf16 inputs, fp32 accumulators.
+  __device__ __forceinline__ static void run(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                             unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+/// @brief One warp step of k = 32: rows g and g+8 of the tile hold 8 consecutive k each (lo, hi), the
+/// batch fragment the same 8 k of batch row g (+8 for the second N tile). The 8 k are split into the two
+/// k16 MMAs as {0,1 | 2,3} and {4,5 | 6,7}: A and B use the same permutation of k, so the dot product
+/// is unchanged while every load stays 16 bytes wide.
+template <typename T, int BT>
+__device__ __forceinline__ void mma_step(float (&acc)[BT][4], const uint4& lo, const uint4& hi,
+                                         const uint4 (&b)[BT]) {
+#pragma unroll
+  for (int bt = 0; bt < BT; ++bt) {
+    MmaOp<T>::run(acc[bt], lo.x, hi.x, lo.y, hi.y, b[bt].x, b[bt].y);
+    MmaOp<T>::run(acc[bt], lo.z, hi.z, lo.w, hi.w, b[bt].z, b[bt].w);
+  }
+}
+
+/// @brief Batch fragment: 8 consecutive values of rows g (and g + 8) of an smem [row][stride] array;
+/// zero for rows past the batch (their products are never stored).
+template <int BT>
+__device__ __forceinline__ void load_batch_frag(uint4 (&b)[BT], const bits16* base, int stride, int g,
+                                                int batch) {
+#pragma unroll
+  for (int bt = 0; bt < BT; ++bt) {
+    const int row = g + bt * kMmaCols;
+    b[bt] = row < batch ? *reinterpret_cast<const uint4*>(base + row * stride) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+template <int BT>
+__device__ __forceinline__ void zero(float (&acc)[BT][4]) {
+#pragma unroll
+  for (int bt = 0; bt < BT; ++bt) acc[bt][0] = acc[bt][1] = acc[bt][2] = acc[bt][3] = 0.f;
+}
+
+/// @brief Store a warp's 16 x (8*BT) accumulator tile as fp32 [16 rows][bp] (row-major) at `dst`.
+template <int BT>
+__device__ __forceinline__ void store_tile_smem(float* dst, const float (&acc)[BT][4], int g, int t, int bp) {
+#pragma unroll
+  for (int bt = 0; bt < BT; ++bt) {
+    const int col = bt * kMmaCols + 2 * t;
+    *reinterpret_cast<float2*>(dst + g * bp + col) = make_float2(acc[bt][0], acc[bt][1]);
+    *reinterpret_cast<float2*>(dst + (g + kUnitRows) * bp + col) = make_float2(acc[bt][2], acc[bt][3]);
+  }
+}
+
+__device__ __forceinline__ float activate(float v, int activation) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;  // tanh-GELU: sqrt(2 / pi)
+  constexpr float kGeluCubic = 0.044715f;              // tanh-GELU cubic coefficient
+  constexpr float kInvSqrt2 = 0.7071067811865476f;     // erf-GELU: 1 / sqrt(2)
+  if (activation == kSilu) return v / (1.f + expf(-v));
+  if (activation == kGeluTanh) return 0.5f * v * (1.f + tanhf(kSqrt2OverPi * (v + kGeluCubic * v * v * v)));
+  return 0.5f * v * (1.f + erff(v * kInvSqrt2));
+}
+
+// ------------------------------------------------------------------ the kernel
+
+/// @brief Fused gated FFN, one launch per step. Grid: C clusters of CLUSTER CTAs (1-D), WARPS warps each.
+/// @tparam T          __half or __nv_bfloat16
+/// @tparam CLUSTER    CTAs per cluster (N); must divide H / 32
+/// @tparam BT         batch tiles of 8 (1: batch <= 8, 2: batch <= 16)
+/// @tparam WARPS      warps per CTA (one CTA per SM)
+/// @tparam DEPTH      16-byte weight loads in flight per thread and weight row pair (pipeline depth)
+template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH>
+__global__ void __launch_bounds__(WARPS* kWarpSize, 1)
+    gated_ffn_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
+                     const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
+                     float* __restrict__ partials, int* __restrict__ counters, int hidden, int inter, int batch,
+                     float eps, int norm_kind, int activation, int add_residual) {
+  static_assert(sizeof(T) == 2, "fp16 / bf16 only");
+  static_assert(BT == 1 || BT == 2, "batch tiles: 1 or 2 (batch <= 16)");
+  constexpr int kThreads = WARPS * kWarpSize;
+  constexpr int kBp = BT * kMmaCols;  // padded batch: row count of the fp32 tiles
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int clusters = gridDim.x / CLUSTER;
+  const SmemLayout L(hidden, inter, CLUSTER, clusters, kBp, WARPS);
+  if (cluster::num_ctas() != CLUSTER || dynamic_smem_size() < static_cast<unsigned>(L.total)) __trap();
+
+  bits16* vec_s = reinterpret_cast<bits16*>(smem + L.vec_offset);  // n, then h (raw T bits)
+  float* part_s = reinterpret_cast<float*>(smem + L.part_offset);
+  float* head_s = reinterpret_cast<float*>(smem + L.head_offset);
+  float* ss_send = reinterpret_cast<float*>(smem + L.misc_offset);
+  float* ss_recv = ss_send + kMaxBatch;
+  float* rstd_s = ss_recv + kMaxBatch;
+  int* head_unit = reinterpret_cast<int*>(rstd_s + kMaxBatch);
+
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int g = lane / kLanesPerGroup, t = lane % kLanesPerGroup;  // MMA fragment coordinates
+  const int rank = static_cast<int>(cluster::rank());
+  const int c = blockIdx.x / CLUSTER;
+  const int kr = L.k_range, k_begin = rank * kr;
+  const int units = inter / kUnitRows;
+  const int unit0 = static_cast<int>(static_cast<long long>(c) * units / clusters);
+  const int unit_count = static_cast<int>(static_cast<long long>(c + 1) * units / clusters) - unit0;
+  const int kc = unit_count * kUnitRows;  // this cluster's k-slice of W_down
+  const int steps_gu = kr / kStepK;       // k-steps of one unit in this CTA's hidden range
+
+  // ---- gate/up work of this warp: items [i_begin, i_end) of (unit, k-step), unit-major
+  const int items_gu = unit_count * steps_gu;
+  const int i_begin = static_cast<int>(static_cast<long long>(warp) * items_gu / WARPS);
+  const int i_end = static_cast<int>(static_cast<long long>(warp + 1) * items_gu / WARPS);
+  const size_t row_g = static_cast<size_t>(unit0 * kUnitRows + g) * hidden + k_begin + t * kElemsPerLoad;
+  const T* gate_base = w_gate + row_g;
+  const T* up_base = w_up + row_g;
+  const size_t unit_stride = static_cast<size_t>(kUnitRows) * hidden;
+
+  // Warm L2 with this warp's first steps while the norm runs (each lane one row of the tile).
+  if (i_begin < i_end && lane < kMmaRows) {
+    const int u = i_begin / steps_gu, s = i_begin % steps_gu;
+    const int steps = min(i_end - i_begin, min(steps_gu - s, 2 * DEPTH));
+    const T* base = (lane < kUnitRows ? w_gate : w_up) + static_cast<size_t>((unit0 + u) * kUnitRows + lane % kUnitRows) * hidden + k_begin + s * kStepK;
+    prefetch_l2(base, steps * kStepK * sizeof(T));
+  }
+
+  // ---- 1. RMS statistics: each CTA squares its own H/N columns, the cluster adds them in rank order
+  const int vecs_per_row = kr / kElemsPerLoad;
+  if (tid < kMaxBatch) ss_send[tid] = 0.f;
+  __syncthreads();
+  for (int b = warp; b < batch; b += WARPS) {
+    const T* xr = x + static_cast<size_t>(b) * hidden + k_begin;
+    float s = 0.f;
+    for (int v = lane; v < vecs_per_row; v += kWarpSize) {
+      float f[kElemsPerLoad];
+      load_vec_f32(xr + v * kElemsPerLoad, f);
+#pragma unroll
+      for (int e = 0; e < kElemsPerLoad; ++e) s = fmaf(f[e], f[e], s);
+    }
+#pragma unroll
+    for (int off = kWarpSize / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) ss_send[b] = s;
+  }
+  cluster::cluster_reduce_sum<CLUSTER, kMaxBatch>(ss_send, ss_recv);
+  if (tid < batch) rstd_s[tid] = rsqrtf(ss_recv[tid] / static_cast<float>(hidden) + eps);
+  __syncthreads();
+
+  // ---- 2. n = rmsnorm(x) over this CTA's columns, rounded to T (as eager), into smem [batch][n_stride]
+  for (int idx = tid; idx < batch * vecs_per_row; idx += kThreads) {
+    const int b = idx / vecs_per_row, v = idx % vecs_per_row;
+    float f[kElemsPerLoad], w[kElemsPerLoad];
+    load_vec_f32(x + static_cast<size_t>(b) * hidden + k_begin + v * kElemsPerLoad, f);
+    load_vec_f32(norm_w + k_begin + v * kElemsPerLoad, w);
+    const float offset = norm_kind == kNormUnitOffset ? 1.f : 0.f;
+#pragma unroll
+    for (int e = 0; e < kElemsPerLoad; ++e) f[e] = (offset + w[e]) * (f[e] * rstd_s[b]);
+    store_vec_f32(reinterpret_cast<T*>(vec_s) + b * L.n_stride + v * kElemsPerLoad, f);
+  }
+  if (tid < WARPS) head_unit[tid] = -1;
+  __syncthreads();
+
+  // ---- 3. gate/up: stream this warp's items, DEPTH steps of loads in flight
+  {
+    float acc[BT][4];
+    zero(acc);
+    int u = i_begin / steps_gu, s = i_begin % steps_gu;
+    bool in_head = s != 0 && i_begin < i_end;  // first piece continues a unit begun by an earlier warp
+    if (in_head && lane == 0) head_unit[warp] = u;
+    const bits16* n_base = vec_s + t * kElemsPerLoad;
+    for (int remaining = i_end - i_begin; remaining > 0; remaining -= DEPTH) {
+      uint4 lo[DEPTH], hi[DEPTH];
+      {
+        int uu = u, ss = s;
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+          if (d < remaining) {
+            const size_t off = uu * unit_stride + ss * kStepK;
+            lo[d] = load_weights(gate_base + off);
+            hi[d] = load_weights(up_base + off);
+            if (++ss == steps_gu) ss = 0, ++uu;
+          }
+        }
+      }
+#pragma unroll
+      for (int d = 0; d < DEPTH; ++d) {
+        if (d < remaining) {
+          uint4 b[BT];
+          load_batch_frag<BT>(b, n_base + s * kStepK, L.n_stride, g, batch);
+          mma_step<T, BT>(acc, lo[d], hi[d], b);
+          if (s == steps_gu - 1 || d == remaining - 1) {  // unit (or this warp's share) done: flush
+            float* dst = in_head ? head_s + warp * kMmaRows * kBp : part_s + u * kMmaRows * kBp;
+            store_tile_smem<BT>(dst, acc, g, t, kBp);
+            zero(acc);
+            in_head = false;
+          }
+          if (++s == steps_gu) s = 0, ++u;
+        }
+      }
+    }
+  }
+
+  // Warm L2 with this warp's first down-projection tile while the cluster exchanges h.
+  const int tiles_per_cta = kr / kMmaRows;
+  const int my_tiles = warp < tiles_per_cta ? ceil_div(tiles_per_cta - warp, WARPS) : 0;
+  const int k0 = unit0 * kUnitRows;
+  if (my_tiles > 0 && lane < kMmaRows) {
+    const int tile = warp + WARPS * (c % my_tiles);
+    const T* row = w_down + static_cast<size_t>(k_begin + tile * kMmaRows + lane) * inter + k0;
+    prefetch_l2(row, kc * sizeof(T));
+  }
+  __syncthreads();
+
+  // ---- 4. fold units cut between warps: head pieces added after the unit's first piece, warp order
+  for (int e = tid; e < kMmaRows * kBp; e += kThreads) {
+    for (int w = 0; w < WARPS; ++w) {
+      const int hu = head_unit[w];
+      if (hu >= 0) part_s[hu * kMmaRows * kBp + e] += head_s[w * kMmaRows * kBp + e];
+    }
+  }
+  cluster::sync();  // every rank's gate/up partials complete and visible
+
+  // ---- 5. h for the units this rank owns (u % N == rank): partials summed in rank order, activated
+  bits16* h_s = vec_s;  // n is dead: h[b][k] (k relative to the cluster's slice), stride h_stride
+  {
+    const int owned = unit_count > rank ? ceil_div(unit_count - rank, CLUSTER) : 0;
+    unsigned peer_part[CLUSTER];
+#pragma unroll
+    for (int q = 0; q < CLUSTER; ++q) peer_part[q] = cluster::peer_addr(part_s, q);
+    for (int idx = tid; idx < owned * kUnitRows * batch; idx += kThreads) {
+      const int b = idx % batch, row = (idx / batch) % kUnitRows, u = rank + CLUSTER * (idx / (batch * kUnitRows));
+      const unsigned gate_off = ((u * kMmaRows + row) * kBp + b) * sizeof(float);
+      const unsigned up_off = gate_off + kUnitRows * kBp * sizeof(float);
+      float gate = 0.f, up = 0.f;
+#pragma unroll
+      for (int q = 0; q < CLUSTER; ++q) {
+        gate += cluster::load(peer_part[q] + gate_off);
+        up += cluster::load(peer_part[q] + up_off);
+      }
+      reinterpret_cast<T*>(h_s)[b * L.h_stride + u * kUnitRows + row] = from_float<T>(activate(gate, activation) * up);
+    }
+    // zero the k tail up to a whole step, so the last down step multiplies zeros
+    const int kc_pad = max(1, ceil_div(kc, kStepK)) * kStepK;
+    for (int idx = tid; idx < batch * (kc_pad - kc); idx += kThreads) {
+      const int b = idx / (kc_pad - kc);
+      h_s[b * L.h_stride + kc + idx % (kc_pad - kc)] = 0;
+    }
+  }
+  cluster::sync();  // owned h slices visible; every peer is done reading our partials
+
+  // ---- 6. gather the h units owned by the other ranks (16 bytes = one unit of one batch row per load)
+  {
+    for (int idx = tid; idx < unit_count * batch; idx += kThreads) {
+      const int u = idx / batch, b = idx % batch;
+      if (u % CLUSTER == rank) continue;
+      bits16* dst = h_s + b * L.h_stride + u * kUnitRows;
+      const float4 v = cluster::load4(cluster::peer_addr(dst, u % CLUSTER));
+      *reinterpret_cast<float4*>(dst) = v;
+    }
+    __syncthreads();
+    cluster::arrive();  // done reading peers; matched by the wait before exit
+  }
+
+  // ---- 7. down projection: whole 16-row tiles per warp over the cluster's k-slice; partials; fix-up
+  {
+    // at least one step: a cluster that owns no units (tiny I) still arrives, with a zero partial
+    const int steps_d = max(1, ceil_div(kc, kStepK));
+    const int items = my_tiles * steps_d;
+    const int col_tiles = hidden / kMmaRows;
+    const bits16* h_base = h_s + t * kElemsPerLoad;
+    auto tile_of = [&](int m) { return warp + WARPS * ((m + c) % my_tiles); };  // rotated visiting order
+    auto row_ptr = [&](int m) {
+      return w_down + static_cast<size_t>(k_begin + tile_of(m) * kMmaRows + g) * inter + k0 + t * kElemsPerLoad;
+    };
+    const size_t half_tile = static_cast<size_t>(kUnitRows) * inter;
+    float acc[BT][4];
+    zero(acc);
+    int m = 0, s = 0;
+    for (int remaining = items; remaining > 0; remaining -= DEPTH) {
+      uint4 lo[DEPTH], hi[DEPTH];
+      {
+        int mm = m, ss = s;
+        const T* p = row_ptr(mm);
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+          if (d < remaining) {
+            const bool live = ss * kStepK + t * kElemsPerLoad < kc;
+            lo[d] = live ? load_weights(p + ss * kStepK) : make_uint4(0, 0, 0, 0);
+            hi[d] = live ? load_weights(p + half_tile + ss * kStepK) : make_uint4(0, 0, 0, 0);
+            if (++ss == steps_d && d + 1 < remaining) ss = 0, p = row_ptr(++mm);
+          }
+        }
+      }
+#pragma unroll
+      for (int d = 0; d < DEPTH; ++d) {
+        if (d < remaining) {
+          uint4 b[BT];
+          load_batch_frag<BT>(b, h_base + s * kStepK, L.h_stride, g, batch);
+          mma_step<T, BT>(acc, lo[d], hi[d], b);
+          if (s == steps_d - 1) {
+            // partial of this cluster for tile jt -> global, then arrive; the last arriver fixes up
+            const int jt = rank * tiles_per_cta + tile_of(m);
+            float* dst = partials + (static_cast<size_t>(c) * col_tiles + jt) * kMmaRows * batch;
+#pragma unroll
+            for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+              for (int i = 0; i < 4; ++i) {
+                const int row = g + (i / 2) * kUnitRows, col = bt * kMmaCols + 2 * t + i % 2;
+                if (col < batch) dst[row * batch + col] = acc[bt][i];
+              }
+            }
+            zero(acc);
+            __threadfence();
+            __syncwarp();
+            int old = 0;
+            if (lane == 0) old = atomicAdd(counters + jt, 1);
+            old = __shfl_sync(0xffffffffu, old, 0);
+            if (old == clusters - 1) {
+              __threadfence();
+              const float* src = partials + static_cast<size_t>(jt) * kMmaRows * batch;
+              const size_t cluster_stride = static_cast<size_t>(col_tiles) * kMmaRows * batch;
+              for (int e = lane; e < kMmaRows * batch; e += kWarpSize) {
+                float sum = 0.f;
+#pragma unroll 8
+                for (int q = 0; q < clusters; ++q) sum += __ldcg(src + q * cluster_stride + e);
+                const int j = jt * kMmaRows + e / batch, b = e % batch;
+                const size_t o = static_cast<size_t>(b) * hidden + j;
+                if (add_residual) sum += to_float(x[o]);
+                out[o] = from_float<T>(sum);
+              }
+              if (lane == 0) atomicExch(counters + jt, 0);  // ready for the next launch / graph replay
+            }
+            s = 0;
+            ++m;
+          } else {
+            ++s;
+          }
+        }
+      }
+    }
+  }
+  cluster::wait();  // peers finished reading our h before our shared memory goes away
+}
+
+}  // namespace ffn
+}  // namespace cf
+
+using cf::ffn::gated_ffn_kernel;

@@ -1,0 +1,445 @@
+"""Launcher of the fused gated-FFN decode kernel (csrc/gated_ffn.cu): shapes -> config -> one launch.
+
+The work split is derived here from the shape and the GPU (see the kernel's header comment): cluster
+size N from the hidden size, one cluster per N SMs for as many clusters as can be resident at once (one
+wave: the kernel streams weights and must not leave SMs idle or run a second, partial wave), batch
+tiles of 8 for the MMA's N dimension. Scratch buffers (fp32 partials, arrival counters) are allocated
+once per (hidden, clusters, device) and reused: the kernel resets its counters, so launches replay in
+CUDA graphs. Launches that share the scratch must be ordered on one stream, as decoder layers are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .registry import register_check
+
+SOURCE = "gated_ffn.cu"
+KERNEL = "gated_ffn_kernel"
+
+# Mirrors of the kernel's named constants (csrc/gated_ffn.cu); test_ffn_build.py checks the layout.
+WARP_SIZE = 32
+MMA_ROWS = 16  # weight rows per MMA tile
+MMA_COLS = 8  # batch rows per MMA (N of m16n8k16)
+UNIT_ROWS = MMA_ROWS // 2  # 8 gate + 8 up rows per tile
+STEP_K = 32  # k columns per warp step: 4 lanes x 16-byte loads
+MAX_BATCH = 2 * MMA_COLS
+BANK_BYTES = 128
+ROW_SKEW_BYTES = BANK_BYTES // 2
+SMEM_ALIGN = 16
+
+# Tuning (measured, benchmarks/NOTES-ffn.md): 16 warps = 512 threads, one CTA per SM with the
+# 128-register budget; DEPTH steps of 1 KB per warp in flight keep ~64 KB per SM outstanding, above
+# the ~25 KB that bandwidth x latency asks of each of 132 SMs.
+WARPS = 16
+DEPTH = 4
+CLUSTER_PREFERENCE = (4, 2, 8, 1)  # 4: even SM use and short partials; the others when 4 does not divide
+MAX_SMEM_PER_CTA = 227 * 1024  # opt-in dynamic shared memory of one sm_90 CTA
+REFERENCE_SMS = 132  # H100 SXM: used where no device is at hand (unsupported_reason, check registry)
+
+MAX_HIDDEN = 8192
+MAX_INTERMEDIATE = 28672
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
+NORM_KINDS = {"weight": 0, "unit_offset": 1}
+CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+
+
+def padded_row_elems(length: int) -> int:
+    """Elements per smem row of `length` 16-bit values, rows 64 bytes apart modulo 128 (no conflicts)."""
+    return (-(-length * 2 // BANK_BYTES) * BANK_BYTES + ROW_SKEW_BYTES) // 2
+
+
+def smem_bytes(
+    hidden: int, intermediate: int, cluster: int, clusters: int, batch_tiles: int, warps: int = WARPS
+) -> int:
+    """Dynamic shared memory of one CTA; the same arithmetic as SmemLayout in gated_ffn.cu."""
+    bp = batch_tiles * MMA_COLS
+    k_range = hidden // cluster
+    units_max = -(-(intermediate // UNIT_ROWS) // clusters)
+    n_stride = padded_row_elems(k_range)
+    h_stride = padded_row_elems(-(-units_max * UNIT_ROWS // STEP_K) * STEP_K)
+    region_a = bp * max(n_stride, h_stride) * 2
+    part_offset = -(-region_a // SMEM_ALIGN) * SMEM_ALIGN
+    head_offset = part_offset + units_max * MMA_ROWS * bp * 4
+    misc_offset = head_offset + warps * MMA_ROWS * bp * 4
+    return misc_offset + (3 * MAX_BATCH + warps) * 4
+
+
+def choose_cluster_size(hidden: int) -> int | None:
+    """Largest-preferred N whose CTAs get whole 32-column steps of the hidden range; None if none does."""
+    if hidden % STEP_K:
+        return None
+    for n in CLUSTER_PREFERENCE:
+        if (hidden // STEP_K) % n == 0:
+            return n
+    return None
+
+
+def batch_tiles(batch: int) -> int:
+    return 1 if batch <= MMA_COLS else 2
+
+
+def ffn_unsupported_reason(
+    *,
+    hidden: int,
+    intermediate: int,
+    batch: int,
+    dtype: torch.dtype,
+    activation: str,
+    norm_kind: str,
+    fused_gate_up: bool,
+    has_bias: bool,
+) -> str | None:
+    """None if the fused kernel computes this block, else a one-line reason (the backend falls back)."""
+    del fused_gate_up  # both layouts are supported: the up pointer is offset into the fused weight
+    if dtype not in CTYPES:
+        return f"dtype {dtype} (the kernel takes float16 or bfloat16)"
+    if has_bias:
+        return "gate/up/down biases are not fused"
+    if activation not in ACTIVATIONS:
+        return f"activation {activation!r} (supported: {', '.join(ACTIVATIONS)})"
+    if norm_kind not in NORM_KINDS:
+        return f"norm kind {norm_kind!r} (supported: {', '.join(NORM_KINDS)})"
+    if not 1 <= batch <= MAX_BATCH:
+        return f"batch {batch} outside 1..{MAX_BATCH}"
+    if not 0 < hidden <= MAX_HIDDEN or not 0 < intermediate <= MAX_INTERMEDIATE:
+        return f"hidden {hidden} / intermediate {intermediate} beyond {MAX_HIDDEN} / {MAX_INTERMEDIATE}"
+    cluster = choose_cluster_size(hidden)
+    if cluster is None:
+        return f"hidden {hidden} is not a multiple of {STEP_K}"
+    if intermediate % UNIT_ROWS:
+        return f"intermediate {intermediate} is not a multiple of {UNIT_ROWS}"
+    smem = smem_bytes(hidden, intermediate, cluster, REFERENCE_SMS // cluster, batch_tiles(batch))
+    if smem > MAX_SMEM_PER_CTA:
+        return f"needs {smem} B of shared memory per CTA (> {MAX_SMEM_PER_CTA})"
+    return None
+
+
+def ffn_config(
+    *,
+    hidden: int,
+    intermediate: int,
+    batch: int,
+    dtype: torch.dtype,
+    num_sms: int,
+    max_active_clusters: int | None = None,
+) -> dict:
+    """The work split for the report (and for the launcher): every number derived from the shape and SMs.
+
+    max_active_clusters: what the occupancy API says fits at once (default: every N SMs)."""
+    cluster = choose_cluster_size(hidden)
+    if cluster is None:
+        raise ValueError(f"hidden {hidden} is not a multiple of {STEP_K}")
+    clusters = num_sms // cluster
+    if max_active_clusters is not None:
+        clusters = max(1, min(clusters, max_active_clusters))
+    units = intermediate // UNIT_ROWS
+    bt = batch_tiles(batch)
+    elem = torch.tensor([], dtype=dtype).element_size()
+    return {
+        "cluster_size": cluster,
+        "clusters": clusters,
+        "ctas": clusters * cluster,
+        "warps": WARPS,
+        "threads": WARPS * WARP_SIZE,
+        "depth": DEPTH,
+        "batch_tiles": bt,
+        "k_range": hidden // cluster,  # hidden columns of gate/up rows per CTA
+        "units": units,
+        "units_per_cluster": (units // clusters, -(-units // clusters)),  # (min, max)
+        "down_tiles_per_cta": hidden // cluster // MMA_ROWS,
+        "smem_bytes": smem_bytes(hidden, intermediate, cluster, clusters, bt),
+        "partials_bytes": clusters * hidden * MAX_BATCH * 4,
+        "weight_bytes": 3 * intermediate * hidden * elem,
+    }
+
+
+def template_args(
+    dtype: torch.dtype, cluster: int, bt: int, warps: int = WARPS, depth: int = DEPTH
+) -> tuple[str | int, ...]:
+    return (CTYPES[dtype], cluster, bt, warps, depth)
+
+
+# Representative instantiations for `python -m cf_compile_kernels check` (Llama-class hidden sizes give
+# N = 4; batch tiles 1 and 2 cover batch 1..16).
+for _dtype in CTYPES:
+    for _bt, _label in ((1, "batch 1-8"), (2, "batch 9-16")):
+        register_check(SOURCE, KERNEL, template_args(_dtype, 4, _bt), label=f"gated FFN {_dtype} {_label}")
+
+
+# --------------------------------------------------------------------------- run time
+
+
+@dataclass
+class _Plan:
+    """Everything a launch needs that depends only on (shape, dtype, batch tile, device)."""
+
+    kernel: object  # launch.LoadedKernel
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    cluster: tuple[int, int, int]
+    smem: int
+    partials: torch.Tensor
+    counters: torch.Tensor
+    clusters: int
+
+
+_plans: dict[tuple, _Plan] = {}
+_plans_lock = threading.Lock()
+_scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _max_active_clusters(kernel, cluster: int, smem: int, threads: int) -> int | None:
+    """Clusters of `cluster` CTAs that fit on the device at once (cuOccupancyMaxActiveClusters)."""
+    from cuda.bindings import driver
+
+    function = kernel._function  # the runtime exposes no public handle; read-only use
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    (err,) = driver.cuFuncSetAttribute(function, attr, smem)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        return None
+    config = driver.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = cluster, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = threads, 1, 1
+    config.sharedMemBytes = smem
+    launch_attr = driver.CUlaunchAttribute()
+    launch_attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    launch_attr.value.clusterDim.x, launch_attr.value.clusterDim.y, launch_attr.value.clusterDim.z = (
+        cluster,
+        1,
+        1,
+    )
+    config.attrs = [launch_attr]
+    config.numAttrs = 1
+    err, count = driver.cuOccupancyMaxActiveClusters(function, config)
+    return int(count) if err == driver.CUresult.CUDA_SUCCESS and count > 0 else None
+
+
+def _get_scratch(hidden: int, clusters: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (hidden, clusters, device)
+    buffers = _scratch.get(key)
+    if buffers is None:
+        partials = torch.empty(clusters * hidden * MAX_BATCH, dtype=torch.float32, device=device)
+        counters = torch.zeros(hidden // MMA_ROWS, dtype=torch.int32, device=device)
+        buffers = _scratch[key] = (partials, counters)
+    return buffers
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Kernel knobs the benchmark may vary; None fields take the derived defaults."""
+
+    cluster: int | None = None
+    warps: int = WARPS
+    depth: int = DEPTH
+
+
+def _plan(
+    hidden: int,
+    intermediate: int,
+    dtype: torch.dtype,
+    bt: int,
+    device: torch.device,
+    tuning: Tuning = Tuning(),
+) -> _Plan:
+    key = (hidden, intermediate, dtype, bt, device, tuning)
+    plan = _plans.get(key)
+    if plan is not None:
+        return plan
+    with _plans_lock:
+        plan = _plans.get(key)
+        if plan is not None:
+            return plan
+        from .build import compile_kernel
+        from .launch import load_kernel
+
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        cluster = tuning.cluster or choose_cluster_size(hidden)
+        if cluster is None or (hidden // STEP_K) % cluster:
+            raise ValueError(f"gated_ffn: cluster size {cluster} does not divide hidden {hidden} / {STEP_K}")
+        compiled = compile_kernel(
+            SOURCE, KERNEL, template_args=template_args(dtype, cluster, bt, tuning.warps, tuning.depth)
+        )
+        kernel = load_kernel(compiled, device)
+        threads = tuning.warps * WARP_SIZE
+        clusters = max(1, num_sms // cluster)
+        with torch.cuda.device(device):
+            active = _max_active_clusters(
+                kernel,
+                cluster,
+                smem_bytes(hidden, intermediate, cluster, clusters, bt, tuning.warps),
+                threads,
+            )
+        if active is not None:
+            clusters = max(1, min(clusters, active))
+        smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, tuning.warps)
+        if smem > MAX_SMEM_PER_CTA:
+            raise ValueError(f"gated_ffn: {smem} B of shared memory per CTA with {clusters} clusters")
+        partials, counters = _get_scratch(hidden, clusters, device)
+        plan = _Plan(
+            kernel=kernel,
+            grid=(clusters * cluster, 1, 1),
+            block=(threads, 1, 1),
+            cluster=(cluster, 1, 1),
+            smem=smem,
+            partials=partials,
+            counters=counters,
+            clusters=clusters,
+        )
+        _plans[key] = plan
+        return plan
+
+
+def plan_info(
+    hidden: int,
+    intermediate: int,
+    dtype: torch.dtype,
+    batch: int,
+    device: torch.device | None = None,
+    tuning: Tuning = Tuning(),
+) -> dict:
+    """The launch actually used on `device` (clusters after the occupancy query), for benchmarks/reports."""
+    device = torch.device(device or torch.device("cuda", torch.cuda.current_device()))
+    plan = _plan(hidden, intermediate, dtype, batch_tiles(batch), device, tuning)
+    compiled = plan.kernel.compiled
+    return {
+        "grid": plan.grid,
+        "cluster": plan.cluster,
+        "block": plan.block,
+        "smem": plan.smem,
+        "clusters": plan.clusters,
+        "registers": compiled.registers,
+        "local_bytes": compiled.local_bytes,
+    }
+
+
+@functools.cache
+def _activation_code(name: str) -> int:
+    return ACTIVATIONS[name]
+
+
+def gated_ffn(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    norm_kind: str,
+    gate_up_weights: list[torch.Tensor],
+    down_weight: torch.Tensor,
+    activation: str,
+    add_residual: bool,
+    out: torch.Tensor,
+    *,
+    tuning: Tuning = Tuning(),
+) -> None:
+    """out = (x if add_residual else 0) + (act(n W_g^T) * (n W_u^T)) W_d^T with n = rmsnorm(x); one launch.
+
+    x, out: [B, 1, H] (B <= 16), gate_up_weights: [W_gate, W_up] ([I, H] each) or [W_gate_up] ([2I, H]),
+    down_weight: [H, I]; one dtype (fp16/bf16), one CUDA device, contiguous, 16-byte aligned. `out` is
+    written entirely and must not overlap x. Raises ValueError/TypeError for anything else. `tuning`
+    (benchmarks only) overrides the derived kernel knobs."""
+    if x.dim() != 3 or x.shape[1] != 1:
+        raise ValueError(f"x: shape {list(x.shape)}, expected [B, 1, hidden]")
+    batch, _, hidden = x.shape
+    intermediate = down_weight.shape[-1] if down_weight.dim() == 2 else -1
+    reason = ffn_unsupported_reason(
+        hidden=hidden,
+        intermediate=intermediate,
+        batch=batch,
+        dtype=x.dtype,
+        activation=activation,
+        norm_kind=norm_kind,
+        fused_gate_up=len(gate_up_weights) == 1,
+        has_bias=False,
+    )
+    if reason is not None:
+        raise ValueError(f"gated_ffn: unsupported: {reason}")
+    if len(gate_up_weights) == 2:
+        w_gate, w_up = gate_up_weights
+        gate_shape = (intermediate, hidden)
+        if tuple(w_up.shape) != gate_shape:
+            raise ValueError(f"W_up: shape {list(w_up.shape)}, expected {list(gate_shape)}")
+    elif len(gate_up_weights) == 1:
+        (w_gate,) = gate_up_weights
+        w_up = None
+        gate_shape = (2 * intermediate, hidden)
+    else:
+        raise ValueError(f"gate_up_weights: {len(gate_up_weights)} tensors, expected 1 or 2")
+    tensors = {"x": x, "out": out, "norm_weight": norm_weight, "W_gate": w_gate, "W_down": down_weight}
+    if w_up is not None:
+        tensors["W_up"] = w_up
+    shapes = {
+        "x": (batch, 1, hidden),
+        "out": (batch, 1, hidden),
+        "norm_weight": (hidden,),
+        "W_gate": gate_shape,
+        "W_down": (hidden, intermediate),
+        "W_up": (intermediate, hidden),
+    }
+    for name, t in tensors.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name}: dtype {t.dtype}, expected {x.dtype}")
+        if t.device != x.device or not t.is_cuda:
+            raise ValueError(f"{name}: on {t.device}, expected {x.device} (CUDA)")
+        if tuple(t.shape) != shapes[name]:
+            raise ValueError(f"{name}: shape {list(t.shape)}, expected {list(shapes[name])}")
+        if not t.is_contiguous() or t.data_ptr() % SMEM_ALIGN:
+            raise ValueError(f"{name}: must be contiguous and 16-byte aligned")
+    span = batch * hidden * x.element_size()
+    if abs(out.data_ptr() - x.data_ptr()) < span:
+        raise ValueError("out overlaps x: the residual is read while other CTAs write out")
+
+    plan = _plan(hidden, intermediate, x.dtype, batch_tiles(batch), x.device, tuning)
+    up_ptr = (
+        w_up.data_ptr() if w_up is not None else w_gate.data_ptr() + intermediate * hidden * x.element_size()
+    )
+    args = [
+        x,
+        norm_weight,
+        w_gate,
+        ctypes.c_void_p(up_ptr),
+        down_weight,
+        out,
+        plan.partials,
+        plan.counters,
+        ctypes.c_int32(hidden),
+        ctypes.c_int32(intermediate),
+        ctypes.c_int32(batch),
+        ctypes.c_float(eps),
+        ctypes.c_int32(NORM_KINDS[norm_kind]),
+        ctypes.c_int32(_activation_code(activation)),
+        ctypes.c_int32(1 if add_residual else 0),
+    ]
+    plan.kernel.launch(plan.grid, plan.block, args, shared_bytes=plan.smem, cluster=plan.cluster)
+
+
+def gated_ffn_reference(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    norm_kind: str,
+    gate_up_weights: list[torch.Tensor],
+    down_weight: torch.Tensor,
+    activation: str,
+    add_residual: bool,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """The contract's formula in `dtype` (fp64 by default) with no intermediate rounding: the reference
+    the kernel is held to."""
+    xs = x.to(dtype)
+    w = norm_weight.to(dtype) + (1.0 if norm_kind == "unit_offset" else 0.0)
+    n = w * (xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps))
+    if len(gate_up_weights) == 1:
+        gate, up = (n @ gate_up_weights[0].to(dtype).T).chunk(2, dim=-1)
+    else:
+        gate, up = n @ gate_up_weights[0].to(dtype).T, n @ gate_up_weights[1].to(dtype).T
+    if activation == "silu":
+        act = torch.nn.functional.silu(gate)
+    else:
+        act = torch.nn.functional.gelu(gate, approximate="tanh" if activation == "gelu_tanh" else "none")
+    down = (act * up) @ down_weight.to(dtype).T
+    return xs + down if add_residual else down

@@ -1,0 +1,162 @@
+"""The fused gated-FFN kernel on the GPU: fp64 reference bands, bitwise determinism, CUDA-graph replay.
+
+Run as a script (`python tests/gpu/test_kernels_ffn.py`) it executes one small pass over the kernel's
+variants (cluster sizes 1/2/4, batch tiles 1/2, both dtypes), for compute-sanitizer."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+
+import pytest
+import torch
+
+from cf_compile_kernels import ffn
+
+# ||out - ref|| / ||ref|| against fp64: n and h are rounded to the model dtype (as eager rounds them),
+# everything else is fp32, so the error sits a few units of the dtype's rounding under these bands.
+BANDS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+RANDOM_CONFIGS = 120
+DETERMINISM_RUNS = 1000
+HIDDEN_STEPS = (1, 2, 3, 5, 6, 7, 8, 12, 16, 28, 64, 128)  # x 32: cluster sizes 1, 2 and 4 all occur
+INTERMEDIATE_UNITS = (1, 3, 17, 40, 131, 256, 608, 1376)  # x 8: from fewer units than clusters to Llama
+
+
+def make_inputs(hidden: int, inter: int, batch: int, dtype: torch.dtype, fused: bool, norm_kind: str,
+                seed: int) -> dict:
+    """Fresh random inputs with O(1) activations; out poisoned with NaN."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32) * scale).to(dtype)
+
+    norm_w = randn(hidden, scale=0.1) if norm_kind == "unit_offset" else 1.0 + randn(hidden, scale=0.1)
+    gate, up = randn(inter, hidden, scale=hidden**-0.5), randn(inter, hidden, scale=hidden**-0.5)
+    return {
+        "x": randn(batch, 1, hidden),
+        "norm_weight": norm_w,
+        "gate_up_weights": [torch.cat([gate, up])] if fused else [gate, up],
+        "down_weight": randn(hidden, inter, scale=inter**-0.5),
+        "out": torch.full((batch, 1, hidden), float("nan"), device="cuda", dtype=dtype),
+    }
+
+
+def run(inp: dict, eps: float, norm_kind: str, act: str, residual: bool) -> torch.Tensor:
+    ffn.gated_ffn(inp["x"], inp["norm_weight"], eps, norm_kind, inp["gate_up_weights"], inp["down_weight"],
+                  act, residual, inp["out"])
+    return inp["out"]
+
+
+def rel_error(inp: dict, out: torch.Tensor, eps: float, norm_kind: str, act: str, residual: bool) -> float:
+    ref = ffn.gated_ffn_reference(inp["x"], inp["norm_weight"], eps, norm_kind, inp["gate_up_weights"],
+                                  inp["down_weight"], act, residual)
+    if not torch.isfinite(out).all():
+        return math.inf
+    return float((out.double() - ref).norm() / ref.norm())
+
+
+def random_config(i: int) -> dict:
+    rng = random.Random(1000 + i)
+    return {
+        "hidden": 32 * rng.choice(HIDDEN_STEPS),
+        "inter": 8 * rng.choice(INTERMEDIATE_UNITS),
+        "batch": rng.randint(1, 16),
+        "dtype": rng.choice([torch.float16, torch.bfloat16]),
+        "act": rng.choice(list(ffn.ACTIVATIONS)),
+        "norm_kind": rng.choice(list(ffn.NORM_KINDS)),
+        "fused": rng.random() < 0.3,
+        "residual": rng.random() < 0.7,
+        "eps": rng.choice([1e-5, 1e-6]),
+    }
+
+
+@pytest.mark.parametrize("i", range(RANDOM_CONFIGS))
+def test_random_config_within_band_of_fp64(i):
+    cfg = random_config(i)
+    inp = make_inputs(cfg["hidden"], cfg["inter"], cfg["batch"], cfg["dtype"], cfg["fused"], cfg["norm_kind"],
+                      seed=i)
+    out = run(inp, cfg["eps"], cfg["norm_kind"], cfg["act"], cfg["residual"])
+    err = rel_error(inp, out, cfg["eps"], cfg["norm_kind"], cfg["act"], cfg["residual"])
+    assert err <= BANDS[cfg["dtype"]], f"{cfg}: relative error {err:.3g}"
+
+
+MODEL_SHAPES = [(4096, 11008), (4096, 14336), (2048, 8192), (896, 4864), (8192, 28672)]
+
+
+@pytest.mark.parametrize("hidden,inter", MODEL_SHAPES)
+@pytest.mark.parametrize("batch", [1, 4, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_model_shapes_within_band_of_fp64(hidden, inter, batch, dtype):
+    inp = make_inputs(hidden, inter, batch, dtype, fused=False, norm_kind="weight", seed=hidden + batch)
+    out = run(inp, 1e-5, "weight", "silu", True)
+    assert rel_error(inp, out, 1e-5, "weight", "silu", True) <= BANDS[dtype]
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_bitwise_identical_over_1000_runs(batch):
+    inp = make_inputs(4096, 11008, batch, torch.bfloat16, fused=False, norm_kind="weight", seed=7)
+    first = run(inp, 1e-5, "weight", "silu", True).clone()
+    outs = torch.empty((DETERMINISM_RUNS, *first.shape), device="cuda", dtype=first.dtype)
+    for r in range(DETERMINISM_RUNS):
+        inp["out"] = outs[r]
+        outs[r].fill_(float("nan"))
+        run(inp, 1e-5, "weight", "silu", True)
+    differing = int((outs.view(DETERMINISM_RUNS, -1).view(torch.int16) != first.view(1, -1).view(torch.int16))
+                    .any(dim=1).sum())
+    assert differing == 0, f"{differing} of {DETERMINISM_RUNS} runs differ bitwise from the first"
+
+
+def test_cuda_graph_capture_and_replay_matches_direct_calls():
+    hidden, inter, batch = 2048, 8192, 4
+    inp = make_inputs(hidden, inter, batch, torch.float16, fused=True, norm_kind="weight", seed=11)
+    run(inp, 1e-5, "weight", "silu", True)  # compile, load and allocate scratch outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        run(inp, 1e-5, "weight", "silu", True)
+    for step in range(5):
+        inp["x"].copy_(torch.randn_like(inp["x"], dtype=torch.float32).to(torch.float16))
+        inp["out"].fill_(float("nan"))
+        for _ in range(3):  # several replays: the arrival counters must have reset themselves
+            graph.replay()
+        torch.cuda.synchronize()
+        replayed = inp["out"].clone()
+        inp["out"].fill_(float("nan"))
+        direct = run(inp, 1e-5, "weight", "silu", True)
+        assert torch.equal(replayed, direct), f"step {step}: graph replay differs from a direct call"
+        assert rel_error(inp, replayed, 1e-5, "weight", "silu", True) <= BANDS[torch.float16]
+
+
+def test_rejects_what_it_cannot_compute():
+    inp = make_inputs(256, 64, 2, torch.float16, fused=False, norm_kind="weight", seed=3)
+    args = (inp["x"], inp["norm_weight"], 1e-5, "weight", inp["gate_up_weights"], inp["down_weight"], "silu", True)
+    with pytest.raises(ValueError, match="overlaps"):
+        ffn.gated_ffn(*args, inp["x"])
+    with pytest.raises(ValueError, match="contiguous"):
+        ffn.gated_ffn(inp["x"], inp["norm_weight"], 1e-5, "weight", [w.t().contiguous().t() for w in
+                      inp["gate_up_weights"]][:1] * 2, inp["down_weight"], "silu", True, inp["out"])
+    with pytest.raises(ValueError, match="batch"):
+        big = torch.zeros(17, 1, 256, device="cuda", dtype=torch.float16)
+        ffn.gated_ffn(big, *args[1:], torch.empty_like(big))
+
+
+def sanitizer_pass() -> None:
+    """One small launch per kernel variant (for compute-sanitizer memcheck / racecheck / synccheck)."""
+    worst = 0.0
+    for hidden, inter, batch, dtype in [(1024, 520, 3, torch.float16), (1024, 520, 12, torch.bfloat16),
+                                        (192, 136, 5, torch.bfloat16), (96, 24, 16, torch.float16)]:
+        for residual in (True, False):
+            inp = make_inputs(hidden, inter, batch, dtype, fused=residual, norm_kind="weight", seed=batch)
+            out = run(inp, 1e-5, "weight", "gelu_tanh", residual)
+            torch.cuda.synchronize()
+            err = rel_error(inp, out, 1e-5, "weight", "gelu_tanh", residual)
+            worst = max(worst, err / BANDS[dtype])
+    print(f"sanitizer pass done; worst error / band = {worst:.3f}")
+    if worst > 1:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    sanitizer_pass()

@@ -1,0 +1,92 @@
+"""The gated-FFN kernel compiles for sm_90a with NVRTC (no GPU), without spills, inside its budgets,
+and its launcher derives a work split that fits every supported shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cf_compile_kernels import ffn
+from cf_compile_kernels.build import compile_kernel
+from cf_compile_kernels.registry import registered
+
+REGISTERS_PER_SM = 65536
+SM90_ARCH = "sm_90a"
+VARIANTS = [(4, 1, 16, 4), (4, 2, 16, 4), (2, 2, 16, 4), (1, 1, 16, 4), (8, 2, 16, 4), (4, 2, 16, 8)]
+ENVELOPE = [(896, 4864), (2048, 8192), (4096, 11008), (4096, 14336), (5120, 13824), (8192, 28672)]
+
+
+@pytest.fixture(scope="module", params=[torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def dtype(request):
+    return request.param
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "n{}-bt{}-w{}-d{}".format(*v))
+def test_variant_compiles_without_spills_within_register_budget(dtype, variant):
+    cluster, bt, warps, depth = variant
+    k = compile_kernel(ffn.SOURCE, ffn.KERNEL, template_args=ffn.template_args(dtype, cluster, bt, warps, depth),
+                       arch=SM90_ARCH)
+    assert k.cubin.startswith(b"\x7fELF")
+    assert k.spill_bytes == 0 and k.local_bytes == 0, f"{k.name_expression}: stack {k.local_bytes}"
+    assert k.registers is not None and k.registers * warps * ffn.WARP_SIZE <= REGISTERS_PER_SM
+    assert k.shared_bytes == 0  # all shared memory is dynamic, sized by smem_bytes()
+
+
+def test_check_registry_lists_both_dtypes_and_batch_tiles():
+    entries = [e for e in registered() if e.source == ffn.SOURCE]
+    assert {(e.template_args[0], e.template_args[2]) for e in entries} == {
+        ("__half", 1), ("__half", 2), ("__nv_bfloat16", 1), ("__nv_bfloat16", 2)}
+
+
+@pytest.mark.parametrize("hidden,inter", ENVELOPE)
+@pytest.mark.parametrize("batch", [1, 8, 9, 16])
+def test_supported_shapes_fit_one_wave_and_shared_memory(hidden, inter, batch):
+    assert ffn.ffn_unsupported_reason(hidden=hidden, intermediate=inter, batch=batch, dtype=torch.bfloat16,
+                                      activation="silu", norm_kind="weight", fused_gate_up=False,
+                                      has_bias=False) is None
+    cfg = ffn.ffn_config(hidden=hidden, intermediate=inter, batch=batch, dtype=torch.bfloat16, num_sms=132)
+    assert cfg["ctas"] <= 132 and cfg["ctas"] >= 128  # every SM (but a cluster's remainder) streams
+    assert cfg["k_range"] * cfg["cluster_size"] == hidden and cfg["k_range"] % ffn.STEP_K == 0
+    assert cfg["smem_bytes"] <= ffn.MAX_SMEM_PER_CTA
+    assert cfg["batch_tiles"] * ffn.MMA_COLS >= batch
+    lo, hi = cfg["units_per_cluster"]
+    assert hi - lo <= 1 and lo * cfg["clusters"] <= cfg["units"] <= hi * cfg["clusters"]
+
+
+def test_llama2_split_balances_bytes_within_one_unit():
+    cfg = ffn.ffn_config(hidden=4096, intermediate=11008, batch=1, dtype=torch.float16, num_sms=132)
+    assert (cfg["cluster_size"], cfg["clusters"]) == (4, 33)
+    lo, hi = cfg["units_per_cluster"]
+    assert (hi - cfg["units"] / cfg["clusters"]) / (cfg["units"] / cfg["clusters"]) < 0.01
+    assert cfg["weight_bytes"] == 270_532_608
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"dtype": torch.float32}, "dtype"),
+    ({"has_bias": True}, "bias"),
+    ({"activation": "relu"}, "activation"),
+    ({"norm_kind": "layernorm"}, "norm"),
+    ({"batch": 17}, "batch"),
+    ({"hidden": 4100}, "multiple of 32"),
+    ({"intermediate": 11004}, "multiple of 8"),
+    ({"hidden": 16384}, "beyond"),
+])
+def test_unsupported_inputs_get_a_reason(kwargs, needle):
+    base = {"hidden": 4096, "intermediate": 11008, "batch": 1, "dtype": torch.float16, "activation": "silu",
+            "norm_kind": "weight", "fused_gate_up": True, "has_bias": False}
+    reason = ffn.ffn_unsupported_reason(**{**base, **kwargs})
+    assert reason is not None and needle in reason
+
+
+def test_cluster_size_divides_the_hidden_steps():
+    assert ffn.choose_cluster_size(4096) == 4
+    assert ffn.choose_cluster_size(896) == 4  # 28 steps
+    assert ffn.choose_cluster_size(192) == 2  # 6 steps
+    assert ffn.choose_cluster_size(96) == 1  # 3 steps
+    assert ffn.choose_cluster_size(100) is None
+
+
+def test_smem_rows_are_skewed_half_a_bank_line():
+    for length in (224, 1024, 2048, 336):
+        assert ffn.padded_row_elems(length) * 2 % ffn.BANK_BYTES == ffn.ROW_SKEW_BYTES
+        assert ffn.padded_row_elems(length) >= length
