@@ -1,0 +1,245 @@
+"""Fused attention-block decode kernel vs Inductor vs the HBM floor, one row per shape, in one run.
+
+Per row (model, batch, cached length, dtype):
+  ours      attention_decode in a CUDA graph;
+  inductor  torch.compile(mode="max-autotune-no-cudagraphs") of an HF-style eager block (rmsnorm,
+            q/k/v linears, rope, index_copy_ into the static cache, repeat_kv, SDPA with a bool mask
+            over max_cache_len, o_proj, residual), replayed in a CUDA graph;
+  floor     bytes that must move (every weight once, the live K/V once, activations, the new K/V)
+            divided by the device-to-device copy bandwidth measured in the same run.
+max_cache_len = cached length, position = cached length - 1 (the last slot). Each graph replays one
+call per "layer" over enough distinct layer copies (weights + caches) to exceed twice the L2, so no
+row is timed out of L2; time per call = replay time / layers, median of REPEATS replays (CUDA events).
+Before timing, ours is checked against the eager block in fp32 (relative error inside the dtype band).
+
+    PYTHONPATH=. python benchmarks/attention.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results  # noqa: E402
+
+from cf_compile_kernels.attention import attention_config, attention_decode  # noqa: E402
+
+MODELS = {  # hidden, q heads, kv heads, head_dim, qkv bias
+    "llama-2-7b": (4096, 32, 32, 128, False),
+    "llama-3-8b": (4096, 32, 8, 128, False),
+    "llama-3.2-1b": (2048, 32, 8, 64, False),
+    "qwen2.5-0.5b": (896, 14, 2, 64, True),
+}
+SEQS = (1024, 4096)
+BATCHES = (1, 4, 16)
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+BANDS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+EPS = 1e-5
+REPEATS = 30
+L2_MULTIPLE = 2  # graphs cycle through layer copies whose bytes exceed this many L2s
+MAX_LAYERS = 32
+COPY_BYTES = 1 << 30
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 1 GiB device-to-device copy, counting bytes read plus bytes written."""
+    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    return 2 * COPY_BYTES / statistics.median(times[2:])
+
+
+def rotate_half(t: torch.Tensor) -> torch.Tensor:
+    h = t.shape[-1] // 2
+    return torch.cat((-t[..., h:], t[..., :h]), dim=-1)
+
+
+def hf_block(x, nw, wq, wk, wv, bq, bk, bv, wo, cos, sin, k_cache, v_cache, cache_position, mask, scale: float):
+    """The HF decode attention block as eager torch writes it (LlamaAttention/Qwen2Attention, static cache)."""
+    B, _, H = x.shape
+    D = k_cache.shape[-1]
+    kvh = k_cache.shape[1]
+    nh = wq.shape[0] // D
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS)
+    n = nw * h.to(x.dtype)
+    q = F.linear(n, wq, bq).view(B, 1, nh, D).transpose(1, 2)
+    k = F.linear(n, wk, bk).view(B, 1, kvh, D).transpose(1, 2)
+    v = F.linear(n, wv, bv).view(B, 1, kvh, D).transpose(1, 2)
+    c, s = cos.to(x.dtype).unsqueeze(1), sin.to(x.dtype).unsqueeze(1)
+    q = q * c + rotate_half(q) * s
+    k = k * c + rotate_half(k) * s
+    k_cache.index_copy_(2, cache_position, k)
+    v_cache.index_copy_(2, cache_position, v)
+    g = nh // kvh
+    keys = k_cache[:, :, None].expand(B, kvh, g, *k_cache.shape[2:]).reshape(B, nh, *k_cache.shape[2:])
+    vals = v_cache[:, :, None].expand(B, kvh, g, *v_cache.shape[2:]).reshape(B, nh, *v_cache.shape[2:])
+    o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=scale)
+    return x + F.linear(o.transpose(1, 2).reshape(B, 1, nh * D), wo)
+
+
+def make_layer(model: str, batch: int, seq: int, dtype: torch.dtype, seed: int) -> dict:
+    hidden, nh, kvh, d, bias = MODELS[model]
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(dtype)
+
+    pos = seq - 1
+    inv_freq = 10000.0 ** (-torch.arange(0, d, 2, device="cuda", dtype=torch.float32) / d)
+    ang = torch.full((batch, 1), float(pos), device="cuda") * inv_freq[None]
+    emb = torch.cat((ang, ang), -1)[:, None, :]
+    return {
+        "x": rnd(batch, 1, hidden), "nw": rnd(hidden, scale=0.1) + 1,
+        "wq": rnd(nh * d, hidden, scale=hidden**-0.5), "wk": rnd(kvh * d, hidden, scale=hidden**-0.5),
+        "wv": rnd(kvh * d, hidden, scale=hidden**-0.5),
+        "bq": rnd(nh * d, scale=0.3) if bias else None, "bk": rnd(kvh * d, scale=0.3) if bias else None,
+        "bv": rnd(kvh * d, scale=0.3) if bias else None,
+        "wo": rnd(hidden, nh * d, scale=(nh * d) ** -0.5), "cos": emb.cos(), "sin": emb.sin(),
+        "k_cache": rnd(batch, kvh, seq, d), "v_cache": rnd(batch, kvh, seq, d),
+        "cache_position": torch.tensor([pos], device="cuda"),
+        "mask": (torch.arange(seq, device="cuda") <= pos)[None, None, None, :].expand(batch, 1, 1, seq).contiguous(),
+        "out": torch.empty(batch, 1, hidden, dtype=dtype, device="cuda"), "scale": d**-0.5,
+    }
+
+
+def floor_bytes(model: str, batch: int, seq: int, esize: int) -> int:
+    hidden, nh, kvh, d, bias = MODELS[model]
+    weights = ((nh + 2 * kvh) * d * hidden + hidden * nh * d + hidden) * esize + (nh + 2 * kvh) * d * esize * bias
+    kv_read = 2 * batch * kvh * (seq - 1) * d * esize  # the cached tokens; the new one comes from registers
+    activations = (2 * batch * hidden + 2 * batch * kvh * d) * esize + batch * seq  # x, out, new k/v, mask
+    return weights + kv_read + activations
+
+
+def ours(layer: dict, prefetch: bool = True) -> None:
+    attention_decode(layer["x"], layer["nw"], EPS, "weight", [layer["wq"], layer["wk"], layer["wv"]],
+                     [layer["bq"], layer["bk"], layer["bv"]], None, None, 0.0, layer["cos"], layer["sin"],
+                     layer["cache_position"], layer["k_cache"], layer["v_cache"], layer["mask"], layer["scale"],
+                     layer["wo"], None, True, layer["out"], prefetch=prefetch)
+
+
+def hf_args(layer: dict) -> tuple:
+    return (layer["x"], layer["nw"], layer["wq"], layer["wk"], layer["wv"], layer["bq"], layer["bk"], layer["bv"],
+            layer["wo"], layer["cos"], layer["sin"], layer["k_cache"], layer["v_cache"], layer["cache_position"],
+            layer["mask"], layer["scale"])
+
+
+def time_graph(fn, layers: list[dict]) -> float:
+    """Median microseconds per call of fn(layer), one call per layer in a captured graph."""
+    for layer in layers:  # warm-up outside capture: compile, load, scratch
+        fn(layer)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        for layer in layers:
+            fn(layer)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(REPEATS):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / len(layers))
+    return statistics.median(times)
+
+
+def check_ours(layer: dict, dtype: torch.dtype) -> float:
+    """Relative error of ours vs the eager block in fp32, on a fresh copy of the caches."""
+    ref_layer = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in layer.items()}
+    ref_layer["k_cache"], ref_layer["v_cache"] = layer["k_cache"].float(), layer["v_cache"].float()
+    ref = hf_block(*hf_args(ref_layer))
+    layer["out"].fill_(float("nan"))
+    ours(layer)
+    torch.cuda.synchronize()
+    err = ((layer["out"].float() - ref).norm() / ref.norm()).item()
+    if not err <= BANDS[dtype]:
+        raise AssertionError(f"ours is off: relative error {err:.2e} vs the eager block")
+    return err
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="Llama-2-7B fp16 only")
+    ap.add_argument("--no-inductor", action="store_true")
+    ap.add_argument("--inductor-budget", type=float, default=420.0, help="seconds of Inductor compiles, then skip")
+    ap.add_argument("--record", action="store_true", help="append rows to results.jsonl / RESULTS.md")
+    ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_rows.json"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    bw = copy_bandwidth()
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"copy bandwidth {bw / 1e12:.3f} TB/s, L2 {l2 >> 20} MiB, {sms} SMs")
+    compiled = torch.compile(hf_block, mode="max-autotune-no-cudagraphs", dynamic=False)
+    spent = 0.0
+    rows = []
+    models = ["llama-2-7b"] if args.quick else list(MODELS)
+    dtypes = ["fp16"] if args.quick else list(DTYPES)
+    order = [(m, dt, b, s) for dt in dtypes for b in BATCHES for m in models for s in SEQS]
+    order.sort(key=lambda r: (r[2] != 1, r[1] != "fp16"))  # batch 1 fp16 first: the headline rows
+    for model, dtname, batch, seq in order:
+        dtype = DTYPES[dtname]
+        esize = torch.empty((), dtype=dtype).element_size()
+        fb = floor_bytes(model, batch, seq, esize)
+        n_layers = max(1, min(MAX_LAYERS, math.ceil(L2_MULTIPLE * l2 / fb)))
+        layers = [make_layer(model, batch, seq, dtype, seed) for seed in range(n_layers)]
+        err = check_ours(layers[0], dtype)
+        t_ours = time_graph(ours, layers)
+        t_nopf = time_graph(lambda layer: ours(layer, prefetch=False), layers)
+        t_ind = None
+        if not args.no_inductor and spent < args.inductor_budget:
+            start = time.perf_counter()
+            try:
+                compiled(*hf_args(layers[0]))
+                spent += time.perf_counter() - start
+                t_ind = time_graph(lambda layer: compiled(*hf_args(layer)), layers)
+            except Exception as exc:  # report, keep the row
+                print(f"inductor failed on {model} {batch} {seq} {dtname}: {type(exc).__name__}: {exc}")
+                spent += time.perf_counter() - start
+        hidden, nh, kvh, d, _ = MODELS[model]
+        cfg = attention_config(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
+                               dtype=dtype, num_sms=sms)
+        floor_us = fb / bw * 1e6
+        row = results.make_row(
+            "attention", {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
+                          "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"]},
+            ours_us=round(t_ours, 2), ours_noprefetch_us=round(t_nopf, 2),
+            inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
+            floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"))
+        rows.append(row)
+        print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname}: ours {t_ours:7.1f} (no prefetch {t_nopf:7.1f}) "
+              f"inductor {'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} "
+              f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
+        del layers
+        torch.cuda.empty_cache()
+    Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.record:
+        results.append(rows, title="Attention block decode", method=__doc__.split("\n\n")[0] + "\n\n" +
+                       __doc__.split("\n\n")[1], columns=["config.model", "config.batch", "config.seq", "config.dtype",
+                                                          "ours_us", "inductor_us", "floor_us", "floor_fraction"])
+
+
+if __name__ == "__main__":
+    main()
