@@ -327,7 +327,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   const int tiles_per_cta = kr / kMmaRows;
   const int my_tiles = warp < tiles_per_cta ? ceil_div(tiles_per_cta - warp, WARPS) : 0;
   const int k0 = unit0 * kUnitRows;
-  if (my_tiles > 0 && lane < kMmaRows) {
+  if (my_tiles > 0 && kc > 0 && lane < kMmaRows) {
     const int tile = warp + WARPS * (c % my_tiles);
     const T* row = w_down + static_cast<size_t>(k_begin + tile * kMmaRows + lane) * inter + k0;
     prefetch_l2(row, kc * sizeof(T));
