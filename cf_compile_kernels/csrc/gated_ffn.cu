@@ -88,10 +88,23 @@ struct SmemLayout {
 
 // ------------------------------------------------------------------ small device helpers
 
+// Optional L2 sector-promotion hint on weight loads (-DCF_FFN_L2_HINT=128|256): one request then fills
+// that many bytes of the row into L2, so the next steps of the same row hit L2 (more bytes in flight).
+#ifndef CF_FFN_L2_HINT
+#define CF_FFN_L2_HINT 0
+#endif
+#if CF_FFN_L2_HINT == 256
+#define CF_FFN_LOAD_QUALIFIERS ".L1::no_allocate.L2::256B"
+#elif CF_FFN_L2_HINT == 128
+#define CF_FFN_LOAD_QUALIFIERS ".L1::no_allocate.L2::128B"
+#else
+#define CF_FFN_LOAD_QUALIFIERS ".L1::no_allocate"
+#endif
+
 /// @brief 16-byte streaming load of read-only weights: no L1 allocation (each byte is used once).
 __device__ __forceinline__ uint4 load_weights(const void* p) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm("ld.global.nc" CF_FFN_LOAD_QUALIFIERS ".v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(p));
   return v;
