@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="*", default=list(DTYPES))
     parser.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
     parser.add_argument("--variants", nargs="*", default=[],
-                        help="extra tunings cluster:warps:depth timed on the same rows (no Inductor)")
+                        help="extra tunings cluster:warps:depth[:l2_hint] timed on the same rows (no Inductor)")
     parser.add_argument("--append", type=Path, help="append rows from this JSON to results.jsonl / RESULTS.md")
     args = parser.parse_args()
 
@@ -186,8 +186,9 @@ def main() -> None:
             for batch in args.batches:
                 row = bench_row(model, batch, dtype_name, bandwidth, not args.no_inductor)
                 for spec in args.variants:
-                    cluster, warps, depth = (int(v) for v in spec.split(":"))
-                    alt = bench_row(model, batch, dtype_name, bandwidth, False, ffn.Tuning(cluster, warps, depth))
+                    cluster, warps, depth, l2_hint = (int(v) for v in (spec + ":0").split(":")[:4])
+                    tuning = ffn.Tuning(cluster, warps, depth, l2_hint)
+                    alt = bench_row(model, batch, dtype_name, bandwidth, False, tuning)
                     row.setdefault("variants", {})[spec] = alt["ours_us"]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
