@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from .build import CompiledKernel
+from .tma import TensorMap
 
 _MAX_PORTABLE_CLUSTER = 8  # CTAs per cluster guaranteed on every sm_90 part; more needs opt-in
 _MAX_CACHED_CONFIGS = 256  # launch configs kept per kernel (grid/block/smem/cluster/stream combos)
@@ -119,6 +120,7 @@ class LoadedKernel:
         self._success = driver.CUresult.CUDA_SUCCESS
         self._launch_ex = driver.cuLaunchKernelEx
         self._get_current = driver.cuCtxGetCurrent
+        self._arenas = threading.local()
 
     # ---------------------------------------------------------------- attributes, raised once
 
@@ -206,14 +208,17 @@ class LoadedKernel:
         if stream is None:
             stream = _raw_stream(self.device_index)
         config = self._config(grid, block, shared_bytes, cluster, stream)
-        params, keep_alive = pack_args(args)
+        arenas = self._arenas.__dict__  # per thread: launches from several threads never share one
+        arena = arenas.get(len(args))
+        if arena is None:
+            arena = arenas[len(args)] = ParamArena(len(args))
+        params = arena.fill(args)
         err, current = self._get_current()
         if int(current) == self._ctx_int:  # the usual case: torch made our context current
-            (err,) = self._launch_ex(config, self._function, ctypes.addressof(params), 0)
+            (err,) = self._launch_ex(config, self._function, params, 0)
         else:
             with _current(self._ctx, self._ctx_int):
-                (err,) = self._launch_ex(config, self._function, ctypes.addressof(params), 0)
-        del keep_alive
+                (err,) = self._launch_ex(config, self._function, params, 0)
         if err != self._success:
             _check(
                 (err,),
@@ -222,31 +227,53 @@ class LoadedKernel:
             )
 
 
-def pack_args(args: Sequence[object]) -> tuple[ctypes.Array, list]:
-    """The void*[] array cuLaunchKernelEx reads parameter values from, plus the objects it points into."""
-    from .tma import TensorMap  # local: tma imports torch-free driver helpers only when used
+class ParamArena:
+    """The void*[] array cuLaunchKernelEx reads parameter values from, reused across launches.
 
-    params = (ctypes.c_void_p * max(len(args), 1))()
-    keep: list = []
-    for i, arg in enumerate(args):
-        if isinstance(arg, torch.Tensor):
-            if not arg.is_cuda:
-                raise TypeError(f"argument {i}: tensor on {arg.device}, kernels need CUDA tensors")
-            holder = ctypes.c_void_p(arg.data_ptr())
-        elif isinstance(arg, TensorMap):
-            holder = arg.storage
-        elif isinstance(arg, ctypes._SimpleCData):
-            holder = arg
-        elif arg is None:
-            holder = ctypes.c_void_p(0)
-        else:
-            raise TypeError(
-                f"argument {i}: {type(arg).__name__} is not a kernel argument; pass a CUDA tensor, a ctypes "
-                "scalar (c_int32, c_int64, c_float, c_void_p) or a tma.TensorMap"
-            )
-        keep.append(holder)
-        params[i] = ctypes.addressof(holder)
-    return params, keep
+    Tensors' pointers are written into a value slot of the arena; ctypes scalars and tensor maps are
+    pointed to in place (the caller's `args` keep them alive during the call). The driver copies
+    the values during cuLaunchKernelEx, so one arena per thread can be refilled for every launch."""
+
+    __slots__ = ("size", "pointers", "values", "address", "_values_base")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pointers = (ctypes.c_void_p * max(size, 1))()
+        self.values = (ctypes.c_uint64 * max(size, 1))()
+        self.address = ctypes.addressof(self.pointers)
+        self._values_base = ctypes.addressof(self.values)
+
+    def fill(self, args: Sequence[object]) -> int:
+        """Point the arena at `args`; returns the address to pass as kernelParams.
+
+        Raises TypeError for an argument that is not a CUDA tensor, ctypes scalar, TensorMap or None."""
+        pointers, values, base = self.pointers, self.values, self._values_base
+        for i, arg in enumerate(args):
+            if isinstance(arg, torch.Tensor):
+                if not arg.is_cuda:
+                    raise TypeError(f"argument {i}: tensor on {arg.device}, kernels need CUDA tensors")
+                values[i] = arg.data_ptr()
+                pointers[i] = base + 8 * i
+            elif isinstance(arg, ctypes._SimpleCData):
+                pointers[i] = ctypes.addressof(arg)
+            elif isinstance(arg, TensorMap):
+                pointers[i] = ctypes.addressof(arg.storage)
+            elif arg is None:
+                values[i] = 0
+                pointers[i] = base + 8 * i
+            else:
+                raise TypeError(
+                    f"argument {i}: {type(arg).__name__} is not a kernel argument; pass a CUDA tensor, a ctypes "
+                    "scalar (c_int32, c_int64, c_float, c_void_p) or a tma.TensorMap"
+                )
+        return self.address
+
+
+def pack_args(args: Sequence[object]) -> ParamArena:
+    """A fresh arena filled with `args` (tests and one-off launches; launch() reuses per-thread arenas)."""
+    arena = ParamArena(len(args))
+    arena.fill(args)
+    return arena
 
 
 _loaded: dict[tuple[CompiledKernel, int], LoadedKernel] = {}

@@ -219,9 +219,12 @@ def test_launch_arguments_are_checked_without_a_gpu():
         pack_args([3])
     with pytest.raises(TypeError, match="CUDA tensors"):
         pack_args([torch.zeros(4)])
-    params, keep = pack_args([ctypes.c_int32(7), ctypes.c_float(1.5), None])
-    assert ctypes.cast(params[0], ctypes.POINTER(ctypes.c_int32)).contents.value == 7
+    scalars = [ctypes.c_int32(-7), ctypes.c_float(1.5), None]
+    arena = pack_args(scalars)  # owns the value slots the pointers point into
+    params = arena.pointers
+    assert ctypes.cast(params[0], ctypes.POINTER(ctypes.c_int32)).contents.value == -7
     assert ctypes.cast(params[1], ctypes.POINTER(ctypes.c_float)).contents.value == 1.5
+    assert ctypes.cast(params[2], ctypes.POINTER(ctypes.c_void_p)).contents.value is None  # null pointer
     with pytest.raises(ValueError, match="x: on cpu, expected a CUDA tensor"):
         check_tensor("x", torch.zeros(4))
     with pytest.raises(TypeError, match="w: dtype torch.float32, expected torch.float16"):

@@ -11,21 +11,41 @@ import sys
 import pytest
 import torch
 
-OP_SUM, OP_MAX, OP_GATHER = 0, 1, 2  # enum Collective in collectives_test.cu
+OP_SUM, OP_MAX, OP_GATHER, OP_GATHER_BULK, OP_SUM_BULK = (
+    0,
+    1,
+    2,
+    3,
+    4,
+)  # enum Collective in collectives_test.cu
+OPS = {
+    "sum": OP_SUM,
+    "max": OP_MAX,
+    "gather": OP_GATHER,
+    "gather_bulk": OP_GATHER_BULK,
+    "sum_bulk": OP_SUM_BULK,
+}
+GATHERS = (OP_GATHER, OP_GATHER_BULK)
+BULK = (OP_GATHER_BULK, OP_SUM_BULK)
 THREADS = 128
 FLOAT_BYTES = 4
 CLUSTERS = 6  # clusters per launch: several, so cross-cluster mix-ups would show
 SIZES = [2, 3, 4, 5, 6, 7, 8, 16]  # every power of two to 16 plus non-powers of two
-LENGTHS = [100, 1024]  # 100: scalar path (not a multiple of 4); 1024: 16-byte vector path
+LENGTHS = [99, 1024]  # 99: scalar path (not a multiple of 4); 1024: 16-byte vector path
 
 
 def aligned_floats(n: int) -> int:
     return (n + 3) // 4 * 4
 
 
+def out_length(n: int, length: int, op: int) -> int:
+    return n * length if op in GATHERS else length
+
+
 def collective_smem(n: int, length: int, op: int) -> int:
-    out_len = n * length if op == OP_GATHER else length
-    return (aligned_floats(length) + out_len) * FLOAT_BYTES
+    """Dynamic smem of collective_test_kernel: send, recv, and the gather scratch of OP_SUM_BULK."""
+    scratch = n * length if op == OP_SUM_BULK else 0
+    return (aligned_floats(length) + aligned_floats(out_length(n, length, op)) + scratch) * FLOAT_BYTES
 
 
 def merge_smem(n: int, rows: int, d: int) -> int:
@@ -39,8 +59,7 @@ def run_collective(
     make, n: int, length: int, op: int, x: torch.Tensor, *, global_memory: bool = False, iters: int = 1
 ) -> torch.Tensor:
     ctas = x.shape[0]
-    out_len = n * length if op == OP_GATHER else length
-    out = torch.full((ctas, out_len), float("nan"), device=x.device)  # poisoned
+    out = torch.full((ctas, out_length(n, length, op)), float("nan"), device=x.device)  # poisoned
     exchange = torch.empty((ctas, length), device=x.device)
     k = make("collective_test_kernel", n, length, op, "true" if global_memory else "false")
     k.launch(
@@ -56,25 +75,27 @@ def run_collective(
 def sequential_reference(x: torch.Tensor, n: int, op: int) -> torch.Tensor:
     """fp32, rank order 0..n-1, on the CPU: what every CTA must hold, bit for bit."""
     groups = x.cpu().view(-1, n, x.shape[1])
-    if op == OP_GATHER:
+    if op in GATHERS:
         return groups.reshape(-1, 1, n * x.shape[1]).expand(-1, n, -1).reshape(-1, n * x.shape[1])
     acc = groups[:, 0].clone()
     for r in range(1, n):
-        acc = acc + groups[:, r] if op == OP_SUM else torch.maximum(acc, groups[:, r])
+        acc = torch.maximum(acc, groups[:, r]) if op == OP_MAX else acc + groups[:, r]
     return acc.repeat_interleave(n, dim=0)
 
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("length", LENGTHS)
-@pytest.mark.parametrize("op", [OP_SUM, OP_MAX, OP_GATHER], ids=["sum", "max", "gather"])
+@pytest.mark.parametrize("op", list(OPS.values()), ids=list(OPS))
 def test_collective_matches_torch(test_kernel, n, length, op):
+    if op in BULK and length % 4:
+        pytest.skip("bulk copies move whole 16-byte units (static_assert in cluster.cuh)")
     x = torch.randn(CLUSTERS * n, length, device="cuda")
     out = run_collective(test_kernel, n, length, op, x)
     torch.cuda.synchronize()
     assert not out.isnan().any(), "some output element was not written"
     expected = sequential_reference(x, n, op)
     assert torch.equal(out.cpu(), expected)  # bitwise: fixed rank order, fp32
-    if op == OP_SUM:  # and close to the exact sum
+    if op in (OP_SUM, OP_SUM_BULK):  # and close to the exact sum
         exact = x.double().cpu().view(-1, n, length).sum(1).repeat_interleave(n, dim=0)
         assert (out.cpu().double() - exact).norm() / exact.norm() < 1e-6
 
@@ -139,27 +160,29 @@ def test_merge_softmax(test_kernel, n, d, log2):
 
 
 @pytest.mark.parametrize("n", [2, 3, 8, 16])
-def test_bitwise_identical_over_1000_runs(test_kernel, n):
+@pytest.mark.parametrize("op", [OP_SUM, OP_SUM_BULK], ids=["sum", "sum_bulk"])
+def test_bitwise_identical_over_1000_runs(test_kernel, n, op):
     length = 1024
     x = torch.randn(CLUSTERS * n, length, device="cuda") * 1e3  # wide range: order would matter
-    first = run_collective(test_kernel, n, length, OP_SUM, x)
+    first = run_collective(test_kernel, n, length, op, x)
     mismatches = torch.zeros((), dtype=torch.int64, device="cuda")
     for _ in range(999):
-        mismatches += (run_collective(test_kernel, n, length, OP_SUM, x) != first).sum()
+        mismatches += (run_collective(test_kernel, n, length, op, x) != first).sum()
     assert mismatches.item() == 0
     groups = first.view(-1, n, length)
     assert torch.equal(groups, groups[:, :1].expand_as(groups))  # all CTAs of a cluster agree
 
 
 @pytest.mark.parametrize("n", [4, 16])
-def test_cuda_graph_capture_and_replay(test_kernel, n):
+@pytest.mark.parametrize("op", [OP_SUM, OP_SUM_BULK], ids=["sum", "sum_bulk"])
+def test_cuda_graph_capture_and_replay(test_kernel, n, op):
     length = 1024
     x = torch.randn(CLUSTERS * n, length, device="cuda")
     out = torch.empty(CLUSTERS * n, length, device="cuda")
     exchange = torch.empty_like(x)
-    k = test_kernel("collective_test_kernel", n, length, OP_SUM, "false")
-    args = [x, out, exchange, ctypes.c_int32(1)]
-    smem = collective_smem(n, length, OP_SUM)
+    k = test_kernel("collective_test_kernel", n, length, op, "false")
+    args = [x, out, exchange, ctypes.c_int32(3)]  # three calls per launch: the mbarrier phase flips
+    smem = collective_smem(n, length, op)
     k.launch((x.shape[0], 1, 1), (THREADS, 1, 1), args, shared_bytes=smem, cluster=(n, 1, 1))  # warm
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -170,7 +193,7 @@ def test_cuda_graph_capture_and_replay(test_kernel, n):
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(out.cpu(), sequential_reference(x, n, OP_SUM))
+        assert torch.equal(out.cpu(), sequential_reference(x, n, op))
 
 
 def _sanitizer_pass() -> None:
@@ -182,12 +205,13 @@ def _sanitizer_pass() -> None:
         return load_kernel(compile_kernel("collectives_test.cu", name, template_args=targs), 0)
 
     for n in (2, 3, 8, 16):
-        for length in (100, 1024):
-            for op in (OP_SUM, OP_MAX, OP_GATHER):
+        for length in (99, 1024):
+            for op in OPS.values():
+                if op in BULK and length % 4:
+                    continue
                 x = torch.randn(2 * n, length, device="cuda")
-                assert torch.equal(
-                    run_collective(make, n, length, op, x).cpu(), sequential_reference(x, n, op)
-                )
+                out = run_collective(make, n, length, op, x, iters=2)  # two calls: barrier phases flip
+                assert torch.equal(out.cpu(), sequential_reference(x, n, op))
         rows, d = 4, 128
         m, lsum, o = (
             torch.randn(2 * n, rows, device="cuda"),

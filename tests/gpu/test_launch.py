@@ -157,22 +157,39 @@ def test_tensor_map_rejects_bad_layouts():
         encode_tiled(t.double(), (8, 16))
 
 
+def _median_us(fn, repeats: int = 5, inner: int = 1000) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner * 1e6)
+        torch.cuda.synchronize()
+    return sorted(samples)[len(samples) // 2]
+
+
 def test_per_launch_host_cost(test_kernel):
-    """Launch path cost on the host, printed for the report; bounded loosely to catch regressions."""
+    """Host cost of the launch path, printed for the report; bounded loosely to catch regressions."""
+    from cuda.bindings import driver
+
+    from cf_compile_kernels.launch import _raw_stream
+
     out = torch.zeros(1 << 20, device="cuda")
     k = test_kernel("fill_ones_kernel")
-    args = [out, ctypes.c_int32(out.numel())]
-    grid = (out.numel() // THREADS, 1, 1)
+    grid, block = (out.numel() // THREADS, 1, 1), (THREADS, 1, 1)
+    two = [out, ctypes.c_int32(out.numel())]
+    sixteen = two + [ctypes.c_int32(0)] * 14  # extra parameters are ignored by the kernel's layout
     for _ in range(100):
-        k.launch(grid, (THREADS, 1, 1), args)
+        k.launch(grid, block, two)
     torch.cuda.synchronize()
-    samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(1000):
-            k.launch(grid, (THREADS, 1, 1), args)
-        samples.append((time.perf_counter() - start) / 1000 * 1e6)
-        torch.cuda.synchronize()
-    per_launch_us = sorted(samples)[len(samples) // 2]
-    print(f"\nhost cost per launch (2 args, median of 5 x 1000): {per_launch_us:.2f} us")
-    assert per_launch_us < 50
+    costs = {
+        "launch, 2 args": _median_us(lambda: k.launch(grid, block, two)),
+        "launch, 2 args + 14 scalars": _median_us(lambda: k.launch(grid, block, sixteen)),
+        "launch with cluster (2,1,1)": _median_us(lambda: k.launch(grid, block, two, cluster=(2, 1, 1))),
+        "  of which current stream": _median_us(lambda: _raw_stream(0)),
+        "  of which cuCtxGetCurrent": _median_us(driver.cuCtxGetCurrent),
+    }
+    print()
+    for what, us in costs.items():
+        print(f"host cost {what}: {us:.2f} us (median of 5 x 1000)")
+    assert costs["launch, 2 args"] < 50
