@@ -108,6 +108,7 @@ def _rms_core(node: Any, covered: list[fx.Node]) -> tuple[fx.Node, float]:
 def match_rmsnorm(out: Any) -> RMSNorm:
     """Recognise an RMSNorm whose result is ``out`` (either kind), or raise NoMatch."""
     require(isinstance(out, fx.Node), "norm: not a graph value")
+    require(not is_op(out, "layer_norm"), "norm: LayerNorm (mean-centred), not RMSNorm")
     covered: list[fx.Node] = []
     if cast_dtype(out) is not None and out.target == "type_as":
         # Gemma: (core * (1 + w.float())).type_as(x)

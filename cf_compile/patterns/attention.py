@@ -40,7 +40,21 @@ BLOCK = "attention"
 
 
 def anchors(graph: fx.Graph) -> list[fx.Node]:
-    return [n for n in graph.nodes if is_op(n, "sdpa")]
+    """SDPA calls, and softmaxes (eager attention: reported as near-misses, never fused)."""
+    return [n for n in graph.nodes if is_op(n, "sdpa", "softmax")]
+
+
+def _eager_attention_reason(softmax: fx.Node) -> str:
+    seen, work, softcap = set(), [softmax.args[0]], False
+    while work and len(seen) < 12:
+        n = work.pop()
+        if not isinstance(n, fx.Node) or n in seen:
+            continue
+        seen.add(n)
+        softcap |= is_op(n, "tanh")
+        work.extend(a for a in n.args if isinstance(a, fx.Node))
+    what = "with logit soft-capping (tanh) " if softcap else ""
+    return f"eager attention (matmul + softmax) {what}instead of SDPA; only SDPA attention is fused"
 
 
 class _Heads:
@@ -108,7 +122,11 @@ class _Heads:
 
 def _cache_write(cache: fx.Node, sdpa: fx.Node, what: str) -> fx.Node:
     writes = [u for u in cache.users if u.op == "call_method" and u.target == "index_copy_"]
-    require(len(writes) == 1, f"{what} cache: expected one index_copy_ write, found {len(writes)}")
+    if len(writes) != 1:
+        ops = sorted({str(u.target if u.op == "call_method" else getattr(u.target, "__name__", u.target))
+                      for u in cache.users})
+        raise NoMatch(f"{what} cache is not written by one index_copy_ at the cache position "
+                      f"(its uses: {', '.join(ops)}; e.g. a full sliding-window cache rolls instead)")
     w = writes[0]
     require(w.args[0] is cache and w.args[1] in (2, -2), f"{what} cache: write is not along the sequence dim")
     order = {n: i for i, n in enumerate(sdpa.graph.nodes)}
@@ -117,6 +135,11 @@ def _cache_write(cache: fx.Node, sdpa: fx.Node, what: str) -> fx.Node:
 
 
 def match(sdpa: fx.Node) -> BlockMatch | NearMiss:
+    if is_op(sdpa, "softmax"):
+        s = shape(sdpa)
+        if s is not None and len(s) == 4 and s[2] != 1:
+            return NearMiss(BLOCK, sdpa, f"prefill-shaped graph (query length {s[2]})", status="skipped")
+        return NearMiss(BLOCK, sdpa, _eager_attention_reason(sdpa), dtype=dtype(sdpa))
     q, key, value = sdpa.args[0], sdpa.args[1], sdpa.args[2]
     q_shape = shape(q)
     miss = check_decode_shape(BLOCK, sdpa, (q_shape[0], q_shape[2]) if q_shape and len(q_shape) == 4 else None)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from cf_compile.fx.idioms import NoMatch, match_linear, match_rmsnorm, require
-from cf_compile.fx.walk import arg, dtype, is_input, is_op, shape
+from cf_compile.fx.idioms import NoMatch, cast_dtype, match_linear, match_rmsnorm, require
+from cf_compile.fx.walk import arg, dtype, is_input, is_op, op_name, shape
 from cf_compile.patterns.attention import _residual_tail
 from cf_compile.patterns.common import (
     BlockMatch,
@@ -22,19 +22,28 @@ from cf_compile.patterns.common import (
 
 BLOCK = "ffn"
 _ACTIVATION_OPS = ("silu", "gelu")
+# what a down projection's input can be made of (elementwise); anything else is not an FFN candidate
+_DOWN_INPUT_OPS = ("mul", "div", "tanh", "silu", "gelu", "relu", "sigmoid")
+
+
+def _norm_output_like(x: fx.Node) -> bool:
+    """``weight * h`` (a parameter operand) or ``.type_as``: what feeds q/k/v/gate/up/lm_head."""
+    if is_op(x, "mul"):
+        return any(isinstance(a, fx.Node) and is_input(a) for a in x.args[:2])
+    return cast_dtype(x) is not None
 
 
 def anchors(graph: fx.Graph) -> list[fx.Node]:
-    """Linears fed by a product (gated FFN candidates) or straight by an activation (ungated MLPs)."""
+    """Linears fed by computed elementwise values: down projections (gated or not). Projections fed by
+    a norm (q/k/v/gate/up/lm_head) or by a head merge (o_proj) are not candidates."""
     out = []
     for n in graph.nodes:
-        if not is_op(n, "linear"):
+        if not is_op(n, "linear") or not isinstance(n.args[0], fx.Node):
             continue
         x = n.args[0]
-        # a product of two computed values (a norm's ``weight * h`` has a parameter operand)
-        gated = is_op(x, "mul") and all(isinstance(a, fx.Node) and not is_input(a) for a in x.args[:2])
-        if gated or is_op(x, *_ACTIVATION_OPS):
-            out.append(n)
+        if not is_op(x, *_DOWN_INPUT_OPS) or _norm_output_like(x):
+            continue
+        out.append(n)
     return out
 
 
@@ -45,6 +54,15 @@ def _activation_kind(node: fx.Node) -> str:
     approx = arg(node, 1, "approximate", "none")
     require(approx in ("none", "tanh"), f"GELU approximation {approx!r}")
     return "gelu_tanh" if approx == "tanh" else "gelu"
+
+
+def _describe(node: fx.Node, depth: int = 2) -> str:
+    """``tanh(mul(...)) * 30.0``-style summary of an expression, for near-miss reasons."""
+    name = op_name(node) or node.op
+    if depth == 0:
+        return f"{name}(...)"
+    parts = [_describe(a, depth - 1) if isinstance(a, fx.Node) else repr(a) for a in node.args[:2]]
+    return f"{name}({', '.join(parts)})"
 
 
 def _chunk_half(node: fx.Node) -> tuple[fx.Node, int] | None:
@@ -77,10 +95,13 @@ def match(down_node: fx.Node) -> BlockMatch | NearMiss | None:
 def _match(down_node: fx.Node) -> BlockMatch:
     down = match_linear(down_node, "down_proj")
     prod = down.input
+    require(is_op(prod, "mul") and len(prod.args) == 2 and not prod.kwargs,
+            f"down_proj input is {_describe(prod)}, not act(gate) * up")
     a, b = prod.args[0], prod.args[1]
-    require(isinstance(a, fx.Node) and isinstance(b, fx.Node) and not prod.kwargs, "down_proj input is not a product")
+    require(isinstance(a, fx.Node) and isinstance(b, fx.Node),
+            f"down_proj input is {_describe(prod)}, not act(gate) * up")
     act_node = a if is_op(a, *_ACTIVATION_OPS) else b if is_op(b, *_ACTIVATION_OPS) else None
-    require(act_node is not None, "down_proj input is not act(gate) * up (no SiLU/GELU factor)")
+    require(act_node is not None, f"down_proj input is {_describe(prod)}, not act(gate) * up")
     up_node = b if act_node is a else a
     act = _activation_kind(act_node)
     gate_node = act_node.args[0]
