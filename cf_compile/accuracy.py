@@ -321,7 +321,12 @@ class Band:
     compiled_rel: float       # the same for compiled vs reference
     limit: float              # BAND_FACTOR * eager_rel + BAND_FLOOR
     inside: bool
-    note: str = ""
+
+
+def calibration_band(eager_rel: float, compiled_rel: float) -> Band:
+    """The module docstring's rule: inside iff compiled_rel <= 1.5 * eager_rel + 1e-5 (NaN is outside)."""
+    limit = BAND_FACTOR * eager_rel + BAND_FLOOR
+    return Band(eager_rel, compiled_rel, limit, bool(compiled_rel <= limit))
 
 
 @dataclass
@@ -508,8 +513,7 @@ def compare(model: Any, input_ids: torch.Tensor, *, steps: int = 16, max_cache_l
         ev = PairResult.of("eager", ref_name, eager, reference)
         cv = PairResult.of("compiled", ref_name, compiled, reference)
         pairs += [ev, cv]
-        limit = BAND_FACTOR * ev.worst.rel + BAND_FLOOR
-        band = Band(ev.worst.rel, cv.worst.rel, limit, bool(cv.worst.rel <= limit))
+        band = calibration_band(ev.worst.rel, cv.worst.rel)
     return AccuracyReport(model=name or type(model).__name__, dtype=_dt(dtype), reference_dtype=_dt(reference_dtype),
                           device=str(input_ids.device), batch=batch, prompt_len=prompt_len, steps=steps,
                           max_cache_len=max_cache_len, pairs=pairs, ops=ops, fused_blocks=fused, band=band,
