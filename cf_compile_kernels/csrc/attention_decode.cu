@@ -40,14 +40,10 @@ namespace attn {
 constexpr int kThreads = 256;               // 8 warps: one CTA per SM, enough loads in flight
 constexpr int kWarps = kThreads / 32;
 constexpr int kVec = 8;                     // 2-byte elements per 16-byte vector
-// 16-byte weight loads in flight per lane: 8 keeps ~32 KB in flight per SM at small batch; large batch
-// buckets already hold BB accumulators per lane, so they issue 4 (no spills at BB = 16).
-template <int BB>
-constexpr int kWeightUnroll = BB >= 8 ? 4 : 8;
-// Tokens per lane group per attention step: 2 overlaps two K/V loads; at 8 heads per pass the q and o
-// registers (2 x 8 x 8 per lane) leave room for one.
+// Tokens per lane group per attention step (K and V loads in flight per lane = 2x this): as many as the
+// q/o registers of HG heads (2 x HG x 8 per lane) leave room for.
 template <int HG>
-constexpr int kTokenUnroll = HG >= 8 ? 1 : 2;
+constexpr int kTokenUnroll = HG >= 8 ? 2 : (HG >= 2 ? 4 : 8);
 constexpr float kLog2e = 1.4426950408889634f;
 #define kNegInf (-__int_as_float(0x7f800000))  // -inf without <cmath> (NVRTC has no host headers)
 constexpr int kMaxPairsPerLane = 4;         // head_dim 256 = 32 lanes x 4 rotate-half pairs x 2
@@ -196,68 +192,96 @@ __device__ __forceinline__ unsigned dynamic_smem_size() {
 // ------------------------------------------------------------------ GEMV over a batch
 // Dot products of nrows weight rows (row_ptr(i): first element used of row i) with BB activation rows
 // xs[b*ldx + k], k < k_len. LPR lanes share a row (32 for hidden-long rows; 8/16 for the short o_proj
-// rows of G*D inputs), so a warp covers 32/LPR rows per step. Each lane accumulates its k-slice in a
-// fixed order and the lanes of a row reduce by butterfly: deterministic. sink(i, b, value) gets sums.
-template <typename T, int BB, int LPR, typename XT, typename RowPtr, typename Sink>
+// rows of G*D inputs); each lane group takes RB rows at a time and issues RB*KU 16-byte weight loads
+// before the first FMA, so a warp keeps 32*RB*KU*16 bytes in flight (decode GEMVs are latency-bound
+// otherwise). Activations are read once per k-step and reused by the RB rows. Each lane accumulates its
+// k-slice in a fixed order and the lanes of a row reduce by butterfly: deterministic.
+// sink(i, b, value) receives the sums.
+template <typename T, int BB, int LPR, int RB, int KU, typename XT, typename RowPtr, typename Sink>
 __device__ __forceinline__ void gemv(RowPtr row_ptr, int nrows, const XT* xs, int ldx, int k_len, Sink sink) {
-  constexpr int kRowsPerWarp = 32 / LPR;
+  constexpr int kGroups = 32 / LPR;    // row groups per warp
   constexpr int kStride = LPR * kVec;  // elements a row's lane group covers per load
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int grp = lane / LPR, lig = lane % LPR;
-  for (int row0 = warp * kRowsPerWarp; row0 < nrows; row0 += kWarps * kRowsPerWarp) {
-    const int i = row0 + grp;
-    const bool live = i < nrows;
-    const T* w = static_cast<const T*>(row_ptr(live ? i : row0));
-    float acc[BB];
+  for (int row0 = warp * kGroups * RB; row0 < nrows; row0 += kWarps * kGroups * RB) {
+    const T* w[RB];
+    bool live[RB];
+    float acc[RB][BB];
 #pragma unroll
-    for (int b = 0; b < BB; ++b) acc[b] = 0.f;
-    for (int k0 = lig * kVec; k0 < k_len; k0 += kStride * kWeightUnroll<BB>) {
-      uint4 wv[kWeightUnroll<BB>];
+    for (int r = 0; r < RB; ++r) {
+      const int i = row0 + r * kGroups + grp;
+      live[r] = i < nrows;
+      w[r] = static_cast<const T*>(row_ptr(live[r] ? i : row0));
 #pragma unroll
-      for (int u = 0; u < kWeightUnroll<BB>; ++u) {
-        const int k = k0 + u * kStride;
-        wv[u] = (live && k < k_len) ? ld_stream(w + k) : make_uint4(0, 0, 0, 0);
+      for (int b = 0; b < BB; ++b) acc[r][b] = 0.f;
+    }
+    for (int k0 = lig * kVec; k0 < k_len; k0 += kStride * KU) {
+      uint4 wv[RB][KU];
+#pragma unroll
+      for (int r = 0; r < RB; ++r) {
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+          const int k = k0 + u * kStride;
+          wv[r][u] = (live[r] && k < k_len) ? ld_stream(w[r] + k) : make_uint4(0, 0, 0, 0);
+        }
       }
 #pragma unroll
-      for (int u = 0; u < kWeightUnroll<BB>; ++u) {
+      for (int u = 0; u < KU; ++u) {
         const int k = k0 + u * kStride;
         if (k < k_len) {
-          float wf[kVec];
-          unpack8<T>(wv[u], wf);
+          float wf[RB][kVec];
+#pragma unroll
+          for (int r = 0; r < RB; ++r) unpack8<T>(wv[r][u], wf[r]);
 #pragma unroll
           for (int b = 0; b < BB; ++b) {
             float xf[kVec];
             load_x8<T>(xs + b * ldx + k, xf);
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) acc[b] = fmaf(wf[e], xf[e], acc[b]);
+            for (int r = 0; r < RB; ++r) {
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) acc[r][b] = fmaf(wf[r][e], xf[e], acc[r][b]);
+            }
           }
         }
       }
     }
 #pragma unroll
-    for (int b = 0; b < BB; ++b) {
+    for (int r = 0; r < RB; ++r) {
 #pragma unroll
-      for (int off = LPR / 2; off; off >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
-    }
-    if (live && lig == 0) {
+      for (int b = 0; b < BB; ++b) {
 #pragma unroll
-      for (int b = 0; b < BB; ++b) sink(i, b, acc[b]);
+        for (int off = LPR / 2; off; off >>= 1) acc[r][b] += __shfl_xor_sync(0xffffffffu, acc[r][b], off);
+      }
+      if (live[r] && lig == 0) {
+#pragma unroll
+        for (int b = 0; b < BB; ++b) sink(row0 + r * kGroups + grp, b, acc[r][b]);
+      }
     }
   }
 }
 
-template <typename T, int BB, typename XT, typename RowPtr, typename Sink>
-__device__ __forceinline__ void gemv_any(int lanes_per_row, RowPtr row_ptr, int nrows, const XT* xs, int ldx,
-                                         int k_len, Sink sink) {
-  if (lanes_per_row >= 32) gemv<T, BB, 32, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
-  else if (lanes_per_row == 16) gemv<T, BB, 16, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
-  else gemv<T, BB, 8, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
-}
+// Rows per lane group and k-steps per load batch: about 16 loads in flight per lane at small batch,
+// fewer where BB accumulators per row already fill the registers.
+template <int BB>
+constexpr int kLongRows = BB <= 2 ? 4 : 2;  // q/k/v rows: hidden-long, KU = kLongSteps k-steps
+constexpr int kLongSteps = 4;
+template <int BB>
+constexpr int kShortRows = BB <= 2 ? 8 : (BB <= 4 ? 4 : 2);  // o_proj rows: G*D inputs, few k-steps
+constexpr int kShortSteps = 2;
 
 // Lanes per row for k_len inputs: enough 16-byte vectors per lane to keep every lane busy.
 __device__ __forceinline__ int lanes_for(int k_len) {
   const int vectors = k_len / kVec;
   return vectors >= 32 ? 32 : (vectors >= 16 ? 16 : 8);
+}
+
+template <typename T, int BB, int RB, int KU, typename XT, typename RowPtr, typename Sink>
+__device__ __forceinline__ void gemv_any(int k_len_hint, RowPtr row_ptr, int nrows, const XT* xs, int ldx,
+                                         int k_len, Sink sink) {
+  const int lanes = lanes_for(k_len_hint);
+  if (lanes == 32) gemv<T, BB, 32, RB, KU, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
+  else if (lanes == 16) gemv<T, BB, 16, RB, KU, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
+  else gemv<T, BB, 8, RB, KU, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
 }
 
 // ------------------------------------------------------------------ the kernel
@@ -279,7 +303,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const T* x = static_cast<const T*>(p.x);
 
   // Output column slice of this rank (o_proj and the final fix-up).
-  const int HC = cf::ceil_div(H, C);
+  const int HC = cf::ceil_div(cf::ceil_div(H, C), 4) * 4;  // multiple of 4: float4 fix-up
   const int col0 = min(H, rank * HC), ncols = min(H, col0 + HC) - col0;
   if (p.prefetch) {  // o_proj weights: pull into L2 now, consumed after attention
     const T* wo = static_cast<const T*>(p.wo);
@@ -354,8 +378,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
     __syncthreads();
     const bool first_chunk = k0 == 0;
-    gemv_any<T, BB>(
-        lanes_for(kc),
+    gemv_any<T, BB, kLongRows<BB>, kLongSteps>(
+        kc,
         [&](int i) -> const T* {
           const int r = row0 + i;
           const T* base = r < GD ? wq + static_cast<long long>(r) * H
@@ -487,10 +511,13 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
         bool ok[kTokenUnroll<HG>];
 #pragma unroll
         for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+          // K/V loads do not wait for the mask byte: inside [first, last True] a masked token is loaded
+          // and dropped (fully masked tiles outside that range are never read).
           const int j = t0 + u * token_slots + slot;
-          ok[u] = j < ce && (mrow == nullptr || mrow[j] != 0);
+          const bool in = j < ce;
+          ok[u] = in && (mrow == nullptr || mrow[j] != 0);
           kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-          if (ok[u]) {
+          if (in) {
             const bool cur = j == pos;
             kr[u] = *reinterpret_cast<const uint4*>(cur ? knew : kb + static_cast<long long>(j) * D);
             vr[u] = *reinterpret_cast<const uint4*>(cur ? vnew : vb + static_cast<long long>(j) * D);
@@ -640,8 +667,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const T* wo = static_cast<const T*>(p.wo) + static_cast<long long>(kvh) * GD;
   const long long wo_ld = static_cast<long long>(p.num_heads) * D;
   float* opart = p.o_partial;
-  gemv_any<T, BB>(
-      lanes_for(GD), [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; }, ncols, attn_out, QKV_ROWS, GD,
+  gemv_any<T, BB, kShortRows<BB>, kShortSteps>(
+      GD, [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; }, ncols, attn_out, QKV_ROWS, GD,
       [&](int i, int b, float v) {
         if (b < B) opart[(static_cast<long long>(kvh) * B + b) * H + col0 + i] = v;
       });
@@ -658,13 +685,23 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   if (!*s.flag) return;
   __threadfence();
   T* out = static_cast<T*>(p.out);
-  for (int idx = tid; idx < B * ncols; idx += kThreads) {
-    const int b = idx / ncols, n = col0 + idx % ncols;
-    float acc = 0.f;
-    for (int h = 0; h < KVH; ++h) acc += __ldcg(opart + (static_cast<long long>(h) * B + b) * H + n);
-    if (p.bo != nullptr) acc += load_scalar<T>(p.bo, n);
-    if (p.add_residual) acc += cf::to_float(x[static_cast<long long>(b) * H + n]);
-    out[static_cast<long long>(b) * H + n] = cf::from_float<T>(acc);
+  const int n4 = ncols / 4;
+  for (int idx = tid; idx < B * n4; idx += kThreads) {  // 4 columns per thread, KV heads in fixed order
+    const int b = idx / n4, n = col0 + 4 * (idx % n4);
+    const float* src = opart + static_cast<long long>(b) * H + n;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int h = 0; h < KVH; ++h) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + static_cast<long long>(h) * B * H));
+      acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
+    }
+    float r[4] = {acc.x, acc.y, acc.z, acc.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (p.bo != nullptr) r[e] += load_scalar<T>(p.bo, n + e);
+      if (p.add_residual) r[e] += cf::to_float(x[static_cast<long long>(b) * H + n + e]);
+      out[static_cast<long long>(b) * H + n + e] = cf::from_float<T>(r[e]);
+    }
   }
 }
 

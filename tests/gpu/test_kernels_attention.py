@@ -32,8 +32,21 @@ BANDS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # spacing relative to the leading power of two
 N_RANDOM = 216
 MASK_KINDS = ("none", "causal", "left_pad", "holes", "beyond_pos")
-HEAD_SHAPES = ((4, 4), (8, 8), (32, 32), (8, 4), (12, 4), (16, 4), (14, 2), (24, 4), (32, 8), (40, 5),
-               (8, 1), (16, 1), (4, 1))  # MHA, GQA groups 2..8, MQA
+HEAD_SHAPES = (
+    (4, 4),
+    (8, 8),
+    (32, 32),
+    (8, 4),
+    (12, 4),
+    (16, 4),
+    (14, 2),
+    (24, 4),
+    (32, 8),
+    (40, 5),
+    (8, 1),
+    (16, 1),
+    (4, 1),
+)  # MHA, GQA groups 2..8, MQA
 HIDDENS = (256, 512, 896, 1024, 1536, 2048, 4096, 8192)
 BATCHES = (1, 2, 3, 4, 5, 8, 9, 16)
 CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
@@ -61,9 +74,17 @@ class Case:
 
     def unsupported(self) -> str | None:
         return attention_unsupported_reason(
-            hidden=self.hidden, num_heads=self.num_heads, num_kv_heads=self.kv_heads, head_dim=self.head_dim,
-            batch=self.batch, dtype=self.dtype, max_cache_len=self.max_len, has_qk_norm=self.qk_norm,
-            mask_dtype=torch.bool, num_sms=torch.cuda.get_device_properties(0).multi_processor_count)
+            hidden=self.hidden,
+            num_heads=self.num_heads,
+            num_kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            batch=self.batch,
+            dtype=self.dtype,
+            max_cache_len=self.max_len,
+            has_qk_norm=self.qk_norm,
+            mask_dtype=torch.bool,
+            num_sms=torch.cuda.get_device_properties(0).multi_processor_count,
+        )
 
 
 def random_cases(n: int, seed: int = 2026) -> tuple[list[Case], list[tuple[Case, str]]]:
@@ -77,13 +98,24 @@ def random_cases(n: int, seed: int = 2026) -> tuple[list[Case], list[tuple[Case,
         big = rng.random() < 0.1
         hidden = rng.choice(HIDDENS if big else HIDDENS[:6])
         case = Case(
-            dtype=rng.choice((torch.float16, torch.bfloat16)), batch=rng.choice(BATCHES), hidden=hidden,
-            num_heads=nh, kv_heads=kvh, head_dim=d, max_len=max_len, pos=rng.randrange(max_len),
-            mask=rng.choice(MASK_KINDS), bias=rng.random() < 0.4, qk_norm=rng.random() < 0.25,
-            norm_kind=rng.choice(("weight", "weight", "unit_offset")), add_residual=rng.random() < 0.7,
-            fused_qkv=rng.random() < 0.3, o_bias=rng.random() < 0.2,
+            dtype=rng.choice((torch.float16, torch.bfloat16)),
+            batch=rng.choice(BATCHES),
+            hidden=hidden,
+            num_heads=nh,
+            kv_heads=kvh,
+            head_dim=d,
+            max_len=max_len,
+            pos=rng.randrange(max_len),
+            mask=rng.choice(MASK_KINDS),
+            bias=rng.random() < 0.4,
+            qk_norm=rng.random() < 0.25,
+            norm_kind=rng.choice(("weight", "weight", "unit_offset")),
+            add_residual=rng.random() < 0.7,
+            fused_qkv=rng.random() < 0.3,
+            o_bias=rng.random() < 0.2,
             cos_dtype=rng.choice((torch.float32, torch.float32, torch.bfloat16, torch.float16)),
-            seed=rng.randrange(1 << 30))
+            seed=rng.randrange(1 << 30),
+        )
         reason = case.unsupported()
         if reason:
             misses.append((case, reason))
@@ -184,8 +216,11 @@ def reference(case: Case, inp: dict) -> tuple[torch.Tensor, torch.Tensor, torch.
     keys = keys.repeat_interleave(G, dim=1)  # [B, nh, L, D]
     vals = vals.repeat_interleave(G, dim=1)
     scores = torch.einsum("bhd,bhld->bhl", q, keys) * inp["scale"]
-    live = inp["mask"][:, 0, 0, :] if inp["mask"] is not None else (torch.arange(case.max_len, device=x.device)
-                                                                      <= case.pos)[None].expand(B, -1)
+    live = (
+        inp["mask"][:, 0, 0, :]
+        if inp["mask"] is not None
+        else (torch.arange(case.max_len, device=x.device) <= case.pos)[None].expand(B, -1)
+    )
     scores = scores.masked_fill(~live[:, None, :], -math.inf)
     attn = torch.einsum("bhl,bhld->bhd", scores.softmax(-1), vals).reshape(B, 1, nh * D)
     out = attn @ inp["wo"].to(f).T
@@ -205,20 +240,45 @@ def run_kernel(case: Case, inp: dict, out: torch.Tensor) -> None:
     else:
         biases = [inp["bqkv"]] if case.fused_qkv else list(inp["bqkv"].split(sizes))
     attention_decode(
-        inp["x"], inp["norm_weight"], EPS, case.norm_kind, weights, biases, inp["q_norm"], inp["k_norm"], QK_EPS,
-        inp["cos"], inp["sin"], inp["cache_position"], inp["k_cache"], inp["v_cache"], inp["mask"], inp["scale"],
-        inp["wo"], inp["bo"], case.add_residual, out)
+        inp["x"],
+        inp["norm_weight"],
+        EPS,
+        case.norm_kind,
+        weights,
+        biases,
+        inp["q_norm"],
+        inp["k_norm"],
+        QK_EPS,
+        inp["cos"],
+        inp["sin"],
+        inp["cache_position"],
+        inp["k_cache"],
+        inp["v_cache"],
+        inp["mask"],
+        inp["scale"],
+        inp["wo"],
+        inp["bo"],
+        case.add_residual,
+        out,
+    )
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.double() - ref).norm() / ref.norm()).item()
 
 
-def within_ulp(a: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
-    """|a - ref| <= one ulp of ref's binade (plus the subnormal floor)."""
-    diff = (a.double() - ref.double()).abs()
-    ulp = torch.exp2(torch.floor(torch.log2(ref.double().abs().clamp_min(2.0**-14)))) * ULP[dtype]
-    return bool((diff <= ulp * 1.0001).all())
+def slot_matches(a: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
+    """|a - ref| <= one ulp of ref + one ulp of the head's rms, elementwise ([..., D] rows).
+
+    ref is the fp64 k/v rounded once. The kernel rounds the normalised activations to the model
+    dtype before the projection, as eager does (HF RMSNorm returns `weight * h.to(dtype)`), which
+    moves each k/v element by about one ulp of the head's typical magnitude; elements much smaller
+    than that (cancellation) cannot match to their own ulp, eager's neither."""
+    ref = ref.double()
+    diff = (a.double() - ref).abs()
+    ulp = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(2.0**-14)))) * ULP[dtype]
+    head_rms = ref.pow(2).mean(-1, keepdim=True).sqrt()
+    return bool((diff <= ulp * 1.0001 + head_rms * ULP[dtype]).all())
 
 
 def check_case(case: Case) -> dict:
@@ -233,8 +293,8 @@ def check_case(case: Case) -> dict:
     err = rel_err(out, ref)
     assert err <= BANDS[case.dtype], f"{case}: relative error {err:.2e} > {BANDS[case.dtype]:.0e}"
     p = case.pos
-    assert within_ulp(inp["k_cache"][:, :, p], k_new, case.dtype), f"{case}: k slot"
-    assert within_ulp(inp["v_cache"][:, :, p], v_new, case.dtype), f"{case}: v slot"
+    assert slot_matches(inp["k_cache"][:, :, p], k_new, case.dtype), f"{case}: k slot"
+    assert slot_matches(inp["v_cache"][:, :, p], v_new, case.dtype), f"{case}: v slot"
     untouched = torch.ones(case.max_len, dtype=torch.bool, device="cuda")
     untouched[p] = False
     assert torch.equal(inp["k_cache"][:, :, untouched], k_before[:, :, untouched]), f"{case}: other K slots"
@@ -257,8 +317,9 @@ def _cases() -> tuple[list[Case], list[tuple[Case, str]]]:
 def precompiled():
     """Compile every instantiation the sweep needs in parallel (NVRTC releases the GIL), once."""
     cases, _ = _cases()
-    needed = sorted({(c.dtype, batch_bucket(c.batch), heads_per_pass(c.num_heads // c.kv_heads)) for c in cases},
-                    key=str)
+    needed = sorted(
+        {(c.dtype, batch_bucket(c.batch), heads_per_pass(c.num_heads // c.kv_heads)) for c in cases}, key=str
+    )
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda key: compiled_kernel(*key), needed))
 
@@ -274,22 +335,102 @@ def test_random_sweep_matches_fp64_reference():
             failures.append(str(exc).splitlines()[0])
             results.append({"err": float("nan"), "kv_bitwise": False})
     assert not failures, f"{len(failures)}/{len(cases)} cases failed:\n" + "\n".join(failures[:12])
-    worst = {dt: max((r["err"] for c, r in zip(cases, results, strict=True) if c.dtype == dt), default=0.0) for dt in BANDS}
+    worst = {
+        dt: max((r["err"] for c, r in zip(cases, results, strict=True) if c.dtype == dt), default=0.0)
+        for dt in BANDS
+    }
     bitwise = sum(r["kv_bitwise"] for r in results)
-    print(f"\n{len(cases)} cases passed; worst relative error {worst}; cache slots bitwise equal to the "
-          f"reference's rounding in {bitwise}/{len(cases)}; near-misses {len(misses)}: "
-          f"{sorted({reason.split(':')[0] for _, reason in misses})}")
+    print(
+        f"\n{len(cases)} cases passed; worst relative error {worst}; cache slots bitwise equal to the "
+        f"reference's rounding in {bitwise}/{len(cases)}; near-misses {len(misses)}: "
+        f"{sorted({reason.split(':')[0] for _, reason in misses})}"
+    )
 
 
 NAMED = {
-    "llama2_7b": Case(torch.float16, 1, 4096, 32, 32, 128, 1024, 1000, "causal", False, False, "weight", True,
-                      False, False, torch.float32, 1),
-    "qwen25_05b_b16": Case(torch.bfloat16, 16, 896, 14, 2, 64, 4096, 3000, "left_pad", True, False, "weight",
-                           True, True, False, torch.float32, 2),
-    "llama3_8b_b4": Case(torch.bfloat16, 4, 4096, 32, 8, 128, 2048, 2047, "none", False, True, "weight", True,
-                         False, True, torch.float32, 3),
-    "mqa_d256": Case(torch.float16, 2, 2048, 8, 1, 256, 600, 599, "causal", False, False, "unit_offset", False,
-                     False, False, torch.bfloat16, 4),
+    "llama2_7b": Case(
+        torch.float16,
+        1,
+        4096,
+        32,
+        32,
+        128,
+        1024,
+        1000,
+        "causal",
+        False,
+        False,
+        "weight",
+        True,
+        False,
+        False,
+        torch.float32,
+        1,
+    ),
+    "qwen25_05b_b16": Case(
+        torch.bfloat16,
+        16,
+        896,
+        14,
+        2,
+        64,
+        4096,
+        3000,
+        "left_pad",
+        True,
+        False,
+        "weight",
+        True,
+        True,
+        False,
+        torch.float32,
+        2,
+    ),
+    "llama3_8b_b4": Case(
+        torch.bfloat16,
+        4,
+        4096,
+        32,
+        8,
+        128,
+        2048,
+        2047,
+        "none",
+        False,
+        True,
+        "weight",
+        True,
+        False,
+        True,
+        torch.float32,
+        3,
+    ),
+    # small shapes for compute-sanitizer (memcheck / racecheck): cluster gather, P > 1 merge, D = 256, masks
+    "small_mha": Case(torch.float16, 2, 512, 4, 4, 64, 100, 77, "holes", True, False, "weight", True, False, True,
+                      torch.float32, 5),
+    "small_gqa_split": Case(torch.bfloat16, 3, 256, 8, 2, 128, 300, 299, "left_pad", False, True, "weight", True,
+                            True, False, torch.float32, 6),
+    "small_mqa_d256": Case(torch.float16, 2, 512, 4, 1, 256, 64, 40, "beyond_pos", False, False, "unit_offset",
+                           True, False, False, torch.float16, 7),
+    "mqa_d256": Case(
+        torch.float16,
+        2,
+        2048,
+        8,
+        1,
+        256,
+        600,
+        599,
+        "causal",
+        False,
+        False,
+        "unit_offset",
+        False,
+        False,
+        False,
+        torch.bfloat16,
+        4,
+    ),
 }
 
 
@@ -336,15 +477,25 @@ def test_cuda_graph_capture_and_replay(name):
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-        ref, k_new, _ = reference(replace(case, pos=pos), inp | {"k_cache": fresh["k_cache"],
-                                                                 "v_cache": fresh["v_cache"]})
+        ref, k_new, _ = reference(
+            replace(case, pos=pos), inp | {"k_cache": fresh["k_cache"], "v_cache": fresh["v_cache"]}
+        )
         assert rel_err(out, ref) <= BANDS[case.dtype], f"replay {step}"
-        assert within_ulp(inp["k_cache"][:, :, pos], k_new, case.dtype)
+        assert slot_matches(inp["k_cache"][:, :, pos], k_new, case.dtype)
 
 
 def test_unsupported_shapes_have_reasons():
-    common = dict(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=1, dtype=torch.float16,
-                  max_cache_len=1024, has_qk_norm=False, mask_dtype=torch.bool)
+    common = dict(
+        hidden=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        batch=1,
+        dtype=torch.float16,
+        max_cache_len=1024,
+        has_qk_norm=False,
+        mask_dtype=torch.bool,
+    )
     assert attention_unsupported_reason(**common) is None
     assert "dtype" in attention_unsupported_reason(**common | {"dtype": torch.float32})
     assert "head_dim" in attention_unsupported_reason(**common | {"head_dim": 96})
