@@ -264,7 +264,7 @@ def attention_decode(
     add_residual: bool,
     out: torch.Tensor,
     *,
-    prefetch: bool = True,
+    prefetch: bool = False,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
