@@ -1,7 +1,7 @@
 """``python -m cf_compile`` (also ``cf-compile``): the match report and the accuracy diff from a shell.
 
-    python -m cf_compile report   --model llama [--size tiny|full] [--dtype bf16] [--json out.json]
-    python -m cf_compile accuracy --model llama [--size tiny|full] [--dtype bf16] [--steps 16] [--json out.json]
+    python -m cf_compile report   --model llama [--size tiny|small|full] [--dtype bf16] [--json out.json]
+    python -m cf_compile accuracy --model llama [--size tiny|small|full] [--dtype bf16] [--steps 16] [--json out.json]
 
 Models are random-weight HF models built by name (``cf_compile.models``): nothing is downloaded.
 Exit status: 0 on success, 2 on bad arguments (argparse's convention), 1 when ``accuracy --check`` finds
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cf_compile.models import DTYPES, model_names
+from cf_compile.models import DTYPES, SIZES, model_names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default="llama", choices=model_names(), metavar="NAME",
                         help=f"one of: {', '.join(model_names())} (default llama)")
-    common.add_argument("--size", default="tiny", choices=("tiny", "full"),
-                        help="tiny: 2 layers, hidden 128; full: the real checkpoint's shapes (default tiny)")
+    common.add_argument("--size", default="tiny", choices=SIZES,
+                        help="tiny: 2 layers, hidden 128; small: 4 layers, hidden 512; full: the real "
+                             "checkpoint's shapes (default tiny)")
     common.add_argument("--dtype", default="bf16", choices=tuple(DTYPES), help="default bf16")
     common.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda if available")
     common.add_argument("--kernels", default="auto", choices=("auto", "reference"),

@@ -5,7 +5,8 @@ everywhere. ``size="full"`` copies the real checkpoint's config (hidden, heads, 
 intermediate, vocab, RoPE, eps, biases, tied embeddings); ``size="tiny"`` keeps the block *structure*
 that the pattern matcher and the kernels care about (GQA or not, qkv bias, q/k norm, norm kind,
 activation, fused projections, RoPE type) at hidden 128 and 2 layers, with head_dim 64 so the tiny
-models still fit the Hopper kernels' supported head dims on a GPU.
+models still fit the Hopper kernels' supported head dims on a GPU. ``size="small"`` is the same
+structure at hidden 512 and 4 layers: big enough that a CPU demo spends its time in the blocks.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from typing import Any, Literal
 
 import torch
 
-Size = Literal["tiny", "full"]
+Size = Literal["tiny", "small", "full"]
+SIZES = ("tiny", "small", "full")
 
-TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, head_dim=64,
-            vocab_size=512)
+# Reduced sizes: the structure of the checkpoint (see config_kwargs), these dimensions.
+REDUCED = {
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, head_dim=64,
+                 vocab_size=512),
+    "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                  head_dim=64, vocab_size=8192),
+}
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class ModelSpec:
     config_class: str
     checkpoint: str                  # for people: whose config.json ``full`` copies (never downloaded)
     full: dict[str, Any]
-    tiny: dict[str, Any] = field(default_factory=dict)   # extra tiny overrides beyond the generic ones
+    reduced: dict[str, Any] = field(default_factory=dict)   # extra overrides for the tiny and small sizes
 
 
 _LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
@@ -78,7 +85,7 @@ SPECS: dict[str, ModelSpec] = {
         original_max_position_embeddings=4096, rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, sliding_window=2047,
         bos_token_id=1, eos_token_id=32000, pad_token_id=32000, tie_word_embeddings=False),
-        tiny=dict(pad_token_id=0, eos_token_id=2)),
+        reduced=dict(pad_token_id=0, eos_token_id=2)),     # special tokens inside the reduced vocab
     "gemma-2b": ModelSpec("GemmaConfig", "google/gemma-2b", dict(
         hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
         num_key_value_heads=1, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
@@ -114,13 +121,16 @@ def config_kwargs(name: str, size: Size = "tiny") -> dict[str, Any]:
     kwargs = dict(spec.full)
     if size == "full":
         return kwargs
-    if size != "tiny":
-        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
-    mha = kwargs["num_key_value_heads"] == kwargs["num_attention_heads"]
-    kwargs.update(TINY, num_key_value_heads=TINY["num_attention_heads"] if mha else 1)
+    if size not in REDUCED:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    dims = REDUCED[size]
+    heads = dims["num_attention_heads"]
+    # MHA stays MHA; GQA/MQA keeps the smallest KV head count that is still grouped
+    kv_heads = heads if kwargs["num_key_value_heads"] == kwargs["num_attention_heads"] else max(1, heads // 4)
+    kwargs.update(dims, num_key_value_heads=kv_heads)
     if spec.config_class in ("Qwen2Config", "Phi3Config"):
         kwargs.pop("head_dim")   # these configs derive head_dim = hidden / heads (64 here as well)
-    kwargs.update(spec.tiny)
+    kwargs.update(spec.reduced)
     return kwargs
 
 
@@ -134,7 +144,8 @@ def build_config(name: str, size: Size = "tiny") -> Any:
 
 def build_model(name: str, size: Size = "tiny", dtype: torch.dtype | str = torch.float32,
                 device: torch.device | str = "cpu", seed: int = 0) -> Any:
-    """A causal LM with random weights (seeded), in eval mode, on ``device`` in ``dtype``.
+    """A causal LM with random weights (seeded), in eval mode, on ``device`` in ``dtype``; ``size`` is
+    "tiny", "small" or "full" (module docstring).
 
     Weights are created directly on ``device`` (a full-size model would take minutes to initialise on
     the CPU and then copy); ``device="meta"`` gives the shapes without memory.
