@@ -18,6 +18,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,8 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import results  # noqa: E402
 from cf_compile_kernels import ffn  # noqa: E402
 
-MODELS = {"Llama-2-7B": (4096, 11008), "Llama-3-8B": (4096, 14336), "Llama-3.2-1B": (2048, 8192),
-          "Qwen2.5-0.5B": (896, 4864)}
+MODELS = {
+    "Llama-2-7B": (4096, 11008),
+    "Llama-3-8B": (4096, 14336),
+    "Llama-3.2-1B": (2048, 8192),
+    "Qwen2.5-0.5B": (896, 4864),
+}
 BATCHES = (1, 4, 16)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 EPS = 1e-5
@@ -37,8 +42,16 @@ MIN_SETS = 2
 REPLAYS = 50
 WARMUP_REPLAYS = 5
 COPY_BYTES = 1 << 30
-COLUMNS = ["config.model", "config.dtype", "config.batch", "ours_us", "inductor_us", "floor_us",
-           "floor_over_ours", "inductor_over_ours"]
+COLUMNS = [
+    "config.model",
+    "config.dtype",
+    "config.batch",
+    "ours_us",
+    "inductor_us",
+    "floor_us",
+    "floor_over_ours",
+    "inductor_over_ours",
+]
 
 
 def weight_sets(hidden: int, inter: int, dtype: torch.dtype) -> list[dict]:
@@ -46,12 +59,14 @@ def weight_sets(hidden: int, inter: int, dtype: torch.dtype) -> list[dict]:
     count = max(MIN_SETS, math.ceil(ROTATION_BYTES / per_set))
     sets = []
     for _ in range(count):
-        sets.append({
-            "norm_weight": (1 + 0.1 * torch.randn(hidden, device="cuda")).to(dtype),
-            "gate": (torch.randn(inter, hidden, device="cuda") * hidden**-0.5).to(dtype),
-            "up": (torch.randn(inter, hidden, device="cuda") * hidden**-0.5).to(dtype),
-            "down": (torch.randn(hidden, inter, device="cuda") * inter**-0.5).to(dtype),
-        })
+        sets.append(
+            {
+                "norm_weight": (1 + 0.1 * torch.randn(hidden, device="cuda")).to(dtype),
+                "gate": (torch.randn(inter, hidden, device="cuda") * hidden**-0.5).to(dtype),
+                "up": (torch.randn(inter, hidden, device="cuda") * hidden**-0.5).to(dtype),
+                "down": (torch.randn(hidden, inter, device="cuda") * inter**-0.5).to(dtype),
+            }
+        )
     return sets
 
 
@@ -90,21 +105,33 @@ def graph_time_us(calls: list, replays: int = REPLAYS) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written), median of 20 copies."""
-    src = torch.empty(COPY_BYTES // 2, dtype=torch.uint8, device="cuda").random_()
+def copy_bandwidth() -> tuple[float, dict]:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written): the better of a
+    cudaMemcpy-style copy_ and an elementwise copy kernel, median of 20 each; both are returned."""
+    src = torch.empty(COPY_BYTES // 4, dtype=torch.float16, device="cuda").normal_()
     dst = torch.empty_like(src)
-    us = graph_time_us([lambda: dst.copy_(src)], replays=20)
-    return COPY_BYTES / (us * 1e-6)
+    measured = {
+        "memcpy": COPY_BYTES / (graph_time_us([lambda: dst.copy_(src)], replays=20) * 1e-6),
+        "kernel": COPY_BYTES / (graph_time_us([lambda: torch.neg(src, out=dst)], replays=20) * 1e-6),
+    }
+    return max(measured.values()), measured
 
 
 def rel_error(out: torch.Tensor, x, s) -> float:
-    ref = ffn.gated_ffn_reference(x, s["norm_weight"], EPS, "weight", [s["gate"], s["up"]], s["down"], "silu", True)
+    ref = ffn.gated_ffn_reference(
+        x, s["norm_weight"], EPS, "weight", [s["gate"], s["up"]], s["down"], "silu", True
+    )
     return float((out.double() - ref).norm() / ref.norm())
 
 
-def bench_row(model: str, batch: int, dtype_name: str, bandwidth: float, inductor: bool,
-              tuning: ffn.Tuning | None = None) -> dict:
+def bench_row(
+    model: str,
+    batch: int,
+    dtype_name: str,
+    bandwidth: float,
+    inductor: bool,
+    tuning: ffn.Tuning | None = None,
+) -> dict:
     tuning = tuning or ffn.Tuning()
     hidden, inter = MODELS[model]
     dtype = DTYPES[dtype_name]
@@ -114,8 +141,18 @@ def bench_row(model: str, batch: int, dtype_name: str, bandwidth: float, inducto
 
     def ours(i):
         s = sets[i]
-        return lambda: ffn.gated_ffn(x, s["norm_weight"], EPS, "weight", [s["gate"], s["up"]], s["down"], "silu",
-                                     True, outs[i], tuning=tuning)
+        return lambda: ffn.gated_ffn(
+            x,
+            s["norm_weight"],
+            EPS,
+            "weight",
+            [s["gate"], s["up"]],
+            s["down"],
+            "silu",
+            True,
+            outs[i],
+            tuning=tuning,
+        )
 
     calls = [ours(i) for i in range(len(sets))]
     calls[0]()
@@ -134,10 +171,14 @@ def bench_row(model: str, batch: int, dtype_name: str, bandwidth: float, inducto
 
             def call():
                 ind_out[i] = compiled(x, s["norm_weight"], s["gate"], s["up"], s["down"])
+
             return call
 
         ind_calls = [theirs(i) for i in range(len(sets))]
+        started = time.perf_counter()
         ind_calls[0]()
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - started
         err_ind = rel_error(ind_out[0], x, sets[0])
         assert err_ind < 2e-2, f"inductor error {err_ind:.3g}"
         inductor_us = graph_time_us(ind_calls)
@@ -146,40 +187,74 @@ def bench_row(model: str, batch: int, dtype_name: str, bandwidth: float, inducto
     bytes_moved = (3 * hidden * inter + 2 * batch * hidden + hidden) * elem
     floor_us = bytes_moved / bandwidth * 1e6
     info = ffn.plan_info(hidden, inter, dtype, batch, tuning=tuning)
-    row = results.make_row("ffn", {"model": model, "batch": batch, "seq": 0, "dtype": dtype_name,
-                                   "hidden": hidden, "intermediate": inter},
-                           ours_us=round(ours_us, 2), inductor_us=None if inductor_us is None else round(inductor_us, 2),
-                           floor_us=round(floor_us, 2))
+    row = results.make_row(
+        "ffn",
+        {
+            "model": model,
+            "batch": batch,
+            "seq": 0,
+            "dtype": dtype_name,
+            "hidden": hidden,
+            "intermediate": inter,
+        },
+        ours_us=round(ours_us, 2),
+        inductor_us=None if inductor_us is None else round(inductor_us, 2),
+        floor_us=round(floor_us, 2),
+    )
     row["floor_over_ours"] = round(floor_us / ours_us, 3)
     row["inductor_over_ours"] = None if inductor_us is None else round(inductor_us / ours_us, 3)
     row["ours_rel_err"] = float(f"{err:.3g}")
-    row["launch"] = {"grid": info["grid"][0], "cluster": info["cluster"][0], "smem": info["smem"],
-                     "registers": info["registers"], "warps": tuning.warps, "depth": tuning.depth}
+    if inductor:
+        row["inductor_compile_s"] = round(compile_s, 1)
+    row["launch"] = {
+        "grid": info["grid"][0],
+        "cluster": info["cluster"][0],
+        "smem": info["smem"],
+        "registers": info["registers"],
+        "warps": tuning.warps,
+        "depth": tuning.depth,
+    }
     sets.clear()
     torch.cuda.empty_cache()
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows-out", type=Path, help="write the rows as JSON here (device run)")
     parser.add_argument("--no-inductor", action="store_true")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--dtypes", nargs="*", default=list(DTYPES))
     parser.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
-    parser.add_argument("--variants", nargs="*", default=[],
-                        help="extra tunings cluster:warps:depth[:l2_hint] timed on the same rows (no Inductor)")
-    parser.add_argument("--append", type=Path, help="append rows from this JSON to results.jsonl / RESULTS.md")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="extra tunings cluster:warps:depth[:l2_hint] timed on the same rows (no Inductor)",
+    )
+    parser.add_argument(
+        "--append", type=Path, help="append rows from this JSON to results.jsonl / RESULTS.md"
+    )
     args = parser.parse_args()
 
     if args.append:
         rows = json.loads(args.append.read_text())
-        results.append(rows, title="Gated FFN decode block: fused kernel vs Inductor vs HBM floor",
-                       method=__doc__.split("Method:", 1)[1], columns=COLUMNS)
+        results.append(
+            rows,
+            title="Gated FFN decode block: fused kernel vs Inductor vs HBM floor",
+            method=__doc__.split("Method:", 1)[1],
+            columns=COLUMNS,
+        )
         return
 
-    bandwidth = copy_bandwidth()
-    print(f"device-to-device copy bandwidth: {bandwidth / 1e12:.3f} TB/s", flush=True)
+    bandwidth, measured = copy_bandwidth()
+    print(
+        "device-to-device copy bandwidth (TB/s): "
+        + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in measured.items()),
+        flush=True,
+    )
     rows = []
     for model in args.models:
         for dtype_name in args.dtypes:

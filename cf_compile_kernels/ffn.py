@@ -198,9 +198,12 @@ def _max_active_clusters(kernel, cluster: int, smem: int, threads: int) -> int |
     """Clusters of `cluster` CTAs that fit on the device at once (cuOccupancyMaxActiveClusters)."""
     from cuda.bindings import driver
 
-    function = kernel._function  # the runtime exposes no public handle; read-only use
+    function = kernel._function  # the runtime exposes no public handle
+    # The occupancy query needs the dynamic-smem opt-in. Raise it to the hardware maximum, never to a
+    # shape's size: the function (and its LoadedKernel) is shared by every shape, and LoadedKernel only
+    # ever raises its own record of the limit, so a lower value here would break larger later launches.
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    (err,) = driver.cuFuncSetAttribute(function, attr, smem)
+    (err,) = driver.cuFuncSetAttribute(function, attr, MAX_SMEM_PER_CTA)
     if err != driver.CUresult.CUDA_SUCCESS:
         return None
     config = driver.CUlaunchConfig()
@@ -237,6 +240,7 @@ class Tuning:
     cluster: int | None = None
     warps: int = WARPS
     depth: int = DEPTH
+    l2_hint: int = 0  # 0, 128 or 256: L2 sector promotion on the weight loads (-DCF_FFN_L2_HINT)
 
 
 def _plan(
@@ -262,8 +266,12 @@ def _plan(
         cluster = tuning.cluster or choose_cluster_size(hidden)
         if cluster is None or (hidden // STEP_K) % cluster:
             raise ValueError(f"gated_ffn: cluster size {cluster} does not divide hidden {hidden} / {STEP_K}")
+        defines = {"CF_FFN_L2_HINT": tuning.l2_hint} if tuning.l2_hint else {}
         compiled = compile_kernel(
-            SOURCE, KERNEL, template_args=template_args(dtype, cluster, bt, tuning.warps, tuning.depth)
+            SOURCE,
+            KERNEL,
+            defines=defines,
+            template_args=template_args(dtype, cluster, bt, tuning.warps, tuning.depth),
         )
         kernel = load_kernel(compiled, device)
         threads = tuning.warps * WARP_SIZE

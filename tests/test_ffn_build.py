@@ -24,8 +24,12 @@ def dtype(request):
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "n{}-bt{}-w{}-d{}".format(*v))
 def test_variant_compiles_without_spills_within_register_budget(dtype, variant):
     cluster, bt, warps, depth = variant
-    k = compile_kernel(ffn.SOURCE, ffn.KERNEL, template_args=ffn.template_args(dtype, cluster, bt, warps, depth),
-                       arch=SM90_ARCH)
+    k = compile_kernel(
+        ffn.SOURCE,
+        ffn.KERNEL,
+        template_args=ffn.template_args(dtype, cluster, bt, warps, depth),
+        arch=SM90_ARCH,
+    )
     assert k.cubin.startswith(b"\x7fELF")
     assert k.spill_bytes == 0 and k.local_bytes == 0, f"{k.name_expression}: stack {k.local_bytes}"
     assert k.registers is not None and k.registers * warps * ffn.WARP_SIZE <= REGISTERS_PER_SM
@@ -35,15 +39,29 @@ def test_variant_compiles_without_spills_within_register_budget(dtype, variant):
 def test_check_registry_lists_both_dtypes_and_batch_tiles():
     entries = [e for e in registered() if e.source == ffn.SOURCE]
     assert {(e.template_args[0], e.template_args[2]) for e in entries} == {
-        ("__half", 1), ("__half", 2), ("__nv_bfloat16", 1), ("__nv_bfloat16", 2)}
+        ("__half", 1),
+        ("__half", 2),
+        ("__nv_bfloat16", 1),
+        ("__nv_bfloat16", 2),
+    }
 
 
 @pytest.mark.parametrize("hidden,inter", ENVELOPE)
 @pytest.mark.parametrize("batch", [1, 8, 9, 16])
 def test_supported_shapes_fit_one_wave_and_shared_memory(hidden, inter, batch):
-    assert ffn.ffn_unsupported_reason(hidden=hidden, intermediate=inter, batch=batch, dtype=torch.bfloat16,
-                                      activation="silu", norm_kind="weight", fused_gate_up=False,
-                                      has_bias=False) is None
+    assert (
+        ffn.ffn_unsupported_reason(
+            hidden=hidden,
+            intermediate=inter,
+            batch=batch,
+            dtype=torch.bfloat16,
+            activation="silu",
+            norm_kind="weight",
+            fused_gate_up=False,
+            has_bias=False,
+        )
+        is None
+    )
     cfg = ffn.ffn_config(hidden=hidden, intermediate=inter, batch=batch, dtype=torch.bfloat16, num_sms=132)
     assert cfg["ctas"] <= 132 and cfg["ctas"] >= 128  # every SM (but a cluster's remainder) streams
     assert cfg["k_range"] * cfg["cluster_size"] == hidden and cfg["k_range"] % ffn.STEP_K == 0
@@ -61,19 +79,30 @@ def test_llama2_split_balances_bytes_within_one_unit():
     assert cfg["weight_bytes"] == 270_532_608
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    ({"dtype": torch.float32}, "dtype"),
-    ({"has_bias": True}, "bias"),
-    ({"activation": "relu"}, "activation"),
-    ({"norm_kind": "layernorm"}, "norm"),
-    ({"batch": 17}, "batch"),
-    ({"hidden": 4100}, "multiple of 32"),
-    ({"intermediate": 11004}, "multiple of 8"),
-    ({"hidden": 16384}, "beyond"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"dtype": torch.float32}, "dtype"),
+        ({"has_bias": True}, "bias"),
+        ({"activation": "relu"}, "activation"),
+        ({"norm_kind": "layernorm"}, "norm"),
+        ({"batch": 17}, "batch"),
+        ({"hidden": 4100}, "multiple of 32"),
+        ({"intermediate": 11004}, "multiple of 8"),
+        ({"hidden": 16384}, "beyond"),
+    ],
+)
 def test_unsupported_inputs_get_a_reason(kwargs, needle):
-    base = {"hidden": 4096, "intermediate": 11008, "batch": 1, "dtype": torch.float16, "activation": "silu",
-            "norm_kind": "weight", "fused_gate_up": True, "has_bias": False}
+    base = {
+        "hidden": 4096,
+        "intermediate": 11008,
+        "batch": 1,
+        "dtype": torch.float16,
+        "activation": "silu",
+        "norm_kind": "weight",
+        "fused_gate_up": True,
+        "has_bias": False,
+    }
     reason = ffn.ffn_unsupported_reason(**{**base, **kwargs})
     assert reason is not None and needle in reason
 

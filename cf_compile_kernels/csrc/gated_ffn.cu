@@ -201,6 +201,65 @@ __device__ __forceinline__ float activate(float v, int activation) {
   return 0.5f * v * (1.f + erff(v * kInvSqrt2));
 }
 
+/// @brief Final sum of one 16-column output tile by the warp that arrived last: the C cluster partials
+/// [C][tiles][16][batch] are added in cluster order 0..C-1 (split over `group` lanes as q = sub, sub +
+/// group, ... and combined by a fixed xor tree: the same bits every run), plus the residual; then the
+/// tile's counter is reset. 16-byte loads and two independent elements per lane keep ~16 loads in flight,
+/// so the tail costs a few L2 round trips at any batch.
+template <typename T>
+__device__ __forceinline__ void fix_up_tile(int jt, const float* partials, int clusters, int col_tiles, int batch,
+                                         int hidden, const T* x, T* out, int* counters, int add_residual,
+                                         int lane) {
+  constexpr int kFloatsPerVec = 4;
+  constexpr int kElemsPerLane = 2;  // 16 rows x 16 batch / 4 floats = 64 vectors = 2 per lane
+  __threadfence();                  // acquire side of the arrival counter
+  const int vecs = kMmaRows * batch / kFloatsPerVec;
+  int group = 1;  // lanes sharing one vector: as many as leave no lane idle (power of two)
+  while (group * 2 * vecs <= kWarpSize) group *= 2;
+  const int sub = lane % group, slot = lane / group, slots = kWarpSize / group;
+  const float4* src = reinterpret_cast<const float4*>(partials) + static_cast<size_t>(jt) * vecs;
+  const size_t cluster_stride = static_cast<size_t>(col_tiles) * vecs;
+  for (int base = 0; base < vecs; base += kElemsPerLane * slots) {
+    float4 acc[kElemsPerLane];
+    bool active[kElemsPerLane];
+#pragma unroll
+    for (int i = 0; i < kElemsPerLane; ++i) {
+      acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      active[i] = base + i * slots + slot < vecs;
+    }
+#pragma unroll 8
+    for (int q = sub; q < clusters; q += group) {
+#pragma unroll
+      for (int i = 0; i < kElemsPerLane; ++i) {
+        if (active[i]) {
+          const float4 v = __ldcg(src + q * cluster_stride + base + i * slots + slot);
+          acc[i].x += v.x, acc[i].y += v.y, acc[i].z += v.z, acc[i].w += v.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kElemsPerLane; ++i) {
+      for (int off = group / 2; off > 0; off /= 2) {
+        acc[i].x += __shfl_xor_sync(0xffffffffu, acc[i].x, off);
+        acc[i].y += __shfl_xor_sync(0xffffffffu, acc[i].y, off);
+        acc[i].z += __shfl_xor_sync(0xffffffffu, acc[i].z, off);
+        acc[i].w += __shfl_xor_sync(0xffffffffu, acc[i].w, off);
+      }
+      if (active[i] && sub == 0) {
+        const float sums[kFloatsPerVec] = {acc[i].x, acc[i].y, acc[i].z, acc[i].w};
+#pragma unroll
+        for (int f = 0; f < kFloatsPerVec; ++f) {
+          const int e = (base + i * slots + slot) * kFloatsPerVec + f;
+          const size_t o = static_cast<size_t>(e % batch) * hidden + jt * kMmaRows + e / batch;
+          out[o] = from_float<T>(add_residual ? sums[f] + to_float(x[o]) : sums[f]);
+        }
+      }
+    }
+  }
+  __syncwarp();
+  if (lane == 0) atomicExch(counters + jt, 0);  // ready for the next launch / graph replay
+}
+
 // ------------------------------------------------------------------ the kernel
 
 /// @brief Fused gated FFN, one launch per step. Grid: C clusters of CLUSTER CTAs (1-D), WARPS warps each.
@@ -397,82 +456,58 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     cluster::arrive();  // done reading peers; matched by the wait before exit
   }
 
-  // ---- 7. down projection: whole 16-row tiles per warp over the cluster's k-slice; partials; fix-up
+  // ---- 7. down projection: whole 16-row tiles per warp over the cluster's k-slice; partials; fix-up.
+  // A batch of DEPTH steps never crosses a tile, so the end of a tile (partial store, arrival, maybe the
+  // fix-up) comes after the batch, when no loaded weights are held in registers.
   {
     // at least one step: a cluster that owns no units (tiny I) still arrives, with a zero partial
     const int steps_d = max(1, ceil_div(kc, kStepK));
-    const int items = my_tiles * steps_d;
     const int col_tiles = hidden / kMmaRows;
     const bits16* h_base = h_s + t * kElemsPerLoad;
-    auto tile_of = [&](int m) { return warp + WARPS * ((m + c) % my_tiles); };  // rotated visiting order
-    auto row_ptr = [&](int m) {
-      return w_down + static_cast<size_t>(k_begin + tile_of(m) * kMmaRows + g) * inter + k0 + t * kElemsPerLoad;
-    };
     const size_t half_tile = static_cast<size_t>(kUnitRows) * inter;
-    float acc[BT][4];
-    zero(acc);
-    int m = 0, s = 0;
-    for (int remaining = items; remaining > 0; remaining -= DEPTH) {
-      uint4 lo[DEPTH], hi[DEPTH];
-      {
-        int mm = m, ss = s;
-        const T* p = row_ptr(mm);
+    for (int m = 0; m < my_tiles; ++m) {
+      const int tile = warp + WARPS * ((m + c) % my_tiles);  // visiting order rotated by cluster
+      const T* p = w_down + static_cast<size_t>(k_begin + tile * kMmaRows + g) * inter + k0 + t * kElemsPerLoad;
+      float acc[BT][4];
+      zero(acc);
+      for (int s0 = 0; s0 < steps_d; s0 += DEPTH) {
+        const int count = min(DEPTH, steps_d - s0);
+        uint4 lo[DEPTH], hi[DEPTH];
 #pragma unroll
         for (int d = 0; d < DEPTH; ++d) {
-          if (d < remaining) {
-            const bool live = ss * kStepK + t * kElemsPerLoad < kc;
-            lo[d] = live ? load_weights(p + ss * kStepK) : make_uint4(0, 0, 0, 0);
-            hi[d] = live ? load_weights(p + half_tile + ss * kStepK) : make_uint4(0, 0, 0, 0);
-            if (++ss == steps_d && d + 1 < remaining) ss = 0, p = row_ptr(++mm);
+          if (d < count) {
+            const int k = (s0 + d) * kStepK;
+            const bool live = k + t * kElemsPerLoad < kc;
+            lo[d] = live ? load_weights(p + k) : make_uint4(0, 0, 0, 0);
+            hi[d] = live ? load_weights(p + half_tile + k) : make_uint4(0, 0, 0, 0);
+          }
+        }
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+          if (d < count) {
+            uint4 b[BT];
+            load_batch_frag<BT>(b, h_base + (s0 + d) * kStepK, L.h_stride, g, batch);
+            mma_step<T, BT>(acc, lo[d], hi[d], b);
           }
         }
       }
+      // this cluster's partial of tile jt -> global, then arrive; the last of the C arrivals fixes up
+      const int jt = rank * tiles_per_cta + tile;
+      float* dst = partials + (static_cast<size_t>(c) * col_tiles + jt) * kMmaRows * batch;
 #pragma unroll
-      for (int d = 0; d < DEPTH; ++d) {
-        if (d < remaining) {
-          uint4 b[BT];
-          load_batch_frag<BT>(b, h_base + s * kStepK, L.h_stride, g, batch);
-          mma_step<T, BT>(acc, lo[d], hi[d], b);
-          if (s == steps_d - 1) {
-            // partial of this cluster for tile jt -> global, then arrive; the last arriver fixes up
-            const int jt = rank * tiles_per_cta + tile_of(m);
-            float* dst = partials + (static_cast<size_t>(c) * col_tiles + jt) * kMmaRows * batch;
+      for (int bt = 0; bt < BT; ++bt) {
 #pragma unroll
-            for (int bt = 0; bt < BT; ++bt) {
-#pragma unroll
-              for (int i = 0; i < 4; ++i) {
-                const int row = g + (i / 2) * kUnitRows, col = bt * kMmaCols + 2 * t + i % 2;
-                if (col < batch) dst[row * batch + col] = acc[bt][i];
-              }
-            }
-            zero(acc);
-            __threadfence();
-            __syncwarp();
-            int old = 0;
-            if (lane == 0) old = atomicAdd(counters + jt, 1);
-            old = __shfl_sync(0xffffffffu, old, 0);
-            if (old == clusters - 1) {
-              __threadfence();
-              const float* src = partials + static_cast<size_t>(jt) * kMmaRows * batch;
-              const size_t cluster_stride = static_cast<size_t>(col_tiles) * kMmaRows * batch;
-              for (int e = lane; e < kMmaRows * batch; e += kWarpSize) {
-                float sum = 0.f;
-#pragma unroll 8
-                for (int q = 0; q < clusters; ++q) sum += __ldcg(src + q * cluster_stride + e);
-                const int j = jt * kMmaRows + e / batch, b = e % batch;
-                const size_t o = static_cast<size_t>(b) * hidden + j;
-                if (add_residual) sum += to_float(x[o]);
-                out[o] = from_float<T>(sum);
-              }
-              if (lane == 0) atomicExch(counters + jt, 0);  // ready for the next launch / graph replay
-            }
-            s = 0;
-            ++m;
-          } else {
-            ++s;
-          }
+        for (int i = 0; i < 4; ++i) {
+          const int row = g + (i / 2) * kUnitRows, col = bt * kMmaCols + 2 * t + i % 2;
+          if (col < batch) dst[row * batch + col] = acc[bt][i];
         }
       }
+      __threadfence();  // release: the partial is visible before the arrival is
+      __syncwarp();
+      int old = 0;
+      if (lane == 0) old = atomicAdd(counters + jt, 1);
+      old = __shfl_sync(0xffffffffu, old, 0);
+      if (old == clusters - 1) fix_up_tile<T>(jt, partials, clusters, col_tiles, batch, hidden, x, out, counters, add_residual, lane);
     }
   }
   cluster::wait();  // peers finished reading our h before our shared memory goes away

@@ -23,8 +23,9 @@ HIDDEN_STEPS = (1, 2, 3, 5, 6, 7, 8, 12, 16, 28, 64, 128)  # x 32: cluster sizes
 INTERMEDIATE_UNITS = (1, 3, 17, 40, 131, 256, 608, 1376)  # x 8: from fewer units than clusters to Llama
 
 
-def make_inputs(hidden: int, inter: int, batch: int, dtype: torch.dtype, fused: bool, norm_kind: str,
-                seed: int) -> dict:
+def make_inputs(
+    hidden: int, inter: int, batch: int, dtype: torch.dtype, fused: bool, norm_kind: str, seed: int
+) -> dict:
     """Fresh random inputs with O(1) activations; out poisoned with NaN."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
 
@@ -43,14 +44,31 @@ def make_inputs(hidden: int, inter: int, batch: int, dtype: torch.dtype, fused: 
 
 
 def run(inp: dict, eps: float, norm_kind: str, act: str, residual: bool) -> torch.Tensor:
-    ffn.gated_ffn(inp["x"], inp["norm_weight"], eps, norm_kind, inp["gate_up_weights"], inp["down_weight"],
-                  act, residual, inp["out"])
+    ffn.gated_ffn(
+        inp["x"],
+        inp["norm_weight"],
+        eps,
+        norm_kind,
+        inp["gate_up_weights"],
+        inp["down_weight"],
+        act,
+        residual,
+        inp["out"],
+    )
     return inp["out"]
 
 
 def rel_error(inp: dict, out: torch.Tensor, eps: float, norm_kind: str, act: str, residual: bool) -> float:
-    ref = ffn.gated_ffn_reference(inp["x"], inp["norm_weight"], eps, norm_kind, inp["gate_up_weights"],
-                                  inp["down_weight"], act, residual)
+    ref = ffn.gated_ffn_reference(
+        inp["x"],
+        inp["norm_weight"],
+        eps,
+        norm_kind,
+        inp["gate_up_weights"],
+        inp["down_weight"],
+        act,
+        residual,
+    )
     if not torch.isfinite(out).all():
         return math.inf
     return float((out.double() - ref).norm() / ref.norm())
@@ -74,8 +92,9 @@ def random_config(i: int) -> dict:
 @pytest.mark.parametrize("i", range(RANDOM_CONFIGS))
 def test_random_config_within_band_of_fp64(i):
     cfg = random_config(i)
-    inp = make_inputs(cfg["hidden"], cfg["inter"], cfg["batch"], cfg["dtype"], cfg["fused"], cfg["norm_kind"],
-                      seed=i)
+    inp = make_inputs(
+        cfg["hidden"], cfg["inter"], cfg["batch"], cfg["dtype"], cfg["fused"], cfg["norm_kind"], seed=i
+    )
     out = run(inp, cfg["eps"], cfg["norm_kind"], cfg["act"], cfg["residual"])
     err = rel_error(inp, out, cfg["eps"], cfg["norm_kind"], cfg["act"], cfg["residual"])
     assert err <= BANDS[cfg["dtype"]], f"{cfg}: relative error {err:.3g}"
@@ -102,8 +121,11 @@ def test_bitwise_identical_over_1000_runs(batch):
         inp["out"] = outs[r]
         outs[r].fill_(float("nan"))
         run(inp, 1e-5, "weight", "silu", True)
-    differing = int((outs.view(DETERMINISM_RUNS, -1).view(torch.int16) != first.view(1, -1).view(torch.int16))
-                    .any(dim=1).sum())
+    differing = int(
+        (outs.view(DETERMINISM_RUNS, -1).view(torch.int16) != first.view(1, -1).view(torch.int16))
+        .any(dim=1)
+        .sum()
+    )
     assert differing == 0, f"{differing} of {DETERMINISM_RUNS} runs differ bitwise from the first"
 
 
@@ -131,12 +153,30 @@ def test_cuda_graph_capture_and_replay_matches_direct_calls():
 
 def test_rejects_what_it_cannot_compute():
     inp = make_inputs(256, 64, 2, torch.float16, fused=False, norm_kind="weight", seed=3)
-    args = (inp["x"], inp["norm_weight"], 1e-5, "weight", inp["gate_up_weights"], inp["down_weight"], "silu", True)
+    args = (
+        inp["x"],
+        inp["norm_weight"],
+        1e-5,
+        "weight",
+        inp["gate_up_weights"],
+        inp["down_weight"],
+        "silu",
+        True,
+    )
     with pytest.raises(ValueError, match="overlaps"):
         ffn.gated_ffn(*args, inp["x"])
     with pytest.raises(ValueError, match="contiguous"):
-        ffn.gated_ffn(inp["x"], inp["norm_weight"], 1e-5, "weight", [w.t().contiguous().t() for w in
-                      inp["gate_up_weights"]][:1] * 2, inp["down_weight"], "silu", True, inp["out"])
+        ffn.gated_ffn(
+            inp["x"],
+            inp["norm_weight"],
+            1e-5,
+            "weight",
+            [w.t().contiguous().t() for w in inp["gate_up_weights"]][:1] * 2,
+            inp["down_weight"],
+            "silu",
+            True,
+            inp["out"],
+        )
     with pytest.raises(ValueError, match="batch"):
         big = torch.zeros(17, 1, 256, device="cuda", dtype=torch.float16)
         ffn.gated_ffn(big, *args[1:], torch.empty_like(big))
@@ -145,8 +185,12 @@ def test_rejects_what_it_cannot_compute():
 def sanitizer_pass() -> None:
     """One small launch per kernel variant (for compute-sanitizer memcheck / racecheck / synccheck)."""
     worst = 0.0
-    for hidden, inter, batch, dtype in [(1024, 520, 3, torch.float16), (1024, 520, 12, torch.bfloat16),
-                                        (192, 136, 5, torch.bfloat16), (96, 24, 16, torch.float16)]:
+    for hidden, inter, batch, dtype in [
+        (1024, 520, 3, torch.float16),
+        (1024, 520, 12, torch.bfloat16),
+        (192, 136, 5, torch.bfloat16),
+        (96, 24, 16, torch.float16),
+    ]:
         for residual in (True, False):
             inp = make_inputs(hidden, inter, batch, dtype, fused=residual, norm_kind="weight", seed=batch)
             out = run(inp, 1e-5, "weight", "gelu_tanh", residual)
