@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from cf_compile.cudagraph import LeanCUDAGraph, can_capture, static_input_positions
 from cf_compile.fx.walk import is_mutating
 from cf_compile.options import Options
 from cf_compile.report import GraphReport, emit, new_graph_report
@@ -86,6 +87,7 @@ def clusterfusion(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: A
     comp = Compilation(report=report, options=options)
     if _KEEP_ORIGINALS:
         comp.original = copy.deepcopy(gm)
+    mutated = _mutated_inputs(gm)   # before the rewrite: the caches' index_copy_ calls are still visible
     matches = rewrite(gm, options, report)
     if _KEEP_ORIGINALS:
         comp.regions = [FusedRegion(record=rec, block=m.block, node_names=frozenset(n.name for n in m.nodes),
@@ -97,20 +99,46 @@ def clusterfusion(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: A
     from torch._inductor.compile_fx import compile_fx
 
     compiled = compile_fx(gm, example_inputs, config_patches=_inductor_patches(options))
+    if _use_cuda_graph(options, report, example_inputs):
+        static = static_input_positions(example_inputs, mutated)
+        compiled = LeanCUDAGraph(compiled, static, len(example_inputs))
+        report.cuda_graph = True
     if not _KEEP_ORIGINALS:
         return compiled
-    return _recording(compiled, comp)
+    return _recording(compiled, comp, mutated)
+
+
+def _use_cuda_graph(options: Options, report: GraphReport, example_inputs: Sequence[Any]) -> bool:
+    """``cudagraphs="auto"``: decode graphs we fused on CUDA, unless Inductor already graphs them."""
+    if options.cudagraphs is False or options.mode == "reduce-overhead":
+        return False
+    ok, why = can_capture(example_inputs)
+    if not ok:
+        if options.cudagraphs is True:
+            log.warning("clusterfusion: no CUDA graph for graph %d: %s", report.graph, why)
+        return False
+    return options.cudagraphs is True or bool(report.fused())
 
 
 def _mutated_inputs(gm: fx.GraphModule) -> set[int]:
+    """Positions of graph inputs that an in-place call or a mutating custom op writes."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    mutated = {n.args[0] for n in gm.graph.nodes if is_mutating(n) and n.args}
+    mutated: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if n.op == "call_method" and is_mutating(n) and n.args:
+            mutated.add(n.args[0])
+        elif n.op == "call_function" and is_mutating(n):
+            schema = getattr(n.target, "_schema", None)
+            for a in (schema.arguments if schema is not None else []):
+                if a.alias_info is not None and a.alias_info.is_write:
+                    value = n.kwargs.get(a.name)
+                    if isinstance(value, fx.Node):
+                        mutated.add(value)
     return {i for i, p in enumerate(placeholders) if p in mutated}
 
 
-def _recording(compiled: Callable, comp: Compilation) -> Callable:
+def _recording(compiled: Callable, comp: Compilation, mutated: set[int]) -> Callable:
     """Keep each call's inputs (graph inputs it mutates are cloned first) for the accuracy tool."""
-    mutated = _mutated_inputs(comp.original)
 
     def record(args: Sequence[Any]) -> None:
         comp.last_inputs = [a.clone() if i in mutated and isinstance(a, torch.Tensor) else a

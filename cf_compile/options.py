@@ -14,6 +14,9 @@ strict         False | True                        raise on a near-miss instead 
 mode           None | an Inductor mode             e.g. "max-autotune-no-cudagraphs" (``mode=`` and
                                                    ``options=`` cannot both be given to torch.compile)
 inductor       {}                                  extra Inductor config patches
+cudagraphs     "auto" | True | False               auto: replay fused CUDA decode steps through one
+                                                   lean CUDA graph (cudagraph.py); not with
+                                                   mode="reduce-overhead", which brings its own
 =============  ==================================  =================================================
 """
 
@@ -34,6 +37,7 @@ class Options:
     strict: bool = False
     mode: str | None = None
     inductor: dict[str, Any] = field(default_factory=dict)
+    cudagraphs: bool | str = "auto"
 
     @classmethod
     def parse(cls, options: dict[str, Any] | None = None, mode: str | None = None) -> Options:
@@ -60,4 +64,6 @@ class Options:
             raise ValueError("clusterfusion: report must be True/False or a JSON file path")
         if not isinstance(opts.get("inductor", {}), dict):
             raise ValueError("clusterfusion: inductor must be a dict of Inductor config patches")
+        if opts.get("cudagraphs", "auto") not in ("auto", True, False):
+            raise ValueError(f"clusterfusion: cudagraphs={opts['cudagraphs']!r}; choose 'auto', True or False")
         return cls(**opts)

@@ -33,6 +33,7 @@ class BlockRecord:
 class GraphReport:
     graph: int
     records: list[BlockRecord] = field(default_factory=list)
+    cuda_graph: bool = False      # replayed through the lean CUDA-graph runner
 
     def coverage(self) -> str:
         """E.g. "32/32 attention, 32/32 FFN"."""

@@ -135,12 +135,12 @@ def test_inductor_fx_graph_cache_hits_for_a_rewritten_graph(monkeypatch, tmp_pat
     from torch._dynamo.utils import counters
     from torch._inductor import config
 
-    monkeypatch.setattr(config, "fx_graph_cache", True)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     model, cfg = build("llama")
-    greedy(model, cfg, compiled_step(model), steps=1)
-    counters.clear()
-    greedy(model, cfg, compiled_step(model), steps=1)
+    with config.patch(fx_graph_cache=True):
+        greedy(model, cfg, compiled_step(model), steps=1)
+        counters.clear()
+        greedy(model, cfg, compiled_step(model), steps=1)
     assert counters["inductor"]["fxgraph_cache_hit"] >= 1
 
 

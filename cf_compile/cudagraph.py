@@ -1,0 +1,113 @@
+"""A lean CUDA-graph runner for compiled decode steps.
+
+Why not ``mode="reduce-overhead"``: CUDA-graph trees re-check hundreds of static inputs and manage
+pools per call, 0.7-1.8 ms of host work per decode step on HF models (shared/notes/anchors.md), more
+than fusion wins. A decode step's inputs are of two kinds:
+
+* static: parameters, buffers and the tensors the step mutates (KV caches, cache counters). Their
+  addresses are baked into the graph; a change of address, shape or dtype means re-capture (the
+  graph would otherwise read stale memory).
+* per-step: token ids, positions, masks. They are copied into the graph's own input buffers.
+
+Per call the host work is one ``data_ptr`` comparison per static input, a copy per per-step input
+and one ``replay``. The first call of a layout runs the compiled step directly (it warms up lazy
+initialisation: kernel compiles, scratch buffers, cuBLAS handles) and the second one captures.
+
+Limits (documented in the README): outputs are the graph's static buffers, overwritten by the next
+call (clone to keep them); at most ``MAX_LAYOUTS`` layouts are kept (oldest dropped); capture
+requires every tensor input on one CUDA device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+log = logging.getLogger("cf_compile")
+
+MAX_LAYOUTS = 4
+
+
+class _Captured:
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: list[Any], outputs: Any):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+
+class LeanCUDAGraph:
+    """Wrap ``fn(*inputs)``; ``static`` holds the input positions whose addresses the graph may keep."""
+
+    def __init__(self, fn: Callable, static: set[int], num_inputs: int):
+        self.fn = fn
+        self.static = sorted(static)
+        self.copied = [i for i in range(num_inputs) if i not in static]
+        self.layouts: OrderedDict[tuple, _Captured | None] = OrderedDict()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.captures = 0
+
+    def _layout(self, args: Sequence[Any]) -> tuple:
+        key = []
+        for i in self.static:
+            a = args[i]
+            key.append((a.data_ptr(), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a)
+        for i in self.copied:
+            a = args[i]
+            key.append((a.shape, a.dtype, a.stride()) if isinstance(a, torch.Tensor) else a)
+        return tuple(key)
+
+    def __call__(self, *args: Any) -> Any:
+        key = self._layout(args)
+        if key not in self.layouts:
+            # first sight of this layout: run for real (warm-up), capture next time
+            self.layouts[key] = None
+            while len(self.layouts) > MAX_LAYOUTS:
+                self.layouts.popitem(last=False)
+            return self.fn(*args)
+        captured = self.layouts[key]
+        if captured is None:
+            captured = self.layouts[key] = self._capture(args)
+        self.layouts.move_to_end(key)
+        for i in self.copied:
+            dst = captured.inputs[i]
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(args[i])
+        captured.graph.replay()
+        return captured.outputs
+
+    def _capture(self, args: Sequence[Any]) -> _Captured:
+        inputs = list(args)
+        for i in self.copied:
+            if isinstance(args[i], torch.Tensor):
+                inputs[i] = args[i].clone()
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = self.fn(*inputs)
+        self.captures += 1
+        log.info("clusterfusion: captured decode step CUDA graph #%d", self.captures)
+        return _Captured(graph, inputs, outputs)
+
+
+def static_input_positions(example_inputs: Sequence[Any], mutated: set[int]) -> set[int]:
+    """Parameters and mutated inputs keep their addresses; buffers that are not parameters are
+    recognised as tensors Dynamo marked static (``_dynamo_static_input_type``) when available."""
+    static = set(mutated)
+    for i, t in enumerate(example_inputs):
+        if isinstance(t, torch.nn.Parameter) or getattr(t, "_dynamo_static_input_type", None) is not None:
+            static.add(i)
+    return static
+
+
+def can_capture(example_inputs: Sequence[Any]) -> tuple[bool, str]:
+    """Only all-CUDA steps on one device, with concrete shapes."""
+    devices = {t.device for t in example_inputs if isinstance(t, torch.Tensor)}
+    if not devices or any(d.type != "cuda" for d in devices):
+        return False, "not every input is on CUDA"
+    if len(devices) > 1:
+        return False, "inputs on several devices"
+    if any(isinstance(a, torch.SymInt) for a in example_inputs):
+        return False, "symbolic shapes"
+    return True, ""
