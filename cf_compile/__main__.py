@@ -81,12 +81,12 @@ def _report(args: argparse.Namespace) -> int:
     from transformers import StaticCache
 
     from cf_compile import backend
-    from cf_compile.accuracy import default_cache_len
+    from cf_compile.accuracy import default_cache_len, ensure_backend
 
     model, ids = _setup(args)
     cache = StaticCache(config=model.config, max_cache_len=args.max_cache_len or default_cache_len(args.prompt_len, 1))
     torch._dynamo.reset()
-    backend.register()
+    ensure_backend()
     first = len(backend.compilations())
     with torch.no_grad():
         model(ids, past_key_values=cache, use_cache=True)   # prefill stays eager, as in generate()

@@ -526,7 +526,7 @@ def _compiled_run(model: Any, input_ids: torch.Tensor, steps: int, max_cache_len
     """The compiled decode run, then the per-op errors of the graphs it compiled (latest step's inputs)."""
     if fresh_compile:
         torch._dynamo.reset()
-    cf_backend.register()
+    ensure_backend()
     keep_before = getattr(cf_backend, "_KEEP_ORIGINALS", False)
     cf_backend.keep_original_graphs(True)
     first = len(cf_backend.compilations())
@@ -549,6 +549,18 @@ def _compiled_run(model: Any, input_ids: torch.Tensor, steps: int, max_cache_len
     if new and fused == 0:
         notes.append("no block was fused in the compiled graphs: see `python -m cf_compile report`")
     return run, ops, fused
+
+
+def ensure_backend() -> None:
+    """Make ``backend="clusterfusion"`` resolvable: through the package's entry point when it is
+    installed, else by registering it. (``backend.register()`` alone is not enough: it raises
+    "duplicate name" once the entry point has been loaded.)"""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    try:
+        lookup_backend("clusterfusion")
+    except Exception:
+        cf_backend.register()
 
 
 def _dt(dtype: torch.dtype) -> str:
