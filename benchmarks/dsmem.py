@@ -102,6 +102,10 @@ def time_variant(n: int, length: int, op: int, use_global: bool, clusters: int) 
     return (hi - lo) * 1e3 / (ITERS_HI - ITERS_LO)
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
@@ -152,7 +156,7 @@ def main() -> None:
                 print(
                     f"{op_name:10s} N={n:2d} msg={msg:6d}B  latency dsmem {lat_d:7.3f} us  global {lat_g:7.3f} us  "
                     f"| full GPU dsmem {full_d:7.3f} us ({row['ours_GBps']:6.0f} GB/s)  global {full_g:7.3f} us "
-                    f"({row['global_GBps']:6.0f} GB/s)  bulk {lat_b} / {full_b} us",
+                    f"({row['global_GBps']:6.0f} GB/s)  bulk {_us(lat_b)} / {_us(full_b)} us",
                     flush=True,
                 )
     if not args.no_record:

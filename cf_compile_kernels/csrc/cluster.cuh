@@ -324,20 +324,27 @@ __device__ __forceinline__ void bulk_copy_to_peer(unsigned dst, const void* src,
       : "memory");
 }
 
-/// @brief Phase A + push + wait: afterwards recv[r * LEN + i] = send_r[i] in local smem.
+/// @brief Own slot copied locally + phase A + push to the N-1 peers + wait: afterwards
+/// recv[r * LEN + i] = send_r[i] in local smem.
+///
+/// A CTA's own slot is copied with ordinary 16-byte smem stores, not a bulk copy to itself:
+/// cp.async.bulk.shared::cluster is meant for a remote destination (compute-sanitizer memcheck
+/// reports a self-targeted copy as "not located in remote CTA").
 template <int N, int LEN>
 __device__ __forceinline__ void gather_bulk_core(const float* send, float* recv, unsigned long long* bar,
                                                  unsigned& phase) {
   constexpr unsigned kBytes = LEN * sizeof(float);
   static_assert(kBytes % 16 == 0, "bulk copies move multiples of 16 bytes: LEN % 4 == 0");
   check_size<N>();
+  const unsigned me = rank();
+  float4* own = reinterpret_cast<float4*>(recv + me * LEN);
+  for (int v = threadIdx.x; v < LEN / kFloatsPerVector; v += blockDim.x) own[v] = reinterpret_cast<const float4*>(send)[v];
   pipe::fence_proxy_async();  // this thread's generic writes to send -> visible to the copy engine
-  sync();                     // phase A: every send written and fenced, every recv free
+  sync();                     // phase A: every send written and fenced, every recv free, own slot done
   if (threadIdx.x == 0) {
-    const unsigned me = rank();
-    pipe::arrive_expect_tx(bar, N * kBytes);  // may land after peers' bytes: the phase still waits
+    pipe::arrive_expect_tx(bar, (N - 1) * kBytes);  // may land after peers' bytes: the phase still waits
 #pragma unroll
-    for (int k = 0; k < N; ++k) {
+    for (int k = 1; k < N; ++k) {
       const unsigned r = (me + k) % N;  // stagger destinations so CTAs do not all hit rank 0 first
       bulk_copy_to_peer(peer_addr(recv + me * LEN, r), send, kBytes, peer_addr(bar, r));
     }
