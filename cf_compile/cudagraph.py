@@ -30,6 +30,12 @@ import torch
 log = logging.getLogger("cf_compile")
 
 MAX_LAYOUTS = 4
+_CAPTURES = 0
+
+
+def captures() -> int:
+    """CUDA graphs captured by every runner of this process (tests check re-capture with it)."""
+    return _CAPTURES
 
 
 class _Captured:
@@ -87,6 +93,8 @@ class LeanCUDAGraph:
         with torch.cuda.graph(graph, pool=self.pool):
             outputs = self.fn(*inputs)
         self.captures += 1
+        global _CAPTURES
+        _CAPTURES += 1
         log.info("clusterfusion: captured decode step CUDA graph #%d", self.captures)
         return _Captured(graph, inputs, outputs)
 

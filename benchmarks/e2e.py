@@ -1,0 +1,224 @@
+"""HF decode step end to end: eager vs Inductor (two ways) vs clusterfusion vs the HBM floor, one run.
+
+    PYTHONPATH=. python3 benchmarks/e2e.py --models qwen2.5-0.5b llama3.2-1b --rows-out rows.json
+    python3 benchmarks/e2e.py --append rows.json     # on the CPU machine: rows -> results.jsonl/RESULTS.md
+
+Per model (random weights from its config, static cache, prompt of --prompt tokens prefilled eagerly):
+  eager            model.forward, one token per call
+  reduce_overhead  torch.compile(mode="reduce-overhead") (CUDA-graph trees)
+  inductor         torch.compile(mode="max-autotune-no-cudagraphs"), captured once in a plain CUDA graph
+                   and replayed (the strongest Inductor form; `inductor_us` in the row)
+  ours             torch.compile(backend="clusterfusion") with its lean CUDA-graph runner
+Decode step time: --steps calls back to back between two CUDA events (host work included, so launch
+gaps and host overhead count), per call; median of --repeats such loops. The cache position moves
+forward by one per call from --prompt. Floor: every parameter byte read once (the embedding: one row
+per token) + the KV cache up to the position, over the device-to-device copy bandwidth measured here.
+Kernels per step: torch.profiler over one un-graphed step of ours and of Inductor. Greedy agreement:
+--agree tokens of greedy decoding, ours and Inductor each against eager in the same dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import results  # noqa: E402
+
+COLUMNS = ["config.model", "config.dtype", "config.batch", "eager_us", "reduce_overhead_us", "inductor_us",
+           "ours_us", "floor_us", "inductor_over_ours", "floor_over_ours", "ours_kernels", "inductor_kernels",
+           "agree_ours", "agree_inductor"]
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    n = 1 << 30
+    a, b = torch.empty(n, dtype=torch.uint8, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
+    for _ in range(3):
+        b.copy_(a)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n / statistics.median(times)
+
+
+def floor_bytes(model, cfg, batch: int, position: int) -> int:
+    emb = model.get_input_embeddings().weight
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p is not emb)
+    params += batch * emb.shape[1] * emb.element_size()
+    if model.get_output_embeddings().weight is emb:        # tied: the LM head reads it in full
+        params += emb.numel() * emb.element_size()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * head_dim * position * emb.element_size()
+    return params + kv
+
+
+class Session:
+    """One model, fresh static cache per variant, prefilled eagerly."""
+
+    def __init__(self, model, cfg, batch: int, prompt: int, max_cache_len: int):
+        import transformers
+
+        self.model, self.cfg, self.batch, self.prompt = model, cfg, batch, prompt
+        self.max_cache_len = max_cache_len
+        self.transformers = transformers
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, cfg.vocab_size, (batch, prompt), generator=g).cuda()
+
+    def fresh(self):
+        cache = self.transformers.StaticCache(config=self.cfg, max_cache_len=self.max_cache_len)
+        with torch.no_grad():
+            logits = self.model(self.ids, past_key_values=cache, use_cache=True).logits
+        return cache, logits[:, -1:].argmax(-1)
+
+    def time_step(self, step, steps: int, repeats: int) -> float:
+        """Every variant walks the same positions: prompt + 3 warm-up steps, then repeats x steps."""
+        cache, tok = self.fresh()
+        with torch.no_grad():
+            for _ in range(3):
+                step(tok, past_key_values=cache, use_cache=True)
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(steps):
+                    step(tok, past_key_values=cache, use_cache=True)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) * 1e3 / steps)
+        return statistics.median(times)
+
+    def greedy(self, step, tokens: int) -> torch.Tensor:
+        cache, tok = self.fresh()
+        out = []
+        with torch.no_grad():
+            for _ in range(tokens):
+                out.append(tok)
+                tok = step(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        return torch.cat(out, 1)
+
+
+def plain_graph_step(step, session: Session):
+    """Capture ``step`` once in a plain CUDA graph over its own static cache and token buffer."""
+    cache, tok = session.fresh()
+    static_tok = tok.clone()
+    with torch.no_grad():
+        for _ in range(2):              # warm-up (and compile) outside the graph
+            step(static_tok, past_key_values=cache, use_cache=True)
+        cache, _ = session.fresh()      # the graph's own cache, at the prompt position
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step(static_tok, past_key_values=cache, use_cache=True)
+
+    def replay(tok, past_key_values=None, use_cache=True):
+        # the graph owns its cache: the benchmark only needs the decode work, one token per call
+        static_tok.copy_(tok)
+        graph.replay()
+        return out
+
+    return replay
+
+
+def kernels_per_step(step, session: Session) -> int:
+    cache, tok = session.fresh()
+    with torch.no_grad():
+        step(tok, past_key_values=cache, use_cache=True)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            step(tok, past_key_values=cache, use_cache=True)
+            torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
+    same = (a == b).all(0)
+    first = int((~same).nonzero()[0]) if not bool(same.all()) else len(same)
+    return f"{int(same.sum())}/{len(same)} (first diff {first})" if first < len(same) else f"{len(same)}/{len(same)}"
+
+
+def bench_model(name: str, args, bandwidth: float) -> dict:
+    from cf_compile.models import build_config, build_model
+    from cf_compile.report import last_report
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model = build_model(name, "full", dtype=dtype, device="cuda")
+    cfg = build_config(name, "full")
+    session = Session(model, cfg, args.batch, args.prompt, args.prompt + 64 + args.agree + 8 * args.steps)
+    log = {}
+
+    def compiled(**kw):
+        torch._dynamo.reset()
+        return torch.compile(model.forward, fullgraph=True, **kw)
+
+    eager_us = session.time_step(model.forward, max(4, args.steps // 8), 3)
+    ro = compiled(mode="reduce-overhead")
+    reduce_overhead_us = session.time_step(ro, args.steps, args.repeats)
+    ma = compiled(mode="max-autotune-no-cudagraphs")
+    inductor_kernels = kernels_per_step(ma, session)
+    inductor_us = session.time_step(plain_graph_step(ma, session), args.steps, args.repeats)
+    agree_inductor_tokens = session.greedy(ma, args.agree)
+    ours_fn = compiled(backend="clusterfusion")
+    ours_us = session.time_step(ours_fn, args.steps, args.repeats)
+    rep = last_report()
+    log["coverage"] = rep.coverage() if rep else "?"
+    log["implementations"] = sorted({r.implementation for r in rep.records}) if rep else []
+    log["reasons"] = sorted({r.reason for r in rep.records if r.reason}) if rep else []
+    agree_ours_tokens = session.greedy(ours_fn, args.agree)
+    no_graph = compiled(backend="clusterfusion", options={"cudagraphs": False})
+    ours_kernels = kernels_per_step(no_graph, session)
+    eager_tokens = session.greedy(model.forward, args.agree)
+    floor_us = floor_bytes(model, cfg, args.batch, args.prompt + args.steps // 2) / bandwidth * 1e6
+    config = dict(model=name, batch=args.batch, seq=args.prompt, dtype=args.dtype, steps=args.steps)
+    row = results.make_row("e2e", config, ours_us=ours_us, inductor_us=inductor_us, eager_us=eager_us,
+                           reduce_overhead_us=reduce_overhead_us, floor_us=floor_us,
+                           inductor_over_ours=inductor_us / ours_us, floor_over_ours=floor_us / ours_us,
+                           ours_kernels=ours_kernels, inductor_kernels=inductor_kernels,
+                           agree_ours=agreement(agree_ours_tokens, eager_tokens),
+                           agree_inductor=agreement(agree_inductor_tokens, eager_tokens), **log)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "llama3.2-1b", "llama2-7b", "llama3-8b"])
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt", type=int, default=512)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--agree", type=int, default=128)
+    p.add_argument("--rows-out", type=Path)
+    p.add_argument("--append", type=Path, help="append rows from a --rows-out file to results.jsonl/RESULTS.md")
+    args = p.parse_args()
+    if args.append:
+        rows = json.loads(args.append.read_text())
+        results.append(rows, title="HF decode step end to end (benchmarks/e2e.py)", method=__doc__.split("\n\n")[2],
+                       columns=COLUMNS)
+        return
+    bandwidth = copy_bandwidth()
+    rows = []
+    for name in args.models:
+        row = bench_model(name, args, bandwidth)
+        torch.cuda.empty_cache()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.rows_out:
+            args.rows_out.write_text(json.dumps(rows, indent=1))
+    print(results.markdown_table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
