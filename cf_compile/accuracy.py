@@ -125,7 +125,7 @@ def _decode(model: Any, step: Callable, input_ids: torch.Tensor, steps: int, max
             if forced is not None:
                 token = forced[i]
             out = step(token[:, None], past_key_values=cache, use_cache=True)
-            step_logits = out.logits[:, -1].float()
+            step_logits = out.logits[:, -1].to(torch.float32, copy=True)   # a CUDA-graph output is reused
             logits.append(step_logits)
             token = step_logits.argmax(-1)
             tokens.append(token)
