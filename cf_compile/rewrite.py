@@ -1,7 +1,9 @@
 """The pass: find blocks in a Dynamo graph, choose an implementation for each, rewrite, report.
 
-Order (one list, here): attention blocks, then gated FFNs. Each family's matcher only reads the
-graph; all edits happen after both have run, so one block's rewrite cannot hide another's match.
+Order (one list, here): MLA blocks (DeepSeek), attention blocks, then gated FFNs. An anchor that an
+earlier family recorded (fused or near-miss) is not offered to later ones: MLA's SDPA is MLA's.
+Each family's matcher only reads the graph; all edits happen after all have run, so one block's
+rewrite cannot hide another's match.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from cf_compile.fx.edit import replace_region
 from cf_compile.fx.walk import module_path, val
 from cf_compile.ops import attention as attention_op
 from cf_compile.ops import ffn as ffn_op
+from cf_compile.ops import mla as mla_op
 from cf_compile.options import Options
 from cf_compile.patterns import attention as attention_pattern
 from cf_compile.patterns import ffn as ffn_pattern
+from cf_compile.patterns import mla as mla_pattern
 from cf_compile.patterns.common import BlockMatch, NearMiss
 from cf_compile.report import FUSED, BlockRecord, GraphReport
 
@@ -40,6 +44,8 @@ class Family:
 
 
 FAMILIES = (
+    Family("mla", mla_pattern.anchors, mla_pattern.match,
+           torch.ops.clusterfusion.mla_decode.default, mla_op.mla_decode_reference),
     Family("attention", attention_pattern.anchors, attention_pattern.match,
            torch.ops.clusterfusion.attention_decode.default, attention_op.attention_decode_reference),
     Family("ffn", ffn_pattern.anchors, ffn_pattern.match,
@@ -60,6 +66,8 @@ def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, di
     """(implementation, reason the kernel is not used or "", kernel config for the report)."""
     if options.kernels == "reference":
         return REFERENCE_OP, "kernels='reference' requested", {}
+    if m.block == "mla":   # the op's impl="kernel" raises until a kernel exists
+        return REFERENCE_INLINED, "no MLA kernel yet", {}
     try:
         import cf_compile_kernels
         ok, why = cf_compile_kernels.kernels_available(_device_of(m))
@@ -91,11 +99,13 @@ def _kernel_support(m: BlockMatch) -> tuple[str | None, dict]:
                                   num_sms=num_sms)
     from cf_compile_kernels import attention as k
 
-    cache = val(m.op_args["k_cache"])
+    cache_len = val(m.op_args["k_cache"]).shape[2]
+    if isinstance(cache_len, torch.SymInt):     # symbolic max_cache_len: the kernel reads it at run time
+        cache_len = cache_len.node.hint
     reason = k.attention_unsupported_reason(
         hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
-        batch=m.batch, dtype=dtype, max_cache_len=cache.shape[2], has_qk_norm=f["qk_norm"],
-        mask_dtype=f["mask_dtype"])
+        batch=m.batch, dtype=dtype, max_cache_len=cache_len, has_qk_norm=f["qk_norm"],
+        mask_dtype=val(m.op_args["attn_mask"]).dtype, num_sms=num_sms)
     if reason:
         return reason, {}
     return None, k.attention_config(hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"],
@@ -118,11 +128,14 @@ def _record(rep: GraphReport, layer: int, result: BlockMatch | NearMiss) -> Bloc
 def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[tuple[BlockMatch, BlockRecord]]:
     """Match every enabled family, rewrite the proven blocks, fill ``report``; returns the matches."""
     results: list[tuple[BlockMatch | NearMiss, BlockRecord]] = []
+    recorded: set[fx.Node] = set()
     for family in FAMILIES:
         if family.name not in options.patterns:
             continue
         layer = 0
         for anchor in family.anchors(gm.graph):
+            if anchor in recorded:
+                continue
             try:
                 result = family.match(anchor)
             except Exception as e:  # a matcher bug must never break compilation: leave the block alone
@@ -130,6 +143,7 @@ def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[t
                 result = NearMiss(family.name, anchor, f"matcher error: {type(e).__name__}: {e}")
             if result is None:
                 continue
+            recorded.add(anchor)
             results.append((result, _record(report, layer, result)))
             layer += 1
     if options.strict:

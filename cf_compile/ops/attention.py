@@ -89,14 +89,12 @@ def attention_decode(
         raise ValueError(f"{OP_NAME}: unknown impl {impl!r}")
     from cf_compile_kernels import attention as kernels
 
-    batch = x.shape[0]
     head_dim = k_cache.shape[3]
     out = torch.empty_like(x)
     kernels.attention_decode(
-        x, norm_weight, norm_eps, norm_kind, qkv_weights, qkv_biases, q_norm_weight, k_norm_weight,
-        qk_norm_eps, cos.expand(batch, 1, 1, head_dim).reshape(batch, 1, head_dim),
-        sin.expand(batch, 1, 1, head_dim).reshape(batch, 1, head_dim), cache_position, k_cache, v_cache,
-        attn_mask, scale if scale is not None else head_dim ** -0.5, o_weight, o_bias, add_residual, out,
+        x, norm_weight, norm_eps, norm_kind, list(qkv_weights), list(qkv_biases), q_norm_weight,
+        k_norm_weight, qk_norm_eps, cos, sin, cache_position, k_cache, v_cache, attn_mask,
+        scale if scale is not None else head_dim ** -0.5, o_weight, o_bias, add_residual, out,
     )
     return out
 
