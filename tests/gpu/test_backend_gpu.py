@@ -66,3 +66,31 @@ def test_fused_kernels_run_and_greedy_tokens_match_eager(name):
     for a, b in zip(cache.layers, eager_cache.layers, strict=True):
         torch.testing.assert_close(a.keys, b.keys, atol=3e-2, rtol=3e-2)
         torch.testing.assert_close(a.values, b.values, atol=3e-2, rtol=3e-2)
+
+
+def test_kernel_op_writes_the_users_cache_in_place(monkeypatch):
+    """Inductor must hand the kernel the user's cache tensors (no functionalisation clone)."""
+    import cf_compile_kernels.attention as kernels
+
+    seen: list[int] = []
+    real = kernels.attention_decode
+
+    def spy(*args, **kwargs):
+        seen.append(args[12].data_ptr())    # k_cache
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "attention_decode", spy)
+    model, cfg = _model("llama3-8b", torch.bfloat16)
+    torch._dynamo.reset()
+    step = torch.compile(model.forward, backend="clusterfusion", options={"cudagraphs": False})
+    _, cache = _greedy(model, cfg, step, tokens=4)
+    assert seen and set(seen) == {layer.keys.data_ptr() for layer in cache.layers}
+
+
+def test_reduce_overhead_mode_runs_the_kernels_under_cuda_graph_trees():
+    model, cfg = _model("qwen2.5-0.5b", torch.bfloat16)
+    eager, _ = _greedy(model, cfg, model.forward, tokens=16)
+    torch._dynamo.reset()
+    step = torch.compile(model.forward, backend="clusterfusion", mode="reduce-overhead")
+    ours, _ = _greedy(model, cfg, step, tokens=16)
+    assert torch.equal(ours, eager)
