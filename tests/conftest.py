@@ -1,8 +1,4 @@
-"""Shared fixtures: tiny random HF decoders of every supported family, and their decode graphs.
-
-The models keep each family's structure (GQA, qkv bias, q/k norm, fused projections, Gemma's norm
-and GELU) at hidden 64 and 2 layers, so that matching and Inductor compiles stay fast on 2 cores.
-"""
+"""Test session setup: a persistent Inductor cache in the checkout, and the family fixture."""
 
 from __future__ import annotations
 
@@ -10,69 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+from families import FAMILIES
 
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "inductor"))
-
-transformers = pytest.importorskip("transformers")
-
-COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=256)
-
-FAMILIES = {
-    "llama": lambda **kw: transformers.LlamaConfig(**{**COMMON, **kw}),
-    "mistral": lambda **kw: transformers.MistralConfig(**{**COMMON, "sliding_window": None, **kw}),
-    "qwen2": lambda **kw: transformers.Qwen2Config(**{**COMMON, **kw}),
-    "qwen3": lambda **kw: transformers.Qwen3Config(**{**COMMON, "head_dim": 16, **kw}),
-    "phi3": lambda **kw: transformers.Phi3Config(**{**COMMON, "pad_token_id": 0, **kw}),
-    "gemma": lambda **kw: transformers.GemmaConfig(**{**COMMON, "head_dim": 16, **kw}),
-}
-
-
-def build(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
-    """(model, config) with random weights; no downloads."""
-    torch.manual_seed(seed)
-    cfg = FAMILIES[family](**overrides)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval().to(dtype)
-    return model, cfg
-
-
-class GraphRecorder:
-    """A Dynamo backend that keeps the graphs it is given and runs them eagerly."""
-
-    def __init__(self):
-        self.graphs: list[tuple[torch.fx.GraphModule, list]] = []
-
-    def __call__(self, gm, example_inputs, **kwargs):
-        self.graphs.append((gm, list(example_inputs)))
-        return gm.forward
-
-
-def decode_graph(model, cfg, batch: int = 1, max_cache_len: int = 24, prompt_len: int = 5):
-    """Dynamo graph of one decode step (torch.compile(model.forward) path) and its real inputs."""
-    torch._dynamo.reset()
-    cache = transformers.StaticCache(config=cfg, max_cache_len=max_cache_len)
-    ids = torch.randint(0, cfg.vocab_size, (batch, prompt_len))
-    rec = GraphRecorder()
-    with torch.no_grad():
-        model(ids, past_key_values=cache, use_cache=True)
-        step = torch.compile(model.forward, backend=rec, fullgraph=True)
-        step(ids[:, -1:], past_key_values=cache, use_cache=True)
-    gm, inputs = rec.graphs[-1]
-    return gm, inputs
-
-
-def prefill_graph(model, cfg, prompt_len: int = 5, max_cache_len: int = 24):
-    torch._dynamo.reset()
-    cache = transformers.StaticCache(config=cfg, max_cache_len=max_cache_len)
-    cache.early_initialization(batch_size=1, num_heads=cfg.num_key_value_heads,
-                               head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
-                               dtype=next(model.parameters()).dtype, device=torch.device("cpu"))
-    ids = torch.randint(0, cfg.vocab_size, (1, prompt_len))
-    rec = GraphRecorder()
-    with torch.no_grad():
-        torch.compile(model.forward, backend=rec, fullgraph=True)(ids, past_key_values=cache, use_cache=True)
-    return rec.graphs[-1]
 
 
 @pytest.fixture(params=sorted(FAMILIES))

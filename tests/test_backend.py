@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import build, transformers
+from families import build, transformers
 
 from cf_compile import report as report_mod
 from cf_compile.ops import attention as attention_ops

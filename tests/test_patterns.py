@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FAMILIES, GraphRecorder, build, decode_graph, prefill_graph
+from families import FAMILIES, GraphRecorder, build, decode_graph, prefill_graph
 from toy_layer import ToyConfig, ToyLayer, toy_inputs
 
 from cf_compile.fx.walk import is_op
