@@ -28,7 +28,8 @@ MAX_HIDDEN = 8192
 THREADS = 256  # attn::kThreads
 WARPS = THREADS // 32
 VECTOR_ELEMS = 8  # 2-byte elements per 16-byte load
-MAX_CLUSTER = 8  # portable cluster size; larger needs opt-in and schedules worse
+MAX_CLUSTER = 8  # portable cluster size; larger needs opt-in and schedules worse (attn::kMaxCluster)
+MAX_SPLIT = 16  # clusters per KV head, merged from registers (attn::kMaxSplit)
 MAX_HEADS_PER_PASS = 8  # query heads whose q/o live in registers during one pass over K/V
 SMEM_LIMIT = 227 * 1024  # opt-in dynamic shared memory per block on sm_90
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -99,7 +100,7 @@ def _plan(
     group = num_heads // num_kv_heads
     # One CTA per SM: clusters of C per KV head up to the SM count, then P clusters per KV head.
     cluster = max(1, min(MAX_CLUSTER, _floor_pow2(max(1, num_sms // num_kv_heads))))
-    per_head = max(1, num_sms // (num_kv_heads * cluster))
+    per_head = max(1, min(MAX_SPLIT, num_sms // (num_kv_heads * cluster)))
     bucket, hg = batch_bucket(batch), heads_per_pass(group)
     fixed = _smem_bytes(
         batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=0, hg=hg, esize=esize
@@ -265,11 +266,15 @@ def attention_decode(
     out: torch.Tensor,
     *,
     prefetch: bool = False,
+    stop_after_phase: int = 0,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
     One kernel launch, no host sync, no allocation after the first call of a shape (CUDA-graph safe).
-    Raises ValueError/TypeError for unsupported inputs (attention_unsupported_reason says why first)."""
+    Raises ValueError/TypeError for unsupported inputs (attention_unsupported_reason says why first).
+    prefetch: pull the o_proj weights into L2 at kernel start (measured slower; kept for the benchmark).
+    stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
+    kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block."""
     if norm_kind not in ("weight", "unit_offset"):
         raise ValueError(f"norm_kind {norm_kind!r}: 'weight' or 'unit_offset'")
     batch, _, hidden = x.shape
@@ -385,6 +390,7 @@ def attention_decode(
         i32(bool(add_residual)),
         i32(plan.k_chunk),
         i32(bool(prefetch)),
+        i32(stop_after_phase),
     ]
     kernel.launch(
         plan.grid, (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes, cluster=(plan.cluster, 1, 1)
