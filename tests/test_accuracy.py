@@ -28,9 +28,18 @@ def prompt(vocab: int, length: int = 5, batch: int = 1) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def fp32_report() -> accuracy.AccuracyReport:
+def fp32_run() -> tuple[accuracy.AccuracyReport, backend.Compilation]:
+    """compare() on a tiny fp32 Llama, and the compilation it made (later tests compile others)."""
     model = build_model("llama", "tiny", torch.float32)
-    return compare(model, prompt(model.config.vocab_size), steps=STEPS)
+    first = len(backend.compilations())
+    report = compare(model, prompt(model.config.vocab_size), steps=STEPS)
+    (comp,) = [c for c in backend.compilations()[first:] if c.regions]
+    return report, comp
+
+
+@pytest.fixture(scope="module")
+def fp32_report(fp32_run) -> accuracy.AccuracyReport:
+    return fp32_run[0]
 
 
 # ------------------------------------------------------------------------------- metric definitions
@@ -111,8 +120,8 @@ def test_report_renders_and_serialises(fp32_report, capsys):
     assert len(data["ops"]) == 4 and len(data["pairs"]) == 2 + 1
 
 
-def test_per_op_replay_leaves_the_recorded_inputs_untouched(fp32_report):
-    comp = next(c for c in reversed(backend.compilations()) if c.regions and c.last_inputs)
+def test_per_op_replay_leaves_the_recorded_inputs_untouched(fp32_run):
+    fp32_report, comp = fp32_run
     before = [a.clone() if isinstance(a, torch.Tensor) else a for a in comp.last_inputs]
     again = accuracy.op_errors(comp)
     rows = lambda ops: sorted((o.layer, o.block, o.output.max_abs) for o in ops)  # noqa: E731
@@ -164,7 +173,7 @@ def test_a_broken_fused_op_shows_up_in_its_own_rows_only(monkeypatch, kernels):
     assert report.verdict().startswith("OUTSIDE band")
 
 
-def test_a_wrong_cache_write_shows_up_in_the_cache_slot_column(fp32_report, monkeypatch):
+def test_a_wrong_cache_write_shows_up_in_the_cache_slot_column(fp32_run, monkeypatch):
     """The per-op replay calls the op as it is now: break the attention reference's key write after
     compiling and replay the same step (no recompile needed)."""
     def wrong_keys(reference):
@@ -178,7 +187,8 @@ def test_a_wrong_cache_write_shows_up_in_the_cache_slot_column(fp32_report, monk
     families = tuple(dataclasses.replace(f, reference=wrong_keys(f.reference)) if f.name == "attention" else f
                      for f in rewrite.FAMILIES)
     monkeypatch.setattr(rewrite, "FAMILIES", families)
-    comp = next(c for c in reversed(backend.compilations()) if c.regions and c.last_inputs)
+    comp = fp32_run[1]
+    assert {r.record.implementation for r in comp.regions} == {rewrite.REFERENCE_INLINED}
     ops = accuracy.op_errors(comp)
     attention = [o for o in ops if o.block == "attention"]
     assert len(attention) == 2
