@@ -6,7 +6,7 @@ Given through ``torch.compile(model, backend="clusterfusion", options={...})``:
 option         values (default first)              meaning
 =============  ==================================  =================================================
 report         False | True | "path.json"          print the match table / write it as JSON
-patterns       ("attention", "ffn")                which block families to fuse
+patterns       ("attention", "ffn", "mla")         which block families to fuse
 kernels        "auto" | "reference"                auto: cluster kernels where supported (sm_90+),
                                                    else the reference decomposed for Inductor;
                                                    reference: opaque op running plain torch
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-PATTERN_FAMILIES = ("attention", "ffn")
+PATTERN_FAMILIES = ("attention", "ffn", "mla")
 KERNEL_CHOICES = ("auto", "reference")
 
 

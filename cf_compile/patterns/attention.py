@@ -164,6 +164,8 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
     require(isinstance(mask, fx.Node) and dtype(mask) == torch.bool,
             f"attention mask is {dtype(mask) if isinstance(mask, fx.Node) else type(mask).__name__}, not a bool mask")
 
+    require(not is_op(key, "new_empty"), "multi-head latent attention (keys rebuilt from a latent cache each "
+            "step): fused by the 'mla' pattern family")
     # key / value: the static caches, possibly through repeat_kv
     k_cache, k_groups, k_rep = match_repeat_kv(key)
     v_cache, v_groups, v_rep = match_repeat_kv(value)

@@ -1,0 +1,195 @@
+"""DeepSeek-V2/V3 multi-head latent attention: matched by structure, eager-identical, near-misses named.
+
+Graph tests run the Dynamo graph eagerly (no Inductor): the rewritten graph must compute bit for bit
+what the original computes, both latent caches included, because the MLA reference keeps eager's ops
+and rounding points. The end-to-end tests compile with Inductor and decode greedily.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from families import GraphRecorder, decode_graph, transformers
+from test_backend import assert_caches_close, compiled_step, greedy
+from test_patterns import assert_same_results, count_ops, run_rewrite
+
+from cf_compile import report as report_mod
+from cf_compile.options import Options
+from cf_compile.rewrite import ClusterFusionError, choose_implementation
+
+NOPE, ROPE, V_DIM, LORA = 16, 8, 16, 32
+MLA_COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=LORA,
+                  q_lora_rank=48, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_DIM,
+                  max_position_embeddings=256, first_k_dense_replace=2, n_routed_experts=4,
+                  n_shared_experts=1, num_experts_per_tok=2)
+CONFIGS = {"v2": "DeepseekV2Config", "v3": "DeepseekV3Config"}
+YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64,
+            mscale=1.0, mscale_all_dim=1.0, beta_fast=32, beta_slow=1)
+
+# (version, config overrides, expected RoPE form, q LoRA)
+VARIANTS = {
+    "v2-lite (q_proj, complex rope)": ("v2", dict(q_lora_rank=None), "complex", False),
+    "v2 (q lora, complex rope)": ("v2", {}, "complex", True),
+    "v3 (q lora, interleaved rope)": ("v3", {}, "interleave", True),
+    "v3 (q_proj, interleaved rope)": ("v3", dict(q_lora_rank=None), "interleave", False),
+    "v3 (neox rope)": ("v3", dict(rope_interleave=False), "neox", True),
+    "v3 (biases)": ("v3", dict(attention_bias=True), "interleave", True),
+}
+
+
+def build_mla(version: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
+    """Tiny random DeepSeek model with dense MLPs (first_k_dense_replace = layers); no downloads."""
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, CONFIGS[version])(**{**MLA_COMMON, **overrides})
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval().to(dtype)
+    return model, cfg
+
+
+def mla_records(rep):
+    return [r for r in rep.records if r.block == "mla"]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_mla_layer_is_fused_and_eager_identical(variant):
+    version, overrides, form, q_lora = VARIANTS[variant]
+    model, cfg = build_mla(version, **overrides)
+    gm, inputs = decode_graph(model, cfg)
+    new, rep, matches = run_rewrite(gm)
+    assert rep.coverage() == "2/2 FFN, 2/2 MLA"
+    assert len(matches) == 4
+    rec = mla_records(rep)[0]
+    assert rec.features["rope"] == form and rec.features["q_lora"] is q_lora
+    assert rec.features["bias"] is bool(overrides.get("attention_bias"))
+    assert rec.implementation == "reference (inlined)" and rec.reason == "no MLA kernel yet"
+    assert rec.shapes == dict(hidden=64, heads=4, q_lora_rank=48 if q_lora else 0, kv_lora_rank=LORA,
+                              qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_DIM)
+    # every projection of the blocks is gone (only the LM head's linear remains), and so is SDPA
+    assert count_ops(gm, "sdpa") == 2 and count_ops(new, "sdpa") == 0
+    assert count_ops(new, "linear") == 1
+    assert_same_results(gm, new, inputs)
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_bf16_batch_3_is_eager_identical_through_the_op(version):
+    """bf16 (complex RoPE upcasts to fp32 and back) and batch 3, through the opaque op's reference."""
+    model, cfg = build_mla(version, torch.bfloat16)
+    gm, inputs = decode_graph(model, cfg, batch=3)
+    new, rep, _ = run_rewrite(gm, kernels="reference")
+    assert rep.coverage() == "2/2 FFN, 2/2 MLA"
+    assert all(r.batch == 3 and r.dtype == "bfloat16" for r in mla_records(rep))
+    assert sum(n.target is torch.ops.clusterfusion.mla_decode.default for n in new.graph.nodes) == 2
+    assert_same_results(gm, new, inputs)
+
+
+def test_yarn_mscale_is_in_the_constant_softmax_scale():
+    model, cfg = build_mla("v3", rope_parameters=YARN)
+    attn = model.model.layers[0].self_attn
+    assert attn.scaling != pytest.approx((NOPE + ROPE) ** -0.5)      # yarn's mscale^2 is folded in
+    gm, inputs = decode_graph(model, cfg)
+    new, rep, _ = run_rewrite(gm)
+    assert rep.coverage() == "2/2 FFN, 2/2 MLA"
+    assert mla_records(rep)[0].features["scale"] == attn.scaling
+    assert_same_results(gm, new, inputs)
+
+
+def test_moe_layers_keep_their_mla_fused():
+    model, cfg = build_mla("v2", q_lora_rank=None, first_k_dense_replace=1)
+    gm, inputs = decode_graph(model, cfg)
+    new, rep, _ = run_rewrite(gm)
+    assert [r.status for r in mla_records(rep)] == ["fused", "fused"]
+    assert_same_results(gm, new, inputs)
+
+
+def test_kernel_is_never_chosen_and_its_impl_names_the_missing_kernel():
+    model, cfg = build_mla("v3")
+    gm, _ = decode_graph(model, cfg)
+    _, _, matches = run_rewrite(gm)
+    m = next(m for m, _ in matches if m.block == "mla")
+    assert choose_implementation(m, Options())[:2] == ("reference (inlined)", "no MLA kernel yet")
+    t = torch.zeros(1, 1, 8)
+    tensors = dict.fromkeys(("x", "norm_weight", "kv_a_weight", "kv_norm_weight", "kv_b_weight", "cache_position",
+                             "k_cache", "v_cache", "o_weight"), t)
+    constants = {k: v for k, v in m.op_args.items() if not isinstance(v, (torch.fx.Node, list))}
+    with pytest.raises(NotImplementedError, match="no MLA cluster kernel"):
+        torch.ops.clusterfusion.mla_decode(**{**constants, **tensors, "q_weights": [t], "q_biases": [None],
+                                              "q_norm_weight": t, "cos": t, "sin": t, "attn_mask": None, "impl": "kernel"})
+
+
+# --- near-misses -----------------------------------------------------------------------------------
+
+
+def _not_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+    """A rotation that is not RoPE: the sign of the sin term is flipped."""
+    cos = cos[..., : cos.shape[-1] // 2].unsqueeze(unsqueeze_dim)
+    sin = sin[..., : sin.shape[-1] // 2].unsqueeze(unsqueeze_dim)
+    q1, q2 = q[..., 0::2], q[..., 1::2]
+    k1, k2 = k[..., 0::2], k[..., 1::2]
+    return (torch.cat([q1 * cos - q2 * sin, q2 * cos - q1 * sin], dim=-1),
+            torch.cat([k1 * cos - k2 * sin, k2 * cos - k1 * sin], dim=-1))
+
+
+def test_unproven_rope_variant_is_a_near_miss(monkeypatch):
+    from transformers.models.deepseek_v3 import modeling_deepseek_v3 as v3
+
+    monkeypatch.setattr(v3, "apply_rotary_pos_emb_interleave", _not_rope)
+    model, cfg = build_mla("v3")
+    gm, inputs = decode_graph(model, cfg)
+    new, rep, _ = run_rewrite(gm)
+    assert rep.coverage() == "2/2 FFN, 0/2 MLA"
+    assert all(r.reason.startswith("k: not a proven RoPE form (tried interleaved") for r in mla_records(rep))
+    assert count_ops(new, "sdpa") == 2
+    assert_same_results(gm, new, inputs)
+
+
+def test_layernorm_latent_norm_is_a_near_miss():
+    model, cfg = build_mla("v2", q_lora_rank=None)
+    for layer in model.model.layers:
+        layer.self_attn.kv_a_layernorm = torch.nn.LayerNorm(LORA)
+    gm, inputs = decode_graph(model, cfg)
+    new, rep, _ = run_rewrite(gm)
+    assert [r.reason for r in mla_records(rep)] == ["kv_a_layernorm: norm: LayerNorm (mean-centred), not RMSNorm"] * 2
+    assert_same_results(gm, new, inputs)
+    with pytest.raises(ClusterFusionError, match=r"mla block of layer 0.*LayerNorm"):
+        run_rewrite(gm, strict=True)
+
+
+def test_without_the_mla_family_attention_reports_it_and_leaves_it():
+    model, cfg = build_mla("v3")
+    gm, inputs = decode_graph(model, cfg)
+    new, rep, _ = run_rewrite(gm, patterns=("attention", "ffn"))
+    assert rep.coverage() == "0/2 attention, 2/2 FFN"
+    assert all("multi-head latent attention" in r.reason for r in rep.records if r.block == "attention")
+    assert_same_results(gm, new, inputs)
+
+
+def test_prefill_graph_is_skipped():
+    model, cfg = build_mla("v2")
+    cache = transformers.StaticCache(config=cfg, max_cache_len=24)
+    ids = torch.randint(0, cfg.vocab_size, (1, 5))
+    rec = GraphRecorder()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        model(ids[:, :1], past_key_values=cache, use_cache=True)     # allocates the latent caches
+        cache.reset()
+        torch.compile(model.forward, backend=rec, fullgraph=True)(ids, past_key_values=cache, use_cache=True)
+    gm, _ = rec.graphs[-1]
+    new, rep, matches = run_rewrite(gm)
+    assert not matches and mla_records(rep)
+    assert all(r.status == "skipped" and "prefill" in r.reason for r in mla_records(rep))
+    assert str(new.graph) == str(gm.graph)
+
+
+# --- end to end through Inductor -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_greedy_tokens_and_latent_caches_match_eager(version):
+    model, cfg = build_mla(version, **({"q_lora_rank": None} if version == "v2" else {}))
+    eager_tokens, eager_cache = greedy(model, cfg, model.forward, steps=16)
+    before = len(report_mod.reports())
+    tokens, cache = greedy(model, cfg, compiled_step(model), steps=16)
+    assert torch.equal(tokens, eager_tokens)
+    assert_caches_close(cache, eager_cache)
+    decode = report_mod.reports()[before:]
+    assert decode and decode[-1].coverage() == "2/2 FFN, 2/2 MLA"
