@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
 
-from cf_compile_kernels.attention import attention_config, attention_decode  # noqa: E402
+from cf_compile_kernels.attention import attention_decode, device_plan  # noqa: E402
 
 MODELS = {  # hidden, q heads, kv heads, head_dim, qkv bias
     "llama-2-7b": (4096, 32, 32, 128, False),
@@ -247,8 +247,8 @@ def main() -> None:
                 print(f"inductor failed on {model} {batch} {seq} {dtname}: {type(exc).__name__}: {exc}")
                 spent += time.perf_counter() - start
         hidden, nh, kvh, d, _ = MODELS[model]
-        cfg = attention_config(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
-                               dtype=dtype, num_sms=sms)
+        cfg = device_plan(dtype, hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
+                          device_index=torch.cuda.current_device()).as_dict()
         floor_us = fb / bw * 1e6
         row = results.make_row(
             "attention", {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
@@ -257,9 +257,11 @@ def main() -> None:
             inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
             floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"))
         rows.append(row)
+        Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
         print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname}: ours {t_ours:7.1f} (L2 prefetch {t_pf:7.1f}) "
               f"inductor {'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} "
-              f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
+              f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers} C={cfg['cluster']} "
+              f"P={cfg['clusters_per_kv_head']} active {cfg['active_clusters']}", flush=True)
         del layers
         torch.cuda.empty_cache()
     Path(args.json).write_text(json.dumps(rows, indent=1))

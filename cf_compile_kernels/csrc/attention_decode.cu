@@ -81,6 +81,7 @@ struct Params {
   int batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len;
   long long mask_stride, cos_stride;  // elements between batch rows (cos_stride 0: shared by the batch)
   int cos_kind, unit_offset, add_residual, k_chunk, prefetch;
+  int rows_parallel;        // batch rows attended at once (power of two <= min(B, kWarps))
   int stop_after;           // measurement hook: 0 runs everything; k > 0 returns after phase k (no counters used)
 };
 
@@ -301,7 +302,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const int QKV_ROWS = (G + 2) * D, GD = G * D;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   Smem s = plan_smem<T, BB, HG>(smem_raw, B, G, D, p.k_chunk);
-  if (P > kMaxSplit || C > kMaxCluster) __trap();  // the launcher's split exceeds the register merges
+  if (P > kMaxSplit || C > kMaxCluster || p.rows_parallel < 1 || kWarps % p.rows_parallel) __trap();  // the launcher's split exceeds the register merges
   if (tid == 0 && dynamic_smem_size() < static_cast<unsigned>((reinterpret_cast<unsigned char*>(s.flag) + 16) - smem_raw))
     __trap();  // the launcher's shared-memory plan disagrees with this one
   const long long pos = *p.cache_position;
@@ -509,7 +510,14 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const int chunks = P * C, chunk_idx = part_idx * C + rank;
   const T* kc_base = static_cast<const T*>(p.k_cache);
   const T* vc_base = static_cast<const T*>(p.v_cache);
-  for (int b = 0; b < B; ++b) {
+  // R batch rows in parallel (launcher: the largest power of two <= min(B, kWarps)): warp group
+  // grp = warp / (kWarps/R) takes row b0 + grp and splits its tokens over its kWarps/R warps, so a large
+  // batch does not walk its rows one after another.
+  const int R = p.rows_parallel, warps_per_row = kWarps / R;
+  const int row_grp = warp / warps_per_row, wig = warp % warps_per_row;
+  for (int b0 = 0; b0 < B; b0 += R) {
+    const int b = min(b0 + row_grp, B - 1);  // groups past the batch recompute row B-1 and drop it
+    const bool own_row = b0 + row_grp < B;
     const int last_live = s.range[2 * b + 1];
     const int lo_pos = last_live < 0 ? 0 : s.range[2 * b], hi_pos = last_live + 1;
     const int per_chunk = cf::ceil_div(max(hi_pos - lo_pos, 0), chunks);
@@ -532,7 +540,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
         }
       }
-      for (int t0 = cs + warp * step_tokens; t0 < ce; t0 += kWarps * step_tokens) {
+      for (int t0 = cs + wig * step_tokens; own_row && t0 < ce; t0 += warps_per_row * step_tokens) {
         uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
         bool ok[kTokenUnroll<HG>];
 #pragma unroll
@@ -610,18 +618,20 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       }
       __syncthreads();
       const int heads = min(HG, G - g0);
-      for (int idx = tid; idx < heads * D; idx += kThreads) {  // warps merged in warp order
-        const int h = idx / D, d = idx % D;
+      for (int idx = tid; idx < R * heads * D; idx += kThreads) {  // each row's warps merged in warp order
+        const int r = idx / (heads * D), h = (idx / D) % heads, d = idx % D;
+        if (b0 + r >= B) continue;
+        const int w0 = r * warps_per_row;
         float M = kNegInf;
-        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s.wscratch[(w * HG + h) * (D + 2) + D]);
+        for (int w = w0; w < w0 + warps_per_row; ++w) M = fmaxf(M, s.wscratch[(w * HG + h) * (D + 2) + D]);
         float L = 0.f, O = 0.f;
-        for (int w = 0; w < kWarps; ++w) {
+        for (int w = w0; w < w0 + warps_per_row; ++w) {
           const float* src = s.wscratch + (w * HG + h) * (D + 2);
           const float c = rescale(src[D], M);
           L += src[D + 1] * c;
           O += src[d] * c;
         }
-        float* dst = s.part + (b * G + g0 + h) * (D + 2);
+        float* dst = s.part + ((b0 + r) * G + g0 + h) * (D + 2);
         dst[d] = O;
         if (d == 0) {
           dst[D] = M;
@@ -772,13 +782,14 @@ __global__ void __launch_bounds__(attn::kThreads, 1) attention_decode(
     const void* wo, const void* bo, void* out, float* attn_partial, float* o_partial, int* arrivals, float eps,
     float qk_eps, float scale, int batch, int hidden, int num_heads, int num_kv_heads, int head_dim,
     int max_cache_len, long long mask_stride, long long cos_stride, int cos_kind, int unit_offset,
-    int add_residual, int k_chunk, int prefetch, int stop_after) {
+    int add_residual, int k_chunk, int prefetch, int rows_parallel, int stop_after) {
   static_assert(BB >= 1 && BB <= 16, "batch bucket is 1..16");
   static_assert(HG >= 1 && HG <= 8, "query heads per register pass is 1..8");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const attn::Params p{x, norm_w, wq, wk, wv, bq, bk, bv, q_norm_w, k_norm_w, cos, sin, cache_position,
                        k_cache, v_cache, mask, wo, bo, out, attn_partial, o_partial, arrivals, eps, qk_eps,
                        scale, batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len, mask_stride,
-                       cos_stride, cos_kind, unit_offset, add_residual, k_chunk, prefetch, stop_after};
+                       cos_stride, cos_kind, unit_offset, add_residual, k_chunk, prefetch, rows_parallel,
+                       stop_after};
   attn::attention_decode_body<T, BB, HG>(p, smem_raw);
 }
