@@ -14,6 +14,7 @@ import time
 import torch
 from transformers import CompileConfig
 
+from cf_compile.accuracy import ensure_backend
 from cf_compile.models import build_model, model_names
 
 
@@ -48,6 +49,7 @@ def main() -> None:
     # HF compiles the decode step only on CUDA unless told otherwise (a private flag, transformers 5.x):
     # on a CPU this is what makes the example compile at all.
     compile_config._compile_all_devices = True
+    ensure_backend()   # the entry point names the backend once pip-installed; this covers a source checkout
 
     eager, eager_s = timed_generate(model, prompt, args.tokens, disable_compile=True)
     compiled, first_s = timed_generate(model, prompt, args.tokens, compile_config=compile_config)  # compiles

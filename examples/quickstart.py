@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import StaticCache
 
-from cf_compile.accuracy import compare
+from cf_compile.accuracy import compare, ensure_backend
 from cf_compile.models import build_model, model_names
 
 
@@ -82,6 +82,7 @@ def main() -> None:
     eager_tokens, eager_times = decode(model, model.forward, prompt, args.tokens, cache_len, args.device)
 
     torch._dynamo.reset()
+    ensure_backend()   # the entry point names the backend once pip-installed; this covers a source checkout
     compiled = torch.compile(model.forward, backend="clusterfusion", options={"report": True})
     tokens, times = decode(model, compiled, prompt, args.tokens, cache_len, args.device)  # step 0 compiles
 
