@@ -235,8 +235,8 @@ def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None =
     return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket, hg), arch=arch)
 
 
-def _max_active_clusters(kernel, cluster: int, smem: int) -> int:
-    """Clusters of `cluster` CTAs this kernel can run at once (driver occupancy; 0 if it cannot say).
+def _max_active_clusters(kernel, cluster: int, smem: int) -> int | None:
+    """Clusters of `cluster` CTAs this kernel can run at once (driver occupancy; None if it cannot say).
 
     Uses the runtime's LoadedKernel internals (function handle, attribute setter): the runtime has no
     public occupancy call yet."""
@@ -254,9 +254,9 @@ def _max_active_clusters(kernel, cluster: int, smem: int) -> int:
         config.attrs = [attr]
         config.numAttrs = 1
         err, count = driver.cuOccupancyMaxActiveClusters(kernel._function, config)
-        return int(count) if err == driver.CUresult.CUDA_SUCCESS else 0
+        return int(count) if err == driver.CUresult.CUDA_SUCCESS else None
     except Exception:  # an older driver or runtime: fall back to the SM-count estimate
-        return 0
+        return None
 
 
 @functools.cache
@@ -273,7 +273,10 @@ def device_plan(
         raise ValueError(first)
     kernel = load_kernel(compiled_kernel(dtype, first.batch_bucket, first.heads_per_pass), device_index)
     estimate = estimated_active_clusters(shape["num_sms"])
-    counts = {c: _max_active_clusters(kernel, c, first.smem_bytes) or estimate(c) for c in CLUSTER_SIZES}
+    counts = {}
+    for c in CLUSTER_SIZES:
+        found = _max_active_clusters(kernel, c, first.smem_bytes)
+        counts[c] = estimate(c) if found is None else found
     plan = _plan(**shape, active=counts.__getitem__)
     assert not isinstance(plan, str)
     return replace(plan, active_clusters=tuple(sorted(counts.items())))
