@@ -193,3 +193,14 @@ def test_greedy_tokens_and_latent_caches_match_eager(version):
     assert_caches_close(cache, eager_cache)
     decode = report_mod.reports()[before:]
     assert decode and decode[-1].coverage() == "2/2 FFN, 2/2 MLA"
+
+
+def test_accuracy_tool_diffs_each_mla_op_and_its_cache_slots():
+    from cf_compile.accuracy import compare
+
+    model, cfg = build_mla("v3")
+    rep = compare(model, torch.randint(0, cfg.vocab_size, (1, 5)), steps=3)
+    ops = [o for o in rep.ops if o.block == "mla"]
+    assert len(ops) == 2 and all(o.implementation == "reference (inlined)" for o in ops)
+    # the op against its own eager subgraph, on the same inputs: identical, latent and rope slots included
+    assert all(o.output.max_abs == 0.0 and [m.max_abs for m in o.cache_slot] == [0.0, 0.0] for o in ops)
