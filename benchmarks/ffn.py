@@ -211,8 +211,7 @@ def bench_row(
         "cluster": info["cluster"][0],
         "smem": info["smem"],
         "registers": info["registers"],
-        "warps": tuning.warps,
-        "depth": tuning.depth,
+        "kernel": info["template"],
     }
     sets.clear()
     torch.cuda.empty_cache()
@@ -232,7 +231,7 @@ def main() -> None:
         "--variants",
         nargs="*",
         default=[],
-        help="extra tunings cluster:warps:depth[:l2_hint] timed on the same rows (no Inductor)",
+        help="extra tunings cluster:warps:depth[:stages[:l2_hint]] timed on the same rows (no Inductor)",
     )
     parser.add_argument(
         "--append", type=Path, help="append rows from this JSON to results.jsonl / RESULTS.md"
@@ -261,8 +260,8 @@ def main() -> None:
             for batch in args.batches:
                 row = bench_row(model, batch, dtype_name, bandwidth, not args.no_inductor)
                 for spec in args.variants:
-                    cluster, warps, depth, l2_hint = (int(v) for v in (spec + ":0").split(":")[:4])
-                    tuning = ffn.Tuning(cluster, warps, depth, l2_hint)
+                    cluster, warps, depth, stages, l2_hint = (int(v) for v in (spec + ":0:0").split(":")[:5])
+                    tuning = ffn.Tuning(cluster, warps, depth, stages, l2_hint)
                     alt = bench_row(model, batch, dtype_name, bandwidth, False, tuning)
                     row.setdefault("variants", {})[spec] = alt["ours_us"]
                 print(json.dumps(row), flush=True)

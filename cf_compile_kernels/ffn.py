@@ -30,14 +30,18 @@ UNIT_ROWS = MMA_ROWS // 2  # 8 gate + 8 up rows per tile
 STEP_K = 32  # k columns per warp step: 4 lanes x 16-byte loads
 MAX_BATCH = 2 * MMA_COLS
 BANK_BYTES = 128
-ROW_SKEW_BYTES = BANK_BYTES // 2
+ROW_SKEW_DIRECT = BANK_BYTES // 2  # direct path: 64 B per row per access, two rows per wavefront
+ROW_SKEW_STAGED = 16  # staged path: ldmatrix rows 16 B apart modulo 128
+CHUNK_K = 2 * STEP_K  # staged path: 64 columns = one 128-byte line per row per ring slot
+CHUNK_BYTES = MMA_ROWS * CHUNK_K * 2
 SMEM_ALIGN = 16
 
-# Tuning (measured, benchmarks/NOTES-ffn.md): 16 warps = 512 threads, one CTA per SM with the
-# 128-register budget; DEPTH steps of 1 KB per warp in flight keep ~64 KB per SM outstanding, above
-# the ~25 KB that bandwidth x latency asks of each of 132 SMs.
+# Tuning (measured, benchmarks/NOTES-ffn.md): 16 warps = 512 threads, one CTA per SM. Staged path
+# (cp.async full-line copies into a per-warp ring + ldmatrix) when its ring fits in shared memory,
+# preferring more slots; else the direct path (16-byte loads straight into MMA fragments, DEPTH deep).
 WARPS = 16
 DEPTH = 4
+STAGED_CANDIDATES = ((16, 4), (16, 3))  # (warps, ring slots), in order of preference
 CLUSTER_PREFERENCE = (4, 2, 8, 1)  # 4: even SM use and short partials; the others when 4 does not divide
 MAX_SMEM_PER_CTA = 227 * 1024  # opt-in dynamic shared memory of one sm_90 CTA
 REFERENCE_SMS = 132  # H100 SXM: used where no device is at hand (unsupported_reason, check registry)
@@ -49,25 +53,39 @@ NORM_KINDS = {"weight": 0, "unit_offset": 1}
 CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 
 
-def padded_row_elems(length: int) -> int:
-    """Elements per smem row of `length` 16-bit values, rows 64 bytes apart modulo 128 (no conflicts)."""
-    return (-(-length * 2 // BANK_BYTES) * BANK_BYTES + ROW_SKEW_BYTES) // 2
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def padded_row_elems(length: int, skew: int) -> int:
+    """Elements per smem row of `length` 16-bit values: whole 128-byte lines plus `skew` bytes, so the
+    rows one fragment load touches fall on different banks."""
+    return (_round_up(length * 2, BANK_BYTES) + skew) // 2
 
 
 def smem_bytes(
-    hidden: int, intermediate: int, cluster: int, clusters: int, batch_tiles: int, warps: int = WARPS
+    hidden: int,
+    intermediate: int,
+    cluster: int,
+    clusters: int,
+    batch_tiles: int,
+    warps: int = WARPS,
+    stages: int = 0,
 ) -> int:
     """Dynamic shared memory of one CTA; the same arithmetic as SmemLayout in gated_ffn.cu."""
     bp = batch_tiles * MMA_COLS
+    skew = ROW_SKEW_STAGED if stages else ROW_SKEW_DIRECT
+    k_item = CHUNK_K if stages else STEP_K
     k_range = hidden // cluster
     units_max = -(-(intermediate // UNIT_ROWS) // clusters)
-    n_stride = padded_row_elems(k_range)
-    h_stride = padded_row_elems(-(-units_max * UNIT_ROWS // STEP_K) * STEP_K)
+    n_stride = padded_row_elems(_round_up(k_range, k_item), skew)
+    h_stride = padded_row_elems(_round_up(units_max * UNIT_ROWS, k_item), skew)
     region_a = bp * max(n_stride, h_stride) * 2
-    part_offset = -(-region_a // SMEM_ALIGN) * SMEM_ALIGN
+    part_offset = _round_up(region_a, SMEM_ALIGN)
     head_offset = part_offset + units_max * MMA_ROWS * bp * 4
     misc_offset = head_offset + warps * MMA_ROWS * bp * 4
-    return misc_offset + (3 * MAX_BATCH + warps) * 4
+    ring_offset = _round_up(misc_offset + (3 * MAX_BATCH + warps) * 4, BANK_BYTES)
+    return ring_offset + warps * stages * CHUNK_BYTES
 
 
 def choose_cluster_size(hidden: int) -> int | None:
@@ -114,7 +132,9 @@ def ffn_unsupported_reason(
         return f"hidden {hidden} is not a multiple of {STEP_K}"
     if intermediate % UNIT_ROWS:
         return f"intermediate {intermediate} is not a multiple of {UNIT_ROWS}"
-    smem = smem_bytes(hidden, intermediate, cluster, REFERENCE_SMS // cluster, batch_tiles(batch))
+    smem = smem_bytes(
+        hidden, intermediate, cluster, REFERENCE_SMS // cluster, batch_tiles(batch)
+    )  # direct path
     if smem > MAX_SMEM_PER_CTA:
         return f"needs {smem} B of shared memory per CTA (> {MAX_SMEM_PER_CTA})"
     return None
@@ -140,36 +160,54 @@ def ffn_config(
         clusters = max(1, min(clusters, max_active_clusters))
     units = intermediate // UNIT_ROWS
     bt = batch_tiles(batch)
+    warps, stages = choose_path(hidden, intermediate, cluster, clusters, bt)
     elem = torch.tensor([], dtype=dtype).element_size()
     return {
         "cluster_size": cluster,
         "clusters": clusters,
         "ctas": clusters * cluster,
-        "warps": WARPS,
-        "threads": WARPS * WARP_SIZE,
+        "warps": warps,
+        "threads": warps * WARP_SIZE,
+        "path": "staged" if stages else "direct",
+        "ring_slots": stages,
         "depth": DEPTH,
         "batch_tiles": bt,
         "k_range": hidden // cluster,  # hidden columns of gate/up rows per CTA
         "units": units,
         "units_per_cluster": (units // clusters, -(-units // clusters)),  # (min, max)
         "down_tiles_per_cta": hidden // cluster // MMA_ROWS,
-        "smem_bytes": smem_bytes(hidden, intermediate, cluster, clusters, bt),
+        "smem_bytes": smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages),
         "partials_bytes": clusters * hidden * MAX_BATCH * 4,
         "weight_bytes": 3 * intermediate * hidden * elem,
     }
 
 
 def template_args(
-    dtype: torch.dtype, cluster: int, bt: int, warps: int = WARPS, depth: int = DEPTH
+    dtype: torch.dtype, cluster: int, bt: int, warps: int = WARPS, depth: int = DEPTH, stages: int = 0
 ) -> tuple[str | int, ...]:
-    return (CTYPES[dtype], cluster, bt, warps, depth)
+    return (CTYPES[dtype], cluster, bt, warps, depth, stages)
+
+
+def choose_path(hidden: int, intermediate: int, cluster: int, clusters: int, bt: int) -> tuple[int, int]:
+    """(warps, ring slots) of the first staged candidate that fits in shared memory, else the direct path
+    (WARPS, 0)."""
+    for warps, stages in STAGED_CANDIDATES:
+        if smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages) <= MAX_SMEM_PER_CTA:
+            return warps, stages
+    return WARPS, 0
 
 
 # Representative instantiations for `python -m cf_compile_kernels check` (Llama-class hidden sizes give
-# N = 4; batch tiles 1 and 2 cover batch 1..16).
+# N = 4; batch tiles 1 and 2 cover batch 1..16; both load paths).
 for _dtype in CTYPES:
     for _bt, _label in ((1, "batch 1-8"), (2, "batch 9-16")):
-        register_check(SOURCE, KERNEL, template_args(_dtype, 4, _bt), label=f"gated FFN {_dtype} {_label}")
+        for _warps, _stages in (STAGED_CANDIDATES[0], (WARPS, 0)):
+            register_check(
+                SOURCE,
+                KERNEL,
+                template_args(_dtype, 4, _bt, _warps, DEPTH, _stages),
+                label=f"gated FFN {_dtype} {_label} {'staged' if _stages else 'direct'}",
+            )
 
 
 # --------------------------------------------------------------------------- run time
@@ -238,8 +276,9 @@ class Tuning:
     """Kernel knobs the benchmark may vary; None fields take the derived defaults."""
 
     cluster: int | None = None
-    warps: int = WARPS
+    warps: int | None = None  # None: from choose_path
     depth: int = DEPTH
+    stages: int | None = None  # None: from choose_path; 0: direct path
     l2_hint: int = 0  # 0, 128 or 256: L2 sector promotion on the weight loads (-DCF_FFN_L2_HINT)
 
 
@@ -267,25 +306,31 @@ def _plan(
         if cluster is None or (hidden // STEP_K) % cluster:
             raise ValueError(f"gated_ffn: cluster size {cluster} does not divide hidden {hidden} / {STEP_K}")
         defines = {"CF_FFN_L2_HINT": tuning.l2_hint} if tuning.l2_hint else {}
-        compiled = compile_kernel(
-            SOURCE,
-            KERNEL,
-            defines=defines,
-            template_args=template_args(dtype, cluster, bt, tuning.warps, tuning.depth),
-        )
-        kernel = load_kernel(compiled, device)
-        threads = tuning.warps * WARP_SIZE
+        # The active-cluster count (occupancy API) needs a loaded kernel, and the shared memory needs the
+        # cluster count: estimate with every SM, then settle on the actual count.
         clusters = max(1, num_sms // cluster)
-        with torch.cuda.device(device):
-            active = _max_active_clusters(
-                kernel,
-                cluster,
-                smem_bytes(hidden, intermediate, cluster, clusters, bt, tuning.warps),
-                threads,
+        auto_path = choose_path(hidden, intermediate, cluster, clusters, bt)
+        warps = tuning.warps or auto_path[0]
+        stages = auto_path[1] if tuning.stages is None else tuning.stages
+        for _ in range(2):
+            compiled = compile_kernel(
+                SOURCE,
+                KERNEL,
+                defines=defines,
+                template_args=template_args(dtype, cluster, bt, warps, tuning.depth, stages),
             )
-        if active is not None:
-            clusters = max(1, min(clusters, active))
-        smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, tuning.warps)
+            kernel = load_kernel(compiled, device)
+            threads = warps * WARP_SIZE
+            with torch.cuda.device(device):
+                active = _max_active_clusters(kernel, cluster, MAX_SMEM_PER_CTA, threads)
+            if active is not None:
+                clusters = max(1, min(clusters, active))
+            smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages)
+            if smem <= MAX_SMEM_PER_CTA or tuning.stages is not None or stages == 0:
+                break
+            warps, stages = choose_path(
+                hidden, intermediate, cluster, clusters, bt
+            )  # fewer clusters: re-pick
         if smem > MAX_SMEM_PER_CTA:
             raise ValueError(f"gated_ffn: {smem} B of shared memory per CTA with {clusters} clusters")
         partials, counters = _get_scratch(hidden, clusters, device)
@@ -323,6 +368,7 @@ def plan_info(
         "clusters": plan.clusters,
         "registers": compiled.registers,
         "local_bytes": compiled.local_bytes,
+        "template": compiled.name_expression,
     }
 
 

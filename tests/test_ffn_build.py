@@ -12,7 +12,19 @@ from cf_compile_kernels.registry import registered
 
 REGISTERS_PER_SM = 65536
 SM90_ARCH = "sm_90a"
-VARIANTS = [(4, 1, 16, 4), (4, 2, 16, 4), (2, 2, 16, 4), (1, 1, 16, 4), (8, 2, 16, 4), (4, 2, 16, 8)]
+# (cluster, batch tiles, warps, depth, ring slots): both load paths, every cluster size the launcher picks
+VARIANTS = [
+    (4, 1, 16, 4, 0),
+    (4, 2, 16, 4, 0),
+    (2, 2, 16, 4, 0),
+    (1, 1, 16, 4, 0),
+    (8, 2, 16, 4, 0),
+    (4, 1, 16, 4, 4),
+    (4, 2, 16, 4, 4),
+    (4, 2, 16, 4, 3),
+    (2, 1, 16, 4, 4),
+    (1, 2, 16, 4, 3),
+]
 ENVELOPE = [(896, 4864), (2048, 8192), (4096, 11008), (4096, 14336), (5120, 13824), (8192, 28672)]
 
 
@@ -21,13 +33,13 @@ def dtype(request):
     return request.param
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "n{}-bt{}-w{}-d{}".format(*v))
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "n{}-bt{}-w{}-d{}-s{}".format(*v))
 def test_variant_compiles_without_spills_within_register_budget(dtype, variant):
-    cluster, bt, warps, depth = variant
+    cluster, bt, warps, depth, stages = variant
     k = compile_kernel(
         ffn.SOURCE,
         ffn.KERNEL,
-        template_args=ffn.template_args(dtype, cluster, bt, warps, depth),
+        template_args=ffn.template_args(dtype, cluster, bt, warps, depth, stages),
         arch=SM90_ARCH,
     )
     assert k.cubin.startswith(b"\x7fELF")
@@ -115,7 +127,22 @@ def test_cluster_size_divides_the_hidden_steps():
     assert ffn.choose_cluster_size(100) is None
 
 
-def test_smem_rows_are_skewed_half_a_bank_line():
+def test_smem_rows_are_skewed_for_their_access_width():
     for length in (224, 1024, 2048, 336):
-        assert ffn.padded_row_elems(length) * 2 % ffn.BANK_BYTES == ffn.ROW_SKEW_BYTES
-        assert ffn.padded_row_elems(length) >= length
+        for skew in (ffn.ROW_SKEW_DIRECT, ffn.ROW_SKEW_STAGED):
+            assert ffn.padded_row_elems(length, skew) * 2 % ffn.BANK_BYTES == skew
+            assert ffn.padded_row_elems(length, skew) >= length
+
+
+@pytest.mark.parametrize("hidden,inter", ENVELOPE[:4])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_benchmark_models_take_the_staged_path_even_with_fewer_clusters(hidden, inter, batch):
+    # 30 clusters of 4: what the occupancy API reported on the H100 (120 of 132 SMs)
+    warps, stages = ffn.choose_path(hidden, inter, 4, 30, ffn.batch_tiles(batch))
+    assert stages >= 2
+    assert ffn.smem_bytes(hidden, inter, 4, 30, ffn.batch_tiles(batch), warps, stages) <= ffn.MAX_SMEM_PER_CTA
+
+
+def test_largest_shape_falls_back_to_the_direct_path():
+    assert ffn.choose_path(8192, 28672, 4, 30, 2) == (ffn.WARPS, 0)
+    assert ffn.smem_bytes(8192, 28672, 4, 30, 2) <= ffn.MAX_SMEM_PER_CTA

@@ -49,15 +49,20 @@ constexpr int kElemsPerLoad = 8;                   // one 16-byte load of fp16/b
 constexpr int kStepK = kLanesPerGroup * kElemsPerLoad;  // 32 columns of k per warp step (2 MMAs of k16)
 constexpr int kMaxBatch = 2 * kMmaCols;            // batch 1..16 = at most two N tiles
 constexpr int kBankBytes = 128;                    // 32 banks x 4 bytes
-constexpr int kRowSkewBytes = kBankBytes / 2;      // row stride = 64 mod 128: 2 rows per wavefront
+constexpr int kRowSkewDirect = kBankBytes / 2;     // direct path: 64 B per row per access, 2 rows a wavefront
+constexpr int kRowSkewStaged = 16;                 // staged path: ldmatrix rows 16 B apart mod 128 (8 rows, no conflict)
+constexpr int kChunkK = 2 * kStepK;                // staged path: 64 columns = 128 B = one L2 line per row
+constexpr int kChunkBytes = kMmaRows * kChunkK * 2;  // one ring slot: 16 rows x 128 B
+constexpr int kPiecesPerRow = kChunkK / kElemsPerLoad;  // 8 16-byte pieces per row of a slot
+constexpr int kMmaK = 16;
 
 enum Activation : int { kSilu = 0, kGeluTanh = 1, kGeluErf = 2 };
 enum NormKind : int { kNormWeight = 0, kNormUnitOffset = 1 };
 
-/// @brief Elements per smem row of `len` 16-bit values, padded so that consecutive rows start 64 bytes
-/// apart modulo 128 (the 8 rows of one fragment load then hit disjoint banks in pairs).
-__host__ __device__ constexpr int padded_row_elems(int len) {
-  return (ceil_div(len * 2, kBankBytes) * kBankBytes + kRowSkewBytes) / 2;
+/// @brief Elements per smem row of `len` 16-bit values, padded to whole 128-byte lines plus `skew` bytes,
+/// so that the rows one fragment load touches fall on different banks.
+__host__ __device__ constexpr int padded_row_elems(int len, int skew) {
+  return (ceil_div(len * 2, kBankBytes) * kBankBytes + skew) / 2;
 }
 
 /// @brief Byte offsets of the dynamic shared memory regions; the host computes the same (ffn.py).
@@ -70,19 +75,23 @@ struct SmemLayout {
   int part_offset;  // gate/up partials, fp32 [units_max][16][BP]
   int head_offset;  // per-warp unfinished first unit, fp32 [WARPS][16][BP]
   int misc_offset;  // ss send/recv [2][kMaxBatch] fp32, rstd [kMaxBatch], head_unit [WARPS] int
+  int ring_offset;  // staged path: per-warp rings of `stages` weight slots [WARPS][stages][16][128 B]
   int total;
 
-  __host__ __device__ SmemLayout(int hidden, int inter, int cluster, int clusters, int bp, int warps) {
+  __host__ __device__ SmemLayout(int hidden, int inter, int cluster, int clusters, int bp, int warps, int stages) {
+    const int skew = stages > 0 ? kRowSkewStaged : kRowSkewDirect;
+    const int k_item = stages > 0 ? kChunkK : kStepK;
     k_range = hidden / cluster;
     units_max = ceil_div(inter / kUnitRows, clusters);
-    n_stride = padded_row_elems(k_range);
-    h_stride = padded_row_elems(ceil_div(units_max * kUnitRows, kStepK) * kStepK);
+    n_stride = padded_row_elems(ceil_div(k_range, k_item) * k_item, skew);
+    h_stride = padded_row_elems(ceil_div(units_max * kUnitRows, k_item) * k_item, skew);
     const int region_a = bp * (n_stride > h_stride ? n_stride : h_stride) * 2;
     vec_offset = 0;
     part_offset = ceil_div(region_a, 16) * 16;
     head_offset = part_offset + units_max * kMmaRows * bp * 4;
     misc_offset = head_offset + warps * kMmaRows * bp * 4;
-    total = misc_offset + (3 * kMaxBatch + warps) * 4;
+    ring_offset = ceil_div(misc_offset + (3 * kMaxBatch + warps) * 4, kBankBytes) * kBankBytes;
+    total = ring_offset + warps * stages * kChunkBytes;
   }
 };
 
@@ -120,6 +129,25 @@ __device__ __forceinline__ unsigned dynamic_smem_size() {
   unsigned v;
   asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
   return v;
+}
+
+/// @brief 16-byte global -> shared copy that bypasses L1 (zero-fills when `bytes` is 0).
+__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[2], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 }
 
 template <typename T>
@@ -172,6 +200,50 @@ __device__ __forceinline__ void load_batch_frag(uint4 (&b)[BT], const bits16* ba
   for (int bt = 0; bt < BT; ++bt) {
     const int row = g + bt * kMmaCols;
     b[bt] = row < batch ? *reinterpret_cast<const uint4*>(base + row * stride) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+/// @brief Staged path: copy one 16-row x 64-column weight tile into a ring slot with full-line requests
+/// (each warp instruction moves 4 rows x 128 B). Rows 0-7 come from `lo`, rows 8-15 from `hi`, both with
+/// row stride `stride`; columns from `col`; pieces at or past `valid` columns are zero-filled. Slot rows
+/// are 128 B with the 16-byte pieces XOR-swizzled by row, so ldmatrix reads them without bank conflicts.
+template <typename T>
+__device__ __forceinline__ void issue_chunk(unsigned slot, const T* lo, const T* hi, int stride, int col,
+                                            int valid, int lane) {
+  const int piece = lane % kPiecesPerRow;
+  const int k = col + piece * kElemsPerLoad;
+  constexpr int kRowsPerPass = kWarpSize / kPiecesPerRow;  // 4
+#pragma unroll
+  for (int i = 0; i < kMmaRows / kRowsPerPass; ++i) {
+    const int r = lane / kPiecesPerRow + kRowsPerPass * i;
+    const T* row = r < kUnitRows ? lo + r * stride : hi + (r - kUnitRows) * stride;
+    const unsigned dst = slot + r * (kChunkK * 2) + ((piece ^ (r % kUnitRows)) * 16);
+    const bool live = k < valid;
+    cp_async_16(dst, live ? row + k : lo, live ? 16 : 0);
+  }
+}
+
+/// @brief Staged path: acc += slot tile (16 x 64) x batch^T over `kk_count` blocks of k16. The batch rows
+/// come from smem [row][stride] (n or h) at columns `col`...; ldmatrix gives both operands in the
+/// standard m16n8k16 fragment layouts.
+template <typename T, int BT>
+__device__ __forceinline__ void mma_chunk(float (&acc)[BT][4], unsigned slot, unsigned vec, int stride, int col,
+                                          int kk_count, int lane) {
+  const int q = lane / kUnitRows, r8 = lane % kUnitRows;
+#pragma unroll
+  for (int kk = 0; kk < kChunkK / kMmaK; ++kk) {
+    if (kk < kk_count) {
+      unsigned a[4];
+      const int row = (q & 1) * kUnitRows + r8, piece = kk * 2 + (q >> 1);
+      ldmatrix_x4(a, slot + row * (kChunkK * 2) + ((piece ^ r8) * 16));
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+        unsigned b[2];
+        const int brow = bt * kMmaCols + r8, bcol = col + kk * kMmaK + (q & 1) * kElemsPerLoad;
+        ldmatrix_x2(b, vec + (brow * stride + bcol) * 2);
+        MmaOp<T>::run(acc[bt], a[0], a[1], a[2], a[3], b[0], b[1]);
+      }
+    }
   }
 }
 
@@ -267,8 +339,12 @@ __device__ __forceinline__ void fix_up_tile(int jt, const float* partials, int c
 /// @tparam CLUSTER    CTAs per cluster (N); must divide H / 32
 /// @tparam BT         batch tiles of 8 (1: batch <= 8, 2: batch <= 16)
 /// @tparam WARPS      warps per CTA (one CTA per SM)
-/// @tparam DEPTH      16-byte weight loads in flight per thread and weight row pair (pipeline depth)
-template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH>
+/// @tparam DEPTH      direct path: 16-byte weight loads in flight per thread and row pair
+/// @tparam STAGES     0: direct path (16-byte loads straight into MMA fragments, 64 B per row per request);
+///                    >= 2: staged path (per-warp ring of STAGES slots filled by cp.async with full 128-byte
+///                    lines per row, read by ldmatrix; STAGES - 1 slots in flight, also across the phase
+///                    boundaries). The host picks staged when its ring fits in shared memory.
+template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH, int STAGES>
 __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     gated_ffn_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
                      const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
@@ -276,12 +352,15 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
                      float eps, int norm_kind, int activation, int add_residual) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 only");
   static_assert(BT == 1 || BT == 2, "batch tiles: 1 or 2 (batch <= 16)");
+  static_assert(STAGES == 0 || STAGES >= 2, "staged path needs at least two ring slots");
+  constexpr bool kStaged = STAGES > 0;
   constexpr int kThreads = WARPS * kWarpSize;
-  constexpr int kBp = BT * kMmaCols;  // padded batch: row count of the fp32 tiles
+  constexpr int kBp = BT * kMmaCols;               // padded batch: row count of the fp32 tiles
+  constexpr int kItemK = kStaged ? kChunkK : kStepK;  // k columns per work item
 
   extern __shared__ __align__(16) unsigned char smem[];
   const int clusters = gridDim.x / CLUSTER;
-  const SmemLayout L(hidden, inter, CLUSTER, clusters, kBp, WARPS);
+  const SmemLayout L(hidden, inter, CLUSTER, clusters, kBp, WARPS, STAGES);
   if (cluster::num_ctas() != CLUSTER || dynamic_smem_size() < static_cast<unsigned>(L.total)) __trap();
 
   bits16* vec_s = reinterpret_cast<bits16*>(smem + L.vec_offset);  // n, then h (raw T bits)
@@ -301,23 +380,82 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   const int unit0 = static_cast<int>(static_cast<long long>(c) * units / clusters);
   const int unit_count = static_cast<int>(static_cast<long long>(c + 1) * units / clusters) - unit0;
   const int kc = unit_count * kUnitRows;  // this cluster's k-slice of W_down
-  const int steps_gu = kr / kStepK;       // k-steps of one unit in this CTA's hidden range
+  const int k0 = unit0 * kUnitRows;
+  const int items_per_unit = ceil_div(kr, kItemK);  // k items of one unit in this CTA's hidden range
 
-  // ---- gate/up work of this warp: items [i_begin, i_end) of (unit, k-step), unit-major
-  const int items_gu = unit_count * steps_gu;
+  // ---- gate/up work of this warp: items [i_begin, i_end) of (unit, k item), unit-major
+  const int items_gu = unit_count * items_per_unit;
   const int i_begin = static_cast<int>(static_cast<long long>(warp) * items_gu / WARPS);
   const int i_end = static_cast<int>(static_cast<long long>(warp + 1) * items_gu / WARPS);
-  const size_t row_g = static_cast<size_t>(unit0 * kUnitRows + g) * hidden + k_begin + t * kElemsPerLoad;
-  const T* gate_base = w_gate + row_g;
-  const T* up_base = w_up + row_g;
   const size_t unit_stride = static_cast<size_t>(kUnitRows) * hidden;
+  const T* gate_rows = w_gate + static_cast<size_t>(k0) * hidden + k_begin;  // row 0 of unit 0, our columns
+  const T* up_rows = w_up + static_cast<size_t>(k0) * hidden + k_begin;
 
-  // Warm L2 with this warp's first steps while the norm runs (each lane one row of the tile).
-  if (i_begin < i_end && lane < kMmaRows) {
-    const int u = i_begin / steps_gu, s = i_begin % steps_gu;
-    const int steps = min(i_end - i_begin, min(steps_gu - s, 2 * DEPTH));
-    const T* base = (lane < kUnitRows ? w_gate : w_up) + static_cast<size_t>((unit0 + u) * kUnitRows + lane % kUnitRows) * hidden + k_begin + s * kStepK;
-    prefetch_l2(base, steps * kStepK * sizeof(T));
+  // ---- down work of this warp: whole 16-row tiles of its rank's columns, visited in an order rotated
+  // by the cluster index (so the last arrivals, and the fix-ups, spread over the clusters)
+  const int tiles_per_cta = kr / kMmaRows;
+  const int my_tiles = warp < tiles_per_cta ? ceil_div(tiles_per_cta - warp, WARPS) : 0;
+  const int items_per_tile = max(1, ceil_div(kc, kItemK));  // >= 1: a cluster without units still arrives
+  const int items_d = my_tiles * items_per_tile;
+  const int col_tiles = hidden / kMmaRows;
+  auto tile_of = [&](int m) { return warp + WARPS * ((m + c) % my_tiles); };
+  auto down_rows = [&](int m) {
+    return w_down + static_cast<size_t>(k_begin + tile_of(m) * kMmaRows) * inter + k0;
+  };
+
+  // this cluster's partial of one down tile -> global, arrive; the last of the C arrivals fixes it up
+  auto finish_tile = [&](int m, float (&acc)[BT][4]) {
+    const int jt = rank * tiles_per_cta + tile_of(m);
+    float* dst = partials + (static_cast<size_t>(c) * col_tiles + jt) * kMmaRows * batch;
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = g + (i / 2) * kUnitRows, col = bt * kMmaCols + 2 * t + i % 2;
+        if (col < batch) dst[row * batch + col] = acc[bt][i];
+      }
+    }
+    zero(acc);
+    __threadfence();  // release: the partial is visible before the arrival is
+    __syncwarp();
+    int old = 0;
+    if (lane == 0) old = atomicAdd(counters + jt, 1);
+    old = __shfl_sync(0xffffffffu, old, 0);
+    if (old == clusters - 1) {
+      fix_up_tile<T>(jt, partials, clusters, col_tiles, batch, hidden, x, out, counters, add_residual, lane);
+    }
+  };
+  // a unit's gate/up partial (or this warp's piece of it) -> smem; the first piece of a unit that began
+  // in an earlier warp goes to this warp's head slot (added in warp order by the fold)
+  auto flush_unit = [&](int u, bool head, float (&acc)[BT][4]) {
+    float* dst = head ? head_s + warp * kMmaRows * kBp : part_s + u * kMmaRows * kBp;
+    store_tile_smem<BT>(dst, acc, g, t, kBp);
+    zero(acc);
+  };
+
+  unsigned ring = 0;
+  if constexpr (kStaged) {
+    // Staged: start streaming this warp's first gate/up slots now; the norm runs while they land.
+    ring = smem_u32(smem + L.ring_offset) + warp * STAGES * kChunkBytes;
+    int u = i_begin / items_per_unit, ci = i_begin % items_per_unit;
+#pragma unroll
+    for (int f = 0; f < STAGES - 1; ++f) {
+      if (i_begin + f < i_end) {
+        issue_chunk<T>(ring + f * kChunkBytes, gate_rows + u * unit_stride, up_rows + u * unit_stride, hidden,
+                       ci * kChunkK, kr, lane);
+        if (++ci == items_per_unit) ci = 0, ++u;
+      }
+      cp_async_commit();
+    }
+  } else {
+    // Direct: warm L2 with this warp's first steps while the norm runs (each lane one row of the tile).
+    if (i_begin < i_end && lane < kMmaRows) {
+      const int u = i_begin / items_per_unit, s = i_begin % items_per_unit;
+      const int steps = min(i_end - i_begin, min(items_per_unit - s, 2 * DEPTH));
+      const T* base = (lane < kUnitRows ? gate_rows : up_rows) + u * unit_stride +
+                      static_cast<size_t>(lane % kUnitRows) * hidden + s * kStepK;
+      prefetch_l2(base, steps * kStepK * sizeof(T));
+    }
   }
 
   // ---- 1. RMS statistics: each CTA squares its own H/N columns, the cluster adds them in rank order
@@ -355,54 +493,87 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   if (tid < WARPS) head_unit[tid] = -1;
   __syncthreads();
 
-  // ---- 3. gate/up: stream this warp's items, DEPTH steps of loads in flight
+  // ---- 3. gate/up over this warp's items
   {
     float acc[BT][4];
     zero(acc);
-    int u = i_begin / steps_gu, s = i_begin % steps_gu;
+    int u = i_begin / items_per_unit, s = i_begin % items_per_unit;
     bool in_head = s != 0 && i_begin < i_end;  // first piece continues a unit begun by an earlier warp
     if (in_head && lane == 0) head_unit[warp] = u;
-    const bits16* n_base = vec_s + t * kElemsPerLoad;
-    for (int remaining = i_end - i_begin; remaining > 0; remaining -= DEPTH) {
-      uint4 lo[DEPTH], hi[DEPTH];
-      {
-        int uu = u, ss = s;
+    if constexpr (kStaged) {
+      const unsigned n_vec = smem_u32(vec_s);
+      int iu = u, ic = s;  // issue cursor, STAGES - 1 items ahead of the compute cursor
+      for (int f = 0; f < STAGES - 1 && i_begin + f < i_end; ++f) {
+        if (++ic == items_per_unit) ic = 0, ++iu;
+      }
+      for (int it = 0; it < i_end - i_begin; ++it) {
+        cp_async_wait<STAGES - 2>();
+        __syncwarp();
+        const int col = s * kChunkK;
+        mma_chunk<T, BT>(acc, ring + (it % STAGES) * kChunkBytes, n_vec, L.n_stride, col,
+                         min(kChunkK, kr - col) / kMmaK, lane);
+        if (s == items_per_unit - 1 || it == i_end - i_begin - 1) {
+          flush_unit(u, in_head, acc);
+          in_head = false;
+        }
+        if (++s == items_per_unit) s = 0, ++u;
+        __syncwarp();  // every lane is done with the slot before it is refilled
+        if (it + STAGES - 1 < i_end - i_begin) {
+          issue_chunk<T>(ring + ((it + STAGES - 1) % STAGES) * kChunkBytes, gate_rows + iu * unit_stride,
+                         up_rows + iu * unit_stride, hidden, ic * kChunkK, kr, lane);
+          if (++ic == items_per_unit) ic = 0, ++iu;
+        }
+        cp_async_commit();
+      }
+      // Start the down projection's first slots now: they stream while the cluster exchanges h.
+      cp_async_wait<0>();
+      __syncwarp();
+#pragma unroll
+      for (int f = 0; f < STAGES - 1; ++f) {
+        if (f < items_d) {
+          const int m = f / items_per_tile, ci = f % items_per_tile;
+          const T* rows = down_rows(m);
+          issue_chunk<T>(ring + f * kChunkBytes, rows, rows + kUnitRows * static_cast<size_t>(inter), inter,
+                         ci * kChunkK, kc, lane);
+        }
+        cp_async_commit();
+      }
+    } else {
+      const size_t lane_off = static_cast<size_t>(g) * hidden + t * kElemsPerLoad;
+      const bits16* n_base = vec_s + t * kElemsPerLoad;
+      for (int remaining = i_end - i_begin; remaining > 0; remaining -= DEPTH) {
+        uint4 lo[DEPTH], hi[DEPTH];
+        {
+          int uu = u, ss = s;
+#pragma unroll
+          for (int d = 0; d < DEPTH; ++d) {
+            if (d < remaining) {
+              const size_t off = uu * unit_stride + lane_off + ss * kStepK;
+              lo[d] = load_weights(gate_rows + off);
+              hi[d] = load_weights(up_rows + off);
+              if (++ss == items_per_unit) ss = 0, ++uu;
+            }
+          }
+        }
 #pragma unroll
         for (int d = 0; d < DEPTH; ++d) {
           if (d < remaining) {
-            const size_t off = uu * unit_stride + ss * kStepK;
-            lo[d] = load_weights(gate_base + off);
-            hi[d] = load_weights(up_base + off);
-            if (++ss == steps_gu) ss = 0, ++uu;
+            uint4 b[BT];
+            load_batch_frag<BT>(b, n_base + s * kStepK, L.n_stride, g, batch);
+            mma_step<T, BT>(acc, lo[d], hi[d], b);
+            if (s == items_per_unit - 1 || d == remaining - 1) {  // unit (or this warp's share) done
+              flush_unit(u, in_head, acc);
+              in_head = false;
+            }
+            if (++s == items_per_unit) s = 0, ++u;
           }
         }
       }
-#pragma unroll
-      for (int d = 0; d < DEPTH; ++d) {
-        if (d < remaining) {
-          uint4 b[BT];
-          load_batch_frag<BT>(b, n_base + s * kStepK, L.n_stride, g, batch);
-          mma_step<T, BT>(acc, lo[d], hi[d], b);
-          if (s == steps_gu - 1 || d == remaining - 1) {  // unit (or this warp's share) done: flush
-            float* dst = in_head ? head_s + warp * kMmaRows * kBp : part_s + u * kMmaRows * kBp;
-            store_tile_smem<BT>(dst, acc, g, t, kBp);
-            zero(acc);
-            in_head = false;
-          }
-          if (++s == steps_gu) s = 0, ++u;
-        }
+      // Warm L2 with this warp's first down-projection tile while the cluster exchanges h.
+      if (my_tiles > 0 && kc > 0 && lane < kMmaRows) {
+        prefetch_l2(down_rows(0) + static_cast<size_t>(lane) * inter, kc * sizeof(T));
       }
     }
-  }
-
-  // Warm L2 with this warp's first down-projection tile while the cluster exchanges h.
-  const int tiles_per_cta = kr / kMmaRows;
-  const int my_tiles = warp < tiles_per_cta ? ceil_div(tiles_per_cta - warp, WARPS) : 0;
-  const int k0 = unit0 * kUnitRows;
-  if (my_tiles > 0 && kc > 0 && lane < kMmaRows) {
-    const int tile = warp + WARPS * (c % my_tiles);
-    const T* row = w_down + static_cast<size_t>(k_begin + tile * kMmaRows + lane) * inter + k0;
-    prefetch_l2(row, kc * sizeof(T));
   }
   __syncthreads();
 
@@ -434,8 +605,8 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       }
       reinterpret_cast<T*>(h_s)[b * L.h_stride + u * kUnitRows + row] = from_float<T>(activate(gate, activation) * up);
     }
-    // zero the k tail up to a whole step, so the last down step multiplies zeros
-    const int kc_pad = max(1, ceil_div(kc, kStepK)) * kStepK;
+    // zero the k tail up to a whole item, so the last down item multiplies zeros
+    const int kc_pad = max(1, ceil_div(kc, kItemK)) * kItemK;
     for (int idx = tid; idx < batch * (kc_pad - kc); idx += kThreads) {
       const int b = idx / (kc_pad - kc);
       h_s[b * L.h_stride + kc + idx % (kc_pad - kc)] = 0;
@@ -456,58 +627,60 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     cluster::arrive();  // done reading peers; matched by the wait before exit
   }
 
-  // ---- 7. down projection: whole 16-row tiles per warp over the cluster's k-slice; partials; fix-up.
-  // A batch of DEPTH steps never crosses a tile, so the end of a tile (partial store, arrival, maybe the
-  // fix-up) comes after the batch, when no loaded weights are held in registers.
+  // ---- 7. down projection over this warp's tiles
   {
-    // at least one step: a cluster that owns no units (tiny I) still arrives, with a zero partial
-    const int steps_d = max(1, ceil_div(kc, kStepK));
-    const int col_tiles = hidden / kMmaRows;
-    const bits16* h_base = h_s + t * kElemsPerLoad;
-    const size_t half_tile = static_cast<size_t>(kUnitRows) * inter;
-    for (int m = 0; m < my_tiles; ++m) {
-      const int tile = warp + WARPS * ((m + c) % my_tiles);  // visiting order rotated by cluster
-      const T* p = w_down + static_cast<size_t>(k_begin + tile * kMmaRows + g) * inter + k0 + t * kElemsPerLoad;
-      float acc[BT][4];
-      zero(acc);
-      for (int s0 = 0; s0 < steps_d; s0 += DEPTH) {
-        const int count = min(DEPTH, steps_d - s0);
-        uint4 lo[DEPTH], hi[DEPTH];
+    float acc[BT][4];
+    zero(acc);
+    if constexpr (kStaged) {
+      const unsigned h_vec = smem_u32(h_s);
+      for (int it = 0; it < items_d; ++it) {
+        cp_async_wait<STAGES - 2>();
+        __syncwarp();
+        const int m = it / items_per_tile, ci = it % items_per_tile;
+        const int col = ci * kChunkK;
+        mma_chunk<T, BT>(acc, ring + (it % STAGES) * kChunkBytes, h_vec, L.h_stride, col,
+                         max(0, min(kChunkK, ceil_div(kc - col, kMmaK) * kMmaK)) / kMmaK, lane);
+        __syncwarp();  // every lane is done with the slot before it is refilled
+        const int next = it + STAGES - 1;
+        if (next < items_d) {
+          const int nm = next / items_per_tile, nc = next % items_per_tile;
+          const T* rows = down_rows(nm);
+          issue_chunk<T>(ring + (next % STAGES) * kChunkBytes, rows, rows + kUnitRows * static_cast<size_t>(inter),
+                         inter, nc * kChunkK, kc, lane);
+        }
+        cp_async_commit();
+        if (ci == items_per_tile - 1) finish_tile(m, acc);
+      }
+    } else {
+      // A batch of DEPTH steps never crosses a tile, so the end of a tile (partial store, arrival, maybe
+      // the fix-up) comes after the batch, when no loaded weights are held in registers.
+      const bits16* h_base = h_s + t * kElemsPerLoad;
+      const size_t half_tile = static_cast<size_t>(kUnitRows) * inter;
+      for (int m = 0; m < my_tiles; ++m) {
+        const T* p = down_rows(m) + static_cast<size_t>(g) * inter + t * kElemsPerLoad;
+        for (int s0 = 0; s0 < items_per_tile; s0 += DEPTH) {
+          const int count = min(DEPTH, items_per_tile - s0);
+          uint4 lo[DEPTH], hi[DEPTH];
 #pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-          if (d < count) {
-            const int k = (s0 + d) * kStepK;
-            const bool live = k + t * kElemsPerLoad < kc;
-            lo[d] = live ? load_weights(p + k) : make_uint4(0, 0, 0, 0);
-            hi[d] = live ? load_weights(p + half_tile + k) : make_uint4(0, 0, 0, 0);
+          for (int d = 0; d < DEPTH; ++d) {
+            if (d < count) {
+              const int k = (s0 + d) * kStepK;
+              const bool live = k + t * kElemsPerLoad < kc;
+              lo[d] = live ? load_weights(p + k) : make_uint4(0, 0, 0, 0);
+              hi[d] = live ? load_weights(p + half_tile + k) : make_uint4(0, 0, 0, 0);
+            }
+          }
+#pragma unroll
+          for (int d = 0; d < DEPTH; ++d) {
+            if (d < count) {
+              uint4 b[BT];
+              load_batch_frag<BT>(b, h_base + (s0 + d) * kStepK, L.h_stride, g, batch);
+              mma_step<T, BT>(acc, lo[d], hi[d], b);
+            }
           }
         }
-#pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-          if (d < count) {
-            uint4 b[BT];
-            load_batch_frag<BT>(b, h_base + (s0 + d) * kStepK, L.h_stride, g, batch);
-            mma_step<T, BT>(acc, lo[d], hi[d], b);
-          }
-        }
+        finish_tile(m, acc);
       }
-      // this cluster's partial of tile jt -> global, then arrive; the last of the C arrivals fixes up
-      const int jt = rank * tiles_per_cta + tile;
-      float* dst = partials + (static_cast<size_t>(c) * col_tiles + jt) * kMmaRows * batch;
-#pragma unroll
-      for (int bt = 0; bt < BT; ++bt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = g + (i / 2) * kUnitRows, col = bt * kMmaCols + 2 * t + i % 2;
-          if (col < batch) dst[row * batch + col] = acc[bt][i];
-        }
-      }
-      __threadfence();  // release: the partial is visible before the arrival is
-      __syncwarp();
-      int old = 0;
-      if (lane == 0) old = atomicAdd(counters + jt, 1);
-      old = __shfl_sync(0xffffffffu, old, 0);
-      if (old == clusters - 1) fix_up_tile<T>(jt, partials, clusters, col_tiles, batch, hidden, x, out, counters, add_residual, lane);
     }
   }
   cluster::wait();  // peers finished reading our h before our shared memory goes away

@@ -43,7 +43,7 @@ def make_inputs(
     }
 
 
-def run(inp: dict, eps: float, norm_kind: str, act: str, residual: bool) -> torch.Tensor:
+def run(inp: dict, eps: float, norm_kind: str, act: str, residual: bool, tuning=None) -> torch.Tensor:
     ffn.gated_ffn(
         inp["x"],
         inp["norm_weight"],
@@ -54,6 +54,7 @@ def run(inp: dict, eps: float, norm_kind: str, act: str, residual: bool) -> torc
         act,
         residual,
         inp["out"],
+        tuning=tuning or ffn.Tuning(),
     )
     return inp["out"]
 
@@ -89,13 +90,17 @@ def random_config(i: int) -> dict:
     }
 
 
+DIRECT = ffn.Tuning(stages=0)  # the register-direct load path (what the largest shapes use)
+
+
+@pytest.mark.parametrize("path", [None, DIRECT], ids=["auto", "direct"])
 @pytest.mark.parametrize("i", range(RANDOM_CONFIGS))
-def test_random_config_within_band_of_fp64(i):
+def test_random_config_within_band_of_fp64(i, path):
     cfg = random_config(i)
     inp = make_inputs(
         cfg["hidden"], cfg["inter"], cfg["batch"], cfg["dtype"], cfg["fused"], cfg["norm_kind"], seed=i
     )
-    out = run(inp, cfg["eps"], cfg["norm_kind"], cfg["act"], cfg["residual"])
+    out = run(inp, cfg["eps"], cfg["norm_kind"], cfg["act"], cfg["residual"], path)
     err = rel_error(inp, out, cfg["eps"], cfg["norm_kind"], cfg["act"], cfg["residual"])
     assert err <= BANDS[cfg["dtype"]], f"{cfg}: relative error {err:.3g}"
 
@@ -191,9 +196,9 @@ def sanitizer_pass() -> None:
         (192, 136, 5, torch.bfloat16),
         (96, 24, 16, torch.float16),
     ]:
-        for residual in (True, False):
+        for residual, path in ((True, None), (False, DIRECT)):
             inp = make_inputs(hidden, inter, batch, dtype, fused=residual, norm_kind="weight", seed=batch)
-            out = run(inp, 1e-5, "weight", "gelu_tanh", residual)
+            out = run(inp, 1e-5, "weight", "gelu_tanh", residual, path)
             torch.cuda.synchronize()
             err = rel_error(inp, out, 1e-5, "weight", "gelu_tanh", residual)
             worst = max(worst, err / BANDS[dtype])
