@@ -266,9 +266,9 @@ def main() -> None:
                     row.setdefault("variants", {})[spec] = alt["ours_us"]
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+                if args.rows_out:  # after every row: a run cut short keeps what it measured
+                    args.rows_out.write_text(json.dumps(rows, indent=1))
     print(results.markdown_table(rows, COLUMNS + ["variants"]))
-    if args.rows_out:
-        args.rows_out.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
