@@ -45,12 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     acc.add_argument("--compact", action="store_true", help="summary table only")
     acc.add_argument("--check", action="store_true", help="exit 1 when the verdict is outside the band")
     acc.set_defaults(run=_accuracy)
+    models = sub.add_parser("models", help="the named models and their shapes (built on the meta device)")
+    models.add_argument("--size", default="full", choices=SIZES, help="default full")
+    models.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the table as JSON")
+    models.set_defaults(run=_models)
     return parser
 
 
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     import torch
 
+    if args.command == "models":
+        return
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -113,6 +119,40 @@ def _accuracy(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(result.to_json(), indent=1, default=str))
         print(f"wrote {args.json}")
     return 1 if args.check and not result.ok else 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from cf_compile.models import ALIASES, SPECS, build_model
+
+    rows = []
+    for name, spec in SPECS.items():
+        model = build_model(name, args.size, torch.bfloat16, "meta")
+        config = model.config
+        heads = config.num_attention_heads
+        rows.append(dict(
+            name=name, aliases=sorted(a for a, n in ALIASES.items() if n == name), checkpoint=spec.checkpoint,
+            config=spec.config_class, layers=config.num_hidden_layers, hidden=config.hidden_size, heads=heads,
+            kv_heads=config.num_key_value_heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            intermediate=config.intermediate_size, vocab=config.vocab_size,
+            params=sum(p.numel() for p in model.parameters())))
+    table = Table(title=f"cf_compile.models ({args.size}; random weights, nothing downloaded)")
+    for col in ("name", "aliases", "shapes of", "layers", "hidden", "heads/kv", "head_dim", "intermediate",
+                "vocab", "params"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], " ".join(r["aliases"]), r["checkpoint"], str(r["layers"]), str(r["hidden"]),
+                      f"{r['heads']}/{r['kv_heads']}", str(r["head_dim"]), str(r["intermediate"]), str(r["vocab"]),
+                      f"{r['params'] / 1e6:,.1f}M")
+    Console(width=None if Console().is_terminal else 160).print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,3 +63,30 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
         main(["report", "--device", "cuda"])
     assert exc.value.code == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+# Parameter counts published with each checkpoint (model cards / config.json), in billions.
+PUBLISHED_PARAMS = {"llama2-7b": 6.74, "llama3-8b": 8.03, "llama3.2-1b": 1.24, "qwen2.5-0.5b": 0.49,
+                    "qwen2-7b": 7.62, "qwen3-8b": 8.19, "qwen3-0.6b": 0.60, "mistral-7b": 7.25, "phi3-mini": 3.82,
+                    "gemma-2b": 2.51}
+
+
+def test_models_command_lists_full_shapes_matching_the_real_checkpoints(tmp_path, capsys):
+    out = tmp_path / "models.json"
+    assert main(["models", "--json", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == set(PUBLISHED_PARAMS)
+    for name, billions in PUBLISHED_PARAMS.items():
+        assert rows[name]["params"] / 1e9 == pytest.approx(billions, rel=0.01), name
+    assert (rows["llama3-8b"]["heads"], rows["llama3-8b"]["kv_heads"], rows["llama3-8b"]["head_dim"]) == (32, 8, 128)
+    assert rows["gemma-2b"]["kv_heads"] == 1 and rows["gemma-2b"]["head_dim"] == 256
+    assert "llama3.2-1b" in capsys.readouterr().out
+
+
+def test_models_command_tiny_keeps_grouping_at_hidden_128(tmp_path):
+    out = tmp_path / "models.json"
+    assert main(["models", "--size", "tiny", "--json", str(out)]) == 0
+    for r in json.loads(out.read_text()):
+        assert (r["hidden"], r["layers"], r["head_dim"]) == (128, 2, 64), r["name"]
+        full_is_mha = r["name"] in ("llama2-7b", "phi3-mini")
+        assert (r["kv_heads"] == r["heads"]) == full_is_mha, r["name"]
