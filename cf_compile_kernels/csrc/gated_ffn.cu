@@ -97,17 +97,20 @@ struct SmemLayout {
 
 // ------------------------------------------------------------------ small device helpers
 
-// Optional L2 sector-promotion hint on weight loads (-DCF_FFN_L2_HINT=128|256): one request then fills
+// Optional L2 sector-promotion hint on weight loads and copies (-DCF_FFN_L2_HINT=128|256): one request then fills
 // that many bytes of the row into L2, so the next steps of the same row hit L2 (more bytes in flight).
 #ifndef CF_FFN_L2_HINT
 #define CF_FFN_L2_HINT 0
 #endif
 #if CF_FFN_L2_HINT == 256
 #define CF_FFN_LOAD_QUALIFIERS ".L1::no_allocate.L2::256B"
+#define CF_FFN_COPY_QUALIFIERS ".L2::256B"
 #elif CF_FFN_L2_HINT == 128
 #define CF_FFN_LOAD_QUALIFIERS ".L1::no_allocate.L2::128B"
+#define CF_FFN_COPY_QUALIFIERS ".L2::128B"
 #else
 #define CF_FFN_LOAD_QUALIFIERS ".L1::no_allocate"
+#define CF_FFN_COPY_QUALIFIERS ""
 #endif
 
 /// @brief 16-byte streaming load of read-only weights: no L1 allocation (each byte is used once).
@@ -133,7 +136,9 @@ __device__ __forceinline__ unsigned dynamic_smem_size() {
 
 /// @brief 16-byte global -> shared copy that bypasses L1 (zero-fills when `bytes` is 0).
 __device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+  asm volatile("cp.async.cg.shared.global" CF_FFN_COPY_QUALIFIERS " [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+               "r"(bytes)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
