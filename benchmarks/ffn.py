@@ -228,6 +228,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="*", default=list(DTYPES))
     parser.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
     parser.add_argument(
+        "--stages", type=int, default=None, help="force the load path of the main rows (0: direct)"
+    )
+    parser.add_argument(
         "--variants",
         nargs="*",
         default=[],
@@ -258,7 +261,8 @@ def main() -> None:
     for model in args.models:
         for dtype_name in args.dtypes:
             for batch in args.batches:
-                row = bench_row(model, batch, dtype_name, bandwidth, not args.no_inductor)
+                main_tuning = ffn.Tuning(stages=args.stages)
+                row = bench_row(model, batch, dtype_name, bandwidth, not args.no_inductor, main_tuning)
                 for spec in args.variants:
                     cluster, warps, depth, stages, l2_hint = (int(v) for v in (spec + ":0:0").split(":")[:5])
                     tuning = ffn.Tuning(cluster, warps, depth, stages, l2_hint)
