@@ -364,7 +364,7 @@ def attention_decode(
 
     One kernel launch, no host sync, no allocation after the first call of a shape (CUDA-graph safe).
     Raises ValueError/TypeError for unsupported inputs (attention_unsupported_reason says why first).
-    prefetch: pull the o_proj weights into L2 at kernel start (measured slower; kept for the benchmark).
+    prefetch: pull the o_proj weights into L2 after the q/k/v phase (an experiment the benchmark times).
     rows_parallel: batch rows attended at once (default: rows_in_parallel(batch)); 1 walks the rows in turn.
     stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
     kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block."""

@@ -311,16 +311,6 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   // Output column slice of this rank (o_proj and the final fix-up).
   const int HC = cf::ceil_div(cf::ceil_div(H, C), 4) * 4;  // multiple of 4: float4 fix-up
   const int col0 = min(H, rank * HC), ncols = min(H, col0 + HC) - col0;
-  if (p.prefetch) {  // o_proj weights: pull into L2 now, consumed after attention
-    const T* wo = static_cast<const T*>(p.wo);
-    const int lines_per_row = cf::ceil_div(GD * static_cast<int>(sizeof(T)), 128);
-    for (int idx = tid; idx < ncols * lines_per_row; idx += kThreads) {
-      const int n = idx / lines_per_row, l = idx % lines_per_row;
-      prefetch_l2(reinterpret_cast<const char*>(wo + static_cast<long long>(col0 + n) * p.num_heads * D + kvh * GD) +
-                  l * 128);
-    }
-  }
-
   for (int idx = B * QKV_ROWS + tid; idx < BB * QKV_ROWS; idx += kThreads) s.qkv[idx] = 0.f;  // bucket padding
 
   // ---- 1. live ranges [first True, last True] of the mask rows (all threads, 16-byte chunks, shared-memory
@@ -416,6 +406,16 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
             *dst = first_chunk ? v : *dst + v;
           }
         });
+  }
+
+  if (p.prefetch) {  // o_proj weights into L2 while the gather, syncs and attention leave HBM idle
+    const T* wo = static_cast<const T*>(p.wo);
+    const int lines_per_row = cf::ceil_div(GD * static_cast<int>(sizeof(T)), 128);
+    for (int idx = tid; idx < ncols * lines_per_row; idx += kThreads) {
+      const int n = idx / lines_per_row, l = idx % lines_per_row;
+      prefetch_l2(reinterpret_cast<const char*>(wo + static_cast<long long>(col0 + n) * p.num_heads * D + kvh * GD) +
+                  l * 128);
+    }
   }
 
   if (p.stop_after == 2) return;
