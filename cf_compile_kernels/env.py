@@ -10,7 +10,6 @@ Reading on each call (not at import) lets tests and tools point one process at a
 | CF_NVRTC_EXTRA_OPTIONS | "" | extra NVRTC options, split on whitespace (e.g. "-lineinfo") |
 | CF_INCLUDE_DIRS | "" | extra header directories, os.pathsep-separated, searched after the wheels' |
 | CF_VERBOSE | 0 | 1: log every compile and cache hit at INFO |
-| CF_LAUNCH_API | ctypes | "bindings": launch through cuda.bindings' cuLaunchKernelEx wrapper (slower on the host) |
 """
 
 from __future__ import annotations
@@ -54,11 +53,3 @@ def extra_include_dirs() -> tuple[str, ...]:
 
 def verbose() -> bool:
     return _flag("CF_VERBOSE")
-
-
-def launch_api() -> str:
-    """ "ctypes" (prebuilt C launch configs, the driver entry point called directly) or "bindings"."""
-    value = os.environ.get("CF_LAUNCH_API", "ctypes").strip().lower()
-    if value not in ("ctypes", "bindings"):
-        raise ValueError(f"CF_LAUNCH_API must be 'ctypes' or 'bindings', got {value!r}")
-    return value

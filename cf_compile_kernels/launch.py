@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
-import struct
 import threading
 from collections.abc import Sequence
 
 import torch
 
-from . import env
 from .build import CompiledKernel
 from .tma import TensorMap
 
@@ -92,64 +89,6 @@ def _current(ctx, ctx_int: int):
         _check(driver.cuCtxPopCurrent(), "cuCtxPopCurrent")
 
 
-class _LaunchAttribute(ctypes.Structure):
-    """CUlaunchAttribute: a 4-byte id, 4 bytes of padding, a 64-byte value union."""
-
-    _fields_ = [("id", ctypes.c_int), ("_pad", ctypes.c_int), ("value", ctypes.c_ubyte * 64)]
-
-
-class _LaunchConfig(ctypes.Structure):
-    """CUlaunchConfig, laid out as in cuda.h (checked against cuda.bindings' struct in the tests)."""
-
-    _fields_ = [
-        ("gridDimX", ctypes.c_uint),
-        ("gridDimY", ctypes.c_uint),
-        ("gridDimZ", ctypes.c_uint),
-        ("blockDimX", ctypes.c_uint),
-        ("blockDimY", ctypes.c_uint),
-        ("blockDimZ", ctypes.c_uint),
-        ("sharedMemBytes", ctypes.c_uint),
-        ("hStream", ctypes.c_void_p),
-        ("attrs", ctypes.c_void_p),
-        ("numAttrs", ctypes.c_uint),
-    ]
-
-
-def c_launch_config(grid, block, shared_bytes: int, cluster, stream: int) -> tuple[_LaunchConfig, object]:
-    """A C CUlaunchConfig (and the attribute array it points to, to keep alive)."""
-    config = _LaunchConfig(*grid, *block, shared_bytes, stream or None, None, 0)
-    attrs = None
-    if cluster is not None:
-        attrs = (_LaunchAttribute * 1)()
-        attrs[0].id = int(_driver().CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
-        struct.pack_into("<III", attrs[0].value, 0, *cluster)  # value.clusterDim.{x, y, z}
-        config.attrs = ctypes.addressof(attrs)
-        config.numAttrs = 1
-    return config, attrs
-
-
-_LAUNCH_PROTO = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
-)
-
-
-@functools.cache
-def _c_launch_kernel_ex():
-    """The driver's cuLaunchKernelEx entry point, called through ctypes (no per-call struct conversion).
-
-    Legacy default-stream flavour, as torch uses: stream handle 0 is the legacy NULL stream."""
-    driver = _driver()
-    (version,) = _check(driver.cuDriverGetVersion(), "cuDriverGetVersion")
-    flags = driver.CUdriverProcAddress_flags.CU_GET_PROC_ADDRESS_LEGACY_STREAM
-    result = _check(
-        driver.cuGetProcAddress(b"cuLaunchKernelEx", version, flags), "cuGetProcAddress(cuLaunchKernelEx)"
-    )
-    pointer = int(result[0])
-    if not pointer:
-        raise LaunchError("cuGetProcAddress returned no cuLaunchKernelEx")
-    return _LAUNCH_PROTO(pointer)
-
-
 def _raw_stream(device_index: int) -> int:
     getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)
     if getter is not None:
@@ -179,8 +118,7 @@ class LoadedKernel:
         self._configs: dict[tuple, object] = {}
         self._lock = threading.Lock()
         self._launch_ex = driver.cuLaunchKernelEx
-        self._c_launch = _c_launch_kernel_ex() if env.launch_api() == "ctypes" else None
-        self._function_int = int(self._function)
+        self._success = driver.CUresult.CUDA_SUCCESS
         self._get_current = driver.cuCtxGetCurrent
         self._arenas = threading.local()
 
@@ -216,29 +154,18 @@ class LoadedKernel:
 
     # ---------------------------------------------------------------- launch
 
-    def _bindings_launch(self, config, function, params: int, _extra) -> int:
-        (err,) = self._launch_ex(config, function, params, 0)
-        return int(err)
-
-    def _config(self, grid, block, shared_bytes, cluster, stream: int) -> tuple[object, object]:
-        """(config, keep-alive) for this combination, built once: a C struct address (ctypes path) or
-        a cuda.bindings CUlaunchConfig. A caller holding the tuple keeps the struct alive even if
-        another thread evicts the entry."""
+    def _config(self, grid, block, shared_bytes, cluster, stream: int):
+        """The cuda.bindings CUlaunchConfig for this combination, built once."""
         key = (grid, block, shared_bytes, cluster, stream)
-        entry = self._configs.get(key)
-        if entry is not None:
-            return entry
-        if self._c_launch is not None:
-            c_config, attrs = c_launch_config(grid, block, shared_bytes, cluster, stream)
-            entry = (ctypes.addressof(c_config), (c_config, attrs))
-        else:
-            entry = (self._bindings_config(grid, block, shared_bytes, cluster, stream), None)
-        if len(self._configs) >= _MAX_CACHED_CONFIGS:
-            self._configs.clear()
-        self._configs[key] = entry
-        return entry
+        config = self._configs.get(key)
+        if config is None:
+            config = self._build_config(grid, block, shared_bytes, cluster, stream)
+            if len(self._configs) >= _MAX_CACHED_CONFIGS:
+                self._configs.clear()
+            self._configs[key] = config
+        return config
 
-    def _bindings_config(self, grid, block, shared_bytes, cluster, stream: int):
+    def _build_config(self, grid, block, shared_bytes, cluster, stream: int):
         driver = _driver()
         config = driver.CUlaunchConfig()
         config.gridDimX, config.gridDimY, config.gridDimZ = grid
@@ -284,25 +211,19 @@ class LoadedKernel:
             self._ensure_attributes(shared_bytes, cluster_size)
         if stream is None:
             stream = _raw_stream(self.device_index)
-        config, _keep = self._config(grid, block, shared_bytes, cluster, stream)
+        config = self._config(grid, block, shared_bytes, cluster, stream)
         arenas = self._arenas.__dict__  # per thread: launches from several threads never share one
         arena = arenas.get(len(args))
         if arena is None:
             arena = arenas[len(args)] = ParamArena(len(args))
         params = arena.fill(args)
-        launch = self._c_launch
-        function = self._function_int
-        if launch is None:
-            launch = self._bindings_launch
-            function = self._function
         _, current = self._get_current()
         if int(current) == self._ctx_int:  # the usual case: torch made our context current
-            err = launch(config, function, params, None)
+            (err,) = self._launch_ex(config, self._function, params, 0)
         else:
             with _current(self._ctx, self._ctx_int):
-                err = launch(config, function, params, None)
-        if err != 0:
-            err = _driver().CUresult(err)
+                (err,) = self._launch_ex(config, self._function, params, 0)
+        if err != self._success:
             _check(
                 (err,),
                 f"cuLaunchKernelEx({self.compiled.name_expression}, grid={grid}, block={block}, "

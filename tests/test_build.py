@@ -229,33 +229,3 @@ def test_launch_arguments_are_checked_without_a_gpu():
         check_tensor("x", torch.zeros(4))
     with pytest.raises(TypeError, match="w: dtype torch.float32, expected torch.float16"):
         check_tensor("w", torch.zeros(4), dtype=torch.float16)
-
-
-def test_c_launch_config_matches_cuda_bindings_layout():
-    """The ctypes CUlaunchConfig/CUlaunchAttribute the fast launch path builds are byte-identical to
-    cuda.bindings' structs (pointer fields aside), so the driver reads what we meant."""
-    from cuda.bindings import driver
-
-    from cf_compile_kernels.launch import c_launch_config
-
-    grid, block, smem, cluster, stream = (3, 5, 7), (11, 13, 17), 19, (2, 3, 4), 0x1234
-    ours, attrs = c_launch_config(grid, block, smem, cluster, stream)
-    theirs = driver.CUlaunchConfig()
-    theirs.gridDimX, theirs.gridDimY, theirs.gridDimZ = grid
-    theirs.blockDimX, theirs.blockDimY, theirs.blockDimZ = block
-    theirs.sharedMemBytes = smem
-    theirs.hStream = driver.CUstream(stream)
-    attr = driver.CUlaunchAttribute()
-    attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-    attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster
-    theirs.attrs = [attr]
-    theirs.numAttrs = 1
-    size = ctypes.sizeof(ours)
-    ours_bytes = ctypes.string_at(ctypes.addressof(ours), size)
-    theirs_bytes = ctypes.string_at(theirs.getPtr(), size)
-    attrs_field = type(ours).attrs.offset
-    pointer = ctypes.sizeof(ctypes.c_void_p)
-    assert ours_bytes[:attrs_field] == theirs_bytes[:attrs_field]  # dims, smem, stream
-    assert ours_bytes[attrs_field + pointer :] == theirs_bytes[attrs_field + pointer :]  # numAttrs
-    attr_size = ctypes.sizeof(attrs[0])
-    assert ctypes.string_at(ctypes.addressof(attrs), attr_size) == ctypes.string_at(attr.getPtr(), attr_size)

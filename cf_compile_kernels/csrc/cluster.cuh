@@ -324,12 +324,13 @@ __device__ __forceinline__ void bulk_copy_to_peer(unsigned dst, const void* src,
       : "memory");
 }
 
-/// @brief Own slot copied locally + phase A + push to the N-1 peers + wait: afterwards
-/// recv[r * LEN + i] = send_r[i] in local smem.
+/// @brief Phase A + push to the N-1 peers + own slot copied locally + wait: afterwards
+/// recv[r * LEN + i] = send_r[i] in local smem, visible to every thread of the CTA.
 ///
-/// A CTA's own slot is copied with ordinary 16-byte smem stores, not a bulk copy to itself:
+/// A CTA's own slot is copied with ordinary 16-byte smem loads/stores, not a bulk copy to itself:
 /// cp.async.bulk.shared::cluster is meant for a remote destination (compute-sanitizer memcheck
-/// reports a self-targeted copy as "not located in remote CTA").
+/// reports a self-targeted copy as "not located in remote CTA"). The copy runs after phase A (other
+/// threads of this CTA wrote `send`) and is followed by __syncthreads (other threads read it).
 template <int N, int LEN>
 __device__ __forceinline__ void gather_bulk_core(const float* send, float* recv, unsigned long long* bar,
                                                  unsigned& phase) {
@@ -337,10 +338,8 @@ __device__ __forceinline__ void gather_bulk_core(const float* send, float* recv,
   static_assert(kBytes % 16 == 0, "bulk copies move multiples of 16 bytes: LEN % 4 == 0");
   check_size<N>();
   const unsigned me = rank();
-  float4* own = reinterpret_cast<float4*>(recv + me * LEN);
-  for (int v = threadIdx.x; v < LEN / kFloatsPerVector; v += blockDim.x) own[v] = reinterpret_cast<const float4*>(send)[v];
   pipe::fence_proxy_async();  // this thread's generic writes to send -> visible to the copy engine
-  sync();                     // phase A: every send written and fenced, every recv free, own slot done
+  sync();                     // phase A: every send written and fenced, every recv free
   if (threadIdx.x == 0) {
     pipe::arrive_expect_tx(bar, (N - 1) * kBytes);  // may land after peers' bytes: the phase still waits
 #pragma unroll
@@ -349,6 +348,9 @@ __device__ __forceinline__ void gather_bulk_core(const float* send, float* recv,
       bulk_copy_to_peer(peer_addr(recv + me * LEN, r), send, kBytes, peer_addr(bar, r));
     }
   }
+  float4* own = reinterpret_cast<float4*>(recv + me * LEN);
+  for (int v = threadIdx.x; v < LEN / kFloatsPerVector; v += blockDim.x) own[v] = reinterpret_cast<const float4*>(send)[v];
+  __syncthreads();  // own slot visible to the CTA
   pipe::wait_parity(bar, phase);
   phase ^= 1u;
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 
@@ -63,31 +62,6 @@ def test_launch_from_a_fresh_thread(test_kernel):
     t.join()
     assert not errors, errors
     assert out.eq(1).all()
-
-
-def test_bindings_launch_api_gives_the_same_result(test_kernel, monkeypatch):
-    """CF_LAUNCH_API=bindings (cuda.bindings' wrapper) and the default ctypes path launch alike."""
-    from cf_compile_kernels.launch import LoadedKernel
-
-    monkeypatch.setenv("CF_LAUNCH_API", "bindings")
-    compiled = test_kernel("collective_test_kernel", 4, 1024, 0, "false").compiled
-    slow = LoadedKernel(compiled, torch.cuda.current_device())
-    x = torch.randn(8, 1024, device="cuda")
-    outs = []
-    for k in (slow, test_kernel("collective_test_kernel", 4, 1024, 0, "false")):
-        out = torch.full_like(x, float("nan"))
-        k.launch(
-            (8, 1, 1),
-            (THREADS, 1, 1),
-            [x, out, torch.empty_like(x), ctypes.c_int32(1)],
-            shared_bytes=2 * 1024 * 4,
-            cluster=(4, 1, 1),
-        )
-        outs.append(out)
-    torch.cuda.synchronize()
-    expected = x.view(2, 4, 1024).sum(1).repeat_interleave(4, dim=0)
-    assert torch.equal(outs[0], outs[1])
-    assert torch.allclose(outs[0], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_arguments_raise_before_launch(test_kernel):
@@ -208,16 +182,8 @@ def test_per_launch_host_cost(test_kernel):
     for _ in range(100):
         k.launch(grid, block, two)
     torch.cuda.synchronize()
-    from cf_compile_kernels.launch import LoadedKernel
-
-    os.environ["CF_LAUNCH_API"] = "bindings"
-    try:
-        slow = LoadedKernel(k.compiled, torch.cuda.current_device())
-    finally:
-        del os.environ["CF_LAUNCH_API"]
     costs = {
         "launch, 2 args": _median_us(lambda: k.launch(grid, block, two)),
-        "launch, 2 args, CF_LAUNCH_API=bindings": _median_us(lambda: slow.launch(grid, block, two)),
         "launch, 2 args + 14 scalars": _median_us(lambda: k.launch(grid, block, sixteen)),
         "launch with cluster (2,1,1)": _median_us(lambda: k.launch(grid, block, two, cluster=(2, 1, 1))),
         "  of which current stream": _median_us(lambda: _raw_stream(0)),
