@@ -93,6 +93,27 @@ def test_yarn_mscale_is_in_the_constant_softmax_scale():
     assert_same_results(gm, new, inputs)
 
 
+def test_symbolic_cache_length_after_a_second_max_cache_len_is_fused_and_eager_identical():
+    """A second cache length makes Dynamo recompile with L symbolic (HF generate() with a new prompt)."""
+    model, cfg = build_mla("v2", q_lora_rank=None)
+    torch._dynamo.reset()
+    rec = GraphRecorder()
+    step = torch.compile(model.forward, backend=rec, fullgraph=True)
+    for cache_len in (24, 32):
+        cache = transformers.StaticCache(config=cfg, max_cache_len=cache_len)
+        ids = torch.randint(0, cfg.vocab_size, (1, 5))
+        with torch.no_grad():
+            model(ids, past_key_values=cache, use_cache=True)
+            step(ids[:, -1:], past_key_values=cache, use_cache=True)
+    gm, inputs = rec.graphs[-1]
+    keys = next(n for n in gm.graph.nodes if n.op == "placeholder" and "keys" in n.name)
+    assert isinstance(keys.meta["example_value"].shape[2], torch.SymInt)
+    new, rep, _ = run_rewrite(gm)
+    assert rep.coverage() == "2/2 FFN, 2/2 MLA"
+    concrete = [i.node.hint if isinstance(i, torch.SymInt) else i for i in inputs]   # the size inputs
+    assert_same_results(gm, new, concrete)
+
+
 def test_moe_layers_keep_their_mla_fused():
     model, cfg = build_mla("v2", q_lora_rank=None, first_k_dense_replace=1)
     gm, inputs = decode_graph(model, cfg)

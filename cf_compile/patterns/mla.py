@@ -99,6 +99,33 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
+def _cache_shape(node: fx.Node, what: str) -> tuple:
+    """[B, 1, L, D] with every dim but the cache length L a concrete int (L turns symbolic when Dynamo
+    recompiles for a second ``max_cache_len``)."""
+    s = shape(node)
+    require(is_input(node) and s is not None and len(s) == 4, f"{what} is not a 4-D graph input")
+    require(all(isinstance(d, int) for d in (s[0], s[1], s[3])), f"{what}: symbolic shape {s}")
+    return s
+
+
+def _hint(d: object) -> int:
+    return d.node.hint if isinstance(d, torch.SymInt) else d
+
+
+def _same_dims(a: tuple | None, b: tuple) -> bool:
+    """Dim-wise equality that never asks the shape environment (a symbolic comparison would add a guard
+    and specialise the graph): ints by value, symbolic dims by their expression."""
+    if a is None or len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, torch.SymInt) or isinstance(y, torch.SymInt):
+            if not (isinstance(x, torch.SymInt) and isinstance(y, torch.SymInt) and x.node.expr == y.node.expr):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
 def _before(a: fx.Node, b: fx.Node) -> bool:
     order = {n: i for i, n in enumerate(a.graph.nodes)}
     return order[a] < order[b]
@@ -307,25 +334,28 @@ def _match(sdpa: fx.Node) -> BlockMatch:
     require(kv_part.index == 1 and len(kv_part.sizes) == 2, "value is not the second part of split(kv_b_proj)")
     nope, v_dim = kv_part.sizes
     k_cache = kv_b.input
-    batch, one, cache_len, lora = int_shape(k_cache, "latent cache")
+    batch, one, cache_len, lora = _cache_shape(k_cache, "latent cache")
+    length = _hint(cache_len)       # a concrete length for the layout proofs (they hold for any length)
     require(one == 1, f"latent cache has {one} heads, not 1")
     kv_width = shape(kv_b.weight)[0]
     require(kv_width % (nope + v_dim) == 0, "kv_b_proj rows are not heads x (nope + v)")
     heads = kv_width // (nope + v_dim)
-    n = batch * cache_len * kv_width
-    verify_layout(kv_chain, torch.arange(n).reshape(batch, 1, cache_len, kv_width),
-                  torch.arange(n).reshape(batch, cache_len, heads, nope + v_dim).transpose(1, 2), "kv_b_proj output")
-    pieces, key_nodes = _key_assembly(key, nope, kv_part.src, int_shape(key, "key")[-1])
+    n = batch * length * kv_width
+    verify_layout(kv_chain, torch.arange(n).reshape(batch, 1, length, kv_width),
+                  torch.arange(n).reshape(batch, length, heads, nope + v_dim).transpose(1, 2), "kv_b_proj output")
+    key_shape = shape(key)
+    require(key_shape is not None and isinstance(key_shape[-1], int), "keys: unknown or symbolic head dim")
+    pieces, key_nodes = _key_assembly(key, nope, kv_part.src, key_shape[-1])
     k_nope = _split_part(pieces["nope"], "key lanes [:nope]")
     require(k_nope.split is kv_part.split and k_nope.index == 0, "key lanes [:nope] are not split(kv_b_proj)[0]")
     k_rot = pieces["rope"]
     require(is_op(k_rot, "expand") and is_input(k_rot.args[0]), "key rope lanes are not the rope cache expanded")
     v_cache = k_rot.args[0]
     require(v_cache is not k_cache, "latent and rope caches are the same tensor")
-    vb, v_one, v_len, rope_dim = int_shape(v_cache, "rope cache")
-    require((vb, v_one, v_len) == (batch, 1, cache_len), "rope cache layout differs from the latent cache layout")
-    require(shape(k_rot) == (batch, heads, cache_len, rope_dim), "rope cache is not expanded over the heads")
-    require(shape(key) == (batch, heads, cache_len, nope + rope_dim), f"keys are not [B, {heads}, L, nope + rope]")
+    vb, v_one, v_len, rope_dim = _cache_shape(v_cache, "rope cache")
+    require(_same_dims((vb, v_one, v_len), (batch, 1, cache_len)), "rope cache layout differs from the latent cache's")
+    require(_same_dims(shape(k_rot), (batch, heads, cache_len, rope_dim)), "rope cache is not expanded over the heads")
+    require(_same_dims(key_shape, (batch, heads, cache_len, nope + rope_dim)), f"keys are not [B, {heads}, L, nope + rope]")
     copies = [u for u in key_nodes if u.op == "call_method" and u.target == "copy_"]
     require(all(_before(c, sdpa) for c in copies), "keys are written after attention reads them")
 
@@ -401,7 +431,7 @@ def _match(sdpa: fx.Node) -> BlockMatch:
     require(len(x_shape) == 3 and x_shape[:2] == (batch, 1), f"attention input is {x_shape}, not [{batch}, 1, hidden]")
     mask_shape = shape(mask)
     require(mask_shape is not None and len(mask_shape) == 4 and mask_shape[1:3] == (1, 1)
-            and mask_shape[3] == cache_len and mask_shape[0] in (1, batch), f"mask shape {mask_shape} is not [B, 1, 1, L]")
+            and _same_dims(mask_shape[3:], (cache_len,)) and mask_shape[0] in (1, batch), f"mask shape {mask_shape} is not [B, 1, 1, L]")
 
     # output: SDPA -> merge heads -> o_proj -> [dropout(p=0)] -> [x + o]
     chain, o = [], sdpa
