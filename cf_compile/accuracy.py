@@ -98,6 +98,7 @@ class Agreement:
 class _Run:
     logits: torch.Tensor    # [steps, batch, vocab] fp32: the logits of each decode step
     tokens: torch.Tensor    # [steps, batch]: argmax of each step
+    prefill_token: torch.Tensor   # [batch]: argmax of the prefill's last position
     caches: list[tuple[torch.Tensor, torch.Tensor]]   # per layer (keys, values) after the last step
 
 
@@ -120,7 +121,7 @@ def _decode(model: Any, step: Callable, input_ids: torch.Tensor, steps: int, max
     logits, tokens = [], []
     with torch.no_grad():
         out = model(input_ids, past_key_values=cache, use_cache=True)
-        token = out.logits[:, -1].argmax(-1)
+        token = prefill_token = out.logits[:, -1].argmax(-1)
         for i in range(steps):
             if forced is not None:
                 token = forced[i]
@@ -129,20 +130,13 @@ def _decode(model: Any, step: Callable, input_ids: torch.Tensor, steps: int, max
             logits.append(step_logits)
             token = step_logits.argmax(-1)
             tokens.append(token)
-    return _Run(torch.stack(logits), torch.stack(tokens), [(k.clone(), v.clone()) for k, v in cache_tensors(cache)])
+    return _Run(torch.stack(logits), torch.stack(tokens), prefill_token,
+                [(k.clone(), v.clone()) for k, v in cache_tensors(cache)])
 
 
-def _inputs_of(prefill_token: torch.Tensor, run: _Run) -> torch.Tensor:
+def _inputs_of(run: _Run) -> torch.Tensor:
     """The token fed to each decode step of ``run``: the prefill's choice, then each step's choice."""
-    return torch.cat([prefill_token[None], run.tokens[:-1]])
-
-
-def _prefill_token(model: Any, input_ids: torch.Tensor, max_cache_len: int) -> torch.Tensor:
-    from transformers import StaticCache
-
-    with torch.no_grad():
-        cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
-        return model(input_ids, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)
+    return torch.cat([run.prefill_token[None], run.tokens[:-1]])
 
 
 @dataclass
@@ -488,9 +482,8 @@ def compare(model: Any, input_ids: torch.Tensor, *, steps: int = 16, max_cache_l
     dtype = next(model.parameters()).dtype
     notes: list[str] = []
 
-    prefill_token = _prefill_token(model, input_ids, max_cache_len)
     eager = _decode(model, model.forward, input_ids, steps, max_cache_len, forced=None)
-    forced = _inputs_of(prefill_token, eager)
+    forced = _inputs_of(eager)
 
     reference = None
     if calibrate:
