@@ -313,7 +313,7 @@ def _key_assembly(key: object, nope: int, heads_src: fx.Node, width: int, what: 
                 f"{what}: '{u.name}' is not a lane-slice copy_ into the keys")
         nodes += [u, cp]
         pieces[(int(lanes[0]), int(lanes[-1]) + 1, len(lanes))] = cp
-    require(set(pieces) == {(0, nope, nope), (nope, width, width - nope)},
+    require(len(nodes) == 5 and set(pieces) == {(0, nope, nope), (nope, width, width - nope)},
             f"{what}: lane copies {sorted(pieces)} are not [:{nope}] and [{nope}:]")
     return {"nope": pieces[(0, nope, nope)].args[1], "rope": pieces[(nope, width, width - nope)].args[1]}, nodes
 
