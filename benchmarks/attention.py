@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
 
-from cf_compile_kernels.attention import attention_decode, device_plan  # noqa: E402
+from cf_compile_kernels.attention import attention_config, attention_decode  # noqa: E402
 
 MODELS = {  # hidden, q heads, kv heads, head_dim, qkv bias
     "llama-2-7b": (4096, 32, 32, 128, False),
@@ -128,12 +128,11 @@ def floor_bytes(model: str, batch: int, seq: int, esize: int) -> int:
     return weights + kv_read + activations
 
 
-def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0) -> None:
+def ours(layer: dict, prefetch: bool = False) -> None:
     attention_decode(layer["x"], layer["nw"], EPS, "weight", [layer["wq"], layer["wk"], layer["wv"]],
                      [layer["bq"], layer["bk"], layer["bv"]], None, None, 0.0, layer["cos"], layer["sin"],
                      layer["cache_position"], layer["k_cache"], layer["v_cache"], layer["mask"], layer["scale"],
-                     layer["wo"], None, True, layer["out"], prefetch=prefetch,
-                     stop_after_phase=stop_after_phase)
+                     layer["wo"], None, True, layer["out"], prefetch=prefetch)
 
 
 def hf_args(layer: dict) -> tuple:
@@ -180,34 +179,12 @@ def check_ours(layer: dict, dtype: torch.dtype) -> float:
     return err
 
 
-PHASES = ("mask ranges + RMS", "q/k/v GEMV", "gather + norm/RoPE + cache write", "attention",
-          "cluster merge", "split merge + o_proj + fix-up")
-PHASE_ROWS = (("llama-2-7b", 1, 1024), ("llama-2-7b", 1, 4096), ("llama-3-8b", 1, 1024), ("qwen2.5-0.5b", 1, 1024),
-              ("llama-2-7b", 16, 1024))
-
-
-def phase_breakdown(l2: int) -> None:
-    """Time prefixes of the kernel (stop after phase k) in fp16: the difference is phase k's cost."""
-    for model, batch, seq in PHASE_ROWS:
-        fb = floor_bytes(model, batch, seq, 2)
-        layers = [make_layer(model, batch, seq, torch.float16, s) for s in range(max(1, min(MAX_LAYERS, math.ceil(
-            L2_MULTIPLE * l2 / fb))))]
-        prefix = [time_graph(lambda layer, k=k: ours(layer, stop_after_phase=k), layers) for k in range(1, 6)]
-        prefix.append(time_graph(ours, layers))
-        steps = [prefix[0]] + [b - a for a, b in zip(prefix, prefix[1:], strict=False)]
-        print(f"phases {model} B={batch} S={seq}: " + "; ".join(f"{n} {t:.1f}" for n, t in zip(PHASES, steps,
-                                                                                              strict=True))
-              + f" (total {prefix[-1]:.1f} us)", flush=True)
-        del layers
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="Llama-2-7B fp16 only")
     ap.add_argument("--no-inductor", action="store_true")
     ap.add_argument("--inductor-budget", type=float, default=420.0, help="seconds of Inductor compiles, then skip")
     ap.add_argument("--record", action="store_true", help="append rows to results.jsonl / RESULTS.md")
-    ap.add_argument("--phases", action="store_true", help="only the per-phase breakdown of ours")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_rows.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -215,18 +192,13 @@ def main() -> None:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s, L2 {l2 >> 20} MiB, {sms} SMs")
-    if args.phases:
-        phase_breakdown(l2)
-        return
-    torch._dynamo.config.recompile_limit = 1024  # one specialised compile per row, never an eager fallback
-    torch._dynamo.config.accumulated_recompile_limit = 4096
     compiled = torch.compile(hf_block, mode="max-autotune-no-cudagraphs", dynamic=False)
     spent = 0.0
     rows = []
     models = ["llama-2-7b"] if args.quick else list(MODELS)
     dtypes = ["fp16"] if args.quick else list(DTYPES)
     order = [(m, dt, b, s) for dt in dtypes for b in BATCHES for m in models for s in SEQS]
-    order.sort(key=lambda r: (r[2] != 1, r[1] != "fp16", r[2]))  # batch 1 first (headline rows), fp16 first
+    order.sort(key=lambda r: (r[2] != 1, r[1] != "fp16"))  # batch 1 fp16 first: the headline rows
     for model, dtname, batch, seq in order:
         dtype = DTYPES[dtname]
         esize = torch.empty((), dtype=dtype).element_size()
@@ -247,8 +219,8 @@ def main() -> None:
                 print(f"inductor failed on {model} {batch} {seq} {dtname}: {type(exc).__name__}: {exc}")
                 spent += time.perf_counter() - start
         hidden, nh, kvh, d, _ = MODELS[model]
-        cfg = device_plan(dtype, hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
-                          device_index=torch.cuda.current_device()).as_dict()
+        cfg = attention_config(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
+                               dtype=dtype, num_sms=sms)
         floor_us = fb / bw * 1e6
         row = results.make_row(
             "attention", {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
@@ -257,11 +229,9 @@ def main() -> None:
             inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
             floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"))
         rows.append(row)
-        Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
         print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname}: ours {t_ours:7.1f} (L2 prefetch {t_pf:7.1f}) "
               f"inductor {'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} "
-              f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers} C={cfg['cluster']} "
-              f"P={cfg['clusters_per_kv_head']} active {cfg['active_clusters']}", flush=True)
+              f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
         del layers
         torch.cuda.empty_cache()
     Path(args.json).write_text(json.dumps(rows, indent=1))
