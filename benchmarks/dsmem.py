@@ -3,9 +3,8 @@
 For each cluster size N and message size (bytes per CTA) it times the collective_test_kernel of
 csrc/collectives_test.cu looping the collective `iters` times inside one launch, so the per-call
 time is (T(iters_hi) - T(iters_lo)) / (iters_hi - iters_lo): launch and load/store overheads cancel.
-  latency:   one cluster alone on the GPU (ours_us: DSMEM ld.shared::cluster, global_us: the same
-             exchange through global memory/L2 with the same cluster barriers, bulk_us: DSMEM
-             cp.async.bulk pushes + mbarrier; the bulk all-reduce gathers, then sums locally);
+  latency:   one cluster alone on the GPU (ours_us: DSMEM, global_us: the same exchange through
+             global memory/L2 with the same cluster barriers);
   bandwidth: num_SMs // N clusters at once; GB/s = bytes every CTA reads (N messages) / time.
 Each variant is checked against a CPU reference on fresh random data before it is timed.
 
@@ -28,8 +27,7 @@ import results  # noqa: E402
 from cf_compile_kernels.build import compile_kernel  # noqa: E402
 from cf_compile_kernels.launch import load_kernel  # noqa: E402
 
-OP_SUM, OP_GATHER, OP_GATHER_BULK, OP_SUM_BULK = 0, 2, 3, 4  # enum Collective in collectives_test.cu
-BULK_OF = {OP_SUM: OP_SUM_BULK, OP_GATHER: OP_GATHER_BULK}
+OP_SUM, OP_GATHER = 0, 2  # enum Collective in collectives_test.cu
 THREADS = 256
 FLOAT_BYTES = 4
 MAX_SMEM = 227 * 1024  # opt-in dynamic shared memory per CTA on sm_90
@@ -37,19 +35,14 @@ ITERS_LO, ITERS_HI = 20, 220
 REPEATS = 15
 
 
-def out_length(n: int, length: int, op: int) -> int:
-    return n * length if op in (OP_GATHER, OP_GATHER_BULK) else length
-
-
 def smem_bytes(n: int, length: int, op: int) -> int:
-    """send + recv (+ the gather scratch of the bulk all-reduce), as collective_test_kernel lays them out."""
-    scratch = n * length if op == OP_SUM_BULK else 0
-    return (length + out_length(n, length, op) + scratch) * FLOAT_BYTES  # lengths here are multiples of 4
+    out_len = n * length if op == OP_GATHER else length
+    return ((length + 3) // 4 * 4 + out_len) * FLOAT_BYTES
 
 
 def reference(x: torch.Tensor, n: int, op: int) -> torch.Tensor:
     groups = x.cpu().view(-1, n, x.shape[1])
-    if op in (OP_GATHER, OP_GATHER_BULK):
+    if op == OP_GATHER:
         return groups.reshape(-1, 1, n * x.shape[1]).expand(-1, n, -1).reshape(-1, n * x.shape[1])
     acc = groups[:, 0].clone()
     for r in range(1, n):
@@ -67,8 +60,9 @@ def time_variant(n: int, length: int, op: int, use_global: bool, clusters: int) 
         )
     )
     ctas = clusters * n
+    out_len = n * length if op == OP_GATHER else length
     x = torch.randn(ctas, length, device="cuda")
-    out = torch.full((ctas, out_length(n, length, op)), float("nan"), device="cuda")
+    out = torch.full((ctas, out_len), float("nan"), device="cuda")
     exchange = torch.empty(ctas, length, device="cuda")
     smem = smem_bytes(n, length, op)
 
@@ -102,10 +96,6 @@ def time_variant(n: int, length: int, op: int, use_global: bool, clusters: int) 
     return (hi - lo) * 1e3 / (ITERS_HI - ITERS_LO)
 
 
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
@@ -126,12 +116,6 @@ def main() -> None:
                 lat_g = time_variant(n, length, op, True, 1)
                 full_d = time_variant(n, length, op, False, full)
                 full_g = time_variant(n, length, op, True, full)
-                bulk = BULK_OF[op]
-                if smem_bytes(n, length, bulk) <= MAX_SMEM:
-                    lat_b = time_variant(n, length, bulk, False, 1)
-                    full_b = time_variant(n, length, bulk, False, full)
-                else:
-                    lat_b = full_b = None
                 read_bytes = full * n * n * msg  # every CTA reads N messages
                 row = results.make_row(
                     "dsmem",
@@ -148,15 +132,12 @@ def main() -> None:
                     global_full_us=full_g,
                     ours_GBps=read_bytes / full_d / 1e3,
                     global_GBps=read_bytes / full_g / 1e3,
-                    bulk_us=lat_b,
-                    bulk_full_us=full_b,
-                    bulk_GBps=None if full_b is None else read_bytes / full_b / 1e3,
                 )
                 rows.append(row)
                 print(
                     f"{op_name:10s} N={n:2d} msg={msg:6d}B  latency dsmem {lat_d:7.3f} us  global {lat_g:7.3f} us  "
                     f"| full GPU dsmem {full_d:7.3f} us ({row['ours_GBps']:6.0f} GB/s)  global {full_g:7.3f} us "
-                    f"({row['global_GBps']:6.0f} GB/s)  bulk {_us(lat_b)} / {_us(full_b)} us",
+                    f"({row['global_GBps']:6.0f} GB/s)",
                     flush=True,
                 )
     if not args.no_record:
@@ -170,13 +151,10 @@ def main() -> None:
                 "config.msg_bytes",
                 "ours_us",
                 "global_us",
-                "bulk_us",
                 "ours_full_us",
                 "global_full_us",
-                "bulk_full_us",
                 "ours_GBps",
                 "global_GBps",
-                "bulk_GBps",
             ],
         )
 

@@ -117,8 +117,8 @@ class LoadedKernel:
         self._non_portable = False
         self._configs: dict[tuple, object] = {}
         self._lock = threading.Lock()
-        self._launch_ex = driver.cuLaunchKernelEx
         self._success = driver.CUresult.CUDA_SUCCESS
+        self._launch_ex = driver.cuLaunchKernelEx
         self._get_current = driver.cuCtxGetCurrent
         self._arenas = threading.local()
 
@@ -155,17 +155,10 @@ class LoadedKernel:
     # ---------------------------------------------------------------- launch
 
     def _config(self, grid, block, shared_bytes, cluster, stream: int):
-        """The cuda.bindings CUlaunchConfig for this combination, built once."""
         key = (grid, block, shared_bytes, cluster, stream)
         config = self._configs.get(key)
-        if config is None:
-            config = self._build_config(grid, block, shared_bytes, cluster, stream)
-            if len(self._configs) >= _MAX_CACHED_CONFIGS:
-                self._configs.clear()
-            self._configs[key] = config
-        return config
-
-    def _build_config(self, grid, block, shared_bytes, cluster, stream: int):
+        if config is not None:
+            return config
         driver = _driver()
         config = driver.CUlaunchConfig()
         config.gridDimX, config.gridDimY, config.gridDimZ = grid
@@ -180,6 +173,9 @@ class LoadedKernel:
             config.numAttrs = 1
         else:
             config.numAttrs = 0
+        if len(self._configs) >= _MAX_CACHED_CONFIGS:
+            self._configs.clear()
+        self._configs[key] = config
         return config
 
     def launch(
@@ -217,7 +213,7 @@ class LoadedKernel:
         if arena is None:
             arena = arenas[len(args)] = ParamArena(len(args))
         params = arena.fill(args)
-        _, current = self._get_current()
+        err, current = self._get_current()
         if int(current) == self._ctx_int:  # the usual case: torch made our context current
             (err,) = self._launch_ex(config, self._function, params, 0)
         else:

@@ -26,21 +26,11 @@
 //     reads. The caller MUST call cluster::wait() (exactly once) before writing `send` again,
 //     before reading `recv` elements written by other threads, before the next collective, and
 //     before the CTA exits.
-// The functions above use only generic ld.shared::cluster, so they need no proxy fence.
-//
-// Bulk-copy variants (cluster_gather_bulk, cluster_reduce_bulk): each CTA pushes its `send` into
-// every CTA's `recv` slot with cp.async.bulk.shared::cluster (the async proxy), completing on the
-// receiver's mbarrier; readers then read local smem only. Same two cluster-barrier phases, plus:
-//   * bulk_init() once per kernel before the first call (mbarrier init + fence + cluster sync);
-//   * every thread that wrote `send` executes fence.proxy.async.shared::cta before phase A (done
-//     inside the call), so the copy engine sees the generic-proxy writes;
-//   * the mbarrier phase bit `phase` (one per CTA, in a register, starting at 0) flips per call;
-//   * phase B is what tells a sender that its outgoing copies have landed: `send` may be
-//     rewritten only after it (Tail::kSync, or the caller's wait() after kArriveOnly).
+// No async proxy is involved (only generic ld/st.shared::cluster), so no fence.proxy.async is
+// needed here; a bulk-copy (cp.async.bulk) variant would need one before its copies.
 #pragma once
 
 #include "common.cuh"
-#include "pipeline.cuh"
 
 namespace cf {
 namespace cluster {
@@ -302,86 +292,6 @@ __device__ __forceinline__ void cluster_merge_softmax(const float* send, float* 
     }
   }
   detail::finish(tail);  // phase B
-}
-
-/// @brief Prepare the mbarrier of the bulk-copy collectives (all threads call it, once per kernel).
-__device__ __forceinline__ void bulk_init(unsigned long long* bar) {
-  if (threadIdx.x == 0) {
-    pipe::mbarrier_init(bar, 1);  // one arrival per phase: the local issuing thread
-    pipe::fence_barrier_init();   // visible to the async proxy and to peers' complete_tx
-  }
-  sync();  // no peer may signal this barrier before it is initialised
-}
-
-namespace detail {
-
-/// @brief Bulk copy of `bytes` from this CTA's smem to a shared::cluster address, completing on a
-/// peer's mbarrier (also a shared::cluster address).
-__device__ __forceinline__ void bulk_copy_to_peer(unsigned dst, const void* src, unsigned bytes, unsigned peer_bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-      "r"(smem_u32(src)), "r"(bytes), "r"(peer_bar)
-      : "memory");
-}
-
-/// @brief Phase A + push to the N-1 peers + own slot copied locally + wait: afterwards
-/// recv[r * LEN + i] = send_r[i] in local smem, visible to every thread of the CTA.
-///
-/// A CTA's own slot is copied with ordinary 16-byte smem loads/stores, not a bulk copy to itself:
-/// cp.async.bulk.shared::cluster is meant for a remote destination (compute-sanitizer memcheck
-/// reports a self-targeted copy as "not located in remote CTA"). The copy runs after phase A (other
-/// threads of this CTA wrote `send`) and is followed by __syncthreads (other threads read it).
-template <int N, int LEN>
-__device__ __forceinline__ void gather_bulk_core(const float* send, float* recv, unsigned long long* bar,
-                                                 unsigned& phase) {
-  constexpr unsigned kBytes = LEN * sizeof(float);
-  static_assert(kBytes % 16 == 0, "bulk copies move multiples of 16 bytes: LEN % 4 == 0");
-  check_size<N>();
-  const unsigned me = rank();
-  pipe::fence_proxy_async();  // this thread's generic writes to send -> visible to the copy engine
-  sync();                     // phase A: every send written and fenced, every recv free
-  if (threadIdx.x == 0) {
-    pipe::arrive_expect_tx(bar, (N - 1) * kBytes);  // may land after peers' bytes: the phase still waits
-#pragma unroll
-    for (int k = 1; k < N; ++k) {
-      const unsigned r = (me + k) % N;  // stagger destinations so CTAs do not all hit rank 0 first
-      bulk_copy_to_peer(peer_addr(recv + me * LEN, r), send, kBytes, peer_addr(bar, r));
-    }
-  }
-  float4* own = reinterpret_cast<float4*>(recv + me * LEN);
-  for (int v = threadIdx.x; v < LEN / kFloatsPerVector; v += blockDim.x) own[v] = reinterpret_cast<const float4*>(send)[v];
-  __syncthreads();  // own slot visible to the CTA
-  pipe::wait_parity(bar, phase);
-  phase ^= 1u;
-}
-
-}  // namespace detail
-
-/// @brief All-gather through bulk DSMEM copies: recv[r * LEN + i] = send_r[i] (recv: N * LEN floats
-/// of this CTA's smem, 16-byte aligned; LEN % 4 == 0). `bar`: the mbarrier set up by bulk_init;
-/// `phase`: its parity, 0 at first, kept by the caller across calls.
-template <int N, int LEN>
-__device__ __forceinline__ void cluster_gather_bulk(const float* send, float* recv, unsigned long long* bar,
-                                                    unsigned& phase, Tail tail = Tail::kSync) {
-  detail::gather_bulk_core<N, LEN>(send, recv, bar, phase);
-  detail::finish(tail);  // phase B: outgoing copies have landed everywhere
-}
-
-/// @brief All-reduce through a bulk gather into `gathered` (N * LEN floats of smem), then a local
-/// combine in rank order into `recv` (LEN floats): same bits as reduce<N, LEN, Op>.
-template <int N, int LEN, class Op>
-__device__ __forceinline__ void cluster_reduce_bulk(const float* send, float* gathered, float* recv,
-                                                    unsigned long long* bar, unsigned& phase,
-                                                    Tail tail = Tail::kSync) {
-  detail::gather_bulk_core<N, LEN>(send, gathered, bar, phase);
-  constexpr int kVecs = LEN / kFloatsPerVector;
-  for (int v = threadIdx.x; v < kVecs; v += blockDim.x) {
-    float4 acc = reinterpret_cast<const float4*>(gathered)[v];
-#pragma unroll
-    for (int r = 1; r < N; ++r) acc = detail::apply4<Op>(acc, reinterpret_cast<const float4*>(gathered + r * LEN)[v]);
-    reinterpret_cast<float4*>(recv)[v] = acc;
-  }
-  detail::finish(tail);
 }
 
 }  // namespace cluster

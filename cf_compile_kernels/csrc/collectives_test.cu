@@ -8,7 +8,7 @@
 
 namespace cf_test {
 
-enum Collective : int { kOpSum = 0, kOpMax = 1, kOpGather = 2, kOpGatherBulk = 3, kOpSumBulk = 4 };
+enum Collective : int { kOpSum = 0, kOpMax = 1, kOpGather = 2 };
 
 /// @brief Float offset rounded up to a whole 16-byte vector, so every smem buffer is 16-byte aligned.
 __host__ __device__ constexpr int aligned_floats(int n) { return cf::ceil_div(n, 4) * 4; }
@@ -37,7 +37,7 @@ __device__ void global_exchange(const float* send, float* recv, float* exchange)
     float part[N];
 #pragma unroll
     for (int r = 0; r < N; ++r) part[r] = __ldcg(exchange + (first + r) * LEN + i);
-    if constexpr (OP == kOpGather || OP == kOpGatherBulk) {
+    if constexpr (OP == kOpGather) {
 #pragma unroll
       for (int r = 0; r < N; ++r) recv[r * LEN + i] = part[r];
     } else {
@@ -53,30 +53,19 @@ __device__ void global_exchange(const float* send, float* recv, float* exchange)
 }  // namespace cf_test
 
 /// @brief out[b] = collective over the cluster of in[b] (sum, max: LEN floats; gather: N * LEN).
-/// Runs the collective `iters` times (benchmark); smem: aligned(LEN) + out-length floats, plus
-/// N * LEN floats of gather scratch for kOpSumBulk.
+/// Runs the collective `iters` times (benchmark); smem: aligned(LEN) + out-length floats.
 template <int N, int LEN, int OP, bool kGlobal>
 __global__ void collective_test_kernel(const float* __restrict__ in, float* __restrict__ out, float* exchange,
                                        int iters) {
   using namespace cf_test;
-  static_assert(!(kGlobal && (OP == kOpGatherBulk || OP == kOpSumBulk)), "the global baseline has no bulk form");
-  constexpr bool kGathers = OP == kOpGather || OP == kOpGatherBulk;
-  constexpr int kOutLen = kGathers ? N * LEN : LEN;
+  constexpr int kOutLen = OP == kOpGather ? N * LEN : LEN;
   extern __shared__ __align__(16) float smem[];
-  __shared__ __align__(8) unsigned long long bar;
   float* send = smem;
   float* recv = smem + aligned_floats(LEN);
-  float* gathered = recv + aligned_floats(kOutLen);  // kOpSumBulk only
   const int cta = blockIdx.x;
-  unsigned phase = 0;
-  if constexpr (OP == kOpGatherBulk || OP == kOpSumBulk) cf::cluster::bulk_init(&bar);
   for (int i = threadIdx.x; i < LEN; i += blockDim.x) send[i] = in[cta * LEN + i];
   for (int it = 0; it < iters; ++it) {
-    if constexpr (OP == kOpGatherBulk) {
-      cf::cluster::cluster_gather_bulk<N, LEN>(send, recv, &bar, phase);
-    } else if constexpr (OP == kOpSumBulk) {
-      cf::cluster::cluster_reduce_bulk<N, LEN, cf::cluster::Sum>(send, gathered, recv, &bar, phase);
-    } else if constexpr (kGlobal) {
+    if constexpr (kGlobal) {
       global_exchange<N, LEN, OP>(send, recv, exchange);
     } else if constexpr (OP == kOpGather) {
       cf::cluster::cluster_gather<N, LEN>(send, recv);
