@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cf_compile.backend import clusterfusion, compilations
+from cf_compile.backend import clusterfusion, compilations, register
 from cf_compile.report import last_report, reports
+
+register()   # importing the package is enough even where the entry point is not installed
 
 __all__ = ["clusterfusion", "compare", "compilations", "last_report", "reports"]
 

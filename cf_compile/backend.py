@@ -152,9 +152,9 @@ def _recording(compiled: Callable, comp: Compilation, mutated: set[int]) -> Call
 
 
 def register() -> None:
-    """Register the string backend for code paths that bypass entry points (idempotent)."""
-    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+    """Register the string backend without relying on the entry point (a checkout on PYTHONPATH
+    that was never pip-installed has none). Idempotent: a name already resolvable is left alone."""
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
 
-    if "clusterfusion" not in _BACKENDS or _BACKENDS["clusterfusion"] is None:
+    if "clusterfusion" not in _COMPILER_FNS:
         register_backend(name="clusterfusion")(clusterfusion)
-
