@@ -154,7 +154,8 @@ def _recording(compiled: Callable, comp: Compilation, mutated: set[int]) -> Call
 def register() -> None:
     """Register the string backend without relying on the entry point (a checkout on PYTHONPATH
     that was never pip-installed has none). Idempotent: a name already resolvable is left alone."""
-    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+    from torch._dynamo.backends.registry import _BACKENDS, _COMPILER_FNS, register_backend
 
-    if "clusterfusion" not in _COMPILER_FNS:
-        register_backend(name="clusterfusion")(clusterfusion)
+    if "clusterfusion" in _COMPILER_FNS or _BACKENDS.get("clusterfusion") is not None:
+        return    # registered, or torch is loading our entry point right now and registers it itself
+    register_backend(name="clusterfusion")(clusterfusion)
