@@ -3,7 +3,8 @@
 The work split is derived here from the shape and the GPU (see the kernel's header comment): cluster
 size N from the hidden size, one cluster per N SMs for as many clusters as can be resident at once (one
 wave: the kernel streams weights and must not leave SMs idle or run a second, partial wave), batch
-tiles of 8 for the MMA's N dimension. Scratch buffers (fp32 partials, arrival counters) are allocated
+tiles of 8 for the MMA's N dimension, and the load path (staged cp.async ring when it fits in shared
+memory, else direct loads into MMA fragments). Scratch buffers (fp32 partials, arrival counters) are allocated
 once per (hidden, clusters, device) and reused: the kernel resets its counters, so launches replay in
 CUDA graphs. Launches that share the scratch must be ordered on one stream, as decoder layers are.
 """

@@ -5,9 +5,17 @@
 //   out = (x if add_residual) + h W_down^T   (fp32 accumulation, one rounding)
 //
 // Why it is shaped like this. At batch 1..16 the block is bound by the weight bytes (3 * I * H * 2),
-// so every weight byte is read exactly once, as 16-byte loads issued straight into MMA registers, with
-// DEPTH steps in flight per warp, by every SM. The batch is the N dimension of mma.sync m16n8k16
-// ("swap AB"): each weight tile is used for all B rows, and B only adds MMAs, never bytes.
+// so every weight byte is read exactly once, by every resident SM, with many bytes in flight. The batch
+// is the N dimension of mma.sync m16n8k16 ("swap AB"): each weight tile is used for all B rows, and B
+// only adds MMAs, never bytes. Two load paths (template STAGES):
+//   * staged (STAGES >= 2, the default where it fits): each warp owns a ring of STAGES slots of 16 rows x
+//     128 B, filled by cp.async with whole 128-byte lines per row and read by ldmatrix; the first slots of
+//     the gate/up and of the down phase are issued before the norm and before the cluster exchange, so
+//     the weights keep streaming through those serial steps.
+//   * direct (STAGES == 0, for shapes whose ring does not fit, e.g. H 8192 / I 28672 at B 16): 16-byte
+//     loads straight into MMA fragments (k permuted alike in A and B), DEPTH steps in flight per warp.
+// Measured on H100 (benchmarks/NOTES-ffn.md): both paths stream at ~2.6 TB/s with ~15 us of fixed
+// latency per launch; the notes list what to change next.
 //
 // Work split (all derived from hidden H, intermediate I, cluster size N and the cluster count C, which
 // the host takes from the occupancy of this kernel -- one wave, every cluster resident):
