@@ -316,8 +316,10 @@ def check_tensor(
             raise TypeError(f"{name}: dtype {t.dtype}, expected {' or '.join(map(str, allowed))}")
     if not t.is_cuda:
         raise ValueError(f"{name}: on {t.device}, expected a CUDA tensor")
-    if device is not None and t.device != torch.device(device):
-        raise ValueError(f"{name}: on {t.device}, expected {device}")
+    if device is not None:
+        want = torch.device(device)  # "cuda" without an index accepts any CUDA device
+        if want.type != t.device.type or (want.index is not None and want.index != t.device.index):
+            raise ValueError(f"{name}: on {t.device}, expected {want}")
     if shape is not None:
         ok = t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape, strict=False))
         if not ok:
