@@ -7,9 +7,11 @@ option         values (default first)              meaning
 =============  ==================================  =================================================
 report         False | True | "path.json"          print the match table / write it as JSON
 patterns       ("attention", "ffn", "mla")         which block families to fuse
-kernels        "auto" | "reference"                auto: cluster kernels where supported (sm_90+),
-                                                   else the reference decomposed for Inductor;
-                                                   reference: opaque op running plain torch
+kernels        "auto" | "all" | "reference"        auto: cluster kernels where supported (sm_90+)
+                                                   and measured faster than Inductor, else the
+                                                   reference decomposed for Inductor; all: every
+                                                   supported kernel; reference: opaque op running
+                                                   plain torch
 strict         False | True                        raise on a near-miss instead of leaving it alone
 mode           None | an Inductor mode             e.g. "max-autotune-no-cudagraphs" (``mode=`` and
                                                    ``options=`` cannot both be given to torch.compile)
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PATTERN_FAMILIES = ("attention", "ffn", "mla")
-KERNEL_CHOICES = ("auto", "reference")
+KERNEL_CHOICES = ("auto", "all", "reference")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ def test_fused_kernels_run_and_greedy_tokens_match_eager(name):
     model, cfg = _model(name, torch.bfloat16)
     eager, eager_cache = _greedy(model, cfg, model.forward)
     torch._dynamo.reset()
-    ours, cache = _greedy(model, cfg, torch.compile(model.forward, backend="clusterfusion", fullgraph=True))
+    step = torch.compile(model.forward, backend="clusterfusion", fullgraph=True, options={"kernels": "all"})
+    ours, cache = _greedy(model, cfg, step)
     rep = last_report()
     impls = {(r.block, r.implementation, r.reason) for r in rep.records}
     assert rep.coverage() == "2/2 attention, 2/2 FFN", impls
@@ -82,7 +83,7 @@ def test_kernel_op_writes_the_users_cache_in_place(monkeypatch):
     monkeypatch.setattr(kernels, "attention_decode", spy)
     model, cfg = _model("llama3-8b", torch.bfloat16)
     torch._dynamo.reset()
-    step = torch.compile(model.forward, backend="clusterfusion", options={"cudagraphs": False})
+    step = torch.compile(model.forward, backend="clusterfusion", options={"cudagraphs": False, "kernels": "all"})
     _, cache = _greedy(model, cfg, step, tokens=4)
     assert seen and set(seen) == {layer.keys.data_ptr() for layer in cache.layers}
 
@@ -91,6 +92,20 @@ def test_reduce_overhead_mode_runs_the_kernels_under_cuda_graph_trees():
     model, cfg = _model("qwen2.5-0.5b", torch.bfloat16)
     eager, _ = _greedy(model, cfg, model.forward, tokens=16)
     torch._dynamo.reset()
-    step = torch.compile(model.forward, backend="clusterfusion", mode="reduce-overhead")
+    step = torch.compile(model.forward, backend="clusterfusion", options={"mode": "reduce-overhead", "kernels": "all"})
     ours, _ = _greedy(model, cfg, step, tokens=16)
     assert torch.equal(ours, eager)
+
+
+def test_auto_runs_only_kernels_measured_faster_than_inductor():
+    from cf_compile.report import last_report
+    from cf_compile.rewrite import NOT_YET_FASTER
+
+    model, cfg = _model("llama3-8b", torch.bfloat16)
+    torch._dynamo.reset()
+    _greedy(model, cfg, torch.compile(model.forward, backend="clusterfusion"), tokens=2)
+    for r in last_report().records:
+        if r.block in NOT_YET_FASTER:
+            assert r.implementation == "reference (inlined)" and "slower than Inductor" in r.reason
+        else:
+            assert r.implementation == "kernel"
