@@ -58,6 +58,8 @@ FAMILIES = (
 NOT_YET_FASTER: dict[str, str] = {
     "attention": "attention kernel measured slower than Inductor (H100, 2026-11-23: Llama-2-7B "
                  "batch 1, 1024 cached: 117 vs 75 us); kernels='all' runs it anyway",
+    "ffn": "FFN kernel measured slower than Inductor (H100, 2026-11-23: Llama-2-7B batch 1: "
+           "121 vs 105 us); kernels='all' runs it anyway",
 }
 
 REFERENCE_INLINED = "reference (inlined)"
