@@ -109,3 +109,24 @@ def test_auto_runs_only_kernels_measured_faster_than_inductor():
             assert r.implementation == "reference (inlined)" and "slower than Inductor" in r.reason
         else:
             assert r.implementation == "kernel"
+
+
+def test_lean_graph_replays_match_ungraphed_steps_and_a_new_cache_recaptures():
+    from cf_compile.cudagraph import captures
+    from cf_compile.report import last_report
+
+    model, cfg = _model("llama3.2-1b", torch.bfloat16)
+    torch._dynamo.reset()
+    plain = torch.compile(model.forward, backend="clusterfusion", options={"cudagraphs": False})
+    ref_tokens, ref_cache = _greedy(model, cfg, plain, tokens=24)
+    torch._dynamo.reset()
+    graphed = torch.compile(model.forward, backend="clusterfusion")
+    before = captures()
+    tokens, cache = _greedy(model, cfg, graphed, tokens=24)
+    assert last_report().cuda_graph and captures() == before + 1
+    assert torch.equal(tokens, ref_tokens)
+    for a, b in zip(cache.layers, ref_cache.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    # a second generation allocates a new cache: the runner must re-capture, not replay stale addresses
+    tokens2, _ = _greedy(model, cfg, graphed, tokens=24)
+    assert torch.equal(tokens2, ref_tokens) and captures() == before + 2
