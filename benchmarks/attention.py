@@ -18,10 +18,10 @@ Before timing, ours is checked against the eager block in fp32 (relative error i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
+from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
 from cf_compile_kernels.attention import attention_config, attention_decode  # noqa: E402
 
@@ -48,22 +49,6 @@ EPS = 1e-5
 REPEATS = 30
 L2_MULTIPLE = 2  # graphs cycle through layer copies whose bytes exceed this many L2s
 MAX_LAYERS = 32
-COPY_BYTES = 1 << 30
-
-
-def copy_bandwidth() -> float:
-    """Bytes/s of a 1 GiB device-to-device copy, counting bytes read plus bytes written."""
-    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(12):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return 2 * COPY_BYTES / statistics.median(times[2:])
 
 
 def rotate_half(t: torch.Tensor) -> torch.Tensor:
@@ -143,26 +128,7 @@ def hf_args(layer: dict) -> tuple:
 
 def time_graph(fn, layers: list[dict]) -> float:
     """Median microseconds per call of fn(layer), one call per layer in a captured graph."""
-    for layer in layers:  # warm-up outside capture: compile, load, scratch
-        fn(layer)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        for layer in layers:
-            fn(layer)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(REPEATS):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(layers))
-    return statistics.median(times)
+    return graph_time_us([functools.partial(fn, layer) for layer in layers], REPEATS)
 
 
 def check_ours(layer: dict, dtype: torch.dtype) -> float:
@@ -188,7 +154,7 @@ def main() -> None:
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_rows.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
-    bw = copy_bandwidth()
+    bw, _ = copy_bandwidth()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s, L2 {l2 >> 20} MiB, {sms} SMs")

@@ -30,27 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import results  # noqa: E402
+from benchmarks.timing import copy_bandwidth  # noqa: E402
 
 COLUMNS = ["config.model", "config.dtype", "config.batch", "eager_us", "reduce_overhead_us", "inductor_us",
            "ours_us", "floor_us", "inductor_over_ours", "floor_over_ours", "ours_kernels", "inductor_kernels",
            "agree_ours", "agree_inductor"]
-
-
-def copy_bandwidth() -> float:
-    """Bytes read + written per second by a large device-to-device copy."""
-    n = 1 << 30
-    a, b = torch.empty(n, dtype=torch.uint8, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
-    for _ in range(3):
-        b.copy_(a)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(10):
-        start.record()
-        b.copy_(a)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n / statistics.median(times)
 
 
 def floor_bytes(model, cfg, batch: int, position: int) -> int:
@@ -208,7 +192,7 @@ def main() -> None:
         results.append(rows, title="HF decode step end to end (benchmarks/e2e.py)", method=__doc__.split("\n\n")[2],
                        columns=COLUMNS)
         return
-    bandwidth = copy_bandwidth()
+    bandwidth, _ = copy_bandwidth()
     rows = []
     for name in args.models:
         row = bench_model(name, args, bandwidth)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import results  # noqa: E402
+from benchmarks.timing import copy_bandwidth, graph_time_us  # noqa: E402
 from cf_compile_kernels import ffn  # noqa: E402
 
 MODELS = {
@@ -40,8 +40,6 @@ EPS = 1e-5
 ROTATION_BYTES = 400e6  # weight bytes cycled through per graph: 8x the 50 MB L2
 MIN_SETS = 2
 REPLAYS = 50
-WARMUP_REPLAYS = 5
-COPY_BYTES = 1 << 30
 COLUMNS = [
     "config.model",
     "config.dtype",
@@ -77,44 +75,6 @@ def eager_block(x, norm_weight, gate, up, down):
     h = norm_weight * h.to(x.dtype)
     a = torch.nn.functional.silu(torch.nn.functional.linear(h, gate)) * torch.nn.functional.linear(h, up)
     return x + torch.nn.functional.linear(a, down)
-
-
-def graph_time_us(calls: list, replays: int = REPLAYS) -> float:
-    """Median time per call of a CUDA graph holding `calls` in sequence, over `replays` replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:  # warm: compile, autotune, allocate outside the capture
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    for _ in range(WARMUP_REPLAYS):
-        graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
-    return statistics.median(times)
-
-
-def copy_bandwidth() -> tuple[float, dict]:
-    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written): the better of a
-    cudaMemcpy-style copy_ and an elementwise copy kernel, median of 20 each; both are returned."""
-    src = torch.empty(COPY_BYTES // 4, dtype=torch.float16, device="cuda").normal_()
-    dst = torch.empty_like(src)
-    measured = {
-        "memcpy": COPY_BYTES / (graph_time_us([lambda: dst.copy_(src)], replays=20) * 1e-6),
-        "kernel": COPY_BYTES / (graph_time_us([lambda: torch.neg(src, out=dst)], replays=20) * 1e-6),
-    }
-    return max(measured.values()), measured
 
 
 def rel_error(out: torch.Tensor, x, s) -> float:
@@ -158,7 +118,7 @@ def bench_row(
     calls[0]()
     err = rel_error(outs[0], x, sets[0])
     assert err < 1e-2, f"{model} b{batch} {dtype_name}: ours relative error {err:.3g}"
-    ours_us = graph_time_us(calls)
+    ours_us = graph_time_us(calls, REPLAYS)
     assert torch.isfinite(torch.stack(outs)).all()
 
     inductor_us = None
@@ -184,7 +144,7 @@ def bench_row(
         compile_s = time.perf_counter() - started
         err_ind = rel_error(ind_out[0], x, sets[0])
         assert err_ind < 2e-2, f"inductor error {err_ind:.3g}"
-        inductor_us = graph_time_us(ind_calls)
+        inductor_us = graph_time_us(ind_calls, REPLAYS)
 
     elem = x.element_size()
     bytes_moved = (3 * hidden * inter + 2 * batch * hidden + hidden) * elem
