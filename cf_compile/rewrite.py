@@ -44,8 +44,7 @@ class Family:
 
 
 FAMILIES = (
-    Family("mla", mla_pattern.anchors, mla_pattern.match,
-           torch.ops.clusterfusion.mla_decode.default, mla_op.mla_decode_reference),
+    Family("mla", mla_pattern.anchors, mla_pattern.match, mla_op.mla_decode_call, mla_op.mla_decode_reference),
     Family("attention", attention_pattern.anchors, attention_pattern.match,
            torch.ops.clusterfusion.attention_decode.default, attention_op.attention_decode_reference),
     Family("ffn", ffn_pattern.anchors, ffn_pattern.match,

@@ -12,6 +12,11 @@ it again every step (non-absorbed MLA):
     key = new_empty(); key[..., :nope] = k_nope; key[..., nope:] = v_cache expanded over heads
     o_proj(SDPA(cat(q_nope, RoPE(q_pe)), key, v, mask, scale)) [+ x]
 
+Complex tensors never cross the op boundary: Inductor cannot lower a mutating custom op that takes
+one (its auto_functionalized_v2 node is skipped by the pattern pass and compilation fails), so the
+rewrite inserts :func:`mla_decode_call`, which passes V2's ``freqs_cis`` as its real view
+``[B, 1, 1, rope/2, 2]``; the op views it back as complex, bit for bit the same table.
+
 The op keeps HF's cache names ``k_cache``/``v_cache`` (``keys``/``values`` of the cache layer, here
 the latent and the roped shared key) so that tools reading caches by those names (the accuracy
 tool's cache-slot check) see them. RoPE comes in three forms, each reproduced op for op:
@@ -106,10 +111,12 @@ def mla_decode(
     o_weight: Tensor, o_bias: Tensor | None, add_residual: bool,
     num_heads: int, qk_nope_head_dim: int, v_head_dim: int, impl: str,
 ) -> Tensor:
-    """``impl`` is "reference" (plain torch, any device) or "kernel" (not written yet: raises)."""
+    """``impl`` is "reference" (plain torch, any device) or "kernel" (not written yet: raises).
+    ``freqs_cis`` is the real view of the complex table (see :func:`mla_decode_call`)."""
+    freqs = torch.view_as_complex(freqs_cis) if freqs_cis is not None else None
     args = (x, norm_weight, norm_eps, norm_kind, q_weights, q_biases, q_norm_weight, q_norm_eps,
             kv_a_weight, kv_a_bias, kv_norm_weight, kv_norm_eps, kv_b_weight, kv_b_bias,
-            rope_form, cos, sin, freqs_cis, cache_position, k_cache, v_cache, attn_mask, scale,
+            rope_form, cos, sin, freqs, cache_position, k_cache, v_cache, attn_mask, scale,
             o_weight, o_bias, add_residual, num_heads, qk_nope_head_dim, v_head_dim)
     if impl == "reference":
         return mla_decode_reference(*args)
@@ -125,3 +132,10 @@ def _(x, norm_weight, norm_eps, norm_kind, q_weights, q_biases, q_norm_weight, q
       rope_form, cos, sin, freqs_cis, cache_position, k_cache, v_cache, attn_mask, scale,
       o_weight, o_bias, add_residual, num_heads, qk_nope_head_dim, v_head_dim, impl):
     return x.new_empty((*x.shape[:-1], o_weight.shape[0]))
+
+
+def mla_decode_call(*, freqs_cis: Tensor | None = None, impl: str, **kwargs) -> Tensor:
+    """The call the rewrite inserts for the opaque op (and the accuracy tool makes): the reference's
+    keyword arguments, with a complex ``freqs_cis`` handed over as its real view."""
+    real = torch.view_as_real(freqs_cis) if freqs_cis is not None and freqs_cis.is_complex() else freqs_cis
+    return torch.ops.clusterfusion.mla_decode.default(freqs_cis=real, impl=impl, **kwargs)
