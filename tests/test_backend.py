@@ -171,3 +171,16 @@ def test_without_kernels_inductor_generates_the_same_code_as_for_the_original_gr
     ours = generated(backend="clusterfusion")
     assert report_mod.last_report().coverage() == "2/2 attention, 2/2 FFN"
     assert _normalised_code(ours) == _normalised_code(generated(backend="inductor"))
+
+
+def test_new_cache_lengths_compile_once_more_with_a_symbolic_length_and_stay_fused():
+    model, cfg = build("llama")
+    step = compiled_step(model)
+    before = len(report_mod.reports())
+    for max_cache_len in (24, 40, 56):
+        eager_tokens, _ = greedy(model, cfg, model.forward, steps=6, max_cache_len=max_cache_len)
+        tokens, _ = greedy(model, cfg, step, steps=6, max_cache_len=max_cache_len)
+        assert torch.equal(tokens, eager_tokens)
+    graphs = report_mod.reports()[before:]
+    assert len(graphs) == 2, "the third length must reuse the symbolic-length graph"
+    assert all(g.coverage() == "2/2 attention, 2/2 FFN" for g in graphs)
