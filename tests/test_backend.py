@@ -184,3 +184,20 @@ def test_new_cache_lengths_compile_once_more_with_a_symbolic_length_and_stay_fus
     graphs = report_mod.reports()[before:]
     assert len(graphs) == 2, "the third length must reuse the symbolic-length graph"
     assert all(g.coverage() == "2/2 attention, 2/2 FFN" for g in graphs)
+
+
+def test_generate_with_left_padded_batch_matches_eager():
+    """Padding positions are masked through the attention mask the fused op receives."""
+    model, cfg = build("qwen2")
+    ids = torch.randint(1, cfg.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = 0, 0            # row 0 is left-padded by three tokens
+    gen = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, cache_implementation="static",
+               pad_token_id=0)
+    eager = model.generate(ids, disable_compile=True, **gen)
+    cc = transformers.CompileConfig(backend="clusterfusion", mode=None, fullgraph=True)
+    cc._compile_all_devices = True
+    torch._dynamo.reset()
+    out = model.generate(ids, compile_config=cc, **gen)
+    assert torch.equal(out, eager)
+    assert report_mod.last_report().coverage() == "2/2 attention, 2/2 FFN"
