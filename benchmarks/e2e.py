@@ -15,6 +15,8 @@ forward by one per call from --prompt. Floor: every parameter byte read once (th
 per token) + the KV cache up to the position, over the device-to-device copy bandwidth measured here.
 Kernels per step: torch.profiler over one un-graphed step of ours and of Inductor. Greedy agreement:
 --agree tokens of greedy decoding, ours and Inductor each against eager in the same dtype.
+generate(): model.generate with compile_config (Inductor: HF's default reduce-overhead; ours:
+backend="clusterfusion"), time per new token from two generation lengths.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from benchmarks.timing import copy_bandwidth  # noqa: E402
 
 COLUMNS = ["config.model", "config.dtype", "config.batch", "eager_us", "reduce_overhead_us", "inductor_us",
            "ours_us", "floor_us", "inductor_over_ours", "floor_over_ours", "ours_kernels", "inductor_kernels",
-           "agree_ours", "agree_inductor"]
+           "agree_ours", "agree_inductor", "generate_inductor_ms_per_token", "generate_ours_ms_per_token"]
 
 
 def floor_bytes(model, cfg, batch: int, position: int) -> int:
@@ -127,6 +129,28 @@ def kernels_per_step(step, session: Session) -> int:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def generate_ms_per_token(session: Session, backend: str, tokens: int) -> float:
+    """``model.generate`` with HF's own compile (``compile_config``), decode time per new token: the
+    time of a generation of ``tokens`` new tokens minus one of 1 (prefill and first step), over tokens - 1."""
+    import time
+
+    cc = session.transformers.CompileConfig(backend=backend, fullgraph=True,
+                                            mode="reduce-overhead" if backend == "inductor" else None)
+    kw = dict(do_sample=False, cache_implementation="static", compile_config=cc)
+    torch._dynamo.reset()
+
+    def run(n: int) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        session.model.generate(session.ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    run(tokens)                        # compile and capture
+    long, short = min(run(tokens) for _ in range(2)), min(run(1) for _ in range(2))
+    return (long - short) / (tokens - 1) * 1e3
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
     same = (a == b).all(0)
     first = int((~same).nonzero()[0]) if not bool(same.all()) else len(same)
@@ -164,6 +188,9 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     no_graph = compiled(backend="clusterfusion", options={"cudagraphs": False})
     ours_kernels = kernels_per_step(no_graph, session)
     eager_tokens = session.greedy(model.forward, args.agree)
+    if args.generate:
+        log["generate_inductor_ms_per_token"] = generate_ms_per_token(session, "inductor", args.generate)
+        log["generate_ours_ms_per_token"] = generate_ms_per_token(session, "clusterfusion", args.generate)
     floor_us = floor_bytes(model, cfg, args.batch, args.prompt + args.steps // 2) / bandwidth * 1e6
     config = dict(model=name, batch=args.batch, seq=args.prompt, dtype=args.dtype, steps=args.steps)
     row = results.make_row("e2e", config, ours_us=ours_us, inductor_us=inductor_us, eager_us=eager_us,
@@ -184,6 +211,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--agree", type=int, default=128)
+    p.add_argument("--generate", type=int, default=64,
+                   help="new tokens per generate() timing with compile_config (0: skip)")
     p.add_argument("--rows-out", type=Path)
     p.add_argument("--append", type=Path, help="append rows from a --rows-out file to results.jsonl/RESULTS.md")
     args = p.parse_args()
