@@ -520,8 +520,7 @@ def _compiled_run(model: Any, input_ids: torch.Tensor, steps: int, max_cache_len
     if fresh_compile:
         torch._dynamo.reset()
     ensure_backend()
-    keep_before = getattr(cf_backend, "_KEEP_ORIGINALS", False)
-    cf_backend.keep_original_graphs(True)
+    keep_before = cf_backend.keep_original_graphs(True)
     first = len(cf_backend.compilations())
     try:
         step = torch.compile(model.forward, backend="clusterfusion", options=options or {})
@@ -545,15 +544,9 @@ def _compiled_run(model: Any, input_ids: torch.Tensor, steps: int, max_cache_len
 
 
 def ensure_backend() -> None:
-    """Make ``backend="clusterfusion"`` resolvable: through the package's entry point when it is
-    installed, else by registering it. (``backend.register()`` alone is not enough: it raises
-    "duplicate name" once the entry point has been loaded.)"""
-    from torch._dynamo.backends.registry import lookup_backend
-
-    try:
-        lookup_backend("clusterfusion")
-    except Exception:
-        cf_backend.register()
+    """Make ``backend="clusterfusion"`` resolvable even where the package is not pip-installed
+    (no entry point): ``register()`` is idempotent and defers to a pending entry point."""
+    cf_backend.register()
 
 
 def _dt(dtype: torch.dtype) -> str:

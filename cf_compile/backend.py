@@ -60,10 +60,12 @@ def compilations() -> list[Compilation]:
     return list(_COMPILATIONS)
 
 
-def keep_original_graphs(keep: bool) -> None:
-    """Ask the backend to keep each graph as it was before the rewrite (used by the accuracy tool)."""
+def keep_original_graphs(keep: bool) -> bool:
+    """Ask the backend to keep each graph as it was before the rewrite (used by the accuracy tool);
+    returns the previous setting so callers can restore it."""
     global _KEEP_ORIGINALS
-    _KEEP_ORIGINALS = keep
+    previous, _KEEP_ORIGINALS = _KEEP_ORIGINALS, keep
+    return previous
 
 
 def _by_name(value: Any) -> Any:
