@@ -176,6 +176,39 @@ def test_layernorm_latent_norm_is_a_near_miss():
         run_rewrite(gm, strict=True)
 
 
+def _expand_kv_by_cat(self, kv_nope, k_rot):
+    """HF's expand_kv with the keys built by torch.cat instead of new_empty + slice copy_."""
+    batch_size, _, seq_length, _ = kv_nope.shape
+    kv = self.kv_b_proj(kv_nope).view(batch_size, seq_length, -1, self.qk_nope_head_dim + self.v_head_dim)
+    k_nope, value_states = torch.split(kv.transpose(1, 2), [self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+    return torch.cat((k_nope, k_rot.expand(-1, k_nope.shape[1], -1, -1)), dim=-1), value_states
+
+
+def test_other_key_assembly_is_a_near_miss(monkeypatch):
+    from transformers.models.deepseek_v2 import modeling_deepseek_v2 as v2
+
+    monkeypatch.setattr(v2.DeepseekV2Attention, "expand_kv", _expand_kv_by_cat)
+    model, cfg = build_mla("v2")
+    gm, inputs = decode_graph(model, cfg)
+    new, rep, _ = run_rewrite(gm)
+    assert [r.reason for r in mla_records(rep)] == ["key: not assembled by new_empty + slice copy_ (HF's expand_kv)"] * 2
+    assert_same_results(gm, new, inputs)
+
+
+def test_matcher_never_reads_module_names():
+    """Renaming every placeholder and dropping module paths must not change what is matched."""
+    model, cfg = build_mla("v3")
+    gm, inputs = decode_graph(model, cfg)
+    for i, n in enumerate(gm.graph.nodes):
+        n.meta.pop("nn_module_stack", None)
+        if n.op == "placeholder":
+            n.name = f"input_{i}"
+    gm.recompile()
+    new, rep, _ = run_rewrite(gm)
+    assert rep.coverage() == "2/2 FFN, 2/2 MLA"
+    assert_same_results(gm, new, inputs)
+
+
 def test_without_the_mla_family_attention_reports_it_and_leaves_it():
     model, cfg = build_mla("v3")
     gm, inputs = decode_graph(model, cfg)
