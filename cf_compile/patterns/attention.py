@@ -40,8 +40,9 @@ BLOCK = "attention"
 
 
 def anchors(graph: fx.Graph) -> list[fx.Node]:
-    """SDPA calls, and softmaxes (eager attention: reported as near-misses, never fused)."""
-    return [n for n in graph.nodes if is_op(n, "sdpa", "softmax")]
+    """SDPA calls, and softmaxes over attention scores (eager attention: reported as near-misses,
+    never fused). Scores are [B, heads, q, L]; a 2-D MoE router softmax is not attention."""
+    return [n for n in graph.nodes if is_op(n, "sdpa") or (is_op(n, "softmax") and len(shape(n) or ()) == 4)]
 
 
 def _eager_attention_reason(softmax: fx.Node) -> str:
