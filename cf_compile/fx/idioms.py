@@ -251,7 +251,12 @@ def match_rope(out: Any, what: str) -> Rope:
         covered.append(node)
         covered.extend(empty)
         node = full[0]
-    require(is_op(node, "add"), f"{what}: not q*cos + rotate_half(q)*sin (not NeoX RoPE)")
+    if not is_op(node, "add"):
+        base = node
+        while is_layout(base) or is_op(base, "getitem", "split", "chunk"):
+            base = base.args[0]
+        require(not is_op(base, "linear", "addmm", "matmul"), f"{what}: no rotary embedding (absolute or no positions)")
+        raise NoMatch(f"{what}: not q*cos + rotate_half(q)*sin (not NeoX RoPE)")
     m1, m2 = node.args
     require(is_op(m1, "mul") and is_op(m2, "mul"), f"{what}: RoPE terms are not products")
 

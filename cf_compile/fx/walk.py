@@ -38,6 +38,7 @@ _FUNCTION_NAMES: dict[Any, str] = {
     torch.softmax: "softmax",
     F.softmax: "softmax",
     torch.matmul: "matmul",
+    torch.addmm: "addmm",
     F.layer_norm: "layer_norm",
     torch.layer_norm: "layer_norm",
     F.relu: "relu",
