@@ -91,12 +91,23 @@ SPECS: dict[str, ModelSpec] = {
         num_key_value_heads=1, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
+    "deepseek-v2-lite": ModelSpec("DeepseekV2Config", "deepseek-ai/DeepSeek-V2-Lite", dict(
+        hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=27,
+        num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, n_shared_experts=2,
+        num_experts_per_tok=6, first_k_dense_replace=1, kv_lora_rank=512, q_lora_rank=None,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, head_dim=64, vocab_size=102400,
+        max_position_embeddings=163840, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False),
+        # reduced sizes keep MLA (latent 64, nope 32, rope 16, v 32) and a dense MLP in every layer
+        reduced=dict(kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, head_dim=16,
+                  first_k_dense_replace=99, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                  moe_intermediate_size=64)),
 }
 
 # Family names pick one representative checkpoint ("llama" is the quickstart's GPU model).
 ALIASES = {"llama": "llama3.2-1b", "llama2": "llama2-7b", "llama3": "llama3-8b", "qwen2": "qwen2-7b",
            "qwen2.5": "qwen2.5-0.5b", "qwen3": "qwen3-8b", "mistral": "mistral-7b", "phi3": "phi3-mini",
-           "gemma": "gemma-2b"}
+           "gemma": "gemma-2b", "deepseek": "deepseek-v2-lite", "deepseek-v2": "deepseek-v2-lite"}
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -68,7 +68,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
 # Parameter counts published with each checkpoint (model cards / config.json), in billions.
 PUBLISHED_PARAMS = {"llama2-7b": 6.74, "llama3-8b": 8.03, "llama3.2-1b": 1.24, "qwen2.5-0.5b": 0.49,
                     "qwen2-7b": 7.62, "qwen3-8b": 8.19, "qwen3-0.6b": 0.60, "mistral-7b": 7.25, "phi3-mini": 3.82,
-                    "gemma-2b": 2.51}
+                    "gemma-2b": 2.51, "deepseek-v2-lite": 15.7}
 
 
 def test_models_command_lists_full_shapes_matching_the_real_checkpoints(tmp_path, capsys):
@@ -87,6 +87,9 @@ def test_models_command_tiny_keeps_grouping_at_hidden_128(tmp_path):
     out = tmp_path / "models.json"
     assert main(["models", "--size", "tiny", "--json", str(out)]) == 0
     for r in json.loads(out.read_text()):
+        if r["config"] == "DeepseekV2Config":   # MLA: head_dim is the rope dim; latent dims reduced apart
+            assert (r["hidden"], r["layers"]) == (128, 2), r["name"]
+            continue
         assert (r["hidden"], r["layers"], r["head_dim"]) == (128, 2, 64), r["name"]
         full_is_mha = r["name"] in ("llama2-7b", "phi3-mini")
         assert (r["kv_heads"] == r["heads"]) == full_is_mha, r["name"]
