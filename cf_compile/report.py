@@ -55,15 +55,19 @@ class GraphReport:
         from rich.table import Table
 
         console = console or Console(width=None if Console().is_terminal else 160)
-        table = Table(title=f"clusterfusion: graph {self.graph} - {self.coverage()}", show_lines=False)
+        # a fallback reason shared by every fused block (e.g. "no CUDA device") is said once, below
+        fused_reasons = {r.reason for r in self.records if r.status == FUSED}
+        shared = next(iter(fused_reasons)) if len(fused_reasons) == 1 and len(self.fused()) > 1 else ""
+        table = Table(title=f"clusterfusion: graph {self.graph} - {self.coverage()}", show_lines=False,
+                      caption=f"every fused block: {self.fused()[0].implementation}, because {shared}"
+                      if shared else None)
         for col in ("layer", "block", "status", "shapes", "dtype", "batch", "impl", "kernel config / reason"):
             table.add_column(col, overflow="fold")
         style = {FUSED: "green", NEAR_MISS: "yellow", SKIPPED: "dim"}
         for r in self.records:
             shapes = " ".join(f"{k}={v}" for k, v in r.shapes.items())
-            detail = r.reason or " ".join(f"{k}={v}" for k, v in r.kernel_config.items())
-            if r.reason and r.kernel_config:
-                detail = f"{r.reason}"
+            reason = "" if shared and r.status == FUSED else r.reason
+            detail = reason or " ".join(f"{k}={v}" for k, v in r.kernel_config.items())
             table.add_row(str(r.layer), r.block, f"[{style.get(r.status, '')}]{r.status}", shapes, r.dtype,
                           "" if r.batch is None else str(r.batch), r.implementation, detail)
         console.print(table)
