@@ -68,3 +68,14 @@ def prefill_graph(model, cfg, prompt_len: int = 5, max_cache_len: int = 24):
     with torch.no_grad():
         torch.compile(model.forward, backend=rec, fullgraph=True)(ids, past_key_values=cache, use_cache=True)
     return rec.graphs[-1]
+
+
+def anonymised(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The same graph with placeholders renamed and module paths dropped: what a matcher that reads
+    names would stumble on."""
+    for i, n in enumerate(gm.graph.nodes):
+        n.meta.pop("nn_module_stack", None)
+        if n.op == "placeholder":
+            n.name = f"input_{i}"
+    gm.recompile()
+    return gm
