@@ -13,9 +13,9 @@ Per call the host work is one ``data_ptr`` comparison per static input, a copy p
 and one ``replay``. The first call of a layout runs the compiled step directly (it warms up lazy
 initialisation: kernel compiles, scratch buffers, cuBLAS handles) and the second one captures.
 
-Limits (documented in the README): outputs are the graph's static buffers, overwritten by the next
-call (clone to keep them); at most ``MAX_LAYOUTS`` layouts are kept (oldest dropped); capture
-requires every tensor input on one CUDA device.
+Outputs are copied out of the graph's buffers (a few microseconds for the logits), so results kept
+across steps stay valid. Limits (README): at most ``MAX_LAYOUTS`` layouts are kept per compiled
+graph (oldest dropped); capture requires every tensor input on one CUDA device.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 log = logging.getLogger("cf_compile")
 
@@ -81,7 +82,9 @@ class LeanCUDAGraph:
             if isinstance(dst, torch.Tensor):
                 dst.copy_(args[i])
         captured.graph.replay()
-        return captured.outputs
+        # hand out copies: a caller that keeps a step's logits (generate(output_scores=True)) must not
+        # see them overwritten by the next replay; a [B, 1, vocab] copy costs microseconds
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, captured.outputs)
 
     def _capture(self, args: Sequence[Any]) -> _Captured:
         inputs = list(args)
