@@ -110,6 +110,8 @@ def _kernel_support(m: BlockMatch) -> tuple[str | None, dict]:
                                   num_sms=num_sms)
     from cf_compile_kernels import attention as k
 
+    if f["qk_norm"] and f["qk_norm_kind"] != "weight":
+        return f"no kernel for a per-head {f['qk_norm_kind']} q/k norm (Gemma3's 1 + w)", {}
     cache_len = val(m.op_args["k_cache"]).shape[2]
     if isinstance(cache_len, torch.SymInt):     # symbolic max_cache_len: the kernel reads it at run time
         cache_len = cache_len.node.hint

@@ -21,6 +21,8 @@ FAMILIES = {
     "qwen3": lambda **kw: transformers.Qwen3Config(**{**COMMON, "head_dim": 16, **kw}),
     "phi3": lambda **kw: transformers.Phi3Config(**{**COMMON, "pad_token_id": 0, **kw}),
     "gemma": lambda **kw: transformers.GemmaConfig(**{**COMMON, "head_dim": 16, **kw}),
+    # Gemma3: per-head q/k norms with the (1 + w) factor; its sliding window is wider than the caches
+    "gemma3": lambda **kw: transformers.Gemma3TextConfig(**{**COMMON, "head_dim": 16, **kw}),
 }
 
 

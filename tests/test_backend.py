@@ -72,7 +72,7 @@ def test_reference_op_runs_in_place_on_the_users_cache(monkeypatch):
     real = attention_ops.attention_decode_reference
 
     def spy(*args):
-        seen.append(args[12].data_ptr())    # k_cache
+        seen.append(args[13].data_ptr())    # k_cache
         return real(*args)
 
     monkeypatch.setattr(attention_ops, "attention_decode_reference", spy)

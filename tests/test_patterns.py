@@ -87,7 +87,8 @@ def test_family_features_are_recognised():
     assert feats["qwen2"][0]["qkv_bias"] and not feats["llama"][0]["qkv_bias"]
     assert feats["phi3"][0]["fused_qkv"] and feats["phi3"][1]["fused_gate_up"]
     assert feats["gemma"][0]["norm"] == "unit_offset" and feats["gemma"][1]["activation"] == "gelu_tanh"
-    assert feats["qwen3"][0]["qk_norm"]
+    assert feats["qwen3"][0]["qk_norm"] and feats["qwen3"][0]["qk_norm_kind"] == "weight"
+    assert feats["gemma3"][0]["qk_norm_kind"] == "unit_offset"
 
 
 def test_batch_up_to_16_is_fused_beyond_is_a_near_miss():

@@ -31,7 +31,7 @@ def head_counts(qkv_weights: list[Tensor], k_cache: Tensor) -> tuple[int, int, i
 def attention_decode_reference(
     x: Tensor, norm_weight: Tensor, norm_eps: float, norm_kind: str,
     qkv_weights: list[Tensor], qkv_biases: list[Tensor | None],
-    q_norm_weight: Tensor | None, k_norm_weight: Tensor | None, qk_norm_eps: float,
+    q_norm_weight: Tensor | None, k_norm_weight: Tensor | None, qk_norm_eps: float, qk_norm_kind: str,
     cos: Tensor, sin: Tensor, cache_position: Tensor, k_cache: Tensor, v_cache: Tensor,
     attn_mask: Tensor | None, scale: float | None, o_weight: Tensor, o_bias: Tensor | None,
     add_residual: bool,
@@ -52,9 +52,9 @@ def attention_decode_reference(
     k = k.view(batch, q_len, -1, head_dim)
     v = v.view(batch, q_len, -1, head_dim)
     if q_norm_weight is not None:
-        q = rms_norm(q, q_norm_weight, qk_norm_eps, "weight")
+        q = rms_norm(q, q_norm_weight, qk_norm_eps, qk_norm_kind)
     if k_norm_weight is not None:
-        k = rms_norm(k, k_norm_weight, qk_norm_eps, "weight")
+        k = rms_norm(k, k_norm_weight, qk_norm_eps, qk_norm_kind)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     q = neox_rope(q, cos, sin)
     k = neox_rope(k, cos, sin)
@@ -74,19 +74,21 @@ def attention_decode_reference(
 def attention_decode(
     x: Tensor, norm_weight: Tensor, norm_eps: float, norm_kind: str,
     qkv_weights: list[Tensor], qkv_biases: list[Tensor | None],
-    q_norm_weight: Tensor | None, k_norm_weight: Tensor | None, qk_norm_eps: float,
+    q_norm_weight: Tensor | None, k_norm_weight: Tensor | None, qk_norm_eps: float, qk_norm_kind: str,
     cos: Tensor, sin: Tensor, cache_position: Tensor, k_cache: Tensor, v_cache: Tensor,
     attn_mask: Tensor | None, scale: float | None, o_weight: Tensor, o_bias: Tensor | None,
     add_residual: bool, impl: str,
 ) -> Tensor:
     """``impl`` is "kernel" (the cluster kernel; CUDA sm_90+) or "reference" (plain torch)."""
     args = (x, norm_weight, norm_eps, norm_kind, qkv_weights, qkv_biases, q_norm_weight, k_norm_weight,
-            qk_norm_eps, cos, sin, cache_position, k_cache, v_cache, attn_mask, scale, o_weight, o_bias,
-            add_residual)
+            qk_norm_eps, qk_norm_kind, cos, sin, cache_position, k_cache, v_cache, attn_mask, scale, o_weight,
+            o_bias, add_residual)
     if impl == "reference":
         return attention_decode_reference(*args)
     if impl != "kernel":
         raise ValueError(f"{OP_NAME}: unknown impl {impl!r}")
+    if q_norm_weight is not None and qk_norm_kind != "weight":
+        raise ValueError(f"{OP_NAME}: the kernel has no per-head {qk_norm_kind!r} norm (Gemma3's 1 + w)")
     from cf_compile_kernels import attention as kernels
 
     head_dim = k_cache.shape[3]
@@ -101,6 +103,6 @@ def attention_decode(
 
 @attention_decode.register_fake
 def _(x, norm_weight, norm_eps, norm_kind, qkv_weights, qkv_biases, q_norm_weight, k_norm_weight,
-      qk_norm_eps, cos, sin, cache_position, k_cache, v_cache, attn_mask, scale, o_weight, o_bias,
-      add_residual, impl):
+      qk_norm_eps, qk_norm_kind, cos, sin, cache_position, k_cache, v_cache, attn_mask, scale, o_weight,
+      o_bias, add_residual, impl):
     return x.new_empty((*x.shape[:-1], o_weight.shape[0]))

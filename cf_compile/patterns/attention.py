@@ -77,7 +77,6 @@ class _Heads:
                     self.norm = match_rmsnorm(n)
                 except NoMatch as e:
                     raise NoMatch(f"{what}: between projection and attention: {e}") from None
-                require(self.norm.kind == "weight", f"{what}: per-head norm with a (1 + weight) factor")
                 chain.append(("norm", self.norm))
                 self.nodes.extend(self.norm.nodes)
                 n = self.norm.x
@@ -187,6 +186,7 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
     require(kh.norm is None or qh.norm is not None, "k has a per-head norm but q has none")
     if qh.norm is not None:
         require(qh.norm.eps == kh.norm.eps, "q and k norms use different eps")
+        require(qh.norm.kind == kh.norm.kind, "q and k norms are of different kinds")
     require(qh.linear.input is kh.linear.input is vh.linear.input, "q, k and v project different inputs")
     norm = match_rmsnorm(qh.linear.input)
 
@@ -257,7 +257,7 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
         x=x, norm_weight=norm.weight, norm_eps=norm.eps, norm_kind=norm.kind,
         qkv_weights=qkv_weights, qkv_biases=qkv_biases,
         q_norm_weight=qh.norm.weight if qh.norm else None, k_norm_weight=kh.norm.weight if kh.norm else None,
-        qk_norm_eps=qh.norm.eps if qh.norm else 0.0,
+        qk_norm_eps=qh.norm.eps if qh.norm else 0.0, qk_norm_kind=qh.norm.kind if qh.norm else "weight",
         cos=rq.cos, sin=rq.sin, cache_position=pos, k_cache=k_cache, v_cache=v_cache,
         attn_mask=mask, scale=const_float(scale) if scale is not None else None,
         o_weight=o_lin.weight, o_bias=o_lin.bias, add_residual=is_op(output, "add"),
@@ -267,7 +267,8 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
         shapes=dict(hidden=hidden, heads=num_heads, kv_heads=num_kv_heads, head_dim=head_dim),
         dtype=dtype(x), batch=batch,
         features=dict(qkv_bias=any(b is not None for b in qkv_biases), fused_qkv=fused,
-                      qk_norm=qh.norm is not None, o_bias=o_lin.bias is not None, norm=norm.kind,
+                      qk_norm=qh.norm is not None, qk_norm_kind=qh.norm.kind if qh.norm else "",
+                      o_bias=o_lin.bias is not None, norm=norm.kind,
                       residual=op_args["add_residual"], mask_dtype=str(dtype(mask)).replace("torch.", "")),
     )
 
