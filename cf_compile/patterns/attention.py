@@ -18,12 +18,12 @@ from cf_compile.fx.idioms import (
     Linear,
     NoMatch,
     RMSNorm,
-    is_dropout_noop,
     is_layout,
     match_linear,
     match_repeat_kv,
     match_rmsnorm,
     match_rope,
+    replay,
     require,
 )
 from cf_compile.fx.walk import arg, const_float, dtype, is_input, is_op, shape
@@ -33,6 +33,7 @@ from cf_compile.patterns.common import (
     check_decode_shape,
     check_region_closed,
     int_shape,
+    residual_tail,
     verify_layout,
 )
 
@@ -111,8 +112,6 @@ class _Heads:
                     bool((rows[:, 1:] - rows[:, :-1] == 1).all())
                 require(contiguous_heads, f"{what}: per-head norm is not over one head's head_dim values")
                 continue
-            from cf_compile.fx.idioms import replay
-
             t = replay(item, t)
         expected = torch.arange(batch * self.width).reshape(batch, 1, heads, head_dim).transpose(1, 2)
         require(tuple(t.shape) == tuple(expected.shape) and torch.equal(t, expected),
@@ -243,7 +242,7 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
     verify_layout(chain, start, torch.arange(batch * num_heads * head_dim).reshape(batch, 1, num_heads * head_dim),
                   "attention output")
     require(shape(o_lin.weight)[0] == hidden, "o_proj does not return to the hidden size")
-    output, tail = _residual_tail(o_lin.node, x)
+    output, tail = residual_tail(o_lin.node, x)
 
     region = set(norm.nodes) | set(linears) | set(qh.nodes) | set(kh.nodes) | set(vh.nodes) | set(rq.nodes) \
         | set(rk.nodes) | {k_write, v_write, sdpa, o_lin.node} | set(k_rep) | set(v_rep) | set(chain) | set(tail)
@@ -271,19 +270,3 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
                       o_bias=o_lin.bias is not None, norm=norm.kind,
                       residual=op_args["add_residual"], mask_dtype=str(dtype(mask)).replace("torch.", "")),
     )
-
-
-def _residual_tail(o_node: fx.Node, x: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
-    """Extend the block over ``dropout(p=0)`` and ``x + o`` when o is used only there."""
-    tail, n = [], o_node
-    while len(n.users) == 1 and is_dropout_noop(next(iter(n.users))):
-        n = next(iter(n.users))
-        tail.append(n)
-    if len(n.users) == 1:
-        add = next(iter(n.users))
-        if is_op(add, "add") and len(add.args) == 2 and not add.kwargs and set(add.args) == {n, x} \
-                and shape(add) == shape(x) and dtype(add) == dtype(x):
-            return add, tail + [add]
-    if tail:
-        return tail[-1], tail
-    return o_node, tail

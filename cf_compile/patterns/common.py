@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from cf_compile.fx.idioms import NoMatch, is_layout, replay, require
-from cf_compile.fx.walk import shape
+from cf_compile.fx.idioms import NoMatch, is_dropout_noop, is_layout, replay, require
+from cf_compile.fx.walk import dtype, is_op, shape
 
 MAX_DECODE_BATCH = 16
 
@@ -90,5 +90,24 @@ def int_shape(node: fx.Node, what: str) -> tuple[int, ...]:
     return s
 
 
+def only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def residual_tail(o_node: fx.Node, x: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """Extend a block over ``dropout(p=0)`` and ``x + o`` when o is used only there.
+
+    Returns (the block's output node, the extra nodes it covers)."""
+    tail, n = [], o_node
+    while only_user(n) is not None and is_dropout_noop(only_user(n)):
+        n = only_user(n)
+        tail.append(n)
+    add = only_user(n)
+    if add is not None and is_op(add, "add") and len(add.args) == 2 and not add.kwargs and set(add.args) == {n, x} \
+            and shape(add) == shape(x) and dtype(add) == dtype(x):
+        return add, tail + [add]
+    return (tail[-1], tail) if tail else (o_node, tail)
+
+
 __all__ = ["BlockMatch", "NearMiss", "NoMatch", "check_decode_shape", "check_region_closed",
-           "layout_chain_back", "verify_layout", "int_shape", "MAX_DECODE_BATCH"]
+           "layout_chain_back", "verify_layout", "int_shape", "MAX_DECODE_BATCH", "only_user", "residual_tail"]

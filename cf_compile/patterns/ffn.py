@@ -11,13 +11,13 @@ import torch.fx as fx
 
 from cf_compile.fx.idioms import NoMatch, cast_dtype, match_linear, match_rmsnorm, require
 from cf_compile.fx.walk import arg, dtype, is_input, is_op, op_name, shape
-from cf_compile.patterns.attention import _residual_tail
 from cf_compile.patterns.common import (
     BlockMatch,
     NearMiss,
     check_decode_shape,
     check_region_closed,
     int_shape,
+    residual_tail,
 )
 
 BLOCK = "ffn"
@@ -133,7 +133,7 @@ def _match(down_node: fx.Node) -> BlockMatch:
     x_shape = int_shape(x, "ffn input")
     require(len(x_shape) == 3 and x_shape[1] == 1, f"ffn input is {x_shape}, not [B, 1, hidden]")
     require(shape(down.weight) == (x_shape[-1], intermediate), "down_proj does not map intermediate -> hidden")
-    output, tail = _residual_tail(down_node, x)
+    output, tail = residual_tail(down_node, x)
     region |= set(tail)
     check_region_closed(region, output, "ffn")
     op_args = dict(

@@ -27,7 +27,6 @@ from cf_compile.fx.idioms import (
     NoMatch,
     RMSNorm,
     cast_dtype,
-    is_dropout_noop,
     is_layout,
     match_linear,
     match_rmsnorm,
@@ -43,6 +42,8 @@ from cf_compile.patterns.common import (
     check_region_closed,
     int_shape,
     layout_chain_back,
+    only_user,
+    residual_tail,
     verify_layout,
 )
 
@@ -93,10 +94,6 @@ def _lanes(node: fx.Node, width: int) -> torch.Tensor | None:
     if not (isinstance(idx, tuple) and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice)):
         return None
     return replay(node, torch.arange(width))
-
-
-def _only_user(node: fx.Node) -> fx.Node | None:
-    return next(iter(node.users)) if len(node.users) == 1 else None
 
 
 def _cache_shape(node: fx.Node, what: str) -> tuple:
@@ -307,7 +304,7 @@ def _key_assembly(key: object, nope: int, heads_src: fx.Node, width: int, what: 
         if is_op(u, "sdpa"):
             continue
         lanes = _lanes(u, width)
-        cp = _only_user(u)
+        cp = only_user(u)
         require(lanes is not None and cp is not None and cp.op == "call_method" and cp.target == "copy_"
                 and cp.args[0] is u and len(cp.args) == 2 and not cp.kwargs and not cp.users,
                 f"{what}: '{u.name}' is not a lane-slice copy_ into the keys")
@@ -435,8 +432,8 @@ def _match(sdpa: fx.Node) -> BlockMatch:
 
     # output: SDPA -> merge heads -> o_proj -> [dropout(p=0)] -> [x + o]
     chain, o = [], sdpa
-    while _only_user(o) is not None and is_layout(_only_user(o)):
-        o = _only_user(o)
+    while only_user(o) is not None and is_layout(only_user(o)):
+        o = only_user(o)
         chain.append(o)
     require(len(o.users) == 1, "attention output has several users")
     o_lin = match_linear(next(iter(o.users)), "o_proj")
@@ -445,7 +442,7 @@ def _match(sdpa: fx.Node) -> BlockMatch:
     verify_layout(chain, torch.arange(m).reshape(batch, heads, 1, v_dim), torch.arange(m).reshape(batch, 1, heads * v_dim),
                   "attention output")
     require(shape(o_lin.weight)[0] == hidden, "o_proj does not return to the hidden size")
-    output, tail = _residual_tail(o_lin.node, x)
+    output, tail = residual_tail(o_lin.node, x)
 
     region = set(norm.nodes) | set(q_nodes) | set(q_chain) | {qp_part.split, qp_part.getitem, qn_part.getitem, q} \
         | set(q_rope.nodes) | {kv_a.node, c_part.split, c_part.getitem, kp_part.getitem} | set(kv_norm.nodes) \
@@ -480,19 +477,6 @@ def _match(sdpa: fx.Node) -> BlockMatch:
                       bias=any(b is not None for b in biases), norm=norm.kind, residual=op_args["add_residual"],
                       mask_dtype=str(dtype(mask)).replace("torch.", "")),
     )
-
-
-def _residual_tail(o_node: fx.Node, x: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
-    """Extend the block over ``dropout(p=0)`` and ``x + o`` when o is used only there."""
-    tail, n = [], o_node
-    while _only_user(n) is not None and is_dropout_noop(_only_user(n)):
-        n = _only_user(n)
-        tail.append(n)
-    add = _only_user(n)
-    if add is not None and is_op(add, "add") and len(add.args) == 2 and not add.kwargs and set(add.args) == {n, x} \
-            and shape(add) == shape(x) and dtype(add) == dtype(x):
-        return add, tail + [add]
-    return (tail[-1], tail) if tail else (o_node, tail)
 
 
 __all__ = ["BLOCK", "MlaRope", "anchors", "match", "match_mla_rope"]
