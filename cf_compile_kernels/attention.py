@@ -93,9 +93,11 @@ class AttentionConfig:
         }
 
 
+@functools.cache
 def _plan(
     *, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int, esize: int, num_sms: int
 ) -> AttentionConfig | str:
+    """The work split, or why none fits; memoised (every launch asks for it)."""
     group = num_heads // num_kv_heads
     # One CTA per SM: clusters of C per KV head up to the SM count, then P clusters per KV head.
     cluster = max(1, min(MAX_CLUSTER, _floor_pow2(max(1, num_sms // num_kv_heads))))
@@ -154,7 +156,7 @@ def attention_unsupported_reason(
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         batch=batch,
-        esize=torch.empty((), dtype=dtype).element_size(),
+        esize=dtype.itemsize,
         num_sms=num_sms,
     )
     return plan if isinstance(plan, str) else None
@@ -177,7 +179,7 @@ def attention_config(
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         batch=batch,
-        esize=torch.empty((), dtype=dtype).element_size(),
+        esize=dtype.itemsize,
         num_sms=num_sms,
     )
     if isinstance(plan, str):
@@ -217,6 +219,34 @@ def _scratch_for(
             arrivals = torch.zeros(kvh * c + c, dtype=torch.int32, device=device)
             found = _scratch[key] = (attn_partial, o_partial, arrivals)
         return found
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What every launch of one shape on one device reuses: split, loaded kernel, scratch."""
+
+    plan: AttentionConfig
+    kernel: object  # launch.LoadedKernel
+    scratch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+_launches: dict[tuple, _Launch] = {}
+
+
+def _launch_for(
+    dtype: torch.dtype, hidden: int, num_heads: int, kvh: int, head_dim: int, batch: int, device: torch.device
+) -> _Launch:
+    """Memoised per shape: a launch must not hash kernel sources or re-derive the split every call."""
+    key = (dtype, hidden, num_heads, kvh, head_dim, batch, device)
+    found = _launches.get(key)
+    if found is None:
+        plan = _plan(hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim, batch=batch,
+                     esize=dtype.itemsize, num_sms=_num_sms(device.index or 0))
+        assert not isinstance(plan, str), plan   # attention_unsupported_reason ran first
+        kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), device)
+        scratch = _scratch_for(device, kvh, plan, batch, num_heads // kvh, head_dim, hidden)
+        found = _launches[key] = _Launch(plan, kernel, scratch)
+    return found
 
 
 @functools.cache
@@ -331,20 +361,9 @@ def attention_decode(
         if attn_mask.stride(-1) != 1:
             attn_mask = attn_mask.contiguous()
         mask_stride = attn_mask.stride(0) if attn_mask.shape[0] == batch and batch > 1 else 0
-    esize = x.element_size()
-    plan = _plan(
-        hidden=hidden,
-        num_heads=num_heads,
-        num_kv_heads=kvh,
-        head_dim=head_dim,
-        batch=batch,
-        esize=esize,
-        num_sms=_num_sms(dev.index or 0),
-    )
-    assert not isinstance(plan, str)
-    group = num_heads // kvh
-    attn_partial, o_partial, arrivals = _scratch_for(dev, kvh, plan, batch, group, head_dim, hidden)
-    kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), dev)
+    launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev)
+    plan, kernel = launch.plan, launch.kernel
+    attn_partial, o_partial, arrivals = launch.scratch
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
     args = [
         x,
