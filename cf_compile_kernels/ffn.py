@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .launch import check_tensor
 from .registry import register_check
 
 SOURCE = "gated_ffn.cu"
@@ -436,14 +437,7 @@ def gated_ffn(
         "W_up": (intermediate, hidden),
     }
     for name, t in tensors.items():
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: dtype {t.dtype}, expected {x.dtype}")
-        if t.device != x.device or not t.is_cuda:
-            raise ValueError(f"{name}: on {t.device}, expected {x.device} (CUDA)")
-        if tuple(t.shape) != shapes[name]:
-            raise ValueError(f"{name}: shape {list(t.shape)}, expected {list(shapes[name])}")
-        if not t.is_contiguous() or t.data_ptr() % SMEM_ALIGN:
-            raise ValueError(f"{name}: must be contiguous and 16-byte aligned")
+        check_tensor(name, t, dtype=x.dtype, shape=shapes[name], device=x.device, align=SMEM_ALIGN)
     span = batch * hidden * x.element_size()
     if abs(out.data_ptr() - x.data_ptr()) < span:
         raise ValueError("out overlaps x: the residual is read while other CTAs write out")
