@@ -123,19 +123,19 @@ def _use_cuda_graph(options: Options, report: GraphReport, example_inputs: Seque
 
 
 def _mutated_inputs(gm: fx.GraphModule) -> set[int]:
-    """Positions of graph inputs that an in-place call or a mutating custom op writes."""
+    """Positions of graph inputs that an in-place call (``x.add_``) or a mutating op's schema writes."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    mutated: set[fx.Node] = set()
+    mutated: set[Any] = set()
     for n in gm.graph.nodes:
-        if n.op == "call_method" and is_mutating(n) and n.args:
-            mutated.add(n.args[0])
-        elif n.op == "call_function" and is_mutating(n):
-            schema = getattr(n.target, "_schema", None)
-            for a in (schema.arguments if schema is not None else []):
-                if a.alias_info is not None and a.alias_info.is_write:
-                    value = n.kwargs.get(a.name)
-                    if isinstance(value, fx.Node):
-                        mutated.add(value)
+        if not is_mutating(n):
+            continue
+        schema = getattr(n.target, "_schema", None)
+        if schema is None:          # in-place method or function: it writes its first operand
+            mutated.update(n.args[:1])
+            continue
+        for i, a in enumerate(schema.arguments):
+            if a.alias_info is not None and a.alias_info.is_write:
+                mutated.add(n.args[i] if i < len(n.args) else n.kwargs.get(a.name))
     return {i for i, p in enumerate(placeholders) if p in mutated}
 
 

@@ -41,15 +41,8 @@ class Family:
     match: Callable[[fx.Node], BlockMatch | NearMiss | None]
     op: Callable
     reference: Callable
-
-
-FAMILIES = (
-    Family("mla", mla_pattern.anchors, mla_pattern.match, mla_op.mla_decode_call, mla_op.mla_decode_reference),
-    Family("attention", attention_pattern.anchors, attention_pattern.match,
-           torch.ops.clusterfusion.attention_decode.default, attention_op.attention_decode_reference),
-    Family("ffn", ffn_pattern.anchors, ffn_pattern.match,
-           torch.ops.clusterfusion.gated_ffn.default, ffn_op.gated_ffn_reference),
-)
+    # (match, SM count) -> (why the kernel declines or None, kernel config); None: no kernel exists
+    kernel_support: Callable[[BlockMatch, int], tuple[str | None, dict]] | None
 
 # kernels="auto" uses a family's kernel only once it has been measured faster than Inductor on the
 # same shapes (benchmarks/RESULTS.md); until then it runs with kernels="all" and auto inlines the
@@ -75,8 +68,9 @@ def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, di
     """(implementation, reason the kernel is not used or "", kernel config for the report)."""
     if options.kernels == "reference":
         return REFERENCE_OP, "kernels='reference' requested", {}
-    if m.block == "mla":   # the op's impl="kernel" raises until a kernel exists
-        return REFERENCE_INLINED, "no MLA kernel yet", {}
+    support = family_of(m.block).kernel_support
+    if support is None:   # the op's impl="kernel" raises until a kernel exists
+        return REFERENCE_INLINED, f"no {m.block.upper()} kernel yet", {}
     try:
         import cf_compile_kernels
         ok, why = cf_compile_kernels.kernels_available(_device_of(m))
@@ -85,7 +79,8 @@ def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, di
     if not ok:
         return REFERENCE_INLINED, why, {}
     try:
-        reason, config = _kernel_support(m)
+        num_sms = torch.cuda.get_device_properties(_device_of(m)).multi_processor_count
+        reason, config = support(m, num_sms)
     except Exception as e:
         reason, config = f"kernel support check failed: {e}", {}
     if reason:
@@ -95,34 +90,50 @@ def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, di
     return KERNEL, "", config
 
 
-def _kernel_support(m: BlockMatch) -> tuple[str | None, dict]:
-    dtype, s, f = m.dtype, m.shapes, m.features
-    num_sms = torch.cuda.get_device_properties(_device_of(m)).multi_processor_count
-    if m.block == "ffn":
-        from cf_compile_kernels import ffn as k
+def _ffn_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:
+    from cf_compile_kernels import ffn as k
 
-        reason = k.ffn_unsupported_reason(hidden=s["hidden"], intermediate=s["intermediate"], batch=m.batch,
-                                          dtype=dtype, activation=f["activation"], norm_kind=f["norm"],
-                                          fused_gate_up=f["fused_gate_up"], has_bias=f["bias"])
-        if reason:
-            return reason, {}
-        return None, k.ffn_config(hidden=s["hidden"], intermediate=s["intermediate"], batch=m.batch, dtype=dtype,
-                                  num_sms=num_sms)
+    s, f = m.shapes, m.features
+    reason = k.ffn_unsupported_reason(hidden=s["hidden"], intermediate=s["intermediate"], batch=m.batch,
+                                      dtype=m.dtype, activation=f["activation"], norm_kind=f["norm"],
+                                      fused_gate_up=f["fused_gate_up"], has_bias=f["bias"])
+    if reason:
+        return reason, {}
+    return None, k.ffn_config(hidden=s["hidden"], intermediate=s["intermediate"], batch=m.batch, dtype=m.dtype,
+                              num_sms=num_sms)
+
+
+def _attention_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:
     from cf_compile_kernels import attention as k
 
+    s, f = m.shapes, m.features
     if f["qk_norm"] and f["qk_norm_kind"] != "weight":
         return f"no kernel for a per-head {f['qk_norm_kind']} q/k norm (Gemma3's 1 + w)", {}
     cache_len = val(m.op_args["k_cache"]).shape[2]
     if isinstance(cache_len, torch.SymInt):     # symbolic max_cache_len: the kernel reads it at run time
         cache_len = cache_len.node.hint
-    reason = k.attention_unsupported_reason(
-        hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
-        batch=m.batch, dtype=dtype, max_cache_len=cache_len, has_qk_norm=f["qk_norm"],
-        mask_dtype=val(m.op_args["attn_mask"]).dtype, num_sms=num_sms)
+    shape = dict(hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
+                 batch=m.batch, dtype=m.dtype, num_sms=num_sms)
+    reason = k.attention_unsupported_reason(**shape, max_cache_len=cache_len, has_qk_norm=f["qk_norm"],
+                                            mask_dtype=val(m.op_args["attn_mask"]).dtype)
     if reason:
         return reason, {}
-    return None, k.attention_config(hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"],
-                                    head_dim=s["head_dim"], batch=m.batch, dtype=dtype, num_sms=num_sms)
+    return None, k.attention_config(**shape)
+
+
+FAMILIES = (
+    Family("mla", mla_pattern.anchors, mla_pattern.match, mla_op.mla_decode_call, mla_op.mla_decode_reference,
+           kernel_support=None),
+    Family("attention", attention_pattern.anchors, attention_pattern.match,
+           torch.ops.clusterfusion.attention_decode.default, attention_op.attention_decode_reference,
+           kernel_support=_attention_kernel_support),
+    Family("ffn", ffn_pattern.anchors, ffn_pattern.match, torch.ops.clusterfusion.gated_ffn.default,
+           ffn_op.gated_ffn_reference, kernel_support=_ffn_kernel_support),
+)
+
+
+def family_of(block: str) -> Family:
+    return next(f for f in FAMILIES if f.name == block)
 
 
 def _record(rep: GraphReport, layer: int, result: BlockMatch | NearMiss) -> BlockRecord:
@@ -140,7 +151,7 @@ def _record(rep: GraphReport, layer: int, result: BlockMatch | NearMiss) -> Bloc
 
 def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[tuple[BlockMatch, BlockRecord]]:
     """Match every enabled family, rewrite the proven blocks, fill ``report``; returns the matches."""
-    results: list[tuple[BlockMatch | NearMiss, BlockRecord]] = []
+    results: list[tuple[Family, BlockMatch | NearMiss, BlockRecord]] = []
     recorded: set[fx.Node] = set()
     for family in FAMILIES:
         if family.name not in options.patterns:
@@ -157,10 +168,10 @@ def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[t
             if result is None:
                 continue
             recorded.add(anchor)
-            results.append((result, _record(report, layer, result)))
+            results.append((family, result, _record(report, layer, result)))
             layer += 1
     if options.strict:
-        misses = [(r, rec) for r, rec in results if isinstance(r, NearMiss) and r.status != "skipped"]
+        misses = [(r, rec) for _, r, rec in results if isinstance(r, NearMiss) and r.status != "skipped"]
         if misses:
             r, rec = misses[0]
             raise ClusterFusionError(f"clusterfusion (strict): {rec.block} block of layer {rec.layer}"
@@ -169,8 +180,7 @@ def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[t
     claimed: set[fx.Node] = set()
     replaced: dict[fx.Node, fx.Node] = {}
     done = []
-    by_name = {f.name: f for f in FAMILIES}
-    for result, rec in results:
+    for family, result, rec in results:
         if not isinstance(result, BlockMatch):
             continue
         if result.nodes & claimed:
@@ -181,7 +191,6 @@ def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[t
         rec.implementation, rec.kernel_config = impl, config
         if why and impl != REFERENCE_OP:
             rec.reason = why
-        family = by_name[result.block]
         # an earlier rewrite may have replaced one of our operands (the residual stream x)
         op_args = fx.node.map_arg(result.op_args, lambda n: replaced.get(n, n))
         if impl == REFERENCE_INLINED:
