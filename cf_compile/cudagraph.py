@@ -53,7 +53,6 @@ class LeanCUDAGraph:
         self.copied = [i for i in range(num_inputs) if i not in static]
         self.layouts: OrderedDict[tuple, _Captured | None] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
-        self.captures = 0
 
     def _layout(self, args: Sequence[Any]) -> tuple:
         key = []
@@ -95,10 +94,9 @@ class LeanCUDAGraph:
         torch.cuda.synchronize()
         with torch.cuda.graph(graph, pool=self.pool):
             outputs = self.fn(*inputs)
-        self.captures += 1
         global _CAPTURES
         _CAPTURES += 1
-        log.info("clusterfusion: captured decode step CUDA graph #%d", self.captures)
+        log.info("clusterfusion: captured decode step CUDA graph #%d of this process", _CAPTURES)
         return _Captured(graph, inputs, outputs)
 
 
