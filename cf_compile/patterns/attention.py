@@ -33,6 +33,7 @@ from cf_compile.patterns.common import (
     check_decode_shape,
     check_region_closed,
     int_shape,
+    only_user,
     residual_tail,
     verify_layout,
 )
@@ -232,11 +233,11 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
 
     # output: SDPA -> merge heads -> o_proj -> [dropout(p=0)] -> [x + o]
     chain, n = [], sdpa
-    while len(n.users) == 1 and is_layout(next(iter(n.users))):
-        n = next(iter(n.users))
+    while is_layout(only_user(n)):
+        n = only_user(n)
         chain.append(n)
-    require(len(n.users) == 1, "attention output has several users")
-    o_lin = match_linear(next(iter(n.users)), "o_proj")
+    require(only_user(n) is not None, "attention output has several users")
+    o_lin = match_linear(only_user(n), "o_proj")
     require(o_lin.input is n, "o_proj does not read the merged attention output")
     start = torch.arange(batch * num_heads * head_dim).reshape(batch, num_heads, 1, head_dim)
     verify_layout(chain, start, torch.arange(batch * num_heads * head_dim).reshape(batch, 1, num_heads * head_dim),
