@@ -150,15 +150,8 @@ def attention_unsupported_reason(
         return f"max_cache_len {max_cache_len}"
     if mask_dtype is not None and mask_dtype != torch.bool:
         return f"attention mask of dtype {mask_dtype}: only bool masks"
-    plan = _plan(
-        hidden=hidden,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        batch=batch,
-        esize=dtype.itemsize,
-        num_sms=num_sms,
-    )
+    plan = _plan(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
+                 esize=dtype.itemsize, num_sms=num_sms)
     return plan if isinstance(plan, str) else None
 
 
@@ -173,15 +166,8 @@ def attention_config(
     num_sms: int,
 ) -> dict:
     """The work split for the report (cluster size, clusters per KV head, chunks, shared memory)."""
-    plan = _plan(
-        hidden=hidden,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        batch=batch,
-        esize=dtype.itemsize,
-        num_sms=num_sms,
-    )
+    plan = _plan(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
+                 esize=dtype.itemsize, num_sms=num_sms)
     if isinstance(plan, str):
         raise ValueError(plan)
     return plan.as_dict()
