@@ -49,6 +49,7 @@ EPS = 1e-5
 REPEATS = 30
 L2_MULTIPLE = 2  # graphs cycle through layer copies whose bytes exceed this many L2s
 MAX_LAYERS = 32
+PHASES = 5  # the kernel's stop_after_phase cut points (attention_decode.cu)
 
 
 def rotate_half(t: torch.Tensor) -> torch.Tensor:
@@ -113,11 +114,12 @@ def floor_bytes(model: str, batch: int, seq: int, esize: int) -> int:
     return weights + kv_read + activations
 
 
-def ours(layer: dict, prefetch: bool = False) -> None:
+def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0) -> None:
     attention_decode(layer["x"], layer["nw"], EPS, "weight", [layer["wq"], layer["wk"], layer["wv"]],
                      [layer["bq"], layer["bk"], layer["bv"]], None, None, 0.0, layer["cos"], layer["sin"],
                      layer["cache_position"], layer["k_cache"], layer["v_cache"], layer["mask"], layer["scale"],
-                     layer["wo"], None, True, layer["out"], prefetch=prefetch)
+                     layer["wo"], None, True, layer["out"], prefetch=prefetch,
+                     stop_after_phase=stop_after_phase)
 
 
 def hf_args(layer: dict) -> tuple:
@@ -149,6 +151,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="Llama-2-7B fp16 only")
     ap.add_argument("--no-inductor", action="store_true")
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--dtypes", nargs="*", default=list(DTYPES))
+    ap.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
+    ap.add_argument("--seqs", nargs="*", type=int, default=list(SEQS))
+    ap.add_argument("--phases", action="store_true",
+                    help="also time the kernel cut after each phase (stop_after_phase 1..PHASES)")
     ap.add_argument("--inductor-budget", type=float, default=420.0, help="seconds of Inductor compiles, then skip")
     ap.add_argument("--record", action="store_true", help="append rows to results.jsonl / RESULTS.md")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_rows.json"))
@@ -163,9 +171,9 @@ def main() -> None:
     compiled = torch.compile(hf_block, mode="max-autotune-no-cudagraphs", dynamic=False)
     spent = 0.0
     rows = []
-    models = ["llama-2-7b"] if args.quick else list(MODELS)
-    dtypes = ["fp16"] if args.quick else list(DTYPES)
-    order = [(m, dt, b, s) for dt in dtypes for b in BATCHES for m in models for s in SEQS]
+    models = ["llama-2-7b"] if args.quick else args.models
+    dtypes = ["fp16"] if args.quick else args.dtypes
+    order = [(m, dt, b, s) for dt in dtypes for b in args.batches for m in models for s in args.seqs]
     order.sort(key=lambda r: (r[2] != 1, r[1] != "fp16"))  # batch 1 fp16 first: the headline rows
     for model, dtname, batch, seq in order:
         dtype = DTYPES[dtname]
@@ -176,6 +184,11 @@ def main() -> None:
         err = check_ours(layers[0], dtype)
         t_ours = time_graph(ours, layers)
         t_pf = time_graph(lambda layer: ours(layer, prefetch=True), layers)
+        phases = {}
+        if args.phases:
+            for k in range(1, PHASES + 1):
+                phases[f"phase{k}_us"] = round(time_graph(lambda layer, k=k: ours(layer, stop_after_phase=k), layers), 2)
+            print("  cumulative time after each phase (us): " + " ".join(f"{v:.1f}" for v in phases.values()))
         t_ind = None
         if not args.no_inductor and spent < args.inductor_budget:
             start = time.perf_counter()
@@ -195,7 +208,7 @@ def main() -> None:
                           "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"]},
             ours_us=round(t_ours, 2), ours_l2_prefetch_us=round(t_pf, 2),
             inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
-            floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"))
+            floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"), **phases)
         rows.append(row)
         Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
         print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname}: ours {t_ours:7.1f} (L2 prefetch {t_pf:7.1f}) "

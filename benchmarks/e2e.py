@@ -188,6 +188,15 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     no_graph = compiled(backend="clusterfusion", options={"cudagraphs": False})
     ours_kernels = kernels_per_step(no_graph, session)
     eager_tokens = session.greedy(model.forward, args.agree)
+    if args.kernels_all:   # the fused kernels on every matched block, whatever the auto policy says
+        try:
+            all_fn = compiled(backend="clusterfusion", options={"kernels": "all"})
+            log["ours_kernels_all_us"] = session.time_step(all_fn, args.steps, args.repeats)
+            log["agree_ours_kernels_all"] = agreement(session.greedy(all_fn, args.agree), eager_tokens)
+            log["ours_kernels_all_kernels"] = kernels_per_step(
+                compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False}), session)
+        except Exception as exc:  # keep the row
+            log["ours_kernels_all_error"] = f"{type(exc).__name__}: {exc}"[:300]
     if args.generate:
         log["generate_inductor_ms_per_token"] = generate_ms_per_token(session, "inductor", args.generate)
         log["generate_ours_ms_per_token"] = generate_ms_per_token(session, "clusterfusion", args.generate)
@@ -214,6 +223,7 @@ def main() -> None:
     p.add_argument("--generate", type=int, default=64,
                    help="new tokens per generate() timing with compile_config (0: skip)")
     p.add_argument("--rows-out", type=Path)
+    p.add_argument("--kernels-all", action="store_true", help="also time ours with kernels=\"all\"")
     p.add_argument("--append", type=Path, help="append rows from a --rows-out file to results.jsonl/RESULTS.md")
     args = p.parse_args()
     if args.append:
@@ -224,7 +234,12 @@ def main() -> None:
     bandwidth, _ = copy_bandwidth()
     rows = []
     for name in args.models:
-        row = bench_model(name, args, bandwidth)
+        try:
+            row = bench_model(name, args, bandwidth)
+        except Exception:   # one model's failure must not lose the others' rows
+            import traceback
+            traceback.print_exc()
+            continue
         torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,7 +30,8 @@ MAX_HIDDEN = 8192
 THREADS = 256  # attn::kThreads
 WARPS = THREADS // 32
 VECTOR_ELEMS = 8  # 2-byte elements per 16-byte load
-MAX_CLUSTER = 8  # portable cluster size; larger needs opt-in and schedules worse
+MAX_CLUSTER = 8  # portable cluster size; larger needs opt-in and schedules worse (attn::kMaxCluster)
+MAX_SPLIT = 16  # clusters per KV head, merged from registers (attn::kMaxSplit)
 MAX_HEADS_PER_PASS = 8  # query heads whose q/o live in registers during one pass over K/V
 SMEM_LIMIT = 227 * 1024  # opt-in dynamic shared memory per block on sm_90
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -50,6 +53,11 @@ def batch_bucket(batch: int) -> int:
 def heads_per_pass(group: int) -> int:
     """Query heads per register pass over the K/V chunk (power of two, at most 8)."""
     return min(MAX_HEADS_PER_PASS, _next_pow2(group))
+
+
+def rows_in_parallel(batch: int) -> int:
+    """Batch rows whose attention runs at once, each on WARPS/rows warps (power of two, divides WARPS)."""
+    return _floor_pow2(min(batch, WARPS))
 
 
 def _align16(n: int) -> int:
@@ -79,6 +87,7 @@ class AttentionConfig:
     heads_per_pass: int
     smem_bytes: int
     grid: tuple[int, int, int]
+    active_clusters: tuple[tuple[int, int], ...] = ()  # (C, co-resident clusters of C) the split saw
 
     def as_dict(self) -> dict:
         return {
@@ -90,18 +99,53 @@ class AttentionConfig:
             "heads_per_pass": self.heads_per_pass,
             "threads": THREADS,
             "smem_bytes": self.smem_bytes,
+            "active_clusters": dict(self.active_clusters),
         }
 
 
-@functools.cache
+CLUSTER_SIZES = (8, 4, 2, 1)
+
+
+def choose_split(num_kv_heads: int, active: Callable[[int], int]) -> tuple[int, int]:
+    """(cluster size C, clusters per KV head P): every cluster co-resident in one wave, as many CTAs as
+    the device holds at once, then the fewest clusters per KV head (each extra one adds a global merge),
+    then the larger cluster. active(C) = clusters of C CTAs the device runs at once (GPCs, not only the
+    SM count, limit it: cuOccupancyMaxActiveClusters)."""
+    best, best_key = (1, 1), None
+    for c in CLUSTER_SIZES:
+        a = active(c)
+        if a < 1:
+            continue
+        if num_kv_heads <= a:
+            p, waves = max(1, min(MAX_SPLIT, a // num_kv_heads)), 1
+        else:
+            p, waves = 1, math.ceil(num_kv_heads / a)
+        ctas = min(num_kv_heads * p, a) * c
+        key = (waves, -ctas, p, -c)
+        if best_key is None or key < best_key:
+            best, best_key = (c, p), key
+    return best
+
+
+def estimated_active_clusters(num_sms: int) -> Callable[[int], int]:
+    """Without a device: every SM takes one CTA and any C SMs form a cluster (optimistic on real GPCs)."""
+    return lambda c: num_sms // c
+
+
 def _plan(
-    *, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int, esize: int, num_sms: int
+    *,
+    hidden: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    batch: int,
+    esize: int,
+    num_sms: int,
+    active: Callable[[int], int] | None = None,
 ) -> AttentionConfig | str:
     """The work split, or why none fits; memoised (every launch asks for it)."""
     group = num_heads // num_kv_heads
-    # One CTA per SM: clusters of C per KV head up to the SM count, then P clusters per KV head.
-    cluster = max(1, min(MAX_CLUSTER, _floor_pow2(max(1, num_sms // num_kv_heads))))
-    per_head = max(1, num_sms // (num_kv_heads * cluster))
+    cluster, per_head = choose_split(num_kv_heads, active or estimated_active_clusters(num_sms))
     bucket, hg = batch_bucket(batch), heads_per_pass(group)
     fixed = _smem_bytes(
         batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=0, hg=hg, esize=esize
@@ -178,6 +222,53 @@ def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None =
     return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket, hg), arch=arch)
 
 
+def _max_active_clusters(kernel, cluster: int, smem: int) -> int | None:
+    """Clusters of `cluster` CTAs this kernel can run at once (driver occupancy; None if it cannot say).
+
+    Uses the runtime's LoadedKernel internals (function handle, attribute setter): the runtime has no
+    public occupancy call yet."""
+    from cuda.bindings import driver
+
+    try:
+        kernel._ensure_attributes(smem, cluster)
+        config = driver.CUlaunchConfig()
+        config.gridDimX, config.gridDimY, config.gridDimZ = cluster, 1, 1
+        config.blockDimX, config.blockDimY, config.blockDimZ = THREADS, 1, 1
+        config.sharedMemBytes = smem
+        attr = driver.CUlaunchAttribute()
+        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
+        config.attrs = [attr]
+        config.numAttrs = 1
+        err, count = driver.cuOccupancyMaxActiveClusters(kernel._function, config)
+        return int(count) if err == driver.CUresult.CUDA_SUCCESS else None
+    except Exception:  # an older driver or runtime: fall back to the SM-count estimate
+        return None
+
+
+@functools.cache
+def device_plan(
+    dtype: torch.dtype, *, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int,
+    device_index: int,
+) -> AttentionConfig:
+    """The launch plan on a real device: shared memory from the shape, the split from the driver's
+    count of co-resident clusters of each size (so the grid is one wave), memoised per shape."""
+    shape = dict(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
+                 esize=dtype.itemsize, num_sms=_num_sms(device_index))
+    first = _plan(**shape)
+    if isinstance(first, str):
+        raise ValueError(first)
+    kernel = load_kernel(compiled_kernel(dtype, first.batch_bucket, first.heads_per_pass), device_index)
+    estimate = estimated_active_clusters(shape["num_sms"])
+    counts = {}
+    for c in CLUSTER_SIZES:
+        found = _max_active_clusters(kernel, c, first.smem_bytes)
+        counts[c] = estimate(c) if found is None else found
+    plan = _plan(**shape, active=counts.__getitem__)
+    assert not isinstance(plan, str)
+    return replace(plan, active_clusters=tuple(sorted(counts.items())))
+
+
 # ------------------------------------------------------------------ scratch (once per shape and device)
 
 _scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -226,9 +317,9 @@ def _launch_for(
     key = (dtype, hidden, num_heads, kvh, head_dim, batch, device)
     found = _launches.get(key)
     if found is None:
-        plan = _plan(hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim, batch=batch,
-                     esize=dtype.itemsize, num_sms=_num_sms(device.index or 0))
-        assert not isinstance(plan, str), plan   # attention_unsupported_reason ran first
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        plan = device_plan(dtype, hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim,
+                           batch=batch, device_index=index)
         kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), device)
         scratch = _scratch_for(device, kvh, plan, batch, num_heads // kvh, head_dim, hidden)
         found = _launches[key] = _Launch(plan, kernel, scratch)
@@ -281,11 +372,17 @@ def attention_decode(
     out: torch.Tensor,
     *,
     prefetch: bool = False,
+    stop_after_phase: int = 0,
+    rows_parallel: int | None = None,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
     One kernel launch, no host sync, no allocation after the first call of a shape (CUDA-graph safe).
-    Raises ValueError/TypeError for unsupported inputs (attention_unsupported_reason says why first)."""
+    Raises ValueError/TypeError for unsupported inputs (attention_unsupported_reason says why first).
+    prefetch: pull the o_proj weights into L2 after the q/k/v phase (an experiment the benchmark times).
+    rows_parallel: batch rows attended at once (default: rows_in_parallel(batch)); 1 walks the rows in turn.
+    stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
+    kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block."""
     if norm_kind not in ("weight", "unit_offset"):
         raise ValueError(f"norm_kind {norm_kind!r}: 'weight' or 'unit_offset'")
     batch, _, hidden = x.shape
@@ -390,6 +487,8 @@ def attention_decode(
         i32(bool(add_residual)),
         i32(plan.k_chunk),
         i32(bool(prefetch)),
+        i32(rows_parallel or rows_in_parallel(batch)),
+        i32(stop_after_phase),
     ]
     kernel.launch(
         plan.grid, (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes, cluster=(plan.cluster, 1, 1)

@@ -83,3 +83,14 @@ def test_large_batch_and_hidden_stage_activations_in_chunks():
                                      dtype=torch.bfloat16, num_sms=H100_SMS)
     assert 0 < cfg["k_chunk"] < 8192 and cfg["k_chunk"] % attention.VECTOR_ELEMS == 0
     assert cfg["smem_bytes"] <= attention.SMEM_LIMIT
+
+
+def test_split_keeps_every_cluster_in_one_wave():
+    """When GPCs hold fewer clusters of 4 than SMs // 4, the split moves to smaller clusters, not two waves."""
+    gpc_limited = {8: 14, 4: 30, 2: 66, 1: 132}.__getitem__
+    c, p = attention.choose_split(32, gpc_limited)
+    assert 32 * p <= gpc_limited(c) and 32 * p * c >= 120
+    assert attention.choose_split(32, attention.estimated_active_clusters(132)) == (4, 1)  # no split needed
+    c, p = attention.choose_split(2, gpc_limited)  # few KV heads: split tokens over clusters
+    assert 2 * p <= gpc_limited(c) and 2 * p * c >= 112 and p <= attention.MAX_SPLIT
+    assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT

@@ -47,6 +47,9 @@ constexpr int kTokenUnroll = HG >= 8 ? 2 : (HG >= 2 ? 4 : 8);
 constexpr float kLog2e = 1.4426950408889634f;
 #define kNegInf (-__int_as_float(0x7f800000))  // -inf without <cmath> (NVRTC has no host headers)
 constexpr int kMaxPairsPerLane = 4;         // head_dim 256 = 32 lanes x 4 rotate-half pairs x 2
+constexpr int kMaxCluster = 8;              // portable cluster size: peers' partials merged from registers
+constexpr int kMaxSplit = 16;               // clusters per KV head (launcher clamps): merged from registers
+constexpr int kMaskChunk = 16;              // mask bytes per thread per step (one 16-byte load when aligned)
 
 // cos/sin arrive as fp32 in HF graphs, sometimes in the model dtype: a run-time tag avoids instantiations.
 enum CosKind : int { kCosF32 = 0, kCosF16 = 1, kCosBF16 = 2 };
@@ -78,6 +81,8 @@ struct Params {
   int batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len;
   long long mask_stride, cos_stride;  // elements between batch rows (cos_stride 0: shared by the batch)
   int cos_kind, unit_offset, add_residual, k_chunk, prefetch;
+  int rows_parallel;        // batch rows attended at once (power of two <= min(B, kWarps))
+  int stop_after;           // measurement hook: 0 runs everything; k > 0 returns after phase k (no counters used)
 };
 
 // ------------------------------------------------------------------ small helpers
@@ -297,6 +302,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const int QKV_ROWS = (G + 2) * D, GD = G * D;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   Smem s = plan_smem<T, BB, HG>(smem_raw, B, G, D, p.k_chunk);
+  if (P > kMaxSplit || C > kMaxCluster || p.rows_parallel < 1 || kWarps % p.rows_parallel) __trap();  // the launcher's split exceeds the register merges
   if (tid == 0 && dynamic_smem_size() < static_cast<unsigned>((reinterpret_cast<unsigned char*>(s.flag) + 16) - smem_raw))
     __trap();  // the launcher's shared-memory plan disagrees with this one
   const long long pos = *p.cache_position;
@@ -305,34 +311,44 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   // Output column slice of this rank (o_proj and the final fix-up).
   const int HC = cf::ceil_div(cf::ceil_div(H, C), 4) * 4;  // multiple of 4: float4 fix-up
   const int col0 = min(H, rank * HC), ncols = min(H, col0 + HC) - col0;
-  if (p.prefetch) {  // o_proj weights: pull into L2 now, consumed after attention
-    const T* wo = static_cast<const T*>(p.wo);
-    const int lines_per_row = cf::ceil_div(GD * static_cast<int>(sizeof(T)), 128);
-    for (int idx = tid; idx < ncols * lines_per_row; idx += kThreads) {
-      const int n = idx / lines_per_row, l = idx % lines_per_row;
-      prefetch_l2(reinterpret_cast<const char*>(wo + static_cast<long long>(col0 + n) * p.num_heads * D + kvh * GD) +
-                  l * 128);
-    }
-  }
-
   for (int idx = B * QKV_ROWS + tid; idx < BB * QKV_ROWS; idx += kThreads) s.qkv[idx] = 0.f;  // bucket padding
 
-  // ---- 1. live ranges from the mask, RMS of every row (warp w takes rows w, w+kWarps, ...)
-  for (int b = warp; b < B; b += kWarps) {
-    int first = 0x7fffffff, last = -1;
-    if (p.mask != nullptr) {
+  // ---- 1. live ranges [first True, last True] of the mask rows (all threads, 16-byte chunks, shared-memory
+  //         integer min/max: order-independent), and the RMS of every row (warp w takes rows w, w+kWarps, ...)
+  for (int b = tid; b < B; b += kThreads) {
+    s.range[2 * b] = p.mask != nullptr ? 0x7fffffff : 0;
+    s.range[2 * b + 1] = p.mask != nullptr ? -1 : static_cast<int>(min(pos, static_cast<long long>(p.max_cache_len - 1)));
+  }
+  __syncthreads();
+  if (p.mask != nullptr) {
+    const int L = p.max_cache_len, chunks = cf::ceil_div(L, kMaskChunk);
+    const bool vec = ((reinterpret_cast<unsigned long long>(p.mask) | static_cast<unsigned long long>(p.mask_stride) |
+                       static_cast<unsigned long long>(L)) % kMaskChunk) == 0;
+    for (int idx = tid; idx < B * chunks; idx += kThreads) {
+      const int b = idx / chunks, j0 = (idx % chunks) * kMaskChunk;
       const unsigned char* row = p.mask + b * p.mask_stride;
-      for (int j = lane; j < p.max_cache_len; j += 32)
-        if (row[j]) { first = min(first, j); last = j; }
+      alignas(16) unsigned char bytes[kMaskChunk];
+      if (vec) {
+        *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(row + j0);
+      } else {
 #pragma unroll
-      for (int off = 16; off; off >>= 1) {
-        first = min(first, __shfl_xor_sync(0xffffffffu, first, off));
-        last = max(last, __shfl_xor_sync(0xffffffffu, last, off));
+        for (int e = 0; e < kMaskChunk; ++e) bytes[e] = j0 + e < L ? row[j0 + e] : 0;
       }
-    } else {
-      first = 0;
-      last = static_cast<int>(min(pos, static_cast<long long>(p.max_cache_len - 1)));
+      int first = 0x7fffffff, last = -1;
+#pragma unroll
+      for (int e = kMaskChunk - 1; e >= 0; --e) {
+        if (bytes[e]) {
+          first = j0 + e;
+          last = max(last, j0 + e);
+        }
+      }
+      if (last >= 0) {
+        atomicMin(&s.range[2 * b], first);
+        atomicMax(&s.range[2 * b + 1], last);
+      }
     }
+  }
+  for (int b = warp; b < B; b += kWarps) {
     float ss = 0.f;
     for (int k = lane * kVec; k < H; k += 32 * kVec) {
       float f[kVec];
@@ -341,12 +357,9 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       for (int e = 0; e < kVec; ++e) ss = fmaf(f[e], f[e], ss);
     }
     ss = warp_sum(ss);
-    if (lane == 0) {
-      s.rstd[b] = rsqrtf(ss / H + p.eps);
-      s.range[2 * b] = last < 0 ? 0 : first;
-      s.range[2 * b + 1] = last + 1;
-    }
+    if (lane == 0) s.rstd[b] = rsqrtf(ss / H + p.eps);
   }
+  if (p.stop_after == 1) return;
 
   // ---- 2. q/k/v rows [row0, row0+nrows) of this rank, K-chunked over the staged normalised x
   const int RC = cf::ceil_div(cf::ceil_div(QKV_ROWS, C), 4) * 4;  // multiple of 4: float4 gather
@@ -394,6 +407,18 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           }
         });
   }
+
+  if (p.prefetch) {  // o_proj weights into L2 while the gather, syncs and attention leave HBM idle
+    const T* wo = static_cast<const T*>(p.wo);
+    const int lines_per_row = cf::ceil_div(GD * static_cast<int>(sizeof(T)), 128);
+    for (int idx = tid; idx < ncols * lines_per_row; idx += kThreads) {
+      const int n = idx / lines_per_row, l = idx % lines_per_row;
+      prefetch_l2(reinterpret_cast<const char*>(wo + static_cast<long long>(col0 + n) * p.num_heads * D + kvh * GD) +
+                  l * 128);
+    }
+  }
+
+  if (p.stop_after == 2) return;
 
   // ---- 3. ClusterGather of the fp32 projections, then bias / q,k-norm / RoPE in every CTA
   cluster.sync();
@@ -475,6 +500,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
   }
   __syncthreads();
+  if (p.stop_after == 3) return;
 
   // ---- 4. attention over this CTA's token chunk, per batch row and group of HG query heads
   const int lanes_per_token = D / kVec;          // one 16-byte vector of K/V per lane
@@ -484,8 +510,16 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const int chunks = P * C, chunk_idx = part_idx * C + rank;
   const T* kc_base = static_cast<const T*>(p.k_cache);
   const T* vc_base = static_cast<const T*>(p.v_cache);
-  for (int b = 0; b < B; ++b) {
-    const int lo_pos = s.range[2 * b], hi_pos = s.range[2 * b + 1];
+  // R batch rows in parallel (launcher: the largest power of two <= min(B, kWarps)): warp group
+  // grp = warp / (kWarps/R) takes row b0 + grp and splits its tokens over its kWarps/R warps, so a large
+  // batch does not walk its rows one after another.
+  const int R = p.rows_parallel, warps_per_row = kWarps / R;
+  const int row_grp = warp / warps_per_row, wig = warp % warps_per_row;
+  for (int b0 = 0; b0 < B; b0 += R) {
+    const int b = min(b0 + row_grp, B - 1);  // groups past the batch recompute row B-1 and drop it
+    const bool own_row = b0 + row_grp < B;
+    const int last_live = s.range[2 * b + 1];
+    const int lo_pos = last_live < 0 ? 0 : s.range[2 * b], hi_pos = last_live + 1;
     const int per_chunk = cf::ceil_div(max(hi_pos - lo_pos, 0), chunks);
     const int cs = lo_pos + chunk_idx * per_chunk, ce = min(hi_pos, cs + per_chunk);
     const long long head_base = (static_cast<long long>(b) * KVH + kvh) * p.max_cache_len;
@@ -506,7 +540,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
         }
       }
-      for (int t0 = cs + warp * step_tokens; t0 < ce; t0 += kWarps * step_tokens) {
+      for (int t0 = cs + wig * step_tokens; own_row && t0 < ce; t0 += warps_per_row * step_tokens) {
         uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
         bool ok[kTokenUnroll<HG>];
 #pragma unroll
@@ -584,18 +618,20 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       }
       __syncthreads();
       const int heads = min(HG, G - g0);
-      for (int idx = tid; idx < heads * D; idx += kThreads) {  // warps merged in warp order
-        const int h = idx / D, d = idx % D;
+      for (int idx = tid; idx < R * heads * D; idx += kThreads) {  // each row's warps merged in warp order
+        const int r = idx / (heads * D), h = (idx / D) % heads, d = idx % D;
+        if (b0 + r >= B) continue;
+        const int w0 = r * warps_per_row;
         float M = kNegInf;
-        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s.wscratch[(w * HG + h) * (D + 2) + D]);
+        for (int w = w0; w < w0 + warps_per_row; ++w) M = fmaxf(M, s.wscratch[(w * HG + h) * (D + 2) + D]);
         float L = 0.f, O = 0.f;
-        for (int w = 0; w < kWarps; ++w) {
+        for (int w = w0; w < w0 + warps_per_row; ++w) {
           const float* src = s.wscratch + (w * HG + h) * (D + 2);
           const float c = rescale(src[D], M);
           L += src[D + 1] * c;
           O += src[d] * c;
         }
-        float* dst = s.part + (b * G + g0 + h) * (D + 2);
+        float* dst = s.part + ((b0 + r) * G + g0 + h) * (D + 2);
         dst[d] = O;
         if (d == 0) {
           dst[D] = M;
@@ -606,19 +642,34 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
   }
 
+  if (p.stop_after == 4) return;
+
   // ---- 5. cluster merge in rank order (same bits in every CTA); attention output into s.qkv's q rows
   cluster.sync();
   float* attn_out = s.qkv;  // [B, QKV_ROWS] layout, columns [0, G*D)
   for (int idx = tid; idx < B * G * D; idx += kThreads) {
     const int bg = idx / D, d = idx % D;
+    float pm[kMaxCluster], pl[kMaxCluster], po[kMaxCluster];  // every peer's load issued before any use
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) {
+      pm[c] = kNegInf;
+      pl[c] = po[c] = 0.f;
+      if (c < C) {
+        const float* src = cluster.map_shared_rank(s.part, c) + bg * (D + 2);
+        pm[c] = src[D];
+        pl[c] = src[D + 1];
+        po[c] = src[d];
+      }
+    }
     float M = kNegInf;
-    for (int c = 0; c < C; ++c) M = fmaxf(M, cluster.map_shared_rank(s.part, c)[bg * (D + 2) + D]);
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) M = fmaxf(M, pm[c]);
     float L = 0.f, O = 0.f;
-    for (int c = 0; c < C; ++c) {
-      const float* src = cluster.map_shared_rank(s.part, c) + bg * (D + 2);
-      const float w = rescale(src[D], M);
-      L += src[D + 1] * w;
-      O += src[d] * w;
+#pragma unroll
+    for (int c = 0; c < kMaxCluster; ++c) {
+      const float w = rescale(pm[c], M);
+      L += pl[c] * w;
+      O += po[c] * w;
     }
     if (P == 1) {
       attn_out[(bg / G) * QKV_ROWS + (bg % G) * D + d] = O / L;
@@ -632,6 +683,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
   }
   cluster.sync();  // no CTA leaves or reuses its partial while a peer may still read it
+  if (p.stop_after == 5) return;
 
   if (P > 1) {  // the last of the P clusters of this KV head (per rank) merges them in p order
     __threadfence();
@@ -649,14 +701,27 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     const float* all = p.attn_partial + (static_cast<long long>(kvh) * C + rank) * P * B * G * (D + 2);
     for (int idx = tid; idx < B * G * D; idx += kThreads) {
       const int bg = idx / D, d = idx % D;
+      float pm[kMaxSplit], pl[kMaxSplit], po[kMaxSplit];  // all P partials in flight at once
+#pragma unroll
+      for (int q = 0; q < kMaxSplit; ++q) {
+        pm[q] = kNegInf;
+        pl[q] = po[q] = 0.f;
+        if (q < P) {
+          const float* src = all + (static_cast<long long>(q) * B * G + bg) * (D + 2);
+          pm[q] = __ldcg(src + D);
+          pl[q] = __ldcg(src + D + 1);
+          po[q] = __ldcg(src + d);
+        }
+      }
       float M = kNegInf;
-      for (int q = 0; q < P; ++q) M = fmaxf(M, __ldcg(all + (q * B * G + bg) * (D + 2) + D));
+#pragma unroll
+      for (int q = 0; q < kMaxSplit; ++q) M = fmaxf(M, pm[q]);
       float L = 0.f, O = 0.f;
-      for (int q = 0; q < P; ++q) {
-        const float* src = all + (q * B * G + bg) * (D + 2);
-        const float w = rescale(__ldcg(src + D), M);
-        L += __ldcg(src + D + 1) * w;
-        O += __ldcg(src + d) * w;
+#pragma unroll
+      for (int q = 0; q < kMaxSplit; ++q) {
+        const float w = rescale(pm[q], M);
+        L += pl[q] * w;
+        O += po[q] * w;
       }
       attn_out[(bg / G) * QKV_ROWS + (bg % G) * D + d] = O / L;
     }
@@ -717,13 +782,14 @@ __global__ void __launch_bounds__(attn::kThreads, 1) attention_decode(
     const void* wo, const void* bo, void* out, float* attn_partial, float* o_partial, int* arrivals, float eps,
     float qk_eps, float scale, int batch, int hidden, int num_heads, int num_kv_heads, int head_dim,
     int max_cache_len, long long mask_stride, long long cos_stride, int cos_kind, int unit_offset,
-    int add_residual, int k_chunk, int prefetch) {
+    int add_residual, int k_chunk, int prefetch, int rows_parallel, int stop_after) {
   static_assert(BB >= 1 && BB <= 16, "batch bucket is 1..16");
   static_assert(HG >= 1 && HG <= 8, "query heads per register pass is 1..8");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const attn::Params p{x, norm_w, wq, wk, wv, bq, bk, bv, q_norm_w, k_norm_w, cos, sin, cache_position,
                        k_cache, v_cache, mask, wo, bo, out, attn_partial, o_partial, arrivals, eps, qk_eps,
                        scale, batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len, mask_stride,
-                       cos_stride, cos_kind, unit_offset, add_residual, k_chunk, prefetch};
+                       cos_stride, cos_kind, unit_offset, add_residual, k_chunk, prefetch, rows_parallel,
+                       stop_after};
   attn::attention_decode_body<T, BB, HG>(p, smem_raw);
 }
