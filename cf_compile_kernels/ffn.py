@@ -484,7 +484,12 @@ def gated_ffn(
     stamps_ptr = 0
     if tuning.phases:
         need = stamp_elems(plan.grid[0])
-        if stamps is None or stamps.dtype != torch.int64 or stamps.device != x.device or stamps.numel() < need:
+        if (
+            stamps is None
+            or stamps.dtype != torch.int64
+            or stamps.device != x.device
+            or stamps.numel() < need
+        ):
             raise ValueError(f"tuning.phases needs `stamps`: int64, {need} elements on {x.device}")
         stamps_ptr = stamps.data_ptr()
     up_ptr = (
