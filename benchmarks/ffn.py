@@ -1,6 +1,6 @@
 """Gated-FFN decode block: the fused kernel vs Inductor vs the HBM floor, every row from one run.
 
-    PYTHONPATH=. python3 benchmarks/ffn.py --rows-out rows.json [--no-inductor] [--variants]
+    PYTHONPATH=. python3 benchmarks/ffn.py --rows-out rows.json [--no-inductor] [--variants ...] [--phases]
     python3 benchmarks/ffn.py --append rows.json      # on the CPU machine: rows -> results.jsonl/RESULTS.md
 
 Method: fresh random weights (several sets, rotated, so the weights of one timing never sit in L2),
@@ -9,11 +9,16 @@ is replayed; CUDA events around each replay; the per-call median over the replay
 Inductor: torch.compile(mode="max-autotune-no-cudagraphs") of the eager HF-style block (rmsnorm,
 gate/up linears, silu * up, down, residual), captured in the same kind of graph. Floor: bytes that must
 move (weights, x, out, norm weight) / device-to-device copy bandwidth measured in this run.
+Variants (--variants "mode=whole,stages=0" ...) are timed on the same rows, same weights, no Inductor.
+Phases (--phases): the kernel rebuilt with its %globaltimer timeline (-DCF_FFN_PHASES) runs PHASE_RUNS
+single launches over the rotated weights; per phase, the median and max over CTAs of (stamp - the
+launch's first CTA start), and the median per-CTA time from clock64 (finer than globaltimer's tick).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -40,6 +45,8 @@ EPS = 1e-5
 ROTATION_BYTES = 400e6  # weight bytes cycled through per graph: 8x the 50 MB L2
 MIN_SETS = 2
 REPLAYS = 50
+PHASE_RUNS = 20  # instrumented single launches per timeline (medians over them)
+NS_PER_US = 1e3
 COLUMNS = [
     "config.model",
     "config.dtype",
@@ -91,6 +98,7 @@ def bench_row(
     bandwidth: float,
     inductor: bool,
     tuning: ffn.Tuning | None = None,
+    phases: bool = False,
 ) -> dict:
     tuning = tuning or ffn.Tuning()
     hidden, inter = MODELS[model]
@@ -120,6 +128,7 @@ def bench_row(
     assert err < 1e-2, f"{model} b{batch} {dtype_name}: ours relative error {err:.3g}"
     ours_us = graph_time_us(calls, REPLAYS)
     assert torch.isfinite(torch.stack(outs)).all()
+    timeline = phase_timeline(x, sets, tuning) if phases else None
 
     inductor_us = None
     if inductor:
@@ -167,6 +176,8 @@ def bench_row(
     row["floor_over_ours"] = round(floor_us / ours_us, 3)
     row["inductor_over_ours"] = None if inductor_us is None else round(inductor_us / ours_us, 3)
     row["ours_rel_err"] = float(f"{err:.3g}")
+    if timeline is not None:
+        row["phases"] = timeline
     if inductor:
         row["inductor_compile_s"] = round(compile_s, 1)
     row["launch"] = {
@@ -179,6 +190,82 @@ def bench_row(
     sets.clear()
     torch.cuda.empty_cache()
     return row
+
+
+def phase_timeline(x: torch.Tensor, sets: list[dict], tuning: ffn.Tuning) -> dict:
+    """Per phase (ffn.PHASES): median and max over CTAs of the globaltimer stamp minus the launch's
+    earliest start, and the median over CTAs of the clock64 time since the CTA's own start (converted
+    with that CTA's ns-per-cycle over the whole launch); each the median over PHASE_RUNS launches. us."""
+    tuning = dataclasses.replace(tuning, phases=True)
+    hidden = x.shape[-1]
+    inter = sets[0]["down"].shape[-1]
+    ctas = ffn.plan_info(hidden, inter, x.dtype, x.shape[0], tuning=tuning)["grid"][0]
+    stamps = torch.zeros(ffn.stamp_elems(ctas), dtype=torch.int64, device=x.device)
+    out = torch.empty_like(x)
+    runs = []
+    for r in range(PHASE_RUNS + 1):  # the first launch compiles and warms up: not counted
+        s = sets[r % len(sets)]
+        ffn.gated_ffn(
+            x, s["norm_weight"], EPS, "weight", [s["gate"], s["up"]], s["down"], "silu", True, out,
+            tuning=tuning, stamps=stamps,
+        )  # fmt: skip
+        torch.cuda.synchronize()
+        if r:
+            st = stamps.view(ctas, len(ffn.PHASES), ffn.STAMP_WORDS).cpu()
+            # int64 differences first: globaltimer counts ns since an epoch (~1e18), past double precision
+            ns = (st[..., 0] - st[:, 0, 0].min()).double()
+            clk = (st[..., 1] - st[:, :1, 1]).double()
+            runs.append(torch.stack([ns, clk], dim=-1))
+    # [run, cta, phase, (ns since the launch's first start, cycles since the CTA's start)]
+    stacked = torch.stack(runs)
+    ns, clk = stacked[..., 0], stacked[..., 1]
+    since_launch = ns / NS_PER_US
+    ns_per_cycle = (ns[:, :, -1:] - ns[:, :, :1]) / clk[:, :, -1:].clamp(min=1)
+    since_cta = clk * ns_per_cycle / NS_PER_US
+    med = since_launch.median(dim=1).values.median(dim=0).values
+    worst = since_launch.amax(dim=1).median(dim=0).values
+    cta = since_cta.median(dim=1).values.median(dim=0).values
+    return {
+        name: {
+            "median": round(float(med[i]), 2),
+            "max": round(float(worst[i]), 2),
+            "cta": round(float(cta[i]), 2),
+        }
+        for i, name in enumerate(ffn.PHASES)
+    }
+
+
+def format_phases(label: str, timeline: dict) -> str:
+    """One compact block: phase, median / max over CTAs since launch start, and the step from the previous."""
+    lines = [f"phases {label} (us since launch: median over CTAs / max; clock-based per-CTA median; step)"]
+    prev = 0.0
+    for name, t in timeline.items():
+        lines.append(
+            f"  {name:8s} {t['median']:8.2f} / {t['max']:8.2f}  cta {t['cta']:8.2f}  +{t['cta'] - prev:7.2f}"
+        )
+        prev = t["cta"]
+    return "\n".join(lines)
+
+
+VARIANT_KEYS = {"cluster": "cluster", "warps": "warps", "depth": "depth", "stages": "stages", "l2": "l2_hint"}
+
+
+def parse_variant(spec: str) -> ffn.Tuning:
+    """'mode=whole,stages=0' (keys: mode, cluster, warps, depth, stages, l2) or the older positional
+    'cluster:warps:depth[:stages[:l2_hint]]'; 'default' is the launcher's own choice."""
+    if spec == "default":
+        return ffn.Tuning()
+    if "=" not in spec:
+        cluster, warps, depth, stages, l2_hint = (int(v) for v in (spec + ":0:0").split(":")[:5])
+        return ffn.Tuning(cluster, warps, depth, stages, l2_hint)
+    fields = {}
+    for item in spec.split(","):
+        key, value = item.split("=")
+        if key == "mode":
+            fields["mode"] = ffn.MODES[value] if value in ffn.MODES else int(value)
+        else:
+            fields[VARIANT_KEYS[key]] = int(value)
+    return ffn.Tuning(**fields)
 
 
 def main() -> None:
@@ -197,7 +284,13 @@ def main() -> None:
         "--variants",
         nargs="*",
         default=[],
-        help="extra tunings cluster:warps:depth[:stages[:l2_hint]] timed on the same rows (no Inductor)",
+        help="extra tunings timed on the same rows (no Inductor): 'mode=whole,stages=0' "
+        "(keys mode/cluster/warps/depth/stages/l2) or cluster:warps:depth[:stages[:l2_hint]]",
+    )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also print each variant's per-phase timeline (instrumented build)",
     )
     parser.add_argument(
         "--append", type=Path, help="append rows from this JSON to results.jsonl / RESULTS.md"
@@ -225,15 +318,25 @@ def main() -> None:
         for dtype_name in args.dtypes:
             for batch in args.batches:
                 main_tuning = ffn.Tuning(stages=args.stages)
-                row = bench_row(model, batch, dtype_name, bandwidth, not args.no_inductor, main_tuning)
+                row = bench_row(
+                    model, batch, dtype_name, bandwidth, not args.no_inductor, main_tuning, args.phases
+                )
+                label = f"{model} {dtype_name} b{batch}"
+                if args.phases:
+                    print(format_phases(f"{label} default", row["phases"]), flush=True)
                 for spec in args.variants:
-                    cluster, warps, depth, stages, l2_hint = (int(v) for v in (spec + ":0:0").split(":")[:5])
-                    tuning = ffn.Tuning(cluster, warps, depth, stages, l2_hint)
                     try:
-                        alt_us = bench_row(model, batch, dtype_name, bandwidth, False, tuning)["ours_us"]
-                    except ValueError as exc:  # e.g. that ring does not fit in shared memory
+                        alt = bench_row(
+                            model, batch, dtype_name, bandwidth, False, parse_variant(spec), args.phases
+                        )
+                        alt_us = alt["ours_us"]
+                        if args.phases:
+                            row.setdefault("variant_phases", {})[spec] = alt["phases"]
+                            print(format_phases(f"{label} {spec}", alt["phases"]), flush=True)
+                    except (ValueError, AssertionError) as exc:  # ring does not fit; a wrong variant
                         alt_us = f"n/a: {exc}"
                     row.setdefault("variants", {})[spec] = alt_us
+                    print(f"variant {label} {spec}: {alt_us} us", flush=True)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 if args.rows_out:  # after every row: a run cut short keeps what it measured

@@ -44,6 +44,13 @@ SMEM_ALIGN = 16
 WARPS = 16
 DEPTH = 4
 STAGED_CANDIDATES = ((16, 4), (16, 3))  # (warps, ring slots), in order of preference
+# Gate/up cut inside a cluster (GateUpMode in the kernel): split-K (+ cluster-summed RMS statistics),
+# split-K with each CTA's own statistics, or whole units per CTA (no DSMEM reduce). Default: measured best.
+MODES = {"split": 0, "split_local_stats": 1, "whole": 2}
+DEFAULT_MODE = MODES["split"]
+# Per-phase timeline (-DCF_FFN_PHASES=1): {globaltimer ns, clock64} per CTA per phase, kernel enum Phase.
+PHASES = ("start", "stats", "norm", "gate_up", "fold", "h", "gather", "down", "end")
+STAMP_WORDS = 2
 CLUSTER_PREFERENCE = (4, 2, 8, 1)  # 4: even SM use and short partials; the others when 4 does not divide
 MAX_SMEM_PER_CTA = 227 * 1024  # opt-in dynamic shared memory of one sm_90 CTA
 REFERENCE_SMS = 132  # H100 SXM: used where no device is at hand (unsupported_reason, check registry)
@@ -73,20 +80,23 @@ def smem_bytes(
     batch_tiles: int,
     warps: int = WARPS,
     stages: int = 0,
+    mode: int = DEFAULT_MODE,
 ) -> int:
     """Dynamic shared memory of one CTA; the same arithmetic as SmemLayout in gated_ffn.cu."""
     bp = batch_tiles * MMA_COLS
+    whole = mode == MODES["whole"]
     skew = ROW_SKEW_STAGED if stages else ROW_SKEW_DIRECT
     k_item = CHUNK_K if stages else STEP_K
-    k_range = hidden // cluster
-    units_max = -(-(intermediate // UNIT_ROWS) // clusters)
+    cluster_units_max = -(-(intermediate // UNIT_ROWS) // clusters)
+    k_range = hidden if whole else hidden // cluster
+    units_max = -(-cluster_units_max // cluster) if whole else cluster_units_max
     n_stride = padded_row_elems(_round_up(k_range, k_item), skew)
-    h_stride = padded_row_elems(_round_up(units_max * UNIT_ROWS, k_item), skew)
+    h_stride = padded_row_elems(_round_up(cluster_units_max * UNIT_ROWS, k_item), skew)
     region_a = bp * max(n_stride, h_stride) * 2
     part_offset = _round_up(region_a, SMEM_ALIGN)
     head_offset = part_offset + units_max * MMA_ROWS * bp * 4
     misc_offset = head_offset + warps * MMA_ROWS * bp * 4
-    ring_offset = _round_up(misc_offset + (3 * MAX_BATCH + warps) * 4, BANK_BYTES)
+    ring_offset = _round_up(misc_offset + (3 * MAX_BATCH + warps + warps * MAX_BATCH) * 4, BANK_BYTES)
     return ring_offset + warps * stages * CHUNK_BYTES
 
 
@@ -185,31 +195,47 @@ def ffn_config(
 
 
 def template_args(
-    dtype: torch.dtype, cluster: int, bt: int, warps: int = WARPS, depth: int = DEPTH, stages: int = 0
+    dtype: torch.dtype,
+    cluster: int,
+    bt: int,
+    warps: int = WARPS,
+    depth: int = DEPTH,
+    stages: int = 0,
+    mode: int = DEFAULT_MODE,
 ) -> tuple[str | int, ...]:
-    return (CTYPES[dtype], cluster, bt, warps, depth, stages)
+    return (CTYPES[dtype], cluster, bt, warps, depth, stages, mode)
 
 
-def choose_path(hidden: int, intermediate: int, cluster: int, clusters: int, bt: int) -> tuple[int, int]:
+def choose_path(
+    hidden: int, intermediate: int, cluster: int, clusters: int, bt: int, mode: int = DEFAULT_MODE
+) -> tuple[int, int]:
     """(warps, ring slots) of the first staged candidate that fits in shared memory, else the direct path
     (WARPS, 0)."""
     for warps, stages in STAGED_CANDIDATES:
-        if smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages) <= MAX_SMEM_PER_CTA:
+        if smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages, mode) <= MAX_SMEM_PER_CTA:
             return warps, stages
     return WARPS, 0
 
 
 # Representative instantiations for `python -m cf_compile_kernels check` (Llama-class hidden sizes give
-# N = 4; batch tiles 1 and 2 cover batch 1..16; both load paths).
+# N = 4; batch tiles 1 and 2 cover batch 1..16; both load paths; every gate/up mode; the timeline build).
 for _dtype in CTYPES:
     for _bt, _label in ((1, "batch 1-8"), (2, "batch 9-16")):
         for _warps, _stages in (STAGED_CANDIDATES[0], (WARPS, 0)):
-            register_check(
-                SOURCE,
-                KERNEL,
-                template_args(_dtype, 4, _bt, _warps, DEPTH, _stages),
-                label=f"gated FFN {_dtype} {_label} {'staged' if _stages else 'direct'}",
-            )
+            for _mode_name, _mode in MODES.items():
+                register_check(
+                    SOURCE,
+                    KERNEL,
+                    template_args(_dtype, 4, _bt, _warps, DEPTH, _stages, _mode),
+                    label=f"gated FFN {_dtype} {_label} {'staged' if _stages else 'direct'} {_mode_name}",
+                )
+register_check(
+    SOURCE,
+    KERNEL,
+    template_args(torch.float16, 4, 1, STAGED_CANDIDATES[0][0], DEPTH, STAGED_CANDIDATES[0][1]),
+    defines={"CF_FFN_PHASES": 1},
+    label="gated FFN fp16 batch 1-8 staged split, phase timeline",
+)
 
 
 # --------------------------------------------------------------------------- run time
@@ -282,6 +308,8 @@ class Tuning:
     depth: int = DEPTH
     stages: int | None = None  # None: from choose_path; 0: direct path
     l2_hint: int = 0  # 0, 128 or 256: L2 sector promotion on the weight loads (-DCF_FFN_L2_HINT)
+    mode: int = DEFAULT_MODE  # MODES: how gate/up is cut inside the cluster
+    phases: bool = False  # build with the per-phase timeline (gated_ffn then needs `stamps`)
 
 
 def _plan(
@@ -308,10 +336,13 @@ def _plan(
         if cluster is None or (hidden // STEP_K) % cluster:
             raise ValueError(f"gated_ffn: cluster size {cluster} does not divide hidden {hidden} / {STEP_K}")
         defines = {"CF_FFN_L2_HINT": tuning.l2_hint} if tuning.l2_hint else {}
+        if tuning.phases:
+            defines["CF_FFN_PHASES"] = 1
+        mode = tuning.mode
         # The active-cluster count (occupancy API) needs a loaded kernel, and the shared memory needs the
         # cluster count: estimate with every SM, then settle on the actual count.
         clusters = max(1, num_sms // cluster)
-        auto_path = choose_path(hidden, intermediate, cluster, clusters, bt)
+        auto_path = choose_path(hidden, intermediate, cluster, clusters, bt, mode)
         warps = tuning.warps or auto_path[0]
         stages = auto_path[1] if tuning.stages is None else tuning.stages
         for _ in range(2):
@@ -319,7 +350,7 @@ def _plan(
                 SOURCE,
                 KERNEL,
                 defines=defines,
-                template_args=template_args(dtype, cluster, bt, warps, tuning.depth, stages),
+                template_args=template_args(dtype, cluster, bt, warps, tuning.depth, stages, mode),
             )
             kernel = load_kernel(compiled, device)
             threads = warps * WARP_SIZE
@@ -327,11 +358,11 @@ def _plan(
                 active = _max_active_clusters(kernel, cluster, MAX_SMEM_PER_CTA, threads)
             if active is not None:
                 clusters = max(1, min(clusters, active))
-            smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages)
+            smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages, mode)
             if smem <= MAX_SMEM_PER_CTA or tuning.stages is not None or stages == 0:
                 break
             warps, stages = choose_path(
-                hidden, intermediate, cluster, clusters, bt
+                hidden, intermediate, cluster, clusters, bt, mode
             )  # fewer clusters: re-pick
         if smem > MAX_SMEM_PER_CTA:
             raise ValueError(f"gated_ffn: {smem} B of shared memory per CTA with {clusters} clusters")
@@ -374,6 +405,11 @@ def plan_info(
     }
 
 
+def stamp_elems(ctas: int) -> int:
+    """int64 elements of the phase timeline of a launch of `ctas` CTAs: [ctas][phase][ns, clock]."""
+    return ctas * len(PHASES) * STAMP_WORDS
+
+
 @functools.cache
 def _activation_code(name: str) -> int:
     return ACTIVATIONS[name]
@@ -391,13 +427,15 @@ def gated_ffn(
     out: torch.Tensor,
     *,
     tuning: Tuning = Tuning(),
+    stamps: torch.Tensor | None = None,
 ) -> None:
     """out = (x if add_residual else 0) + (act(n W_g^T) * (n W_u^T)) W_d^T with n = rmsnorm(x); one launch.
 
     x, out: [B, 1, H] (B <= 16), gate_up_weights: [W_gate, W_up] ([I, H] each) or [W_gate_up] ([2I, H]),
     down_weight: [H, I]; one dtype (fp16/bf16), one CUDA device, contiguous, 16-byte aligned. `out` is
     written entirely and must not overlap x. Raises ValueError/TypeError for anything else. `tuning`
-    (benchmarks only) overrides the derived kernel knobs."""
+    (benchmarks only) overrides the derived kernel knobs; with tuning.phases, `stamps` (int64 on x's
+    device, at least stamp_elems(grid) elements) receives the per-CTA phase timeline."""
     if x.dim() != 3 or x.shape[1] != 1:
         raise ValueError(f"x: shape {list(x.shape)}, expected [B, 1, hidden]")
     batch, _, hidden = x.shape
@@ -443,6 +481,17 @@ def gated_ffn(
         raise ValueError("out overlaps x: the residual is read while other CTAs write out")
 
     plan = _plan(hidden, intermediate, x.dtype, batch_tiles(batch), x.device, tuning)
+    stamps_ptr = 0
+    if tuning.phases:
+        need = stamp_elems(plan.grid[0])
+        if (
+            stamps is None
+            or stamps.dtype != torch.int64
+            or stamps.device != x.device
+            or stamps.numel() < need
+        ):
+            raise ValueError(f"tuning.phases needs `stamps`: int64, {need} elements on {x.device}")
+        stamps_ptr = stamps.data_ptr()
     up_ptr = (
         w_up.data_ptr() if w_up is not None else w_gate.data_ptr() + intermediate * hidden * x.element_size()
     )
@@ -462,6 +511,7 @@ def gated_ffn(
         ctypes.c_int32(NORM_KINDS[norm_kind]),
         ctypes.c_int32(_activation_code(activation)),
         ctypes.c_int32(1 if add_residual else 0),
+        ctypes.c_void_p(stamps_ptr),
     ]
     plan.kernel.launch(plan.grid, plan.block, args, shared_bytes=plan.smem, cluster=plan.cluster)
 

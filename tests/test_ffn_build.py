@@ -146,3 +146,55 @@ def test_benchmark_models_take_the_staged_path_even_with_fewer_clusters(hidden, 
 def test_largest_shape_falls_back_to_the_direct_path():
     assert ffn.choose_path(8192, 28672, 4, 30, 2) == (ffn.WARPS, 0)
     assert ffn.smem_bytes(8192, 28672, 4, 30, 2) <= ffn.MAX_SMEM_PER_CTA
+
+
+# (cluster, batch tiles, warps, depth, ring slots, gate/up mode): the non-default modes on both paths
+MODE_VARIANTS = [
+    (4, 1, 16, 4, 4, ffn.MODES["split_local_stats"]),
+    (4, 2, 16, 4, 0, ffn.MODES["split_local_stats"]),
+    (4, 1, 16, 4, 4, ffn.MODES["whole"]),
+    (4, 2, 16, 4, 0, ffn.MODES["whole"]),
+    (2, 2, 16, 4, 3, ffn.MODES["whole"]),
+    (1, 1, 16, 4, 0, ffn.MODES["whole"]),
+]
+
+
+@pytest.mark.parametrize("phases", [False, True], ids=["plain", "timeline"])
+@pytest.mark.parametrize("variant", MODE_VARIANTS, ids=lambda v: "n{}-bt{}-w{}-d{}-s{}-m{}".format(*v))
+def test_gate_up_modes_compile_without_spills(variant, phases):
+    cluster, bt, warps, depth, stages, mode = variant
+    k = compile_kernel(
+        ffn.SOURCE,
+        ffn.KERNEL,
+        template_args=ffn.template_args(torch.float16, cluster, bt, warps, depth, stages, mode),
+        defines={"CF_FFN_PHASES": 1} if phases else {},
+        arch=SM90_ARCH,
+    )
+    assert k.spill_bytes == 0 and k.local_bytes == 0, f"{k.name_expression}: stack {k.local_bytes}"
+    assert k.registers is not None and k.registers * warps * ffn.WARP_SIZE <= REGISTERS_PER_SM
+
+
+@pytest.mark.parametrize("hidden,inter", ENVELOPE[:4])
+@pytest.mark.parametrize("batch", [1, 4, 16])
+def test_whole_unit_mode_fits_the_benchmark_models(hidden, inter, batch):
+    """Whole units hold the full n row per CTA: it must still fit (direct path at worst) for every row
+    the benchmark times; only the 8192-hidden envelope at batch 16 may not."""
+    mode = ffn.MODES["whole"]
+    bt = ffn.batch_tiles(batch)
+    warps, stages = ffn.choose_path(hidden, inter, 4, 30, bt, mode)
+    assert ffn.smem_bytes(hidden, inter, 4, 30, bt, warps, stages, mode) <= ffn.MAX_SMEM_PER_CTA
+
+
+def test_whole_units_per_cta_tile_each_cluster():
+    """The grid-wide even split of units over CTAs starts every cluster at its own first unit (the
+    kernel's rank_unit_begin relies on it) and gives CTAs unit counts differing by at most one."""
+    for units, clusters, n in ((1376, 30, 4), (608, 33, 4), (3, 66, 2), (17, 132, 1)):
+        begin = [cta * units // (clusters * n) for cta in range(clusters * n + 1)]
+        for c in range(clusters):
+            assert begin[c * n] == c * units // clusters
+        counts = [begin[i + 1] - begin[i] for i in range(len(begin) - 1)]
+        assert max(counts) - min(counts) <= 1
+
+
+def test_stamp_buffer_size_follows_the_phase_list():
+    assert ffn.stamp_elems(120) == 120 * len(ffn.PHASES) * ffn.STAMP_WORDS

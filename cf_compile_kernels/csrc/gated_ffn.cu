@@ -67,6 +67,53 @@ constexpr int kMmaK = 16;
 enum Activation : int { kSilu = 0, kGeluTanh = 1, kGeluErf = 2 };
 enum NormKind : int { kNormWeight = 0, kNormUnitOffset = 1 };
 
+/// @brief How the gate/up work is cut inside a cluster (template MODE; the benchmark times them side by side).
+///   kSplitK:           every rank reads H/N columns of all the cluster's units; RMS statistics summed over
+///                      the cluster (2 cluster barriers), partials summed over DSMEM (2 more), h gathered.
+///   kSplitKLocalStats: as kSplitK, but each CTA squares the whole x row itself (no cluster barrier pair
+///                      for the statistics: B*H*2 bytes more from L2 per CTA, a few hundred ns).
+///   kWholeUnits:       rank r owns whole units (all H columns; the CTA's share of the grid-wide even
+///                      split), so h is complete in the CTA: no DSMEM reduce, one cluster barrier before
+///                      the h gather. Costs: the whole n row per CTA in smem, units per CTA differ by one.
+enum GateUpMode : int { kSplitK = 0, kSplitKLocalStats = 1, kWholeUnits = 2 };
+
+// ------------------------------------------------------------------ optional phase timeline
+// -DCF_FFN_PHASES=1: thread 0 of every CTA writes {%globaltimer, clock64} at each phase boundary into
+// stamps[cta][phase][2] (benchmarks/ffn.py --phases). Off (default): the stamps argument is unused and the
+// kernel is the same code as without it.
+enum Phase : int {
+  kPhaseStart = 0,  // kernel entry
+  kPhaseStats,      // rstd known
+  kPhaseNorm,       // n in shared memory
+  kPhaseGateUp,     // this CTA's gate/up MMAs done
+  kPhaseFold,       // partials folded (and, split-K, visible to the cluster)
+  kPhaseH,          // h of the owned units written and visible to the cluster
+  kPhaseGather,     // h of the cluster's k-slice complete in this CTA
+  kPhaseDown,       // down tiles (and the fix-ups this CTA drew) done
+  kPhaseEnd,        // after the exit barrier
+  kPhaseCount
+};
+#ifndef CF_FFN_PHASES
+#define CF_FFN_PHASES 0
+#endif
+
+__device__ __forceinline__ unsigned long long global_timer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+/// @brief Record phase `phase` of this CTA (thread 0); compiled out unless CF_FFN_PHASES.
+__device__ __forceinline__ void stamp(unsigned long long* stamps, int phase) {
+  if constexpr (CF_FFN_PHASES != 0) {
+    if (threadIdx.x == 0) {
+      unsigned long long* dst = stamps + (static_cast<size_t>(blockIdx.x) * kPhaseCount + phase) * 2;
+      dst[0] = global_timer_ns();
+      dst[1] = static_cast<unsigned long long>(clock64());
+    }
+  }
+}
+
 /// @brief Elements per smem row of `len` 16-bit values, padded to whole 128-byte lines plus `skew` bytes,
 /// so that the rows one fragment load touches fall on different banks.
 __host__ __device__ constexpr int padded_row_elems(int len, int skew) {
@@ -75,30 +122,33 @@ __host__ __device__ constexpr int padded_row_elems(int len, int skew) {
 
 /// @brief Byte offsets of the dynamic shared memory regions; the host computes the same (ffn.py).
 struct SmemLayout {
-  int k_range;      // H / N: hidden columns per CTA
-  int units_max;    // most units any cluster owns
+  int k_range;      // hidden columns of the gate/up rows per CTA: H / N (split-K) or H (whole units)
+  int units_max;    // most units any CTA holds gate/up partials for
   int n_stride;     // elements per row of n (gate/up phase)
   int h_stride;     // elements per row of h (down phase), reusing n's region
   int vec_offset;   // region A: n, later h   [kMaxBatch-or-BP rows]
   int part_offset;  // gate/up partials, fp32 [units_max][16][BP]
   int head_offset;  // per-warp unfinished first unit, fp32 [WARPS][16][BP]
-  int misc_offset;  // ss send/recv [2][kMaxBatch] fp32, rstd [kMaxBatch], head_unit [WARPS] int
+  int misc_offset;  // ss send/recv [2][kMaxBatch] fp32, rstd [kMaxBatch], head_unit [WARPS] int,
+                    // per-warp sums of squares [WARPS][kMaxBatch] fp32
   int ring_offset;  // staged path: per-warp rings of `stages` weight slots [WARPS][stages][16][128 B]
   int total;
 
-  __host__ __device__ SmemLayout(int hidden, int inter, int cluster, int clusters, int bp, int warps, int stages) {
+  __host__ __device__ SmemLayout(int hidden, int inter, int cluster, int clusters, int bp, int warps, int stages,
+                                 bool whole_units) {
     const int skew = stages > 0 ? kRowSkewStaged : kRowSkewDirect;
     const int k_item = stages > 0 ? kChunkK : kStepK;
-    k_range = hidden / cluster;
-    units_max = ceil_div(inter / kUnitRows, clusters);
+    const int cluster_units_max = ceil_div(inter / kUnitRows, clusters);
+    k_range = whole_units ? hidden : hidden / cluster;
+    units_max = whole_units ? ceil_div(cluster_units_max, cluster) : cluster_units_max;  // = ceil(U / (C*N))
     n_stride = padded_row_elems(ceil_div(k_range, k_item) * k_item, skew);
-    h_stride = padded_row_elems(ceil_div(units_max * kUnitRows, k_item) * k_item, skew);
+    h_stride = padded_row_elems(ceil_div(cluster_units_max * kUnitRows, k_item) * k_item, skew);
     const int region_a = bp * (n_stride > h_stride ? n_stride : h_stride) * 2;
     vec_offset = 0;
     part_offset = ceil_div(region_a, 16) * 16;
     head_offset = part_offset + units_max * kMmaRows * bp * 4;
     misc_offset = head_offset + warps * kMmaRows * bp * 4;
-    ring_offset = ceil_div(misc_offset + (3 * kMaxBatch + warps) * 4, kBankBytes) * kBankBytes;
+    ring_offset = ceil_div(misc_offset + (3 * kMaxBatch + warps + warps * kMaxBatch) * 4, kBankBytes) * kBankBytes;
     total = ring_offset + warps * stages * kChunkBytes;
   }
 };
@@ -345,6 +395,38 @@ __device__ __forceinline__ void fix_up_tile(int jt, const float* partials, int c
   if (lane == 0) atomicExch(counters + jt, 0);  // ready for the next launch / graph replay
 }
 
+/// @brief Per-warp sums of squares of `vecs` 16-byte vectors of each x row from column `col0`: warp w takes
+/// the w-th contiguous share of every row (so B = 1 spreads over all warps), lanes stride it, a fixed xor
+/// tree combines the lanes; ss_warp[w][b] gets the result. Every row's loads are issued together (one L2
+/// round trip per 32 vectors, not one per row). Fixed order: the same bits in every CTA and run.
+template <typename T, int WARPS, int ROWS>
+__device__ __forceinline__ void row_sum_squares(float* ss_warp, const T* x, int hidden, int col0, int vecs,
+                                                int batch, int warp, int lane) {
+  const int v_begin = warp * vecs / WARPS, v_end = (warp + 1) * vecs / WARPS;
+  float s[ROWS];
+#pragma unroll
+  for (int b = 0; b < ROWS; ++b) s[b] = 0.f;
+  for (int v = v_begin + lane; v < v_end; v += kWarpSize) {
+#pragma unroll
+    for (int b = 0; b < ROWS; ++b) {
+      if (b < batch) {
+        float f[kElemsPerLoad];
+        load_vec_f32(x + static_cast<size_t>(b) * hidden + col0 + v * kElemsPerLoad, f);
+#pragma unroll
+        for (int e = 0; e < kElemsPerLoad; ++e) s[b] = fmaf(f[e], f[e], s[b]);
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < ROWS; ++b) {
+    if (b < batch) {
+#pragma unroll
+      for (int off = kWarpSize / 2; off > 0; off /= 2) s[b] += __shfl_xor_sync(0xffffffffu, s[b], off);
+      if (lane == 0) ss_warp[warp * kMaxBatch + b] = s[b];
+    }
+  }
+}
+
 // ------------------------------------------------------------------ the kernel
 
 /// @brief Fused gated FFN, one launch per step. Grid: C clusters of CLUSTER CTAs (1-D), WARPS warps each.
@@ -357,23 +439,29 @@ __device__ __forceinline__ void fix_up_tile(int jt, const float* partials, int c
 ///                    >= 2: staged path (per-warp ring of STAGES slots filled by cp.async with full 128-byte
 ///                    lines per row, read by ldmatrix; STAGES - 1 slots in flight, also across the phase
 ///                    boundaries). The host picks staged when its ring fits in shared memory.
-template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH, int STAGES>
+/// @tparam MODE       GateUpMode: how gate/up is cut inside the cluster (default: split-K)
+template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH, int STAGES, int MODE = kSplitK>
 __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     gated_ffn_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
                      const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
                      float* __restrict__ partials, int* __restrict__ counters, int hidden, int inter, int batch,
-                     float eps, int norm_kind, int activation, int add_residual) {
+                     float eps, int norm_kind, int activation, int add_residual,
+                     unsigned long long* __restrict__ stamps) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 only");
   static_assert(BT == 1 || BT == 2, "batch tiles: 1 or 2 (batch <= 16)");
   static_assert(STAGES == 0 || STAGES >= 2, "staged path needs at least two ring slots");
+  static_assert(MODE == kSplitK || MODE == kSplitKLocalStats || MODE == kWholeUnits, "unknown gate/up mode");
   constexpr bool kStaged = STAGES > 0;
+  constexpr bool kWhole = MODE == kWholeUnits;
+  constexpr bool kLocalStats = MODE != kSplitK;  // whole units need the whole row's statistics anyway
   constexpr int kThreads = WARPS * kWarpSize;
   constexpr int kBp = BT * kMmaCols;               // padded batch: row count of the fp32 tiles
   constexpr int kItemK = kStaged ? kChunkK : kStepK;  // k columns per work item
 
   extern __shared__ __align__(16) unsigned char smem[];
   const int clusters = gridDim.x / CLUSTER;
-  const SmemLayout L(hidden, inter, CLUSTER, clusters, kBp, WARPS, STAGES);
+  stamp(stamps, kPhaseStart);
+  const SmemLayout L(hidden, inter, CLUSTER, clusters, kBp, WARPS, STAGES, kWhole);
   if (cluster::num_ctas() != CLUSTER || dynamic_smem_size() < static_cast<unsigned>(L.total)) __trap();
 
   bits16* vec_s = reinterpret_cast<bits16*>(smem + L.vec_offset);  // n, then h (raw T bits)
@@ -383,26 +471,39 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   float* ss_recv = ss_send + kMaxBatch;
   float* rstd_s = ss_recv + kMaxBatch;
   int* head_unit = reinterpret_cast<int*>(rstd_s + kMaxBatch);
+  float* ss_warp = reinterpret_cast<float*>(head_unit + WARPS);  // [WARPS][kMaxBatch]
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int g = lane / kLanesPerGroup, t = lane % kLanesPerGroup;  // MMA fragment coordinates
   const int rank = static_cast<int>(cluster::rank());
   const int c = blockIdx.x / CLUSTER;
-  const int kr = L.k_range, k_begin = rank * kr;
+  const int kr = hidden / CLUSTER, k_begin = rank * kr;  // down: this rank's output columns
   const int units = inter / kUnitRows;
   const int unit0 = static_cast<int>(static_cast<long long>(c) * units / clusters);
   const int unit_count = static_cast<int>(static_cast<long long>(c + 1) * units / clusters) - unit0;
   const int kc = unit_count * kUnitRows;  // this cluster's k-slice of W_down
   const int k0 = unit0 * kUnitRows;
-  const int items_per_unit = ceil_div(kr, kItemK);  // k items of one unit in this CTA's hidden range
+  // Whole units: CTA (c, r) owns the grid-wide even split [(cN+r)U/(CN), (cN+r+1)U/(CN)); for r = 0 that
+  // is exactly the cluster's unit0, so the ranks tile the cluster's units. Cluster-relative here.
+  auto rank_unit_begin = [&](int r) {
+    const long long cta = static_cast<long long>(c) * CLUSTER + r;
+    return static_cast<int>(cta * units / (static_cast<long long>(clusters) * CLUSTER)) - unit0;
+  };
+  const int gu_begin = kWhole ? 0 : k_begin;   // gate/up: first hidden column of this CTA
+  const int gu_range = L.k_range;               // gate/up: hidden columns of this CTA
+  const int gu_unit0 = kWhole ? rank_unit_begin(rank) : 0;                  // first unit of this CTA
+  const int gu_units = kWhole ? rank_unit_begin(rank + 1) - gu_unit0 : unit_count;
+  const int items_per_unit = ceil_div(gu_range, kItemK);  // k items of one unit in this CTA's hidden range
 
-  // ---- gate/up work of this warp: items [i_begin, i_end) of (unit, k item), unit-major
-  const int items_gu = unit_count * items_per_unit;
+  // ---- gate/up work of this warp: items [i_begin, i_end) of (unit, k item), unit-major; units counted
+  // from gu_unit0 (the index into part_s)
+  const int items_gu = gu_units * items_per_unit;
   const int i_begin = static_cast<int>(static_cast<long long>(warp) * items_gu / WARPS);
   const int i_end = static_cast<int>(static_cast<long long>(warp + 1) * items_gu / WARPS);
   const size_t unit_stride = static_cast<size_t>(kUnitRows) * hidden;
-  const T* gate_rows = w_gate + static_cast<size_t>(k0) * hidden + k_begin;  // row 0 of unit 0, our columns
-  const T* up_rows = w_up + static_cast<size_t>(k0) * hidden + k_begin;
+  const size_t gu_row0 = static_cast<size_t>(k0 + gu_unit0 * kUnitRows) * hidden + gu_begin;
+  const T* gate_rows = w_gate + gu_row0;  // row 0 of this CTA's unit 0, its columns
+  const T* up_rows = w_up + gu_row0;
 
   // ---- down work of this warp: whole 16-row tiles of its rank's columns, visited in an order rotated
   // by the cluster index (so the last arrivals, and the fix-ups, spread over the clusters)
@@ -455,7 +556,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     for (int f = 0; f < STAGES - 1; ++f) {
       if (i_begin + f < i_end) {
         issue_chunk<T>(ring + f * kChunkBytes, gate_rows + u * unit_stride, up_rows + u * unit_stride, hidden,
-                       ci * kChunkK, kr, lane);
+                       ci * kChunkK, gu_range, lane);
         if (++ci == items_per_unit) ci = 0, ++u;
       }
       cp_async_commit();
@@ -471,33 +572,37 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     }
   }
 
-  // ---- 1. RMS statistics: each CTA squares its own H/N columns, the cluster adds them in rank order
-  const int vecs_per_row = kr / kElemsPerLoad;
-  if (tid < kMaxBatch) ss_send[tid] = 0.f;
-  __syncthreads();
-  for (int b = warp; b < batch; b += WARPS) {
-    const T* xr = x + static_cast<size_t>(b) * hidden + k_begin;
-    float s = 0.f;
-    for (int v = lane; v < vecs_per_row; v += kWarpSize) {
-      float f[kElemsPerLoad];
-      load_vec_f32(xr + v * kElemsPerLoad, f);
-#pragma unroll
-      for (int e = 0; e < kElemsPerLoad; ++e) s = fmaf(f[e], f[e], s);
+  // ---- 1. RMS statistics. Split-K: each CTA squares its own H/N columns, the cluster adds them in rank
+  // order. Local: each CTA squares the whole row (same order in every CTA: the same bits everywhere).
+  const int vecs_per_row = gu_range / kElemsPerLoad;  // the columns this CTA normalises
+  if constexpr (kLocalStats) {
+    row_sum_squares<T, WARPS, kBp>(ss_warp, x, hidden, 0, hidden / kElemsPerLoad, batch, warp, lane);
+    __syncthreads();
+    if (tid < batch) {
+      float s = 0.f;
+      for (int w = 0; w < WARPS; ++w) s += ss_warp[w * kMaxBatch + tid];
+      rstd_s[tid] = rsqrtf(s / static_cast<float>(hidden) + eps);
     }
-#pragma unroll
-    for (int off = kWarpSize / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) ss_send[b] = s;
+  } else {
+    row_sum_squares<T, WARPS, kBp>(ss_warp, x, hidden, k_begin, kr / kElemsPerLoad, batch, warp, lane);
+    __syncthreads();
+    if (tid < kMaxBatch) {
+      float s = 0.f;
+      for (int w = 0; w < WARPS && tid < batch; ++w) s += ss_warp[w * kMaxBatch + tid];
+      ss_send[tid] = s;
+    }
+    cluster::cluster_reduce_sum<CLUSTER, kMaxBatch>(ss_send, ss_recv);
+    if (tid < batch) rstd_s[tid] = rsqrtf(ss_recv[tid] / static_cast<float>(hidden) + eps);
   }
-  cluster::cluster_reduce_sum<CLUSTER, kMaxBatch>(ss_send, ss_recv);
-  if (tid < batch) rstd_s[tid] = rsqrtf(ss_recv[tid] / static_cast<float>(hidden) + eps);
   __syncthreads();
+  stamp(stamps, kPhaseStats);
 
   // ---- 2. n = rmsnorm(x) over this CTA's columns, rounded to T (as eager), into smem [batch][n_stride]
   for (int idx = tid; idx < batch * vecs_per_row; idx += kThreads) {
     const int b = idx / vecs_per_row, v = idx % vecs_per_row;
     float f[kElemsPerLoad], w[kElemsPerLoad];
-    load_vec_f32(x + static_cast<size_t>(b) * hidden + k_begin + v * kElemsPerLoad, f);
-    load_vec_f32(norm_w + k_begin + v * kElemsPerLoad, w);
+    load_vec_f32(x + static_cast<size_t>(b) * hidden + gu_begin + v * kElemsPerLoad, f);
+    load_vec_f32(norm_w + gu_begin + v * kElemsPerLoad, w);
     const float offset = norm_kind == kNormUnitOffset ? 1.f : 0.f;
 #pragma unroll
     for (int e = 0; e < kElemsPerLoad; ++e) f[e] = (offset + w[e]) * (f[e] * rstd_s[b]);
@@ -505,6 +610,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   }
   if (tid < WARPS) head_unit[tid] = -1;
   __syncthreads();
+  stamp(stamps, kPhaseNorm);
 
   // ---- 3. gate/up over this warp's items
   {
@@ -524,7 +630,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
         __syncwarp();
         const int col = s * kChunkK;
         mma_chunk<T, BT>(acc, ring + (it % STAGES) * kChunkBytes, n_vec, L.n_stride, col,
-                         min(kChunkK, kr - col) / kMmaK, lane);
+                         min(kChunkK, gu_range - col) / kMmaK, lane);
         if (s == items_per_unit - 1 || it == i_end - i_begin - 1) {
           flush_unit(u, in_head, acc);
           in_head = false;
@@ -533,7 +639,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
         __syncwarp();  // every lane is done with the slot before it is refilled
         if (it + STAGES - 1 < i_end - i_begin) {
           issue_chunk<T>(ring + ((it + STAGES - 1) % STAGES) * kChunkBytes, gate_rows + iu * unit_stride,
-                         up_rows + iu * unit_stride, hidden, ic * kChunkK, kr, lane);
+                         up_rows + iu * unit_stride, hidden, ic * kChunkK, gu_range, lane);
           if (++ic == items_per_unit) ic = 0, ++iu;
         }
         cp_async_commit();
@@ -589,6 +695,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     }
   }
   __syncthreads();
+  stamp(stamps, kPhaseGateUp);
 
   // ---- 4. fold units cut between warps: head pieces added after the unit's first piece, warp order
   for (int e = tid; e < kMmaRows * kBp; e += kThreads) {
@@ -597,11 +704,25 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       if (hu >= 0) part_s[hu * kMmaRows * kBp + e] += head_s[w * kMmaRows * kBp + e];
     }
   }
-  cluster::sync();  // every rank's gate/up partials complete and visible
+  if constexpr (kWhole) {
+    __syncthreads();  // this CTA's partials are complete: nobody else reads them
+  } else {
+    cluster::sync();  // every rank's gate/up partials complete and visible
+  }
+  stamp(stamps, kPhaseFold);
 
-  // ---- 5. h for the units this rank owns (u % N == rank): partials summed in rank order, activated
+  // ---- 5. h for the units this rank owns, activated. Whole units: its own [gu_unit0, +gu_units), from
+  // its own partials. Split-K: u % N == rank, partials summed over the ranks in rank order.
   bits16* h_s = vec_s;  // n is dead: h[b][k] (k relative to the cluster's slice), stride h_stride
-  {
+  if constexpr (kWhole) {
+    for (int idx = tid; idx < gu_units * kUnitRows * batch; idx += kThreads) {
+      const int b = idx % batch, row = (idx / batch) % kUnitRows, j = idx / (batch * kUnitRows);
+      const float* tile = part_s + j * kMmaRows * kBp;
+      const float gate = tile[row * kBp + b], up = tile[(row + kUnitRows) * kBp + b];
+      reinterpret_cast<T*>(h_s)[b * L.h_stride + (gu_unit0 + j) * kUnitRows + row] =
+          from_float<T>(activate(gate, activation) * up);
+    }
+  } else {
     const int owned = unit_count > rank ? ceil_div(unit_count - rank, CLUSTER) : 0;
     unsigned peer_part[CLUSTER];
 #pragma unroll
@@ -618,6 +739,8 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       }
       reinterpret_cast<T*>(h_s)[b * L.h_stride + u * kUnitRows + row] = from_float<T>(activate(gate, activation) * up);
     }
+  }
+  {
     // zero the k tail up to a whole item, so the last down item multiplies zeros
     const int kc_pad = max(1, ceil_div(kc, kItemK)) * kItemK;
     for (int idx = tid; idx < batch * (kc_pad - kc); idx += kThreads) {
@@ -626,19 +749,32 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     }
   }
   cluster::sync();  // owned h slices visible; every peer is done reading our partials
+  stamp(stamps, kPhaseH);
 
   // ---- 6. gather the h units owned by the other ranks (16 bytes = one unit of one batch row per load)
   {
+    auto owner = [&](int u) {
+      if constexpr (kWhole) {
+        int q = 0;
+#pragma unroll
+        for (int r = 1; r < CLUSTER; ++r) q += rank_unit_begin(r) <= u ? 1 : 0;  // begins are sorted
+        return q;
+      } else {
+        return u % CLUSTER;
+      }
+    };
     for (int idx = tid; idx < unit_count * batch; idx += kThreads) {
       const int u = idx / batch, b = idx % batch;
-      if (u % CLUSTER == rank) continue;
+      const int q = owner(u);
+      if (q == rank) continue;
       bits16* dst = h_s + b * L.h_stride + u * kUnitRows;
-      const float4 v = cluster::load4(cluster::peer_addr(dst, u % CLUSTER));
+      const float4 v = cluster::load4(cluster::peer_addr(dst, q));
       *reinterpret_cast<float4*>(dst) = v;
     }
     __syncthreads();
     cluster::arrive();  // done reading peers; matched by the wait before exit
   }
+  stamp(stamps, kPhaseGather);
 
   // ---- 7. down projection over this warp's tiles
   {
@@ -696,7 +832,10 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       }
     }
   }
+  if constexpr (CF_FFN_PHASES != 0) __syncthreads();  // instrumented: the stamp marks the CTA's last tile
+  stamp(stamps, kPhaseDown);
   cluster::wait();  // peers finished reading our h before our shared memory goes away
+  stamp(stamps, kPhaseEnd);
 }
 
 }  // namespace ffn

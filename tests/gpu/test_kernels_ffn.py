@@ -91,9 +91,18 @@ def random_config(i: int) -> dict:
 
 
 DIRECT = ffn.Tuning(stages=0)  # the register-direct load path (what the largest shapes use)
+# Every gate/up mode on both load paths (auto = staged where its ring fits); the timeline build too.
+VARIANTS = {
+    "auto": None,
+    "direct": DIRECT,
+    "local-stats": ffn.Tuning(mode=ffn.MODES["split_local_stats"]),
+    "local-stats-direct": ffn.Tuning(mode=ffn.MODES["split_local_stats"], stages=0),
+    "whole": ffn.Tuning(mode=ffn.MODES["whole"]),
+    "whole-direct": ffn.Tuning(mode=ffn.MODES["whole"], stages=0),
+}
 
 
-@pytest.mark.parametrize("path", [None, DIRECT], ids=["auto", "direct"])
+@pytest.mark.parametrize("path", list(VARIANTS.values()), ids=list(VARIANTS))
 @pytest.mark.parametrize("i", range(RANDOM_CONFIGS))
 def test_random_config_within_band_of_fp64(i, path):
     cfg = random_config(i)
@@ -117,21 +126,43 @@ def test_model_shapes_within_band_of_fp64(hidden, inter, batch, dtype):
     assert rel_error(inp, out, 1e-5, "weight", "silu", True) <= BANDS[dtype]
 
 
+@pytest.mark.parametrize("variant", ["auto", "whole"])
 @pytest.mark.parametrize("batch", [1, 16])
-def test_bitwise_identical_over_1000_runs(batch):
+def test_bitwise_identical_over_1000_runs(batch, variant):
+    tuning = VARIANTS[variant]
     inp = make_inputs(4096, 11008, batch, torch.bfloat16, fused=False, norm_kind="weight", seed=7)
-    first = run(inp, 1e-5, "weight", "silu", True).clone()
+    first = run(inp, 1e-5, "weight", "silu", True, tuning).clone()
     outs = torch.empty((DETERMINISM_RUNS, *first.shape), device="cuda", dtype=first.dtype)
     for r in range(DETERMINISM_RUNS):
         inp["out"] = outs[r]
         outs[r].fill_(float("nan"))
-        run(inp, 1e-5, "weight", "silu", True)
+        run(inp, 1e-5, "weight", "silu", True, tuning)
     differing = int(
         (outs.view(DETERMINISM_RUNS, -1).view(torch.int16) != first.view(1, -1).view(torch.int16))
         .any(dim=1)
         .sum()
     )
     assert differing == 0, f"{differing} of {DETERMINISM_RUNS} runs differ bitwise from the first"
+
+
+@pytest.mark.parametrize("mode", list(ffn.MODES))
+@pytest.mark.parametrize("hidden,inter,batch", [(4096, 11008, 1), (896, 4864, 16)])
+def test_phase_timeline_build_matches_plain_build_bitwise(hidden, inter, batch, mode):
+    """The instrumented build computes the same bits, and every CTA stamps every phase in order."""
+    plain = ffn.Tuning(mode=ffn.MODES[mode])
+    timed = ffn.Tuning(mode=ffn.MODES[mode], phases=True)
+    inp = make_inputs(hidden, inter, batch, torch.float16, fused=False, norm_kind="weight", seed=5)
+    expected = run(inp, 1e-5, "weight", "silu", True, plain).clone()
+    ctas = ffn.plan_info(hidden, inter, torch.float16, batch, tuning=timed)["grid"][0]
+    stamps = torch.zeros(ffn.stamp_elems(ctas), dtype=torch.int64, device="cuda")
+    inp["out"].fill_(float("nan"))
+    ffn.gated_ffn(
+        inp["x"], inp["norm_weight"], 1e-5, "weight", inp["gate_up_weights"], inp["down_weight"], "silu",
+        True, inp["out"], tuning=timed, stamps=stamps,
+    )  # fmt: skip
+    assert torch.equal(inp["out"], expected)
+    st = stamps.view(ctas, len(ffn.PHASES), ffn.STAMP_WORDS)
+    assert bool((st[:, 1:, 0] >= st[:, :-1, 0]).all()) and bool((st[..., 0] > 0).all())
 
 
 def test_cuda_graph_capture_and_replay_matches_direct_calls():
@@ -196,7 +227,12 @@ def sanitizer_pass() -> None:
         (192, 136, 5, torch.bfloat16),
         (96, 24, 16, torch.float16),
     ]:
-        for residual, path in ((True, None), (False, DIRECT)):
+        for residual, path in (
+            (True, None),
+            (False, DIRECT),
+            (True, VARIANTS["whole"]),
+            (False, VARIANTS["local-stats-direct"]),
+        ):
             inp = make_inputs(hidden, inter, batch, dtype, fused=residual, norm_kind="weight", seed=batch)
             out = run(inp, 1e-5, "weight", "gelu_tanh", residual, path)
             torch.cuda.synchronize()
