@@ -50,6 +50,7 @@ class Family:
 NOT_YET_FASTER: dict[str, str] = {
     "attention": "attention kernel measured slower than Inductor (H100, 2026-11-23: Llama-2-7B "
                  "batch 1, 1024 cached: 117 vs 75 us); kernels='all' runs it anyway",
+    "mla": "MLA kernel not measured against Inductor on a GPU yet; kernels='all' runs it",
     "ffn": "FFN kernel measured slower than Inductor (H100, 2026-11-23: Llama-2-7B batch 1: "
            "121 vs 105 us); kernels='all' runs it anyway",
 }
@@ -121,9 +122,29 @@ def _attention_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, 
     return None, k.attention_config(**shape)
 
 
+def _mla_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:
+    from cf_compile_kernels import mla as k
+
+    s, f = m.shapes, m.features
+    cache_len = val(m.op_args["k_cache"]).shape[2]
+    if isinstance(cache_len, torch.SymInt):     # symbolic max_cache_len: the kernel reads it at run time
+        cache_len = cache_len.node.hint
+    mask = m.op_args["attn_mask"]
+    reason = k.mla_unsupported_reason(
+        hidden=s["hidden"], num_heads=s["heads"], q_lora_rank=s["q_lora_rank"], kv_lora_rank=s["kv_lora_rank"],
+        qk_nope_head_dim=s["qk_nope_head_dim"], qk_rope_head_dim=s["qk_rope_head_dim"],
+        v_head_dim=s["v_head_dim"], batch=m.batch, dtype=m.dtype, max_cache_len=cache_len, rope_form=f["rope"],
+        norm_kind=f["norm"], has_bias=f["bias"], mask_dtype=None if mask is None else val(mask).dtype)
+    if reason:
+        return reason, {}
+    return None, k.mla_config(num_heads=s["heads"], qk_nope_head_dim=s["qk_nope_head_dim"],
+                              v_head_dim=s["v_head_dim"], q_lora_rank=s["q_lora_rank"], batch=m.batch,
+                              num_sms=num_sms)
+
+
 FAMILIES = (
     Family("mla", mla_pattern.anchors, mla_pattern.match, mla_op.mla_decode_call, mla_op.mla_decode_reference,
-           kernel_support=None),
+           kernel_support=_mla_kernel_support),
     Family("attention", attention_pattern.anchors, attention_pattern.match,
            torch.ops.clusterfusion.attention_decode.default, attention_op.attention_decode_reference,
            kernel_support=_attention_kernel_support),

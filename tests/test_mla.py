@@ -16,7 +16,7 @@ from test_patterns import assert_same_results, count_ops, run_rewrite
 from cf_compile import report as report_mod
 from cf_compile.ops import mla as mla_ops
 from cf_compile.options import Options
-from cf_compile.rewrite import ClusterFusionError, choose_implementation
+from cf_compile.rewrite import ClusterFusionError, choose_implementation, family_of
 
 NOPE, ROPE, V_DIM, LORA = 16, 8, 16, 32
 MLA_COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
@@ -62,7 +62,7 @@ def test_every_mla_layer_is_fused_and_eager_identical(variant):
     rec = mla_records(rep)[0]
     assert rec.features["rope"] == form and rec.features["q_lora"] is q_lora
     assert rec.features["bias"] is bool(overrides.get("attention_bias"))
-    assert rec.implementation == "reference (inlined)" and rec.reason == "no MLA kernel yet"
+    assert rec.implementation == "reference (inlined)" and "CUDA" in rec.reason  # CPU: no kernel device
     assert rec.shapes == dict(hidden=64, heads=4, q_lora_rank=48 if q_lora else 0, kv_lora_rank=LORA,
                               qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_DIM)
     # every projection of the blocks is gone (only the LM head's linear remains), and so is SDPA
@@ -123,17 +123,20 @@ def test_moe_layers_keep_their_mla_fused():
     assert_same_results(gm, new, inputs)
 
 
-def test_kernel_is_never_chosen_and_its_impl_names_the_missing_kernel():
+def test_kernel_support_gives_reasons_and_the_kernel_impl_checks_its_inputs():
     model, cfg = build_mla("v3")
     gm, _ = decode_graph(model, cfg)
     _, _, matches = run_rewrite(gm)
     m = next(m for m, _ in matches if m.block == "mla")
-    assert choose_implementation(m, Options())[:2] == ("reference (inlined)", "no MLA kernel yet")
+    impl, reason, _ = choose_implementation(m, Options())
+    assert impl == "reference (inlined)" and "CUDA" in reason  # this machine has no GPU
+    reason, config = family_of("mla").kernel_support(m, 132)
+    assert "float32" in reason and config == {}  # the tiny fp32 test model is not a kernel shape
     t = torch.zeros(1, 1, 8)
     tensors = dict.fromkeys(("x", "norm_weight", "kv_a_weight", "kv_norm_weight", "kv_b_weight", "cache_position",
                              "k_cache", "v_cache", "o_weight"), t)
     constants = {k: v for k, v in m.op_args.items() if not isinstance(v, (torch.fx.Node, list))}
-    with pytest.raises(NotImplementedError, match="no MLA cluster kernel"):
+    with pytest.raises(ValueError, match="only float16 and bfloat16"):
         torch.ops.clusterfusion.mla_decode(**{**constants, **tensors, "q_weights": [t], "q_biases": [None],
                                               "q_norm_weight": t, "cos": t, "sin": t, "attn_mask": None, "impl": "kernel"})
 

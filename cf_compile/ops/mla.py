@@ -111,7 +111,7 @@ def mla_decode(
     o_weight: Tensor, o_bias: Tensor | None, add_residual: bool,
     num_heads: int, qk_nope_head_dim: int, v_head_dim: int, impl: str,
 ) -> Tensor:
-    """``impl`` is "reference" (plain torch, any device) or "kernel" (not written yet: raises).
+    """``impl`` is "reference" (plain torch, any device) or "kernel" (cf_compile_kernels.mla; CUDA sm_90+).
     ``freqs_cis`` is the real view of the complex table (see :func:`mla_decode_call`)."""
     freqs = torch.view_as_complex(freqs_cis) if freqs_cis is not None else None
     args = (x, norm_weight, norm_eps, norm_kind, q_weights, q_biases, q_norm_weight, q_norm_eps,
@@ -120,10 +120,19 @@ def mla_decode(
             o_weight, o_bias, add_residual, num_heads, qk_nope_head_dim, v_head_dim)
     if impl == "reference":
         return mla_decode_reference(*args)
-    if impl == "kernel":
-        raise NotImplementedError(f"{OP_NAME}: no MLA cluster kernel exists yet (cf_compile_kernels has no "
-                                  "mla_decode); the rewrite always inlines the reference for MLA blocks")
-    raise ValueError(f"{OP_NAME}: unknown impl {impl!r}")
+    if impl != "kernel":
+        raise ValueError(f"{OP_NAME}: unknown impl {impl!r}")
+    if any(b is not None for b in (*q_biases, kv_a_bias, kv_b_bias, o_bias)):
+        raise ValueError(f"{OP_NAME}: the MLA kernel takes no projection biases (the rewrite checks this first)")
+    from cf_compile_kernels import mla as kernels
+
+    out = torch.empty_like(x)
+    kernels.mla_decode(
+        x, norm_weight, norm_eps, norm_kind, list(q_weights), q_norm_weight, q_norm_eps, kv_a_weight,
+        kv_norm_weight, kv_norm_eps, kv_b_weight, rope_form, cos, sin, freqs_cis, cache_position, k_cache,
+        v_cache, attn_mask, scale, o_weight, add_residual, num_heads, qk_nope_head_dim, v_head_dim, out,
+    )
+    return out
 
 
 @mla_decode.register_fake

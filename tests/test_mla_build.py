@@ -1,0 +1,90 @@
+"""The MLA decode kernel compiles for sm_90a with NVRTC (no GPU needed) and its launcher plans and declines.
+
+Specification: the batch-bucket extremes compile to SASS with no spills and no stack (one 256-thread CTA
+per SM: 255 registers available); the plan is a one-wave grid (one CTA per SM) whose attention items
+(batch row x head group x chunk) cover the SMs once; shapes outside the kernel get a one-line reason.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from cf_compile_kernels import mla
+from cf_compile_kernels.build import compile_kernel
+from cf_compile_kernels.registry import registered
+
+EXTREMES = [(dt, bb) for dt in ("__half", "__nv_bfloat16") for bb in (1, 16)]
+H100_SMS = 132
+V2_LITE = dict(hidden=2048, num_heads=16, q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128,
+               qk_rope_head_dim=64, v_head_dim=128, rope_form="complex")
+V3 = dict(hidden=7168, num_heads=128, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+          qk_rope_head_dim=64, v_head_dim=128, rope_form="interleave")
+
+
+def _compile(args):
+    return compile_kernel(mla.SOURCE, mla.KERNEL, template_args=args, arch="sm_90a")
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return dict(zip(EXTREMES, pool.map(_compile, EXTREMES), strict=True))
+    except Exception as exc:  # no NVRTC/headers on this machine: the whole module is moot
+        if "HeadersNotFound" in type(exc).__name__ or isinstance(exc, ImportError):
+            pytest.skip(f"NVRTC unavailable: {exc}")
+        raise
+
+
+@pytest.mark.parametrize("args", EXTREMES, ids=lambda a: f"{a[0]}-B{a[1]}")
+def test_compiles_without_spills(compiled, args):
+    kernel = compiled[args]
+    assert kernel.cubin.startswith(b"\x7fELF")
+    assert kernel.registers is not None and kernel.registers <= 255
+    assert kernel.spill_bytes == 0, f"{kernel.name_expression}: {kernel.spill_bytes} bytes spilled"
+    assert kernel.local_bytes == 0, f"{kernel.name_expression}: {kernel.local_bytes} bytes of stack"
+    assert kernel.shared_bytes == 0  # all shared memory is dynamic, sized by mla.smem_bytes
+
+
+def test_registered_for_the_doctor():
+    mine = {tuple(e.template_args) for e in registered() if e.source == mla.SOURCE}
+    assert mine >= set(EXTREMES)
+
+
+@pytest.mark.parametrize("shape", [V2_LITE, V3], ids=["v2-lite", "v3"])
+@pytest.mark.parametrize("batch", [1, 4, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_deepseek_shapes_are_supported_and_fill_the_gpu(shape, batch, dtype):
+    assert mla.mla_unsupported_reason(**shape, batch=batch, dtype=dtype, max_cache_len=4096) is None
+    cfg = mla.mla_config(num_heads=shape["num_heads"], qk_nope_head_dim=128, v_head_dim=128,
+                         q_lora_rank=shape["q_lora_rank"], batch=batch, num_sms=H100_SMS)
+    assert cfg["ctas"] == H100_SMS and cfg["smem_bytes"] <= mla.SMEM_LIMIT
+    items = batch * -(-shape["num_heads"] // mla.HEAD_GROUP) * cfg["attention_chunks"]
+    assert H100_SMS * 0.75 <= items <= H100_SMS or cfg["attention_chunks"] == 1
+    assert cfg["scratch_bytes"] < 64 << 20
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (dict(dtype=torch.float32), "float16"),
+    (dict(kv_lora_rank=256), "kv_lora_rank"),
+    (dict(qk_rope_head_dim=32), "rope dim"),
+    (dict(batch=17), "batch"),
+    (dict(has_bias=True), "bias"),
+    (dict(mask_dtype=torch.float16), "bool"),
+    (dict(rope_form="yarn"), "rope form"),
+    (dict(hidden=2050), "hidden"),
+])
+def test_unsupported_shapes_have_reasons(change, words):
+    args = {**V2_LITE, "batch": 1, "dtype": torch.bfloat16, "max_cache_len": 4096, **change}
+    reason = mla.mla_unsupported_reason(**args)
+    assert reason and words in reason
+
+
+def test_work_split_follows_the_sm_count():
+    small = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1, num_sms=66)
+    large = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1, num_sms=132)
+    assert small["ctas"] == 66 and large["ctas"] == 132
+    assert large["attention_chunks"] == 2 * small["attention_chunks"]
