@@ -47,26 +47,31 @@ def _greedy(model, cfg, step, tokens=TOKENS, prompt=7):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_fused_kernels_run_and_greedy_tokens_match_eager(name):
+def test_fused_kernels_run_and_match_eager_inside_the_bf16_band(name):
+    """64 teacher-forced decode steps (cf_compile.accuracy): the compiled logits stay inside eager
+    bf16's own rounding band against fp32, the compiled argmax flips no more steps than eager bf16 flips
+    against fp32 (random weights have near-tied logits: a free-running greedy run of Inductor itself
+    leaves eager within 1-17 of 128 steps, benchmarks/RESULTS.md), and the caches end as eager's."""
+    from cf_compile.accuracy import compare
     from cf_compile.report import last_report
 
     model, cfg = _model(name, torch.bfloat16)
-    eager, eager_cache = _greedy(model, cfg, model.forward)
-    torch._dynamo.reset()
-    step = torch.compile(model.forward, backend="clusterfusion", fullgraph=True, options={"kernels": "all"})
-    ours, cache = _greedy(model, cfg, step)
-    rep = last_report()
-    impls = {(r.block, r.implementation, r.reason) for r in rep.records}
-    assert rep.coverage() == "2/2 attention, 2/2 FFN", impls
+    ids = ((torch.arange(7, device="cuda")[None] * 131 + 5) % cfg.vocab_size)
+    rep = compare(model, ids, steps=TOKENS, options={"kernels": "all"}, name=name)
+    records = last_report().records
+    impls = {(r.block, r.implementation, r.reason) for r in records}
+    assert last_report().coverage() == "2/2 attention, 2/2 FFN", impls
     if name in REQUIRE_KERNEL:
-        assert all(r.implementation == "kernel" for r in rep.records), impls
+        assert all(r.implementation == "kernel" for r in records), impls
     else:   # another shape may fall back to the reference, but never silently
-        assert all(r.implementation == "kernel" or r.reason for r in rep.records), impls
-    same = (ours == eager).all(0)
-    assert bool(same.all()), f"{name}: tokens differ from step {int((~same).nonzero()[0])}"
-    for a, b in zip(cache.layers, eager_cache.layers, strict=True):
-        torch.testing.assert_close(a.keys, b.keys, atol=3e-2, rtol=3e-2)
-        torch.testing.assert_close(a.values, b.values, atol=3e-2, rtol=3e-2)
+        assert all(r.implementation == "kernel" or r.reason for r in records), impls
+    assert rep.ok, rep.verdict()
+    ours, eager_vs_fp32 = rep.compiled_vs_eager, rep.pair("eager", "float32")
+    flips = round((1 - ours.tokens.fraction) * rep.steps)
+    eager_flips = round((1 - eager_vs_fp32.tokens.fraction) * rep.steps)
+    assert flips <= 2 * eager_flips + 1, f"{name}: {flips} flipped steps vs eager bf16's own {eager_flips}"
+    # the caches: no further from eager's than eager's own rounding puts them from fp32
+    assert ours.kv_worst <= 2 * eager_vs_fp32.kv_worst, (ours.kv_max_abs, eager_vs_fp32.kv_max_abs)
 
 
 def test_kernel_op_writes_the_users_cache_in_place(monkeypatch):
