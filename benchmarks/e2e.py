@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -118,7 +119,8 @@ def plain_graph_step(step, session: Session):
     return replay
 
 
-def kernels_per_step(step, session: Session) -> int:
+def step_kernels(step, session: Session) -> Counter:
+    """Device activities (kernels, memcpy, memset) of one un-graphed decode step, by name."""
     cache, tok = session.fresh()
     with torch.no_grad():
         step(tok, past_key_values=cache, use_cache=True)
@@ -126,7 +128,16 @@ def kernels_per_step(step, session: Session) -> int:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             step(tok, past_key_values=cache, use_cache=True)
             torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return Counter(e.name[:60] for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def kernels_per_step(step, session: Session) -> int:
+    return sum(step_kernels(step, session).values())
+
+
+def copies(names: Counter) -> int:
+    """Copy activities of a step (memcpy nodes and copy kernels): a fused step must not copy a KV cache."""
+    return sum(n for name, n in names.items() if "memcpy" in name.lower() or "copy" in name.lower())
 
 
 def generate_ms_per_token(session: Session, backend: str, tokens: int) -> float:
@@ -178,25 +189,39 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     inductor_kernels = kernels_per_step(ma, session)
     inductor_us = session.time_step(plain_graph_step(ma, session), args.steps, args.repeats)
     agree_inductor_tokens = session.greedy(ma, args.agree)
-    ours_fn = compiled(backend="clusterfusion")
+    ours_fn = compiled(backend="clusterfusion", options={"mode": args.ours_mode} if args.ours_mode else None)
     ours_us = session.time_step(ours_fn, args.steps, args.repeats)
     rep = last_report()
     log["coverage"] = rep.coverage() if rep else "?"
     log["implementations"] = sorted({r.implementation for r in rep.records}) if rep else []
     log["reasons"] = sorted({r.reason for r in rep.records if r.reason}) if rep else []
     agree_ours_tokens = session.greedy(ours_fn, args.agree)
-    no_graph = compiled(backend="clusterfusion", options={"cudagraphs": False})
+    no_graph = compiled(backend="clusterfusion", options={"cudagraphs": False, "mode": args.ours_mode})
     ours_kernels = kernels_per_step(no_graph, session)
     eager_tokens = session.greedy(model.forward, args.agree)
     if args.kernels_all:   # the fused kernels on every matched block, whatever the auto policy says
         try:
-            all_fn = compiled(backend="clusterfusion", options={"kernels": "all"})
+            all_fn = compiled(backend="clusterfusion", options={"kernels": "all", "mode": args.ours_mode})
             log["ours_kernels_all_us"] = session.time_step(all_fn, args.steps, args.repeats)
             log["agree_ours_kernels_all"] = agreement(session.greedy(all_fn, args.agree), eager_tokens)
-            log["ours_kernels_all_kernels"] = kernels_per_step(
-                compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False}), session)
+            names = step_kernels(compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False,
+                                                                       "mode": args.ours_mode}),
+                                 session)
+            log["ours_kernels_all_kernels"] = sum(names.values())
+            log["ours_kernels_all_copies"] = copies(names)
+            log["ours_kernels_all_top"] = dict(names.most_common(8))
         except Exception as exc:  # keep the row
             log["ours_kernels_all_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    if args.accuracy_steps:   # the accuracy diff (teacher-forced, calibrated against fp32)
+        from cf_compile.accuracy import compare
+
+        try:
+            acc = compare(model, session.ids[:, :64], steps=args.accuracy_steps,
+                          options={"mode": args.ours_mode, "cudagraphs": False}, name=name)
+            log["accuracy"] = acc.verdict()
+            log["accuracy_ok"] = acc.ok
+        except Exception as exc:  # keep the row
+            log["accuracy"] = f"failed: {type(exc).__name__}: {exc}"[:300]
     if args.generate:
         log["generate_inductor_ms_per_token"] = generate_ms_per_token(session, "inductor", args.generate)
         log["generate_ours_ms_per_token"] = generate_ms_per_token(session, "clusterfusion", args.generate)
@@ -223,6 +248,9 @@ def main() -> None:
     p.add_argument("--generate", type=int, default=64,
                    help="new tokens per generate() timing with compile_config (0: skip)")
     p.add_argument("--rows-out", type=Path)
+    p.add_argument("--ours-mode", default="max-autotune-no-cudagraphs",
+                   help="Inductor mode for the code clusterfusion leaves to Inductor (the baseline's own)")
+    p.add_argument("--accuracy-steps", type=int, default=32, help="accuracy diff steps (0: skip)")
     p.add_argument("--kernels-all", action="store_true", help="also time ours with kernels=\"all\"")
     p.add_argument("--append", type=Path, help="append rows from a --rows-out file to results.jsonl/RESULTS.md")
     args = p.parse_args()
