@@ -142,15 +142,20 @@ def copies(names: Counter) -> int:
 
 def generate_ms_per_token(session: Session, backend: str, tokens: int) -> float:
     """``model.generate`` with HF's own compile (``compile_config``), decode time per new token: the
-    time of a generation of ``tokens`` new tokens minus one of 1 (prefill and first step), over tokens - 1."""
+    time of a generation of ``tokens`` new tokens minus one of 1 (prefill and first step), over tokens - 1.
+    The caller owns one StaticCache, reset between calls, as a serving loop would: HF's internal static
+    cache re-allocates its tensors on every generate() call, and a CUDA graph (ours or Inductor's) must
+    then be captured again per call."""
     import time
 
     cc = session.transformers.CompileConfig(backend=backend, fullgraph=True,
                                             mode="reduce-overhead" if backend == "inductor" else None)
-    kw = dict(do_sample=False, cache_implementation="static", compile_config=cc)
+    cache = session.transformers.StaticCache(config=session.cfg, max_cache_len=session.max_cache_len)
+    kw = dict(do_sample=False, past_key_values=cache, compile_config=cc)
     torch._dynamo.reset()
 
     def run(n: int) -> float:
+        cache.reset()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         session.model.generate(session.ids, max_new_tokens=n, min_new_tokens=n, **kw)
