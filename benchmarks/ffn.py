@@ -251,7 +251,8 @@ VARIANT_KEYS = {"cluster": "cluster", "warps": "warps", "depth": "depth", "stage
 
 
 def parse_variant(spec: str) -> ffn.Tuning:
-    """'mode=whole,stages=0' (keys: mode, cluster, warps, depth, stages, l2) or the older positional
+    """'mode=whole,stages=0' (keys: mode, cluster, warps, depth, stages, l2, and flags=early_x+defer_fix_up)
+    or the older positional
     'cluster:warps:depth[:stages[:l2_hint]]'; 'default' is the launcher's own choice."""
     if spec == "default":
         return ffn.Tuning()
@@ -263,6 +264,8 @@ def parse_variant(spec: str) -> ffn.Tuning:
         key, value = item.split("=")
         if key == "mode":
             fields["mode"] = ffn.MODES[value] if value in ffn.MODES else int(value)
+        elif key == "flags":
+            fields["flags"] = ffn.parse_flags(value)
         else:
             fields[VARIANT_KEYS[key]] = int(value)
     return ffn.Tuning(**fields)
@@ -285,7 +288,7 @@ def main() -> None:
         nargs="*",
         default=[],
         help="extra tunings timed on the same rows (no Inductor): 'mode=whole,stages=0' "
-        "(keys mode/cluster/warps/depth/stages/l2) or cluster:warps:depth[:stages[:l2_hint]]",
+        "(keys mode/cluster/warps/depth/stages/l2/flags) or cluster:warps:depth[:stages[:l2_hint]]",
     )
     parser.add_argument(
         "--phases",

@@ -48,6 +48,11 @@ STAGED_CANDIDATES = ((16, 4), (16, 3))  # (warps, ring slots), in order of prefe
 # split-K with each CTA's own statistics, or whole units per CTA (no DSMEM reduce). Default: measured best.
 MODES = {"split": 0, "split_local_stats": 1, "whole": 2}
 DEFAULT_MODE = MODES["split"]
+# Optional prologue/epilogue changes (kernel enum Flags, a bit set; each keeps the output bits): x and the
+# norm weight loaded before the ring's first weight copies; last-arrival fix-ups deferred to the end of a
+# warp's down tiles and summed together. Default: measured best (benchmarks/NOTES-ffn.md, run 5).
+FLAGS = {"early_x": 1, "defer_fix_up": 2}
+DEFAULT_FLAGS = 0
 # Per-phase timeline (-DCF_FFN_PHASES=1): {globaltimer ns, clock64} per CTA per phase, kernel enum Phase.
 PHASES = ("start", "stats", "norm", "gate_up", "fold", "h", "gather", "down", "end")
 STAMP_WORDS = 2
@@ -202,8 +207,21 @@ def template_args(
     depth: int = DEPTH,
     stages: int = 0,
     mode: int = DEFAULT_MODE,
+    flags: int = DEFAULT_FLAGS,
 ) -> tuple[str | int, ...]:
-    return (CTYPES[dtype], cluster, bt, warps, depth, stages, mode)
+    return (CTYPES[dtype], cluster, bt, warps, depth, stages, mode, flags)
+
+
+def parse_flags(spec: str) -> int:
+    """'early_x+defer_fix_up' (names of FLAGS joined by '+'), or an int bit set -> the FLAGS bit set."""
+    if spec.isdigit():
+        return int(spec)
+    value = 0
+    for name in filter(None, spec.split("+")):
+        if name not in FLAGS:
+            raise ValueError(f"unknown gated-FFN flag {name!r} (known: {', '.join(FLAGS)})")
+        value |= FLAGS[name]
+    return value
 
 
 def choose_path(
@@ -236,6 +254,17 @@ register_check(
     defines={"CF_FFN_PHASES": 1},
     label="gated FFN fp16 batch 1-8 staged split, phase timeline",
 )
+# Every flag set with every mode (both batch tiles, both paths): fp16 only, the flags do not touch T.
+_ALL_FLAGS = sum(FLAGS.values())
+for _bt in (1, 2):
+    for _warps, _stages in (STAGED_CANDIDATES[0], (WARPS, 0)):
+        for _mode_name, _mode in MODES.items():
+            register_check(
+                SOURCE,
+                KERNEL,
+                template_args(torch.float16, 4, _bt, _warps, DEPTH, _stages, _mode, _ALL_FLAGS),
+                label=f"gated FFN fp16 bt{_bt} {'staged' if _stages else 'direct'} {_mode_name} early_x+defer_fix_up",
+            )
 
 
 # --------------------------------------------------------------------------- run time
@@ -310,6 +339,7 @@ class Tuning:
     l2_hint: int = 0  # 0, 128 or 256: L2 sector promotion on the weight loads (-DCF_FFN_L2_HINT)
     mode: int = DEFAULT_MODE  # MODES: how gate/up is cut inside the cluster
     phases: bool = False  # build with the per-phase timeline (gated_ffn then needs `stamps`)
+    flags: int = DEFAULT_FLAGS  # FLAGS bit set: early x loads, deferred fix-ups
 
 
 def _plan(
@@ -350,7 +380,9 @@ def _plan(
                 SOURCE,
                 KERNEL,
                 defines=defines,
-                template_args=template_args(dtype, cluster, bt, warps, tuning.depth, stages, mode),
+                template_args=template_args(
+                    dtype, cluster, bt, warps, tuning.depth, stages, mode, tuning.flags
+                ),
             )
             kernel = load_kernel(compiled, device)
             threads = warps * WARP_SIZE

@@ -159,6 +159,28 @@ MODE_VARIANTS = [
 ]
 
 
+def test_flags_parse_names_and_bit_sets():
+    assert ffn.parse_flags("") == 0
+    assert ffn.parse_flags("early_x") == ffn.FLAGS["early_x"]
+    assert ffn.parse_flags("early_x+defer_fix_up") == sum(ffn.FLAGS.values()) == ffn.parse_flags("3")
+    with pytest.raises(ValueError, match="unknown"):
+        ffn.parse_flags("early")
+
+
+@pytest.mark.parametrize("mode", list(ffn.MODES.values()))
+@pytest.mark.parametrize("bt,stages", [(1, 4), (2, 0)])
+def test_flagged_kernels_compile_without_spills(bt, stages, mode):
+    flags = sum(ffn.FLAGS.values())
+    k = compile_kernel(
+        ffn.SOURCE,
+        ffn.KERNEL,
+        template_args=ffn.template_args(torch.float16, 4, bt, ffn.WARPS, ffn.DEPTH, stages, mode, flags),
+        defines={"CF_FFN_PHASES": 1},
+        arch=SM90_ARCH,
+    )
+    assert k.spill_bytes == 0 and k.local_bytes == 0, f"{k.name_expression}: stack {k.local_bytes}"
+
+
 @pytest.mark.parametrize("phases", [False, True], ids=["plain", "timeline"])
 @pytest.mark.parametrize("variant", MODE_VARIANTS, ids=lambda v: "n{}-bt{}-w{}-d{}-s{}-m{}".format(*v))
 def test_gate_up_modes_compile_without_spills(variant, phases):

@@ -77,6 +77,20 @@ enum NormKind : int { kNormWeight = 0, kNormUnitOffset = 1 };
 ///                      the h gather. Costs: the whole n row per CTA in smem, units per CTA differ by one.
 enum GateUpMode : int { kSplitK = 0, kSplitKLocalStats = 1, kWholeUnits = 2 };
 
+/// @brief Optional prologue/epilogue changes (template FLAGS, a bit set; Tuning.flags / ffn.FLAGS). Each
+/// leaves every sum in the same order, so the output is bitwise the same as without it.
+///   kEarlyX:      x (this thread's first vector of every row of the statistics range) and the matching
+///                 norm-weight vector are loaded before the ring's first weight slots are issued, so the
+///                 statistics do not wait behind ~4 us of queued weight traffic (run 4: start -> stats
+///                 8.4 us at Llama-2-7B B=1, 7 us at Qwen). Where the statistics range is the norm range
+///                 (split-K, whole units), n is written from those registers: no reload of x.
+///   kDeferFixUp:  a warp that arrives last on a down tile only notes it; after its last tile it sums all
+///                 those tiles at once (their loads in flight together). A late cluster is last on every
+///                 one of its tiles; inline it paid one fix-up round trip per tile, now one for all.
+enum Flags : int { kEarlyX = 1, kDeferFixUp = 2 };
+constexpr int kFlagsAll = kEarlyX | kDeferFixUp;
+constexpr int kMaxDeferredTiles = 32;  // the deferred set is a 32-bit mask of a warp's tile indices
+
 // ------------------------------------------------------------------ optional phase timeline
 // -DCF_FFN_PHASES=1: thread 0 of every CTA writes {%globaltimer, clock64} at each phase boundary into
 // stamps[cta][phase][2] (benchmarks/ffn.py --phases). Off (default): the stamps argument is unused and the
@@ -178,6 +192,22 @@ __device__ __forceinline__ uint4 load_weights(const void* p) {
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(p));
   return v;
+}
+
+/// @brief 16-byte load of read-only activations, volatile so that it stays ahead (in issue order) of the
+/// ring's cp.async copies that follow it in program order.
+__device__ __forceinline__ uint4 load_early(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+/// @brief The 8 values of one 16-byte vector of T, widened to fp32.
+template <typename T>
+__device__ __forceinline__ void unpack_f32(const uint4& raw, float (&out)[kElemsPerLoad]) {
+  const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < kElemsPerLoad; ++i) out[i] = to_float(v[i]);
 }
 
 /// @brief Ask L2 to fetch `bytes` (multiple of 16, 16-byte aligned) ahead of the loads that need them.
@@ -336,6 +366,18 @@ __device__ __forceinline__ float activate(float v, int activation) {
   return 0.5f * v * (1.f + erff(v * kInvSqrt2));
 }
 
+constexpr int kFixUpFloatsPerVec = 4;  // float4 loads of the partials
+constexpr int kFixUpElemsPerLane = 2;  // 16 rows x 16 batch / 4 floats = 64 vectors = 2 per lane
+
+/// @brief Lanes that share one partial vector of the fix-up (they split the clusters, then a fixed xor tree
+/// combines them): as many as leave no lane idle for one tile, a power of two. A function of the batch only,
+/// so every fix-up path adds an element's C partials in the same order (the same bits).
+__device__ __forceinline__ int fix_up_group(int vecs) {
+  int group = 1;
+  while (group * kFixUpElemsPerLane * vecs <= kWarpSize) group *= 2;
+  return group;
+}
+
 /// @brief Final sum of one 16-column output tile by the warp that arrived last: the C cluster partials
 /// [C][tiles][16][batch] are added in cluster order 0..C-1 (split over `group` lanes as q = sub, sub +
 /// group, ... and combined by a fixed xor tree: the same bits every run), plus the residual; then the
@@ -345,12 +387,11 @@ template <typename T>
 __device__ __forceinline__ void fix_up_tile(int jt, const float* partials, int clusters, int col_tiles, int batch,
                                          int hidden, const T* x, T* out, int* counters, int add_residual,
                                          int lane) {
-  constexpr int kFloatsPerVec = 4;
-  constexpr int kElemsPerLane = 2;  // 16 rows x 16 batch / 4 floats = 64 vectors = 2 per lane
-  __threadfence();                  // acquire side of the arrival counter
+  constexpr int kFloatsPerVec = kFixUpFloatsPerVec;
+  constexpr int kElemsPerLane = kFixUpElemsPerLane;
+  __threadfence();  // acquire side of the arrival counter
   const int vecs = kMmaRows * batch / kFloatsPerVec;
-  int group = 1;  // lanes sharing one vector: as many as leave no lane idle (power of two)
-  while (group * 2 * vecs <= kWarpSize) group *= 2;
+  const int group = fix_up_group(vecs);
   const int sub = lane % group, slot = lane / group, slots = kWarpSize / group;
   const float4* src = reinterpret_cast<const float4*>(partials) + static_cast<size_t>(jt) * vecs;
   const size_t cluster_stride = static_cast<size_t>(col_tiles) * vecs;
@@ -395,18 +436,120 @@ __device__ __forceinline__ void fix_up_tile(int jt, const float* partials, int c
   if (lane == 0) atomicExch(counters + jt, 0);  // ready for the next launch / graph replay
 }
 
-/// @brief Per-warp sums of squares of `vecs` 16-byte vectors of each x row from column `col0`: warp w takes
-/// the w-th contiguous share of every row (so B = 1 spreads over all warps), lanes stride it, a fixed xor
-/// tree combines the lanes; ss_warp[w][b] gets the result. Every row's loads are issued together (one L2
-/// round trip per 32 vectors, not one per row). Fixed order: the same bits in every CTA and run.
+/// @brief kDeferFixUp: fix_up_tile for every tile of `mask` (bit m: this warp's m-th tile, output tile
+/// tile_index(m)) at once -- the (tile, vector) items of all of them share the lanes, so their partial
+/// loads are in flight together (one L2 round trip for a late warp's whole set, not one per tile). Each
+/// element's sum is formed exactly as in fix_up_tile (same lane group, same cluster order, same xor tree).
+template <typename T, typename TileIndex>
+__device__ __forceinline__ void fix_up_tiles(unsigned mask, TileIndex tile_index, const float* partials,
+                                             int clusters, int col_tiles, int batch, int hidden, const T* x,
+                                             T* out, int* counters, int add_residual, int lane) {
+  constexpr int kFloatsPerVec = kFixUpFloatsPerVec;
+  constexpr int kElemsPerLane = kFixUpElemsPerLane;
+  __threadfence();  // acquire side of the arrival counters
+  const int vecs = kMmaRows * batch / kFloatsPerVec;
+  const int group = fix_up_group(vecs);
+  const int sub = lane % group, slot = lane / group, slots = kWarpSize / group;
+  const int items = __popc(mask) * vecs;
+  const float4* src4 = reinterpret_cast<const float4*>(partials);
+  const size_t cluster_stride = static_cast<size_t>(col_tiles) * vecs;
+  for (int base = 0; base < items; base += kElemsPerLane * slots) {
+    float4 acc[kElemsPerLane];
+    int jt[kElemsPerLane], v[kElemsPerLane];
+    bool active[kElemsPerLane];
+#pragma unroll
+    for (int i = 0; i < kElemsPerLane; ++i) {
+      const int item = base + i * slots + slot;
+      acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      active[i] = item < items;
+      jt[i] = active[i] ? tile_index(static_cast<int>(__fns(mask, 0, item / vecs + 1))) : 0;
+      v[i] = item % vecs;
+    }
+#pragma unroll 8
+    for (int q = sub; q < clusters; q += group) {
+#pragma unroll
+      for (int i = 0; i < kElemsPerLane; ++i) {
+        if (active[i]) {
+          const float4 p = __ldcg(src4 + q * cluster_stride + static_cast<size_t>(jt[i]) * vecs + v[i]);
+          acc[i].x += p.x, acc[i].y += p.y, acc[i].z += p.z, acc[i].w += p.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kElemsPerLane; ++i) {
+      for (int off = group / 2; off > 0; off /= 2) {
+        acc[i].x += __shfl_xor_sync(0xffffffffu, acc[i].x, off);
+        acc[i].y += __shfl_xor_sync(0xffffffffu, acc[i].y, off);
+        acc[i].z += __shfl_xor_sync(0xffffffffu, acc[i].z, off);
+        acc[i].w += __shfl_xor_sync(0xffffffffu, acc[i].w, off);
+      }
+      if (active[i] && sub == 0) {
+        const float sums[kFloatsPerVec] = {acc[i].x, acc[i].y, acc[i].z, acc[i].w};
+#pragma unroll
+        for (int f = 0; f < kFloatsPerVec; ++f) {
+          const int e = v[i] * kFloatsPerVec + f;
+          const size_t o = static_cast<size_t>(e % batch) * hidden + jt[i] * kMmaRows + e / batch;
+          out[o] = from_float<T>(add_residual ? sums[f] + to_float(x[o]) : sums[f]);
+        }
+      }
+    }
+  }
+  __syncwarp();
+  if (lane < __popc(mask)) atomicExch(counters + tile_index(static_cast<int>(__fns(mask, 0, lane + 1))), 0);
+}
+
+/// @brief This thread's share of the statistics pass over `vecs` 16-byte vectors of each x row from column
+/// `col0`: warp w takes the w-th contiguous share of every row (so B = 1 spreads over all warps), lanes
+/// stride it. The first of them (one vector per row) is what kEarlyX loads ahead of the ring.
+template <int WARPS>
+struct StatsShare {
+  int v_begin, v_end, v_first;
+  __device__ __forceinline__ StatsShare(int vecs, int warp, int lane)
+      : v_begin(warp * vecs / WARPS), v_end((warp + 1) * vecs / WARPS), v_first(v_begin + lane) {}
+  __device__ __forceinline__ bool has_first() const { return v_first < v_end; }
+};
+
+/// @brief kEarlyX: load this thread's first x vector of every row (and, with `w`, the matching norm-weight
+/// vector) now, ahead of the ring's weight copies.
 template <typename T, int WARPS, int ROWS>
-__device__ __forceinline__ void row_sum_squares(float* ss_warp, const T* x, int hidden, int col0, int vecs,
+__device__ __forceinline__ void load_first_x(uint4 (&first)[ROWS], uint4& w_first, const StatsShare<WARPS>& share,
+                                             const T* x, const T* norm_w, int hidden, int col0, int batch) {
+  if (!share.has_first()) return;
+  const int col = col0 + share.v_first * kElemsPerLoad;
+#pragma unroll
+  for (int b = 0; b < ROWS; ++b) {
+    if (b < batch) first[b] = load_early(x + static_cast<size_t>(b) * hidden + col);
+  }
+  if (norm_w != nullptr) w_first = load_early(norm_w + col);
+}
+
+/// @brief Per-warp sums of squares of this warp's share of every x row; a fixed xor tree combines the lanes;
+/// ss_warp[w][b] gets the result. Every row's loads are issued together (one L2 round trip per 32 vectors,
+/// not one per row). With kFirstLoaded the first vector of each row comes from `first` (kEarlyX), the same
+/// values in the same order. Fixed order: the same bits in every CTA and run.
+template <typename T, int WARPS, int ROWS, bool kFirstLoaded>
+__device__ __forceinline__ void row_sum_squares(float* ss_warp, const uint4 (&first)[ROWS],
+                                                const StatsShare<WARPS>& share, const T* x, int hidden, int col0,
                                                 int batch, int warp, int lane) {
-  const int v_begin = warp * vecs / WARPS, v_end = (warp + 1) * vecs / WARPS;
   float s[ROWS];
 #pragma unroll
   for (int b = 0; b < ROWS; ++b) s[b] = 0.f;
-  for (int v = v_begin + lane; v < v_end; v += kWarpSize) {
+  int v = share.v_first;
+  if constexpr (kFirstLoaded) {
+    if (v < share.v_end) {
+#pragma unroll
+      for (int b = 0; b < ROWS; ++b) {
+        if (b < batch) {
+          float f[kElemsPerLoad];
+          unpack_f32<T>(first[b], f);
+#pragma unroll
+          for (int e = 0; e < kElemsPerLoad; ++e) s[b] = fmaf(f[e], f[e], s[b]);
+        }
+      }
+    }
+    v += kWarpSize;
+  }
+  for (; v < share.v_end; v += kWarpSize) {
 #pragma unroll
     for (int b = 0; b < ROWS; ++b) {
       if (b < batch) {
@@ -427,6 +570,18 @@ __device__ __forceinline__ void row_sum_squares(float* ss_warp, const T* x, int 
   }
 }
 
+/// @brief n = (offset + w) * (x * rstd) of one 16-byte vector of row b, rounded to T, into smem (as eager).
+template <typename T>
+__device__ __forceinline__ void normalise_vec(bits16* n_row, const uint4& x_raw, const uint4& w_raw, float rstd,
+                                              float offset) {
+  float f[kElemsPerLoad], w[kElemsPerLoad];
+  unpack_f32<T>(x_raw, f);
+  unpack_f32<T>(w_raw, w);
+#pragma unroll
+  for (int e = 0; e < kElemsPerLoad; ++e) f[e] = (offset + w[e]) * (f[e] * rstd);
+  store_vec_f32(reinterpret_cast<T*>(n_row), f);
+}
+
 // ------------------------------------------------------------------ the kernel
 
 /// @brief Fused gated FFN, one launch per step. Grid: C clusters of CLUSTER CTAs (1-D), WARPS warps each.
@@ -440,7 +595,8 @@ __device__ __forceinline__ void row_sum_squares(float* ss_warp, const T* x, int 
 ///                    lines per row, read by ldmatrix; STAGES - 1 slots in flight, also across the phase
 ///                    boundaries). The host picks staged when its ring fits in shared memory.
 /// @tparam MODE       GateUpMode: how gate/up is cut inside the cluster (default: split-K)
-template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH, int STAGES, int MODE = kSplitK>
+/// @tparam FLAGS      Flags bit set: early x loads, deferred fix-ups (default: none; same bits either way)
+template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH, int STAGES, int MODE = kSplitK, int FLAGS = 0>
 __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     gated_ffn_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
                      const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
@@ -451,9 +607,15 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   static_assert(BT == 1 || BT == 2, "batch tiles: 1 or 2 (batch <= 16)");
   static_assert(STAGES == 0 || STAGES >= 2, "staged path needs at least two ring slots");
   static_assert(MODE == kSplitK || MODE == kSplitKLocalStats || MODE == kWholeUnits, "unknown gate/up mode");
+  static_assert((FLAGS & ~kFlagsAll) == 0, "unknown flag");
   constexpr bool kStaged = STAGES > 0;
   constexpr bool kWhole = MODE == kWholeUnits;
   constexpr bool kLocalStats = MODE != kSplitK;  // whole units need the whole row's statistics anyway
+  constexpr bool kEarly = (FLAGS & kEarlyX) != 0;
+  constexpr bool kDefer = (FLAGS & kDeferFixUp) != 0;
+  // kEarlyX: the statistics range is the norm range (split-K: the CTA's k-slice; whole units: the row),
+  // so the thread that squares x[b][v] also normalises it, from the same registers
+  constexpr bool kNormFromRegs = kEarly && MODE != kSplitKLocalStats;
   constexpr int kThreads = WARPS * kWarpSize;
   constexpr int kBp = BT * kMmaCols;               // padded batch: row count of the fp32 tiles
   constexpr int kItemK = kStaged ? kChunkK : kStepK;  // k columns per work item
@@ -518,6 +680,8 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   };
 
   // this cluster's partial of one down tile -> global, arrive; the last of the C arrivals fixes it up
+  // (kDeferFixUp: notes it in `deferred`, bit m, and fixes up all of them after its last tile)
+  unsigned deferred = 0;
   auto finish_tile = [&](int m, float (&acc)[BT][4]) {
     const int jt = rank * tiles_per_cta + tile_of(m);
     float* dst = partials + (static_cast<size_t>(c) * col_tiles + jt) * kMmaRows * batch;
@@ -536,7 +700,11 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     if (lane == 0) old = atomicAdd(counters + jt, 1);
     old = __shfl_sync(0xffffffffu, old, 0);
     if (old == clusters - 1) {
-      fix_up_tile<T>(jt, partials, clusters, col_tiles, batch, hidden, x, out, counters, add_residual, lane);
+      if (kDefer && m < kMaxDeferredTiles) {
+        deferred |= 1u << m;  // summed with the warp's other last arrivals after its last tile
+      } else {
+        fix_up_tile<T>(jt, partials, clusters, col_tiles, batch, hidden, x, out, counters, add_residual, lane);
+      }
     }
   };
   // a unit's gate/up partial (or this warp's piece of it) -> smem; the first piece of a unit that began
@@ -546,6 +714,15 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     store_tile_smem<BT>(dst, acc, g, t, kBp);
     zero(acc);
   };
+
+  // ---- 0. kEarlyX: x (and the norm weight) requested before any weight traffic is queued
+  const int stats_col0 = kLocalStats ? 0 : k_begin;  // the statistics range: the row, or this CTA's k-slice
+  const StatsShare<WARPS> share((kLocalStats ? hidden : kr) / kElemsPerLoad, warp, lane);
+  uint4 x_first[kBp], w_first = make_uint4(0, 0, 0, 0);
+  if constexpr (kEarly) {
+    load_first_x<T, WARPS, kBp>(x_first, w_first, share, x, kNormFromRegs ? norm_w : nullptr, hidden, stats_col0,
+                                batch);
+  }
 
   unsigned ring = 0;
   if constexpr (kStaged) {
@@ -576,7 +753,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   // order. Local: each CTA squares the whole row (same order in every CTA: the same bits everywhere).
   const int vecs_per_row = gu_range / kElemsPerLoad;  // the columns this CTA normalises
   if constexpr (kLocalStats) {
-    row_sum_squares<T, WARPS, kBp>(ss_warp, x, hidden, 0, hidden / kElemsPerLoad, batch, warp, lane);
+    row_sum_squares<T, WARPS, kBp, kEarly>(ss_warp, x_first, share, x, hidden, stats_col0, batch, warp, lane);
     __syncthreads();
     if (tid < batch) {
       float s = 0.f;
@@ -584,7 +761,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       rstd_s[tid] = rsqrtf(s / static_cast<float>(hidden) + eps);
     }
   } else {
-    row_sum_squares<T, WARPS, kBp>(ss_warp, x, hidden, k_begin, kr / kElemsPerLoad, batch, warp, lane);
+    row_sum_squares<T, WARPS, kBp, kEarly>(ss_warp, x_first, share, x, hidden, stats_col0, batch, warp, lane);
     __syncthreads();
     if (tid < kMaxBatch) {
       float s = 0.f;
@@ -598,7 +775,23 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   stamp(stamps, kPhaseStats);
 
   // ---- 2. n = rmsnorm(x) over this CTA's columns, rounded to T (as eager), into smem [batch][n_stride]
-  for (int idx = tid; idx < batch * vecs_per_row; idx += kThreads) {
+  if constexpr (kNormFromRegs) {
+    // the statistics pass's vectors: the first from registers, any further ones (range > WARPS * 32
+    // vectors) reloaded
+    const float offset = norm_kind == kNormUnitOffset ? 1.f : 0.f;
+    for (int v = share.v_first; v < share.v_end; v += kWarpSize) {
+      const bool first = v == share.v_first;
+      const uint4 w_raw = first ? w_first : load_early(norm_w + gu_begin + v * kElemsPerLoad);
+#pragma unroll
+      for (int b = 0; b < kBp; ++b) {
+        if (b < batch) {
+          const uint4 x_raw = first ? x_first[b] : load_early(x + static_cast<size_t>(b) * hidden + gu_begin + v * kElemsPerLoad);
+          normalise_vec<T>(vec_s + b * L.n_stride + v * kElemsPerLoad, x_raw, w_raw, rstd_s[b], offset);
+        }
+      }
+    }
+  }
+  for (int idx = tid; !kNormFromRegs && idx < batch * vecs_per_row; idx += kThreads) {
     const int b = idx / vecs_per_row, v = idx % vecs_per_row;
     float f[kElemsPerLoad], w[kElemsPerLoad];
     load_vec_f32(x + static_cast<size_t>(b) * hidden + gu_begin + v * kElemsPerLoad, f);
@@ -830,6 +1023,13 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
         }
         finish_tile(m, acc);
       }
+    }
+  }
+  if constexpr (kDefer) {
+    if (deferred != 0) {
+      auto tile_index = [&](int m) { return rank * tiles_per_cta + tile_of(m); };
+      fix_up_tiles<T>(deferred, tile_index, partials, clusters, col_tiles, batch, hidden, x, out, counters,
+                      add_residual, lane);
     }
   }
   if constexpr (CF_FFN_PHASES != 0) __syncthreads();  // instrumented: the stamp marks the CTA's last tile

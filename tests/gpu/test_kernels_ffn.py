@@ -5,6 +5,7 @@ variants (cluster sizes 1/2/4, batch tiles 1/2, both dtypes), for compute-saniti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -91,6 +92,7 @@ def random_config(i: int) -> dict:
 
 
 DIRECT = ffn.Tuning(stages=0)  # the register-direct load path (what the largest shapes use)
+EARLY_DEFER = ffn.parse_flags("early_x+defer_fix_up")  # every optional flag
 # Every gate/up mode on both load paths (auto = staged where its ring fits); the timeline build too.
 VARIANTS = {
     "auto": None,
@@ -99,6 +101,11 @@ VARIANTS = {
     "local-stats-direct": ffn.Tuning(mode=ffn.MODES["split_local_stats"], stages=0),
     "whole": ffn.Tuning(mode=ffn.MODES["whole"]),
     "whole-direct": ffn.Tuning(mode=ffn.MODES["whole"], stages=0),
+    "early-defer": ffn.Tuning(flags=EARLY_DEFER),
+    "early-defer-direct": ffn.Tuning(stages=0, flags=EARLY_DEFER),
+    "local-stats-early-defer": ffn.Tuning(mode=ffn.MODES["split_local_stats"], flags=EARLY_DEFER),
+    "whole-early-defer": ffn.Tuning(mode=ffn.MODES["whole"], flags=EARLY_DEFER),
+    "whole-early-defer-direct": ffn.Tuning(mode=ffn.MODES["whole"], stages=0, flags=EARLY_DEFER),
 }
 
 
@@ -126,7 +133,7 @@ def test_model_shapes_within_band_of_fp64(hidden, inter, batch, dtype):
     assert rel_error(inp, out, 1e-5, "weight", "silu", True) <= BANDS[dtype]
 
 
-@pytest.mark.parametrize("variant", ["auto", "whole"])
+@pytest.mark.parametrize("variant", ["auto", "whole", "early-defer"])
 @pytest.mark.parametrize("batch", [1, 16])
 def test_bitwise_identical_over_1000_runs(batch, variant):
     tuning = VARIANTS[variant]
@@ -143,6 +150,49 @@ def test_bitwise_identical_over_1000_runs(batch, variant):
         .sum()
     )
     assert differing == 0, f"{differing} of {DETERMINISM_RUNS} runs differ bitwise from the first"
+
+
+# fp16, cluster size 4 (what the benchmark rows use), both batch tiles, staged and (whole at B=16) direct
+FLAG_SHAPES = [
+    (4096, 11008, 1),
+    (4096, 11008, 16),
+    (896, 4864, 1),
+    (896, 4864, 16),
+    (256, 136, 5),
+    (1024, 520, 12),
+]
+FLAG_REPEATS = 20  # launches per flagged kernel: a late cluster (deferred fix-ups) varies from run to run
+
+
+@pytest.mark.parametrize("flags", ["early_x", "defer_fix_up", "early_x+defer_fix_up"])
+@pytest.mark.parametrize("mode", ["split", "whole"])
+@pytest.mark.parametrize("hidden,inter,batch", FLAG_SHAPES)
+def test_flags_keep_the_bits_of_the_plain_kernel(hidden, inter, batch, mode, flags):
+    """Each flag only reorders loads / moves the fix-up work: every sum keeps its order, so the output is
+    bitwise the plain kernel's on every launch (and the arrival counters reset: launches repeat)."""
+    plain = ffn.Tuning(mode=ffn.MODES[mode])
+    flagged = ffn.Tuning(mode=ffn.MODES[mode], flags=ffn.parse_flags(flags))
+    inp = make_inputs(
+        hidden, inter, batch, torch.float16, fused=False, norm_kind="weight", seed=hidden + batch
+    )
+    expected = run(inp, 1e-5, "weight", "silu", True, plain).clone()
+    assert rel_error(inp, expected, 1e-5, "weight", "silu", True) <= BANDS[torch.float16]
+    for r in range(FLAG_REPEATS):
+        inp["out"].fill_(float("nan"))
+        got = run(inp, 1e-5, "weight", "silu", True, flagged)
+        assert torch.equal(got, expected), f"launch {r}: {flags} differs from the plain kernel"
+
+
+@pytest.mark.parametrize("variant", ["early-defer-direct", "whole-early-defer-direct"])
+@pytest.mark.parametrize("hidden,inter,batch", FLAG_SHAPES)
+def test_flags_on_the_direct_path_keep_its_bits(hidden, inter, batch, variant):
+    tuning = VARIANTS[variant]
+    plain = dataclasses.replace(tuning, flags=0)
+    inp = make_inputs(hidden, inter, batch, torch.float16, fused=True, norm_kind="unit_offset", seed=batch)
+    expected = run(inp, 1e-6, "unit_offset", "gelu_tanh", False, plain).clone()
+    assert rel_error(inp, expected, 1e-6, "unit_offset", "gelu_tanh", False) <= BANDS[torch.float16]
+    inp["out"].fill_(float("nan"))
+    assert torch.equal(run(inp, 1e-6, "unit_offset", "gelu_tanh", False, tuning), expected)
 
 
 @pytest.mark.parametrize("mode", list(ffn.MODES))
