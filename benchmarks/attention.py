@@ -13,6 +13,8 @@ row is timed out of L2; time per call = replay time / layers, median of REPEATS 
 Before timing, ours is checked against the eager block in fp32 (relative error inside the dtype band).
 
     PYTHONPATH=. python benchmarks/attention.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
+        [--variants v3 tail qkv v4] [--phases] [--no-prefetch]
+With --variants, ours is timed once per work-split variant (attention.VARIANTS), one JSON row each.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
-from cf_compile_kernels.attention import attention_config, attention_decode  # noqa: E402
+from cf_compile_kernels.attention import DEFAULT_VARIANT, VARIANTS, attention_config, attention_decode  # noqa: E402
 
 MODELS = {  # hidden, q heads, kv heads, head_dim, qkv bias
     "llama-2-7b": (4096, 32, 32, 128, False),
@@ -49,6 +51,9 @@ EPS = 1e-5
 REPEATS = 30
 L2_MULTIPLE = 2  # graphs cycle through layer copies whose bytes exceed this many L2s
 MAX_LAYERS = 32
+# At least this many layer copies per graph replay, so the per-replay overhead (~10 us) is amortised on
+# every row, not only where 2 x L2 needs many copies (Llama-2-7B needed one: phase 1 read 21 us there).
+MIN_LAYERS = 8
 PHASES = 5  # the kernel's stop_after_phase cut points (attention_decode.cu)
 
 
@@ -114,12 +119,12 @@ def floor_bytes(model: str, batch: int, seq: int, esize: int) -> int:
     return weights + kv_read + activations
 
 
-def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0) -> None:
+def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0, variant: str | None = None) -> None:
     attention_decode(layer["x"], layer["nw"], EPS, "weight", [layer["wq"], layer["wk"], layer["wv"]],
                      [layer["bq"], layer["bk"], layer["bv"]], None, None, 0.0, layer["cos"], layer["sin"],
                      layer["cache_position"], layer["k_cache"], layer["v_cache"], layer["mask"], layer["scale"],
                      layer["wo"], None, True, layer["out"], prefetch=prefetch,
-                     stop_after_phase=stop_after_phase)
+                     stop_after_phase=stop_after_phase, variant=variant)
 
 
 def hf_args(layer: dict) -> tuple:
@@ -133,18 +138,31 @@ def time_graph(fn, layers: list[dict]) -> float:
     return graph_time_us([functools.partial(fn, layer) for layer in layers], REPEATS)
 
 
-def check_ours(layer: dict, dtype: torch.dtype) -> float:
+def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None) -> float:
     """Relative error of ours vs the eager block in fp32, on a fresh copy of the caches."""
     ref_layer = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in layer.items()}
     ref_layer["k_cache"], ref_layer["v_cache"] = layer["k_cache"].float(), layer["v_cache"].float()
     ref = hf_block(*hf_args(ref_layer))
     layer["out"].fill_(float("nan"))
-    ours(layer)
+    ours(layer, variant=variant)
     torch.cuda.synchronize()
     err = ((layer["out"].float() - ref).norm() / ref.norm()).item()
     if not err <= BANDS[dtype]:
         raise AssertionError(f"ours is off: relative error {err:.2e} vs the eager block")
     return err
+
+
+def time_variant(layers: list[dict], dtype: torch.dtype, variant: str, phases: bool, prefetch: bool):
+    """(us per call, us with the L2 prefetch or None, relative error, {phaseK_us}) of one variant of ours."""
+    err = check_ours(layers[0], dtype, variant)
+    t_ours = time_graph(lambda layer: ours(layer, variant=variant), layers)
+    t_pf = time_graph(lambda layer: ours(layer, prefetch=True, variant=variant), layers) if prefetch else None
+    cut = {}
+    if phases:
+        for k in range(1, PHASES + 1):
+            cut[f"phase{k}_us"] = round(
+                time_graph(lambda layer, k=k: ours(layer, stop_after_phase=k, variant=variant), layers), 2)
+    return t_ours, t_pf, err, cut
 
 
 def main() -> None:
@@ -157,6 +175,9 @@ def main() -> None:
     ap.add_argument("--seqs", nargs="*", type=int, default=list(SEQS))
     ap.add_argument("--phases", action="store_true",
                     help="also time the kernel cut after each phase (stop_after_phase 1..PHASES)")
+    ap.add_argument("--variants", nargs="*", default=[DEFAULT_VARIANT], choices=sorted(VARIANTS),
+                    help="work-split variants of ours to time side by side (one row each)")
+    ap.add_argument("--no-prefetch", action="store_true", help="skip the L2-prefetch timing of ours")
     ap.add_argument("--inductor-budget", type=float, default=420.0, help="seconds of Inductor compiles, then skip")
     ap.add_argument("--record", action="store_true", help="append rows to results.jsonl / RESULTS.md")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_rows.json"))
@@ -179,16 +200,10 @@ def main() -> None:
         dtype = DTYPES[dtname]
         esize = torch.empty((), dtype=dtype).element_size()
         fb = floor_bytes(model, batch, seq, esize)
-        n_layers = max(1, min(MAX_LAYERS, math.ceil(L2_MULTIPLE * l2 / fb)))
+        n_layers = max(MIN_LAYERS, min(MAX_LAYERS, math.ceil(L2_MULTIPLE * l2 / fb)))
         layers = [make_layer(model, batch, seq, dtype, seed) for seed in range(n_layers)]
-        err = check_ours(layers[0], dtype)
-        t_ours = time_graph(ours, layers)
-        t_pf = time_graph(lambda layer: ours(layer, prefetch=True), layers)
-        phases = {}
-        if args.phases:
-            for k in range(1, PHASES + 1):
-                phases[f"phase{k}_us"] = round(time_graph(lambda layer, k=k: ours(layer, stop_after_phase=k), layers), 2)
-            print("  cumulative time after each phase (us): " + " ".join(f"{v:.1f}" for v in phases.values()))
+        timed = {variant: time_variant(layers, dtype, variant, args.phases, not args.no_prefetch)
+                 for variant in args.variants}
         t_ind = None
         if not args.no_inductor and spent < args.inductor_budget:
             start = time.perf_counter()
@@ -203,17 +218,25 @@ def main() -> None:
         cfg = attention_config(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
                                dtype=dtype, num_sms=sms)
         floor_us = fb / bw * 1e6
-        row = results.make_row(
-            "attention", {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
-                          "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"]},
-            ours_us=round(t_ours, 2), ours_l2_prefetch_us=round(t_pf, 2),
-            inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
-            floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"), **phases)
-        rows.append(row)
-        Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
-        print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname}: ours {t_ours:7.1f} (L2 prefetch {t_pf:7.1f}) "
-              f"inductor {'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} "
-              f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
+        for variant, (t_ours, t_pf, err, phases) in timed.items():
+            config = {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
+                      "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"]}
+            if variant != DEFAULT_VARIANT or len(args.variants) > 1:
+                config["variant"] = variant
+            row = results.make_row(
+                "attention", config, ours_us=round(t_ours, 2),
+                ours_l2_prefetch_us=None if t_pf is None else round(t_pf, 2),
+                inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
+                floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"), **phases)
+            rows.append(row)
+            Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
+            pf = "-" if t_pf is None else f"{t_pf:7.1f}"
+            print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname} {variant:4s} [C{cfg['cluster']},"
+                  f"P{cfg['clusters_per_kv_head']}]: ours {t_ours:7.1f} (L2 prefetch {pf}) "
+                  f"inductor {'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} "
+                  f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
+            if phases:
+                print("  cumulative time after each phase (us): " + " ".join(f"{v:.1f}" for v in phases.values()))
         del layers
         torch.cuda.empty_cache()
     Path(args.json).write_text(json.dumps(rows, indent=1))

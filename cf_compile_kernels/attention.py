@@ -34,6 +34,15 @@ MAX_CLUSTER = 8  # portable cluster size; larger needs opt-in and schedules wors
 MAX_SPLIT = 16  # clusters per KV head, merged from registers (attn::kMaxSplit)
 MAX_HEADS_PER_PASS = 8  # query heads whose q/o live in registers during one pass over K/V
 SMEM_LIMIT = 227 * 1024  # opt-in dynamic shared memory per block on sm_90
+FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (attn::Smem::reduce)
+# Work-split variants (attn::Variant bits). Both wait on other CTAs of the grid, so the launcher uses
+# them only when the split is one wave (every cluster co-resident); otherwise it runs "v3".
+#   v3    version 3: the last arriver of each hand-off finishes (merge, o_proj, fix-up by C CTAs)
+#   tail  phase 6 over every CTA: all P clusters do o_proj (P*C column slices), KVH CTAs per slice fix up
+#   qkv   q/k/v rows split over all P*C CTAs of a KV head, handed over through global memory (P > 1)
+#   v4    tail + qkv
+VARIANTS = {"v3": 0, "tail": 1, "qkv": 2, "v4": 3}
+DEFAULT_VARIANT = "v3"  # switched by measurement (benchmarks/NOTES-attention.md)
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -73,7 +82,7 @@ def _smem_bytes(
     ws = _align16(WARPS * hg * (head_dim + 2) * 4)
     stage = max(_align16(bucket * k_chunk * esize), part + ws)
     new = _align16(batch * head_dim * esize)
-    return qkv + stage + 2 * new + _align16(bucket * 4) + _align16(batch * 8) + 16
+    return qkv + stage + 2 * new + _align16(bucket * 4) + _align16(batch * 8) + FIXUP_REDUCE_BYTES + 16
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class AttentionConfig:
     smem_bytes: int
     grid: tuple[int, int, int]
     active_clusters: tuple[tuple[int, int], ...] = ()  # (C, co-resident clusters of C) the split saw
+    one_wave: bool = True  # every cluster co-resident: the variants' grid-wide waits cannot deadlock
 
     def as_dict(self) -> dict:
         return {
@@ -100,6 +110,7 @@ class AttentionConfig:
             "threads": THREADS,
             "smem_bytes": self.smem_bytes,
             "active_clusters": dict(self.active_clusters),
+            "one_wave": self.one_wave,
         }
 
 
@@ -145,7 +156,8 @@ def _plan(
 ) -> AttentionConfig | str:
     """The work split, or why none fits; memoised (every launch asks for it)."""
     group = num_heads // num_kv_heads
-    cluster, per_head = choose_split(num_kv_heads, active or estimated_active_clusters(num_sms))
+    active = active or estimated_active_clusters(num_sms)
+    cluster, per_head = choose_split(num_kv_heads, active)
     bucket, hg = batch_bucket(batch), heads_per_pass(group)
     fixed = _smem_bytes(
         batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=0, hg=hg, esize=esize
@@ -162,7 +174,8 @@ def _plan(
     smem = _smem_bytes(
         batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=k_chunk, hg=hg, esize=esize
     )
-    return AttentionConfig(cluster, per_head, k_chunk, bucket, hg, smem, (cluster, per_head, num_kv_heads))
+    return AttentionConfig(cluster, per_head, k_chunk, bucket, hg, smem, (cluster, per_head, num_kv_heads),
+                           one_wave=num_kv_heads * per_head <= active(cluster))
 
 
 def attention_unsupported_reason(
@@ -271,14 +284,21 @@ def device_plan(
 
 # ------------------------------------------------------------------ scratch (once per shape and device)
 
-_scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_scratch: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _scratch_lock = threading.Lock()
+
+
+def _counter_count(kvh: int, cluster: int, per_head: int) -> int:
+    """Arrival counters the kernel uses (attn::counters): merge arrive/depart per (KV head, rank),
+    output-slice arrive/depart per slice (P*C slices at most), q/k/v arrive/depart per KV head."""
+    return 2 * kvh * cluster + 2 * per_head * cluster + 2 * kvh
 
 
 def _scratch_for(
     device: torch.device, kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """fp32 partials and arrival counters; counters start at zero and every launch leaves them at zero.
+) -> tuple[torch.Tensor, ...]:
+    """fp32 partials, the q/k/v hand-off buffer and arrival counters; counters start at zero and every
+    launch leaves them at zero.
 
     Shared by every launch of this shape on this device, so launches of one shape must be ordered
     (one stream, or a graph): two concurrent streams would share the counters."""
@@ -293,9 +313,18 @@ def _scratch_for(
                 device=device,
             )
             o_partial = torch.empty(kvh * batch * hidden, dtype=torch.float32, device=device)
-            arrivals = torch.zeros(kvh * c + c, dtype=torch.int32, device=device)
-            found = _scratch[key] = (attn_partial, o_partial, arrivals)
+            arrivals = torch.zeros(_counter_count(kvh, c, p), dtype=torch.int32, device=device)
+            qkv_global = torch.empty(
+                kvh * batch * (group + 2) * head_dim if p > 1 else 1, dtype=torch.float32, device=device
+            )
+            found = _scratch[key] = (attn_partial, o_partial, arrivals, qkv_global)
         return found
+
+
+def effective_variant(plan: AttentionConfig, variant: str) -> int:
+    """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
+    variants wait for other CTAs of the grid, which is only safe when all of them are co-resident)."""
+    return VARIANTS[variant] if plan.one_wave else 0
 
 
 @dataclass(frozen=True)
@@ -304,7 +333,7 @@ class _Launch:
 
     plan: AttentionConfig
     kernel: object  # launch.LoadedKernel
-    scratch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    scratch: tuple[torch.Tensor, ...]
 
 
 _launches: dict[tuple, _Launch] = {}
@@ -374,6 +403,7 @@ def attention_decode(
     prefetch: bool = False,
     stop_after_phase: int = 0,
     rows_parallel: int | None = None,
+    variant: str | None = None,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
@@ -382,7 +412,11 @@ def attention_decode(
     prefetch: pull the o_proj weights into L2 after the q/k/v phase (an experiment the benchmark times).
     rows_parallel: batch rows attended at once (default: rows_in_parallel(batch)); 1 walks the rows in turn.
     stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
-    kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block."""
+    kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block.
+    variant: one of VARIANTS (default DEFAULT_VARIANT); a split that is not one wave always runs "v3"."""
+    variant = DEFAULT_VARIANT if variant is None else variant
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)}")
     if norm_kind not in ("weight", "unit_offset"):
         raise ValueError(f"norm_kind {norm_kind!r}: 'weight' or 'unit_offset'")
     batch, _, hidden = x.shape
@@ -446,7 +480,7 @@ def attention_decode(
         mask_stride = attn_mask.stride(0) if attn_mask.shape[0] == batch and batch > 1 else 0
     launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev)
     plan, kernel = launch.plan, launch.kernel
-    attn_partial, o_partial, arrivals = launch.scratch
+    attn_partial, o_partial, arrivals, qkv_global = launch.scratch
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
     args = [
         x,
@@ -471,6 +505,7 @@ def attention_decode(
         attn_partial,
         o_partial,
         arrivals,
+        qkv_global,
         f32(eps),
         f32(qk_norm_eps),
         f32(scale),
@@ -489,6 +524,7 @@ def attention_decode(
         i32(bool(prefetch)),
         i32(rows_parallel or rows_in_parallel(batch)),
         i32(stop_after_phase),
+        i32(effective_variant(plan, variant)),
     ]
     kernel.launch(
         plan.grid, (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes, cluster=(plan.cluster, 1, 1)

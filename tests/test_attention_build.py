@@ -94,3 +94,21 @@ def test_split_keeps_every_cluster_in_one_wave():
     c, p = attention.choose_split(2, gpc_limited)  # few KV heads: split tokens over clusters
     assert 2 * p <= gpc_limited(c) and 2 * p * c >= 112 and p <= attention.MAX_SPLIT
     assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT
+
+
+def test_variants_default_to_version_3_and_need_one_wave():
+    """The variants wait for other CTAs of the grid: allowed only when every cluster is co-resident."""
+    assert attention.DEFAULT_VARIANT == "v3" and attention.VARIANTS["v3"] == 0
+    assert attention.VARIANTS["v4"] == attention.VARIANTS["tail"] | attention.VARIANTS["qkv"]
+    shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
+    one_wave = attention._plan(**shape)
+    assert one_wave.one_wave and attention.effective_variant(one_wave, "v4") == 3
+    few = {8: 2, 4: 3, 2: 4, 1: 8}.__getitem__  # fewer co-resident clusters than KV heads: two waves
+    two_waves = attention._plan(**shape, active=few)
+    assert not two_waves.one_wave and attention.effective_variant(two_waves, "v4") == 0
+
+
+def test_counters_cover_every_hand_off():
+    """attn::counters: merge and slice arrive/depart pairs per (KV head, rank) and per slice, q/k/v per KV head."""
+    kvh, c, p = 2, 8, 8
+    assert attention._counter_count(kvh, c, p) == 2 * kvh * c + 2 * p * c + 2 * kvh

@@ -76,14 +76,29 @@ struct Params {
   void* out;                // [B, H]
   float* attn_partial;      // [KVH, C, P, B, G, D+2] (P > 1 only)
   float* o_partial;         // [KVH, B, H]
-  int* arrivals;            // [KVH*C] attention merges, then [C] output slices; zero between launches
+  int* arrivals;            // counters (see Counters); zero between launches
+  float* qkv_global;        // [KVH, B, (G+2)*D] fp32 q/k/v handed between the P clusters (kSplitQkv, P > 1)
   float eps, qk_eps, scale;
   int batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len;
   long long mask_stride, cos_stride;  // elements between batch rows (cos_stride 0: shared by the batch)
   int cos_kind, unit_offset, add_residual, k_chunk, prefetch;
   int rows_parallel;        // batch rows attended at once (power of two <= min(B, kWarps))
-  int stop_after;           // measurement hook: 0 runs everything; k > 0 returns after phase k (no counters used)
+  int stop_after;           // measurement hook: 0 runs everything; k > 0 returns after phase k (counters left at 0)
+  int variant;              // kWideTail | kSplitQkv bits (0: version 3); the launcher sets bits only for one-wave grids
 };
+
+// Variant bits (attention.py VARIANTS). Both wait on other CTAs of the grid, so both need every CTA
+// co-resident: the launcher sets them only when its split is one wave (cuOccupancyMaxActiveClusters).
+enum Variant : int {
+  // Phase 6 over every CTA: all P clusters of a KV head merge the split partials (after a per-(KV head,
+  // rank) wait instead of a last-arriver hand-off), each CTA owns one of P*C output column slices, and
+  // the KVH CTAs of a slice each finalise 1/KVH of its columns once all KVH partials have landed.
+  kWideTail = 1,
+  // Phase 2 without the P-fold redundancy: the q/k/v rows of a KV head are split over all P*C CTAs,
+  // written to global memory and gathered by every CTA after a per-KV-head wait (replaces the DSMEM gather).
+  kSplitQkv = 2,
+};
+constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counter (one thread per CTA polls)
 
 // ------------------------------------------------------------------ small helpers
 
@@ -149,6 +164,78 @@ __device__ __forceinline__ float warp_sum(float v) {
 // Weight of a softmax partial with running max m against the merged max M (0 for empty partials).
 __device__ __forceinline__ float rescale(float m, float M) { return m == kNegInf ? 0.f : exp2f(m - M); }
 
+// ------------------------------------------------------------------ grid-level hand-offs
+// Arrival counters, all zero between launches. Layout (ints), mirrored by attention.py `_counter_count`:
+// [KVH*C] split-merge arrivals, [KVH*C] their departures, [P*C] output-slice arrivals, [P*C] their
+// departures, [KVH] q/k/v arrivals, [KVH] their departures. Version 3 uses only the arrival counters
+// (last arriver resets); the variants' waits use arrive/depart pairs (the last to depart resets both).
+struct Counters {
+  int* merge_arrive;
+  int* merge_depart;
+  int* slice_arrive;
+  int* slice_depart;
+  int* qkv_arrive;
+  int* qkv_depart;
+};
+
+__device__ __forceinline__ Counters counters(int* base, int KVH, int C, int P) {
+  Counters c;
+  c.merge_arrive = base;
+  c.merge_depart = c.merge_arrive + KVH * C;
+  c.slice_arrive = c.merge_depart + KVH * C;
+  c.slice_depart = c.slice_arrive + P * C;
+  c.qkv_arrive = c.slice_depart + P * C;
+  c.qkv_depart = c.qkv_arrive + KVH;
+  return c;
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Publish this CTA's global writes, count it in, and wait until `expected` CTAs have: a barrier over
+// the CTAs sharing `arrive` (all co-resident: the launcher allows the variants only for one-wave grids).
+// One thread fences and polls; the CTA barriers make the other threads' writes and reads cumulative.
+// Readers of the published data must bypass L1 (__ldcg).
+__device__ __forceinline__ void arrive_and_wait(int* arrive, int expected) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(arrive, 1);
+    while (ld_acquire(arrive) < expected) __nanosleep(kSpinSleepNs);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// After this CTA's last read of the data guarded by `arrive`: the last of `expected` departures resets
+// both counters (every CTA has passed its wait by then), so the next launch starts from zero.
+__device__ __forceinline__ void depart(int* arrive, int* departed, int expected) {
+  __syncthreads();
+  if (threadIdx.x == 0 && atomicAdd(departed, 1) == expected - 1) {
+    atomicExch(arrive, 0);
+    atomicExch(departed, 0);
+  }
+}
+
+// Version 3's hand-off: true in the last of `expected` CTAs to arrive (it resets the counter); the
+// others may leave. Their writes are visible to the last arriver after this returns.
+__device__ __forceinline__ bool last_to_arrive(int* arrive, int expected, int* flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const bool last = atomicAdd(arrive, 1) == expected - 1;
+    if (last) atomicExch(arrive, 0);
+    *flag = last;
+  }
+  __syncthreads();
+  const bool last = *flag;
+  if (last) __threadfence();
+  return last;
+}
+
 // ------------------------------------------------------------------ shared-memory plan
 // Must match attention.py `_smem_bytes`. All regions 16-byte aligned.
 __host__ __device__ constexpr int align16(int n) { return (n + 15) & ~15; }
@@ -162,6 +249,7 @@ struct Smem {
   void* vnew;
   float* rstd;             // [BB]
   int* range;              // [B, 2] first and one-past-last live position
+  float4* reduce;          // [kThreads] partial column sums of the distributed fix-up (kWideTail)
   int* flag;               // [1]
 };
 
@@ -184,6 +272,7 @@ __device__ Smem plan_smem(unsigned char* base, int B, int G, int D, int KC) {
   s.vnew = base + off; off += new_bytes;
   s.rstd = reinterpret_cast<float*>(base + off); off += align16(BB * 4);
   s.range = reinterpret_cast<int*>(base + off); off += align16(B * 2 * 4);
+  s.reduce = reinterpret_cast<float4*>(base + off); off += kThreads * 16;
   s.flag = reinterpret_cast<int*>(base + off); off += 16;
   return s;
 }
@@ -280,13 +369,94 @@ __device__ __forceinline__ int lanes_for(int k_len) {
   return vectors >= 32 ? 32 : (vectors >= 16 ? 16 : 8);
 }
 
+// Lanes per row that cover k_len inputs in one pass of `steps` 16-byte loads per lane (the fewest such,
+// so more rows, hence more loads, are in flight per warp); 32 when even 32 lanes need several passes.
+// For the short o_proj rows: G*D = 128 inputs -> 8 lanes x 2 loads instead of 16 lanes x 1.
+__device__ __forceinline__ int lanes_one_pass(int k_len, int steps) {
+  const int vectors = k_len / kVec;
+  return vectors <= 8 * steps ? 8 : (vectors <= 16 * steps ? 16 : 32);
+}
+
 template <typename T, int BB, int RB, int KU, typename XT, typename RowPtr, typename Sink>
-__device__ __forceinline__ void gemv_any(int k_len_hint, RowPtr row_ptr, int nrows, const XT* xs, int ldx,
-                                         int k_len, Sink sink) {
-  const int lanes = lanes_for(k_len_hint);
+__device__ __forceinline__ void gemv_lanes(int lanes, RowPtr row_ptr, int nrows, const XT* xs, int ldx, int k_len,
+                                           Sink sink) {
   if (lanes == 32) gemv<T, BB, 32, RB, KU, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
   else if (lanes == 16) gemv<T, BB, 16, RB, KU, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
   else gemv<T, BB, 8, RB, KU, XT>(row_ptr, nrows, xs, ldx, k_len, sink);
+}
+
+template <typename T, int BB, int RB, int KU, typename XT, typename RowPtr, typename Sink>
+__device__ __forceinline__ void gemv_any(int k_len_hint, RowPtr row_ptr, int nrows, const XT* xs, int ldx,
+                                         int k_len, Sink sink) {
+  gemv_lanes<T, BB, RB, KU, XT>(lanes_for(k_len_hint), row_ptr, nrows, xs, ldx, k_len, sink);
+}
+
+// ------------------------------------------------------------------ hand-offs between the phases
+
+// kSplitQkv: publish this CTA's rows [row0, row0+nrows) of every batch row to the KV head's global
+// buffer g [B, rows], wait for all `expected` CTAs of the KV head, and copy the whole [B, rows] back
+// into shared memory (own rows included: the same bits). Loads are float4 and independent.
+__device__ __forceinline__ void gather_global(float* sq, float* g, int B, int rows, int row0, int nrows,
+                                              int* arrive, int* departed, int expected) {
+  const int n4 = nrows / 4;
+  for (int idx = threadIdx.x; idx < B * n4; idx += kThreads) {
+    const int off = (idx / n4) * rows + row0 + 4 * (idx % n4);
+    __stcg(reinterpret_cast<float4*>(g + off), *reinterpret_cast<const float4*>(sq + off));
+  }
+  arrive_and_wait(arrive, expected);
+  const int all4 = B * rows / 4;
+  for (int idx = threadIdx.x; idx < all4; idx += kThreads)
+    reinterpret_cast<float4*>(sq)[idx] = __ldcg(reinterpret_cast<const float4*>(g) + idx);
+  depart(arrive, departed, expected);
+}
+
+// out[b, n..n+3] = sum over KV heads (acc) + o_bias + residual, rounded once to the model dtype.
+template <typename T>
+__device__ __forceinline__ void finish_columns(const Params& p, const T* x, int b, int n, float4 acc) {
+  T* out = static_cast<T*>(p.out);
+  const long long row = static_cast<long long>(b) * p.hidden;
+  float r[4] = {acc.x, acc.y, acc.z, acc.w};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    if (p.bo != nullptr) r[e] += load_scalar<T>(p.bo, n + e);
+    if (p.add_residual) r[e] += cf::to_float(x[row + n + e]);
+    out[row + n + e] = cf::from_float<T>(r[e]);
+  }
+}
+
+__device__ __forceinline__ void add4(float4& a, const float4& v) {
+  a.x += v.x; a.y += v.y; a.z += v.z; a.w += v.w;
+}
+
+// kWideTail fix-up of columns [n0, n0+ncols) for every batch row: the KVH fp32 partials [KVH, B, H]
+// summed in a fixed order. Few columns per CTA leave most threads idle, so the KV heads are split over
+// hsplit thread groups (each sums heads hs, hs+hsplit, ... with all loads in flight), then the hsplit
+// partial sums are added in hs order through shared memory: one or two load latencies, deterministic.
+template <typename T>
+__device__ __forceinline__ void fixup_tile(const Params& p, const T* x, const float* opart, int n0, int ncols,
+                                           float4* red) {
+  const int B = p.batch, H = p.hidden, KVH = p.num_kv_heads;
+  const int n4 = ncols / 4, items = B * n4;
+  if (items == 0) return;
+  const int hsplit = max(1, min(KVH, kThreads / items));
+  const long long head_stride = static_cast<long long>(B) * H;
+  for (int idx = threadIdx.x; idx < items * hsplit; idx += kThreads) {
+    const int item = idx % items, hs = idx / items;
+    const int b = item / n4, n = n0 + 4 * (item % n4);
+    const float* src = opart + static_cast<long long>(b) * H + n;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int h = hs; h < KVH; h += hsplit) add4(acc, __ldcg(reinterpret_cast<const float4*>(src + h * head_stride)));
+    if (hsplit == 1) finish_columns<T>(p, x, b, n, acc);
+    else red[idx] = acc;
+  }
+  if (hsplit == 1) return;
+  __syncthreads();
+  for (int item = threadIdx.x; item < items; item += kThreads) {
+    float4 acc = red[item];
+    for (int hs = 1; hs < hsplit; ++hs) add4(acc, red[hs * items + item]);
+    finish_columns<T>(p, x, item / n4, n0 + 4 * (item % n4), acc);
+  }
 }
 
 // ------------------------------------------------------------------ the kernel
@@ -308,9 +478,15 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const long long pos = *p.cache_position;
   const T* x = static_cast<const T*>(p.x);
 
-  // Output column slice of this rank (o_proj and the final fix-up).
-  const int HC = cf::ceil_div(cf::ceil_div(H, C), 4) * 4;  // multiple of 4: float4 fix-up
-  const int col0 = min(H, rank * HC), ncols = min(H, col0 + HC) - col0;
+  const bool wide_tail = (p.variant & kWideTail) != 0;
+  const bool split_qkv = (p.variant & kSplitQkv) != 0 && P > 1;
+  const Counters ctr = counters(p.arrivals, KVH, C, P);
+
+  // Output column slice of this CTA (o_proj and the final fix-up): one of C per KV head, done by the last
+  // of its P clusters (version 3), or one of P*C, every CTA doing one (kWideTail).
+  const int slices = wide_tail ? P * C : C, slice = wide_tail ? part_idx * C + rank : rank;
+  const int HC = cf::ceil_div(cf::ceil_div(H, slices), 4) * 4;  // multiple of 4: float4 fix-up
+  const int col0 = min(H, slice * HC), ncols = min(H, col0 + HC) - col0;
   for (int idx = B * QKV_ROWS + tid; idx < BB * QKV_ROWS; idx += kThreads) s.qkv[idx] = 0.f;  // bucket padding
 
   // ---- 1. live ranges [first True, last True] of the mask rows (all threads, 16-byte chunks, shared-memory
@@ -361,9 +537,11 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   }
   if (p.stop_after == 1) return;
 
-  // ---- 2. q/k/v rows [row0, row0+nrows) of this rank, K-chunked over the staged normalised x
-  const int RC = cf::ceil_div(cf::ceil_div(QKV_ROWS, C), 4) * 4;  // multiple of 4: float4 gather
-  const int row0 = min(QKV_ROWS, rank * RC), nrows = min(QKV_ROWS, row0 + RC) - row0;
+  // ---- 2. q/k/v rows [row0, row0+nrows) of this rank (of this CTA among the P*C of the KV head with
+  //         kSplitQkv), K-chunked over the staged normalised x
+  const int row_parts = split_qkv ? P * C : C, row_part = split_qkv ? part_idx * C + rank : rank;
+  const int RC = cf::ceil_div(cf::ceil_div(QKV_ROWS, row_parts), 4) * 4;  // multiple of 4: float4 gather
+  const int row0 = min(QKV_ROWS, row_part * RC), nrows = min(QKV_ROWS, row0 + RC) - row0;
   T* xs = reinterpret_cast<T*>(s.stage);
   const int KC = p.k_chunk;
   const T* wq = static_cast<const T*>(p.wq) + static_cast<long long>(kvh) * GD * H;
@@ -420,20 +598,26 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
 
   if (p.stop_after == 2) return;
 
-  // ---- 3. ClusterGather of the fp32 projections, then bias / q,k-norm / RoPE in every CTA
-  cluster.sync();
-  for (int c = 0; c < C; ++c) {
-    if (c == rank) continue;
-    const int r0 = min(QKV_ROWS, c * RC), r1 = min(QKV_ROWS, r0 + RC);
-    const int n4 = (r1 - r0) / 4;
-    const float* peer = cluster.map_shared_rank(s.qkv, c);
-    for (int idx = tid; idx < B * n4; idx += kThreads) {
-      const int b = idx / n4, v = idx % n4;
-      const int off = b * QKV_ROWS + r0 + 4 * v;
-      *reinterpret_cast<float4*>(s.qkv + off) = *reinterpret_cast<const float4*>(peer + off);
+  // ---- 3. Gather of the fp32 projections (ClusterGather over DSMEM, or through global memory from all
+  //         P*C CTAs of the KV head with kSplitQkv), then bias / q,k-norm / RoPE in every CTA
+  if (split_qkv) {
+    gather_global(s.qkv, p.qkv_global + static_cast<long long>(kvh) * B * QKV_ROWS, B, QKV_ROWS, row0, nrows,
+                  ctr.qkv_arrive + kvh, ctr.qkv_depart + kvh, P * C);
+  } else {
+    cluster.sync();
+    for (int c = 0; c < C; ++c) {
+      if (c == rank) continue;
+      const int r0 = min(QKV_ROWS, c * RC), r1 = min(QKV_ROWS, r0 + RC);
+      const int n4 = (r1 - r0) / 4;
+      const float* peer = cluster.map_shared_rank(s.qkv, c);
+      for (int idx = tid; idx < B * n4; idx += kThreads) {
+        const int b = idx / n4, v = idx % n4;
+        const int off = b * QKV_ROWS + r0 + 4 * v;
+        *reinterpret_cast<float4*>(s.qkv + off) = *reinterpret_cast<const float4*>(peer + off);
+      }
     }
+    cluster.sync();  // peers finished reading our rows before they are rewritten in place
   }
-  cluster.sync();  // peers finished reading our rows before they are rewritten in place
 
   const bool writer = rank == 0 && part_idx == 0;
   const float q_scale = p.scale * kLog2e;
@@ -685,19 +869,10 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   cluster.sync();  // no CTA leaves or reuses its partial while a peer may still read it
   if (p.stop_after == 5) return;
 
-  if (P > 1) {  // the last of the P clusters of this KV head (per rank) merges them in p order
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-      int* counter = p.arrivals + kvh * C + rank;
-      const int seen = atomicAdd(counter, 1);
-      const bool last = seen == P - 1;
-      if (last) atomicExch(counter, 0);
-      *s.flag = last;
-    }
-    __syncthreads();
-    if (!*s.flag) return;
-    __threadfence();
+  if (P > 1) {  // the last of the P clusters of this KV head (per rank) merges them in p order; kWideTail: all
+    int* arrive = ctr.merge_arrive + kvh * C + rank;
+    if (wide_tail) arrive_and_wait(arrive, P);
+    else if (!last_to_arrive(arrive, P, s.flag)) return;
     const float* all = p.attn_partial + (static_cast<long long>(kvh) * C + rank) * P * B * G * (D + 2);
     for (int idx = tid; idx < B * G * D; idx += kThreads) {
       const int bg = idx / D, d = idx % D;
@@ -725,6 +900,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       }
       attn_out[(bg / G) * QKV_ROWS + (bg % G) * D + d] = O / L;
     }
+    if (wide_tail) depart(arrive, ctr.merge_depart + kvh * C + rank, P);
   }
   __syncthreads();
 
@@ -732,24 +908,23 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const T* wo = static_cast<const T*>(p.wo) + static_cast<long long>(kvh) * GD;
   const long long wo_ld = static_cast<long long>(p.num_heads) * D;
   float* opart = p.o_partial;
-  gemv_any<T, BB, kShortRows<BB>, kShortSteps>(
-      GD, [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; }, ncols, attn_out, QKV_ROWS, GD,
+  if (wide_tail && ncols == 0) return;  // an empty slice is empty for every KV head: nobody waits on it
+  gemv_lanes<T, BB, kShortRows<BB>, kShortSteps>(
+      wide_tail ? lanes_one_pass(GD, kShortSteps) : lanes_for(GD),
+      [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; }, ncols, attn_out, QKV_ROWS, GD,
       [&](int i, int b, float v) {
         if (b < B) opart[(static_cast<long long>(kvh) * B + b) * H + col0 + i] = v;
       });
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    int* counter = p.arrivals + KVH * C + rank;
-    const int seen = atomicAdd(counter, 1);
-    const bool last = seen == KVH - 1;
-    if (last) atomicExch(counter, 0);
-    *s.flag = last;
+  if (wide_tail) {  // the KVH CTAs of this slice each finalise 1/KVH of its columns once all have landed
+    int* arrive = ctr.slice_arrive + slice;
+    arrive_and_wait(arrive, KVH);
+    const int tile = cf::ceil_div(ncols / 4, KVH) * 4;
+    const int t0 = min(ncols, kvh * tile), tn = min(ncols, t0 + tile) - t0;
+    fixup_tile<T>(p, x, opart, col0 + t0, tn, s.reduce);
+    depart(arrive, ctr.slice_depart + slice, KVH);
+    return;
   }
-  __syncthreads();
-  if (!*s.flag) return;
-  __threadfence();
-  T* out = static_cast<T*>(p.out);
+  if (!last_to_arrive(ctr.slice_arrive + rank, KVH, s.flag)) return;
   const int n4 = ncols / 4;
   for (int idx = tid; idx < B * n4; idx += kThreads) {  // 4 columns per thread, KV heads in fixed order
     const int b = idx / n4, n = col0 + 4 * (idx % n4);
@@ -760,13 +935,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       const float4 v = __ldcg(reinterpret_cast<const float4*>(src + static_cast<long long>(h) * B * H));
       acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
     }
-    float r[4] = {acc.x, acc.y, acc.z, acc.w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if (p.bo != nullptr) r[e] += load_scalar<T>(p.bo, n + e);
-      if (p.add_residual) r[e] += cf::to_float(x[static_cast<long long>(b) * H + n + e]);
-      out[static_cast<long long>(b) * H + n + e] = cf::from_float<T>(r[e]);
-    }
+    finish_columns<T>(p, x, b, n, acc);
   }
 }
 
@@ -779,17 +948,19 @@ __global__ void __launch_bounds__(attn::kThreads, 1) attention_decode(
     const void* x, const void* norm_w, const void* wq, const void* wk, const void* wv, const void* bq,
     const void* bk, const void* bv, const void* q_norm_w, const void* k_norm_w, const void* cos,
     const void* sin, const long long* cache_position, void* k_cache, void* v_cache, const unsigned char* mask,
-    const void* wo, const void* bo, void* out, float* attn_partial, float* o_partial, int* arrivals, float eps,
+    const void* wo, const void* bo, void* out, float* attn_partial, float* o_partial, int* arrivals,
+    float* qkv_global, float eps,
     float qk_eps, float scale, int batch, int hidden, int num_heads, int num_kv_heads, int head_dim,
     int max_cache_len, long long mask_stride, long long cos_stride, int cos_kind, int unit_offset,
-    int add_residual, int k_chunk, int prefetch, int rows_parallel, int stop_after) {
+    int add_residual, int k_chunk, int prefetch, int rows_parallel, int stop_after, int variant) {
   static_assert(BB >= 1 && BB <= 16, "batch bucket is 1..16");
   static_assert(HG >= 1 && HG <= 8, "query heads per register pass is 1..8");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const attn::Params p{x, norm_w, wq, wk, wv, bq, bk, bv, q_norm_w, k_norm_w, cos, sin, cache_position,
-                       k_cache, v_cache, mask, wo, bo, out, attn_partial, o_partial, arrivals, eps, qk_eps,
+                       k_cache, v_cache, mask, wo, bo, out, attn_partial, o_partial, arrivals, qkv_global, eps,
+                       qk_eps,
                        scale, batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len, mask_stride,
                        cos_stride, cos_kind, unit_offset, add_residual, k_chunk, prefetch, rows_parallel,
-                       stop_after};
+                       stop_after, variant};
   attn::attention_decode_body<T, BB, HG>(p, smem_raw);
 }
