@@ -12,7 +12,13 @@ max_cache_len = cached length, position = cached length - 1. Each graph replays 
 enough layer copies (weights + caches) to exceed twice the L2; time per call = replay time / layers
 (median, CUDA events). Before timing, ours is checked against the fp32 reference (dtype band).
 
+Variants (--variants base fast ...): ours timed once per named launcher variant (cf_compile_kernels.mla.VARIANTS).
+Phases (--phases): each variant rebuilt with its %globaltimer timeline (-DCF_MLA_PHASES) runs PHASE_RUNS single
+launches; per phase the median over CTAs of (stamp - the launch's earliest start), median over launches, and
+the step from the previous phase (the *_sync rows are the barrier waits, load imbalance included).
+
     PYTHONPATH=. python benchmarks/mla.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
+        [--variants NAME ...] [--phases] [--batches 1 16] [--seqs 1024 4096] [--dtypes bf16]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import results  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
 from cf_compile.ops.mla import mla_decode_reference  # noqa: E402
+from cf_compile_kernels import mla as mla_kernels  # noqa: E402
 from cf_compile_kernels.mla import KV_LORA_RANK, ROPE_DIM, mla_config, mla_decode  # noqa: E402
 
 # DeepSeek-V2-Lite attention: hidden, heads, nope, rope, v, kv_lora (no q LoRA)
@@ -47,6 +54,8 @@ L2_MULTIPLE = 2
 MAX_LAYERS = 32
 QH = NOPE + ROPE_DIM
 LAT = KV_LORA_RANK + ROPE_DIM
+PHASE_RUNS = 20  # instrumented single launches per timeline (medians over them)
+NS_PER_US = 1e3
 
 
 def make_layer(batch: int, seq: int, dtype: torch.dtype, seed: int) -> dict:
@@ -87,15 +96,42 @@ def _ref_args(layer: dict) -> dict:
     return {k: v for k, v in layer.items() if k != "out"}
 
 
-def ours(layer: dict) -> None:
+def ours(layer: dict, variant: str | None = None, stamps: torch.Tensor | None = None) -> None:
     a = layer
     mla_decode(a["x"], a["norm_weight"], EPS, "weight", a["q_weights"], None, 0.0, a["kv_a_weight"],
                a["kv_norm_weight"], EPS, a["kv_b_weight"], "complex", None, None, a["freqs_real"],
                a["cache_position"], a["k_cache"], a["v_cache"], a["attn_mask"], a["scale"], a["o_weight"], True,
-               HEADS, NOPE, V_DIM, a["out"])
+               HEADS, NOPE, V_DIM, a["out"], variant=variant, stamps=stamps)
 
 
-def check_ours(layer: dict, dtype: torch.dtype) -> float:
+def phase_timeline(layers: list[dict], variant: str) -> dict:
+    """Per phase (mla.PHASES): median over CTAs of the globaltimer stamp minus the launch's earliest start,
+    median over PHASE_RUNS launches (rotating the layers so weights come from HBM), in us."""
+    ctas = torch.cuda.get_device_properties(0).multi_processor_count
+    stamps = torch.zeros(mla_kernels.stamp_elems(ctas), dtype=torch.int64, device="cuda")
+    runs = []
+    for r in range(PHASE_RUNS + 1):  # the first launch loads the kernel and warms up: not counted
+        ours(layers[r % len(layers)], variant, stamps)
+        torch.cuda.synchronize()
+        if r:
+            st = stamps.view(ctas, len(mla_kernels.PHASES)).cpu()
+            # int64 differences first: globaltimer counts ns since an epoch (~1e18), past double precision
+            runs.append((st - st[:, 0].min()).double() / NS_PER_US)
+    med = torch.stack(runs).median(dim=1).values.median(dim=0).values
+    return {name: round(float(med[i]), 2) for i, name in enumerate(mla_kernels.PHASES)}
+
+
+def format_phases(label: str, timeline: dict) -> str:
+    """One line per phase: us since the launch's first CTA start (median over CTAs) and the step."""
+    lines = [f"phases {label} (us since launch start, median over CTAs; +step)"]
+    prev = 0.0
+    for name, t in timeline.items():
+        lines.append(f"  {name:12s} {t:8.2f}  +{t - prev:6.2f}")
+        prev = t
+    return "\n".join(lines)
+
+
+def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None) -> float:
     """Relative error of ours vs the fp32 reference block, on fresh copies of the caches."""
     ref = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
            for k, v in _ref_args(layer).items()}
@@ -103,7 +139,7 @@ def check_ours(layer: dict, dtype: torch.dtype) -> float:
     ref["k_cache"], ref["v_cache"] = layer["k_cache"].float(), layer["v_cache"].float()
     want = mla_decode_reference(**{k: v for k, v in ref.items() if k != "freqs_real"})
     layer["out"].fill_(float("nan"))
-    ours(layer)
+    ours(layer, variant)
     torch.cuda.synchronize()
     err = ((layer["out"].float() - want).norm() / want.norm()).item()
     if not err <= BANDS[dtype]:
@@ -118,6 +154,12 @@ def main() -> None:
     ap.add_argument("--inductor-budget", type=float, default=150.0, help="seconds of Inductor compiles, then skip")
     ap.add_argument("--record", action="store_true", help="append rows to results.jsonl / RESULTS.md")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "mla_rows.json"))
+    ap.add_argument("--variants", nargs="+", default=[None], choices=[*mla_kernels.VARIANTS, None],
+                    help="launcher variants to time (default: DEFAULT_VARIANT)")
+    ap.add_argument("--phases", action="store_true", help="also print each variant's per-phase timeline")
+    ap.add_argument("--batches", nargs="+", type=int, default=None)
+    ap.add_argument("--seqs", nargs="+", type=int, default=None)
+    ap.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
     bw, _ = copy_bandwidth()
@@ -127,9 +169,10 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = 1024
     torch._dynamo.config.accumulated_recompile_limit = 4096
     compiled = torch.compile(mla_decode_reference, mode="max-autotune-no-cudagraphs", dynamic=False)
-    spent, rows = 0.0, []
+    spent, rows, extra = 0.0, [], []  # extra: the non-first variants' rows (json only)
     batches, dtypes = ((1,), ("bf16",)) if args.quick else (BATCHES, tuple(DTYPES))
-    order = sorted(((dt, b, s) for dt in dtypes for b in batches for s in SEQS), key=lambda r: (r[1], r[0] != "bf16"))
+    batches, dtypes, seqs = args.batches or batches, args.dtypes or dtypes, args.seqs or SEQS
+    order = sorted(((dt, b, s) for dt in dtypes for b in batches for s in seqs), key=lambda r: (r[1], r[0] != "bf16"))
     for dtname, batch, seq in order:
         dtype = DTYPES[dtname]
         fb = floor_bytes(batch, seq, dtype.itemsize)
@@ -137,8 +180,23 @@ def main() -> None:
         layers = [make_layer(batch, seq, dtype, seed) for seed in range(n_layers)]
         for layer in layers:
             layer["freqs_real"] = torch.view_as_real(layer["freqs_cis"]).contiguous()
-        err = check_ours(layers[0], dtype)
-        t_ours = graph_time_us([functools.partial(ours, layer) for layer in layers], REPEATS)
+        for variant in args.variants[1:]:  # the extra variants: their own line each, same layers
+            try:
+                v_err = check_ours(layers[0], dtype, variant)
+            except AssertionError as exc:  # a wrong variant is reported, not timed; the others go on
+                print(f"v2-lite B={batch:2d} S={seq:4d} {dtname} variant {variant}: WRONG {exc}", flush=True)
+                continue
+            t_v = graph_time_us([functools.partial(ours, layer, variant) for layer in layers], REPEATS)
+            print(f"v2-lite B={batch:2d} S={seq:4d} {dtname} variant {variant:6s}: ours {t_v:7.1f} err {v_err:.1e}",
+                  flush=True)
+            extra.append({"variant": variant, "batch": batch, "seq": seq, "dtype": dtname, "ours_us": round(t_v, 2),
+                          **({"phases": phase_timeline(layers, variant)} if args.phases else {})})
+            Path(args.json).write_text(json.dumps(rows + extra, indent=1))
+            if args.phases:
+                print(format_phases(f"B={batch} S={seq} {dtname} {variant}", extra[-1]["phases"]), flush=True)
+        variant = args.variants[0]
+        err = check_ours(layers[0], dtype, variant)
+        t_ours = graph_time_us([functools.partial(ours, layer, variant) for layer in layers], REPEATS)
         t_ind = None
         if not args.no_inductor and spent < args.inductor_budget:
             start = time.perf_counter()
@@ -152,18 +210,24 @@ def main() -> None:
                 print(f"inductor failed on B={batch} S={seq} {dtname}: {type(exc).__name__}: {exc}", flush=True)
                 spent += time.perf_counter() - start
         cfg = mla_config(num_heads=HEADS, qk_nope_head_dim=NOPE, v_head_dim=V_DIM, q_lora_rank=0, batch=batch,
-                         num_sms=props.multi_processor_count)
+                         num_sms=props.multi_processor_count, max_cache_len=seq, variant=variant)
         floor_us = fb / bw * 1e6
         row = results.make_row(
             "mla", {"model": "deepseek-v2-lite", "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
-                    "ctas": cfg["ctas"], "attention_chunks": cfg["attention_chunks"]},
+                    "ctas": cfg["ctas"], "attention_chunks": cfg["attention_chunks"],
+                    "variant": variant or mla_kernels.DEFAULT_VARIANT},
             ours_us=round(t_ours, 2), inductor_us=None if t_ind is None else round(t_ind, 2),
             floor_us=round(floor_us, 2), floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"))
         rows.append(row)
-        Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
+        Path(args.json).write_text(json.dumps(rows + extra, indent=1))  # after every row: a timeout keeps what ran
         print(f"v2-lite B={batch:2d} S={seq:4d} {dtname}: ours {t_ours:7.1f} inductor "
               f"{'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} ({floor_us / t_ours:.2f} of floor) "
-              f"err {err:.1e} layers {n_layers}", flush=True)
+              f"err {err:.1e} layers {n_layers} variant {variant or mla_kernels.DEFAULT_VARIANT}", flush=True)
+        if args.phases:
+            row["phases"] = phase_timeline(layers, variant)
+            print(format_phases(f"B={batch} S={seq} {dtname} {variant or mla_kernels.DEFAULT_VARIANT}",
+                                row["phases"]), flush=True)
+            Path(args.json).write_text(json.dumps(rows + extra, indent=1))
         del layers
         torch.cuda.empty_cache()
     if args.record:

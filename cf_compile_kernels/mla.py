@@ -37,6 +37,33 @@ ROPE_FORMS = {"complex": 0, "interleave": 1, "neox": 2}
 _TABLE_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One named set of the kernel's -D knobs (csrc/mla_decode.cu "variants") plus the launcher's chunk policy.
+
+    min_chunk: fewest cached positions per attention chunk (1 = run 1: chunks fill the SMs whatever the
+    length). TILE makes every chunk at least one shared-memory tile, so at batch 1 S=1024 the merge folds 16
+    partials per head, not 132; the tile's score step costs the same for 8 rows or 64."""
+
+    defines: tuple = ()
+    min_chunk: int = 1
+
+
+_ALL_KNOBS = (("CF_MLA_BARRIER", 1), ("CF_MLA_MERGE", 1))
+# A ladder: each variant adds one change to the previous, so the timings attribute the gain of each.
+VARIANTS = {
+    "base": Variant(),
+    "bar": Variant((("CF_MLA_BARRIER", 1),)),
+    "merge": Variant(_ALL_KNOBS),
+    "chunk": Variant(_ALL_KNOBS, TILE),
+    "fast": Variant((*_ALL_KNOBS, ("CF_MLA_INFLIGHT", 1)), TILE),
+}
+DEFAULT_VARIANT = "base"  # switched by measurement (benchmarks/NOTES-mla.md)
+# Per-CTA phase timeline (-DCF_MLA_PHASES=1): one %globaltimer stamp per phase, kernel enum Phase.
+PHASES = ("start", "stats", "proj", "proj_sync", "q_b", "q_b_sync", "absorb", "absorb_sync", "attn", "attn_sync",
+          "merge", "merge_sync", "w_uv", "w_uv_sync", "end")
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -88,10 +115,14 @@ class MlaConfig:
 
 
 @functools.cache
-def _plan(*, num_heads: int, nope: int, v_dim: int, q_lora: int, batch: int, num_sms: int) -> MlaConfig:
-    """Chunks so that batch rows x head groups x chunks covers the SMs once (one attention item per CTA)."""
+def _plan(*, num_heads: int, nope: int, v_dim: int, q_lora: int, batch: int, num_sms: int, max_len: int = 0,
+          min_chunk: int = 1) -> MlaConfig:
+    """Chunks so that batch rows x head groups x chunks covers the SMs once (one attention item per CTA),
+    but (min_chunk > 1, with the cache length known) no chunk shorter than min_chunk positions."""
     groups = math.ceil(num_heads / HEAD_GROUP)
     chunks = max(1, num_sms // (batch * groups))
+    if min_chunk > 1 and max_len:
+        chunks = max(1, min(chunks, math.ceil(max_len / min_chunk)))
     floats = scratch_floats(batch=batch, num_heads=num_heads, nope=nope, v_dim=v_dim, q_lora=q_lora, chunks=chunks)
     return MlaConfig(num_sms, chunks, batch_bucket(batch), smem_bytes(), floats)
 
@@ -142,15 +173,31 @@ def mla_unsupported_reason(
 
 
 def mla_config(*, num_heads: int, qk_nope_head_dim: int, v_head_dim: int, q_lora_rank: int, batch: int,
-               num_sms: int) -> dict:
+               num_sms: int, max_cache_len: int = 0, variant: str | None = None) -> dict:
     """The work split for the report."""
     return _plan(num_heads=num_heads, nope=qk_nope_head_dim, v_dim=v_head_dim, q_lora=q_lora_rank, batch=batch,
-                 num_sms=num_sms).as_dict()
+                 num_sms=num_sms, max_len=max_cache_len,
+                 min_chunk=VARIANTS[variant or DEFAULT_VARIANT].min_chunk).as_dict()
 
 
-def compiled_kernel(dtype: torch.dtype, bucket: int, arch: str | None = None) -> CompiledKernel:
-    """mla_decode<T, BB> as a cubin (disk-cached)."""
-    return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket), arch=arch)
+def variant_defines(variant: str | None = None, phases: bool = False) -> dict:
+    """-D defines of a named variant (None: DEFAULT_VARIANT), plus the phase timeline when asked."""
+    defines = dict(VARIANTS[variant or DEFAULT_VARIANT].defines)
+    if phases:
+        defines["CF_MLA_PHASES"] = 1
+    return defines
+
+
+def compiled_kernel(dtype: torch.dtype, bucket: int, arch: str | None = None, variant: str | None = None,
+                    phases: bool = False) -> CompiledKernel:
+    """mla_decode<T, BB> of a variant (optionally with its phase timeline) as a cubin (disk-cached)."""
+    return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket), arch=arch,
+                          defines=variant_defines(variant, phases))
+
+
+def stamp_elems(ctas: int) -> int:
+    """int64 elements of one launch's phase timeline: [ctas][len(PHASES)] globaltimer ns."""
+    return ctas * len(PHASES)
 
 
 # ------------------------------------------------------------------ per-shape launch state
@@ -175,16 +222,17 @@ def _num_sms(index: int) -> int:
 
 
 def _launch_for(dtype: torch.dtype, num_heads: int, nope: int, v_dim: int, q_lora: int, batch: int,
-                device: torch.device) -> _Launch:
-    """Memoised per shape and device. Launches of one shape share the barrier words, so they must be
-    ordered (one stream, or a graph)."""
-    key = (dtype, num_heads, nope, v_dim, q_lora, batch, device)
+                device: torch.device, max_len: int, variant: str, phases: bool) -> _Launch:
+    """Memoised per shape, variant and device. Launches of one key share the barrier words, so they must be
+    ordered (one stream, or a graph); each variant has its own (their barrier protocols differ)."""
+    min_chunk = VARIANTS[variant].min_chunk
+    key = (dtype, num_heads, nope, v_dim, q_lora, batch, device, max_len if min_chunk > 1 else 0, variant, phases)
     with _lock:
         found = _launches.get(key)
         if found is None:
             plan = _plan(num_heads=num_heads, nope=nope, v_dim=v_dim, q_lora=q_lora, batch=batch,
-                         num_sms=_num_sms(device.index or 0))
-            kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket), device)
+                         num_sms=_num_sms(device.index or 0), max_len=max_len, min_chunk=min_chunk)
+            kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, variant=variant, phases=phases), device)
             scratch = torch.empty(plan.scratch_floats, dtype=torch.float32, device=device)
             barrier = torch.zeros(2, dtype=torch.int32, device=device)
             found = _launches[key] = _Launch(plan, kernel, scratch, barrier)
@@ -229,13 +277,14 @@ def mla_decode(
     rope_form: str, cos: torch.Tensor | None, sin: torch.Tensor | None, freqs_cis: torch.Tensor | None,
     cache_position: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, attn_mask: torch.Tensor | None,
     scale: float | None, o_weight: torch.Tensor, add_residual: bool, num_heads: int, qk_nope_head_dim: int,
-    v_head_dim: int, out: torch.Tensor,
+    v_head_dim: int, out: torch.Tensor, *, variant: str | None = None, stamps: torch.Tensor | None = None,
 ) -> None:
     """out = [x +] o_proj(MLA(x)) writing the latent / roped k_pe into the caches at cache_position.
 
     One launch, no host sync, no allocation after the first call of a shape (CUDA-graph safe).
     ``freqs_cis`` is the float32 real view of V2's complex table. Biases are not taken: the caller
-    checks mla_unsupported_reason (has_bias) first."""
+    checks mla_unsupported_reason (has_bias) first. ``variant`` names a VARIANTS entry (None: DEFAULT_VARIANT);
+    ``stamps`` (benchmarks only; int64, stamp_elems(SM count) elements) selects the phase-timeline build."""
     batch, _, hidden = x.shape
     max_len = k_cache.shape[2]
     nope, v_dim, dtype, dev = qk_nope_head_dim, v_head_dim, x.dtype, x.device
@@ -270,8 +319,13 @@ def mla_decode(
     mask, mask_stride = _mask_rows(attn_mask, max_len, batch)
     if scale is None:
         scale = qh ** -0.5
-    launch = _launch_for(dtype, num_heads, nope, v_dim, q_lora, batch, dev)
+    variant = variant or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"mla_decode: variant {variant!r} not in {tuple(VARIANTS)}")
+    launch = _launch_for(dtype, num_heads, nope, v_dim, q_lora, batch, dev, max_len, variant, stamps is not None)
     plan = launch.plan
+    if stamps is not None and (stamps.dtype != torch.int64 or stamps.numel() < stamp_elems(plan.ctas)):
+        raise ValueError(f"mla_decode: stamps must be int64 with {stamp_elems(plan.ctas)} elements")
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
     args = [
         x, norm_weight, q_weights[0], q_weights[1] if q_lora else None, q_norm_weight if q_lora else None,
@@ -280,7 +334,7 @@ def mla_decode(
         f32(norm_eps), f32(q_norm_eps), f32(kv_norm_eps), f32(scale * math.log2(math.e)),
         i32(batch), i32(hidden), i32(num_heads), i32(nope), i32(v_dim), i32(q_lora), i32(max_len),
         i64(mask_stride), i64(bstride), i32(estride), i32(kind), i32(ROPE_FORMS[rope_form]),
-        i32(norm_kind == "unit_offset"), i32(bool(add_residual)), i32(plan.chunks),
+        i32(norm_kind == "unit_offset"), i32(bool(add_residual)), i32(plan.chunks), stamps,
     ]
     launch.kernel.launch((plan.ctas, 1, 1), (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes)
 
@@ -289,3 +343,7 @@ def mla_decode(
 for _dtype in SUPPORTED_DTYPES.values():
     for _bucket in (1, 2, 4, 8, 16):
         register_check(SOURCE, KERNEL, (_dtype, _bucket), label=f"mla {_dtype} B<={_bucket}")
+# The variants' knobs at the bucket extremes (the register-heaviest paths: deep GEMV at 1, attention at 16).
+for _bucket in (1, 16):
+    register_check(SOURCE, KERNEL, ("__nv_bfloat16", _bucket), defines=variant_defines("fast", phases=True),
+                   label=f"mla bf16 B<={_bucket} variant fast, phase timeline")

@@ -88,3 +88,24 @@ def test_work_split_follows_the_sm_count():
     large = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1, num_sms=132)
     assert small["ctas"] == 66 and large["ctas"] == 132
     assert large["attention_chunks"] == 2 * small["attention_chunks"]
+
+
+@pytest.mark.parametrize("bucket", [1, 16])
+def test_fast_variant_with_phase_timeline_compiles_without_spills(compiled, bucket):
+    kernel = compile_kernel(mla.SOURCE, mla.KERNEL, template_args=("__nv_bfloat16", bucket), arch="sm_90a",
+                            defines=mla.variant_defines("fast", phases=True))
+    assert kernel.spill_bytes == 0 and kernel.local_bytes == 0, kernel.name_expression
+
+
+def test_variants_name_known_knobs_and_chunks_keep_a_tile():
+    assert mla.DEFAULT_VARIANT in mla.VARIANTS and len(mla.PHASES) == 15
+    for name, v in mla.VARIANTS.items():
+        assert all(k.startswith("CF_MLA_") for k, _ in v.defines), name
+    base = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1,
+                          num_sms=H100_SMS, max_cache_len=1024, variant="base")
+    chunked = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1,
+                             num_sms=H100_SMS, max_cache_len=1024, variant="fast")
+    assert base["attention_chunks"] == H100_SMS and chunked["attention_chunks"] == 1024 // mla.TILE
+    wide = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=16,
+                          num_sms=H100_SMS, max_cache_len=4096, variant="fast")
+    assert wide["attention_chunks"] == H100_SMS // 16

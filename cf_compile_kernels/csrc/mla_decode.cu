@@ -55,10 +55,70 @@ constexpr int kScoreHeadQuads = kHeadGroup / kScoreHeads;
 constexpr int kSoftmaxHeads = kHeadGroup / kWarps;  // heads per warp in the softmax step
 constexpr int kRowsPerWarp = 4;                  // GEMV rows sharing one activation load
 constexpr int kStepsInFlight = 2;                // GEMV k-steps whose weight loads are issued together
+constexpr int kDeepSteps = 8;    // CF_MLA_INFLIGHT, bucket 1: every k-step of a 2048-wide row (32 x 16 B vectors)
+constexpr int kDeepMaxBucket = 4;  // CF_MLA_INFLIGHT: deeper only while the accumulators leave room (no spills)
+constexpr int kAbsorbSteps = 4;  // CF_MLA_INFLIGHT: W_UK rows per lane loaded before the first FMA (nope 128)
+constexpr int kMergeUnroll = 4;  // CF_MLA_MERGE: chunk partials loaded before combining
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kScoreHeadQuads * 2 == kWarps && kTile == 64, "score step: 8 warps = 4 head quads x 2 halves");
 static_assert(kHeadsPerThread * kColGroups * kHeadGroup / kHeadsPerThread == kHeadGroup * kColGroups, "");
 static_assert(kSoftmaxHeads * kWarps == kHeadGroup, "softmax step: whole heads per warp");
+
+// ------------------------------------------------------------------ variants (mla.py VARIANTS)
+// Each knob is a -D define; 0 is the run-1 code. The launcher picks a named set of them (default "base").
+//   CF_MLA_BARRIER  1: one atom.add.release per CTA on a single word whose top bit flips per barrier
+//                   (CTA 0 adds 2^31 - (grid - 1)), spin on ld.acquire with no sleep. Run 1's barrier takes
+//                   an acquire load, a fence, the atomic and -- for the last arriver -- an exchange, a fence
+//                   and a second atomic, in series, and its waiters sleep between polls.
+//   CF_MLA_MERGE    1: the chunk merge is spread one warp per CTA first (not 8 whole CTAs at batch 1) and
+//                   loads kMergeUnroll chunks before combining them (run 1: a serial loop over 132 chunks).
+//   CF_MLA_INFLIGHT 1: at batch buckets <= kDeepMaxBucket, GEMV warps issue up to kDeepSteps k-steps of their
+//                   row group before the first FMA, and the absorb job loads kAbsorbSteps W_UK rows up front.
+#ifndef CF_MLA_BARRIER
+#define CF_MLA_BARRIER 0
+#endif
+#ifndef CF_MLA_MERGE
+#define CF_MLA_MERGE 0
+#endif
+#ifndef CF_MLA_INFLIGHT
+#define CF_MLA_INFLIGHT 0
+#endif
+
+// ------------------------------------------------------------------ optional phase timeline
+// -DCF_MLA_PHASES=1: thread 0 of every CTA writes %globaltimer (ns) at each phase boundary, before and
+// after every grid barrier, into stamps[cta][phase] (benchmarks/mla.py --phases; mla.py PHASES mirrors this
+// enum). Off (default): `stamps` is unused and no code is emitted.
+enum Phase : int {
+  kPhStart = 0,   // kernel entry
+  kPhStats,       // x row statistics and mask ranges in shared memory
+  kPhProj,        // this CTA's [q | q_a | kv_a] rows done
+  kPhProjSync,    // after the barrier
+  kPhQb,          // q_b rows done (q LoRA; equals kPhProjSync without)
+  kPhQbSync,
+  kPhAbsorb,      // absorbed queries, roped q_pe, cache slot written
+  kPhAbsorbSync,
+  kPhAttn,        // this CTA's attention items done
+  kPhAttnSync,
+  kPhMerge,       // chunk merge done
+  kPhMergeSync,
+  kPhUv,          // W_UV rows done
+  kPhUvSync,
+  kPhEnd,         // o_proj rows done
+  kPhaseCount
+};
+#ifndef CF_MLA_PHASES
+#define CF_MLA_PHASES 0
+#endif
+
+__device__ __forceinline__ void stamp(unsigned long long* stamps, int phase) {
+  if constexpr (CF_MLA_PHASES != 0) {
+    if (threadIdx.x == 0) {
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      stamps[static_cast<size_t>(blockIdx.x) * kPhaseCount + phase] = t;
+    }
+  }
+}
 
 enum RopeForm : int { kComplex = 0, kInterleave = 1, kNeox = 2 };
 enum CosKind : int { kCosF32 = 0, kCosF16 = 1, kCosBF16 = 2 };
@@ -86,6 +146,7 @@ struct Params {
   int batch, hidden, num_heads, nope, v_dim, q_lora, max_cache_len;
   long long mask_stride, cos_bstride;
   int cos_estride, cos_kind, rope_form, unit_offset, add_residual, chunks;
+  unsigned long long* stamps;  // [CTAs, kPhaseCount] with CF_MLA_PHASES, else unused
 };
 
 // ------------------------------------------------------------------ small helpers
@@ -155,9 +216,10 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   return v;
 }
 
-// Grid-wide barrier of a one-wave grid. The last arriver resets the counter before bumping the
-// generation, so the counter is zero whenever no barrier is in progress (graph replays need no reset).
-__device__ __forceinline__ void grid_sync(unsigned* bar) {
+// Grid-wide barrier of a one-wave grid, run 1 (CF_MLA_BARRIER 0): arrival counter + generation word. The
+// last arriver resets the counter before bumping the generation, so the counter is zero whenever no
+// barrier is in progress (graph replays need no reset).
+__device__ __forceinline__ void grid_sync_generation(unsigned* bar) {
   __syncthreads();
   if (threadIdx.x == 0) {
     const unsigned gen = ld_acquire(bar + 1);
@@ -172,6 +234,37 @@ __device__ __forceinline__ void grid_sync(unsigned* bar) {
     __threadfence();
   }
   __syncthreads();
+}
+
+constexpr unsigned kFlipBit = 0x80000000u;
+
+__device__ __forceinline__ unsigned atom_add_release(unsigned* p, unsigned v) {
+  unsigned old;
+  asm volatile("atom.add.release.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
+// CF_MLA_BARRIER 1: one word, one release atomic per CTA. The CTA arrivals sum to exactly kFlipBit
+// (CTA 0 adds kFlipBit - (grid - 1), the others 1), so the top bit flips once every CTA has arrived and the
+// low bits are zero again between barriers (graph replays need no reset). The release atomic after
+// bar.sync is cumulative over the CTA's writes; the acquire poll (then bar.sync) makes the others' visible.
+__device__ __forceinline__ void grid_sync_flip(unsigned* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned add = blockIdx.x == 0 ? kFlipBit - (gridDim.x - 1) : 1u;
+    const unsigned old = atom_add_release(bar, add);
+    while (((ld_acquire(bar) ^ old) & kFlipBit) == 0) {
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ void grid_sync(unsigned* bar) {
+  if constexpr (CF_MLA_BARRIER == 1) {
+    grid_sync_flip(bar);
+  } else {
+    grid_sync_generation(bar);
+  }
 }
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -261,9 +354,17 @@ __device__ Smem plan_smem(unsigned char* base) {
 // a warp takes kRowsPerWarp consecutive rows, its lanes stride over 16-byte weight vectors with
 // kStepsInFlight * kRowsPerWarp loads issued before the first FMA; lanes reduce by a fixed butterfly.
 // act(r0, b, k, f) fills 8 fp32 activations (zeros for padding rows b >= B); sink(r, b, v) gets sums.
+// k-steps whose weight loads one GEMV warp issues together: run 1's 2, or (CF_MLA_INFLIGHT) as many as the
+// batch bucket's accumulators leave registers for -- 4 KB of weights in flight per warp at bucket 1.
+template <int BB>
+__host__ __device__ constexpr int gemv_steps_in_flight() {
+  if (CF_MLA_INFLIGHT == 0 || BB > kDeepMaxBucket) return kStepsInFlight;
+  return BB == 1 ? kDeepSteps : kDeepSteps / 2;
+}
+
 template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
 __device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act act, Sink sink) {
-  constexpr int RB = kRowsPerWarp, KU = kStepsInFlight;
+  constexpr int RB = kRowsPerWarp, KU = gemv_steps_in_flight<BB>();
   const int lane = threadIdx.x & 31;
   const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), nw = gridDim.x * kWarps;
   for (int r0 = gw * RB; r0 < nrows; r0 += nw * RB) {
@@ -411,14 +512,39 @@ __device__ __forceinline__ void absorb_job(const Params& p, const ScratchLayout&
 #pragma unroll
     for (int e = 0; e < kVec; ++e) acc[b][e] = 0.f;
   }
-  for (int i = lane; i < p.nope; i += 32) {
-    float wf[kVec];
-    unpack8<T>(ld_stream(wk + static_cast<long long>(i) * kLora), wf);
+  if constexpr (CF_MLA_INFLIGHT != 0 && BB <= kDeepMaxBucket) {
+    // kAbsorbSteps W_UK rows (and their q values) per lane in flight before the first FMA (small buckets:
+    // at 16 the BB x 8 accumulators leave no room).
+    for (int i0 = lane; i0 < p.nope; i0 += 32 * kAbsorbSteps) {
+      uint4 wv[kAbsorbSteps];
 #pragma unroll
-    for (int b = 0; b < BB; ++b) {
-      const float qv = b < B ? __ldcg(L.q + static_cast<long long>(b) * L.ldq + h * L.qh + i) : 0.f;
+      for (int u = 0; u < kAbsorbSteps; ++u) {
+        const int i = i0 + 32 * u;
+        wv[u] = i < p.nope ? ld_stream(wk + static_cast<long long>(i) * kLora) : make_uint4(0, 0, 0, 0);
+      }
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) acc[b][e] = fmaf(qv, wf[e], acc[b][e]);
+      for (int u = 0; u < kAbsorbSteps; ++u) {
+        const int i = i0 + 32 * u;
+        float wf[kVec];
+        unpack8<T>(wv[u], wf);
+#pragma unroll
+        for (int b = 0; b < BB; ++b) {
+          const float qv = b < B && i < p.nope ? __ldcg(L.q + static_cast<long long>(b) * L.ldq + h * L.qh + i) : 0.f;
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) acc[b][e] = fmaf(qv, wf[e], acc[b][e]);
+        }
+      }
+    }
+  } else {
+    for (int i = lane; i < p.nope; i += 32) {
+      float wf[kVec];
+      unpack8<T>(ld_stream(wk + static_cast<long long>(i) * kLora), wf);
+#pragma unroll
+      for (int b = 0; b < BB; ++b) {
+        const float qv = b < B ? __ldcg(L.q + static_cast<long long>(b) * L.ldq + h * L.qh + i) : 0.f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[b][e] = fmaf(qv, wf[e], acc[b][e]);
+      }
     }
   }
 #pragma unroll
@@ -683,6 +809,54 @@ __device__ void merge_chunks(const Params& p, const ScratchLayout& L) {
   }
 }
 
+// CF_MLA_MERGE 1: the same merge per float4 of o_lat, but work goes to warp w of every CTA before warp w + 1
+// (batch 1: 64 CTAs each with one warp, not 8 CTAs each with 8 warps), and kMergeUnroll chunks' loads are
+// issued before they are combined (run 1: one dependent L2 round trip per chunk, 2 x 132 at batch 1).
+__device__ void merge_chunks_spread(const Params& p, const ScratchLayout& L) {
+  constexpr int kVecs = kLora / 4;
+  const int NH = p.num_heads, NCH = p.chunks, lane = threadIdx.x & 31;
+  const int total = p.batch * NH * kVecs;
+  const int gw = (threadIdx.x >> 5) * gridDim.x + blockIdx.x, nw = gridDim.x * kWarps;
+  for (int idx = gw * 32 + lane; idx < total; idx += nw * 32) {
+    const int c4 = idx % kVecs, h = (idx / kVecs) % NH, b = idx / (kVecs * NH);
+    const int hl = h % kHeadGroup;
+    const long long item0 = (static_cast<long long>(b) * L.head_groups + h / kHeadGroup) * NCH;
+    const float* ml0 = L.part_ml + (item0 * kHeadGroup + hl) * 2;
+    const float4* o0 = reinterpret_cast<const float4*>(L.part_o + (item0 * kHeadGroup + hl) * kLora) + c4;
+    constexpr long long kMlStride = kHeadGroup * 2, kOStride = kHeadGroup * kLora / 4;
+    float M = cf::neg_inf();
+    for (int c0 = 0; c0 < NCH; c0 += kMergeUnroll) {
+      float m[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) m[u] = c0 + u < NCH ? __ldcg(ml0 + (c0 + u) * kMlStride) : cf::neg_inf();
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) M = fmaxf(M, m[u]);
+    }
+    float S = 0.f;
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int c0 = 0; c0 < NCH; c0 += kMergeUnroll) {
+      float2 ml[kMergeUnroll];
+      float4 v[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const bool in = c0 + u < NCH;
+        ml[u] = in ? __ldcg(reinterpret_cast<const float2*>(ml0 + (c0 + u) * kMlStride))
+                   : make_float2(cf::neg_inf(), 0.f);
+        v[u] = in ? __ldcg(o0 + (c0 + u) * kOStride) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const float w = rescale(ml[u].x, M);
+        S = fmaf(ml[u].y, w, S);
+        O = make_float4(fmaf(v[u].x, w, O.x), fmaf(v[u].y, w, O.y), fmaf(v[u].z, w, O.z), fmaf(v[u].w, w, O.w));
+      }
+    }
+    const float inv = S > 0.f ? 1.f / S : 0.f;
+    reinterpret_cast<float4*>(L.o_lat + (static_cast<long long>(b) * NH + h) * kLora)[c4] =
+        make_float4(O.x * inv, O.y * inv, O.z * inv, O.w * inv);
+  }
+}
+
 // ------------------------------------------------------------------ the kernel
 
 template <typename T, int BB>
@@ -695,8 +869,10 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   const T* x = static_cast<const T*>(p.x);
 
   // ---- 0 + 1: projections of RMSNorm(x): [q | q_a] rows then kv_a rows
+  stamp(p.stamps, kPhStart);
   row_stats<T>(p, s, pos);
   __syncthreads();
+  stamp(p.stamps, kPhStats);
   const int q_rows = L.r1 - kLat;
   const T* wq = static_cast<const T*>(p.wq);
   const T* wkv_a = static_cast<const T*>(p.wkv_a);
@@ -719,7 +895,9 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
       [&](int r, int b, float v) {
         if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
       });
+  stamp(p.stamps, kPhProj);
   grid_sync(p.barrier);
+  stamp(p.stamps, kPhProjSync);
 
   // ---- 1b: q_b over RMSNorm(q_a) (q LoRA only)
   if (p.q_lora > 0) {
@@ -746,20 +924,34 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
         [&](int r, int b, float v) {
           if (b < B) L.q[static_cast<long long>(b) * L.ldq + r] = v;
         });
+    stamp(p.stamps, kPhQb);
     grid_sync(p.barrier);
+  } else {
+    stamp(p.stamps, kPhQb);
   }
+  stamp(p.stamps, kPhQbSync);
 
   // ---- 2: absorbed queries, roped q_pe, cache write
   phase2<T, BB>(p, L, pos);
+  stamp(p.stamps, kPhAbsorb);
   grid_sync(p.barrier);
+  stamp(p.stamps, kPhAbsorbSync);
 
   // ---- 3: split-K attention over the latent cache
   for (int item = blockIdx.x; item < L.items; item += gridDim.x) attention_item<T>(p, s, L, item);
+  stamp(p.stamps, kPhAttn);
   grid_sync(p.barrier);
+  stamp(p.stamps, kPhAttnSync);
 
   // ---- 4: merge the chunks of every (b, h)
-  merge_chunks(p, L);
+  if constexpr (CF_MLA_MERGE == 1) {
+    merge_chunks_spread(p, L);
+  } else {
+    merge_chunks(p, L);
+  }
+  stamp(p.stamps, kPhMerge);
   grid_sync(p.barrier);
+  stamp(p.stamps, kPhMergeSync);
 
   // ---- 5: W_UV per head: attn[b, h*V + v] = o_lat[b, h] . W_UV[h][v]
   const int V = p.v_dim, NOPE = p.nope;
@@ -778,7 +970,9 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
       [&](int r, int b, float v) {
         if (b < B) L.attn[static_cast<long long>(b) * NH * V + r] = v;
       });
+  stamp(p.stamps, kPhUv);
   grid_sync(p.barrier);
+  stamp(p.stamps, kPhUvSync);
 
   // ---- 6: o_proj + residual
   const T* wo = static_cast<const T*>(p.wo);
@@ -800,6 +994,8 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
           out[i] = cf::from_float<T>(p.add_residual ? v + cf::to_float(x[i]) : v);
         }
       });
+  if constexpr (CF_MLA_PHASES != 0) __syncthreads();  // instrumented: the stamp marks the CTA's last row
+  stamp(p.stamps, kPhEnd);
 }
 
 }  // namespace mla
@@ -814,12 +1010,12 @@ __global__ void __launch_bounds__(mla::kThreads, 1) mla_decode(
     float* scratch, unsigned* barrier, float eps, float q_eps, float kv_eps, float q_scale, int batch, int hidden,
     int num_heads, int nope, int v_dim, int q_lora, int max_cache_len, long long mask_stride,
     long long cos_bstride, int cos_estride, int cos_kind, int rope_form, int unit_offset, int add_residual,
-    int chunks) {
+    int chunks, unsigned long long* stamps) {
   static_assert(BB >= 1 && BB <= 16, "batch bucket is 1..16");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const mla::Params p{x, norm_w, wq, wq_b, q_norm_w, wkv_a, kv_norm_w, wkv_b, wo, cos, sin, cache_position,
                       k_cache, v_cache, mask, out, scratch, barrier, eps, q_eps, kv_eps, q_scale, batch, hidden,
                       num_heads, nope, v_dim, q_lora, max_cache_len, mask_stride, cos_bstride, cos_estride,
-                      cos_kind, rope_form, unit_offset, add_residual, chunks};
+                      cos_kind, rope_form, unit_offset, add_residual, chunks, stamps};
   mla::mla_decode_body<T, BB>(p, smem_raw);
 }

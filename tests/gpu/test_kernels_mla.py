@@ -4,12 +4,15 @@ Specification: for random DeepSeek-style shapes (kv_lora_rank 512, rope 64; V2-s
 LoRA; complex / interleaved / NeoX RoPE; fp16/bf16; batch 1-16; any cache length and position; masks),
 `out` lies inside the dtype's band of the fp64 reference, the cache slots at `cache_position` hold the
 reference's latent and roped k_pe rounded once (within one ulp), every other slot is unchanged, repeated
-runs are bitwise identical, and the launch captures and replays in a CUDA graph.
+runs are bitwise identical, and the launch captures and replays in a CUDA graph -- for every launcher variant
+(mla.VARIANTS). CF_MLA_TEST_VARIANTS (comma list) and CF_MLA_TEST_RANDOM (random cases) trim the sweep for a
+timed device run.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +27,8 @@ pytestmark = pytest.mark.gpu
 
 BANDS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
-N_RANDOM = 64
+N_RANDOM = int(os.environ.get("CF_MLA_TEST_RANDOM", "64"))
+VARIANTS = tuple(v for v in os.environ.get("CF_MLA_TEST_VARIANTS", ",".join(mla.VARIANTS)).split(",") if v)
 LORA, ROPE = mla.KV_LORA_RANK, mla.ROPE_DIM
 HEADS = (1, 4, 16, 20, 32)
 HIDDENS = (256, 512, 1024, 2048)
@@ -132,9 +136,16 @@ def _run(inputs: dict, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Te
 def _compiled():
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("needs a CUDA device of compute capability 9.0+")
-    keys = sorted({(c.dtype, mla.batch_bucket(c.batch)) for c in CASES}, key=str)
+    keys = sorted({(c.dtype, mla.batch_bucket(c.batch), v) for c in CASES for v in VARIANTS}, key=str)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda k: mla.compiled_kernel(*k), keys))
+        list(pool.map(lambda k: mla.compiled_kernel(k[0], k[1], variant=k[2]), keys))
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request, monkeypatch):
+    """Every test runs once per launcher variant: the op's kernel call takes mla.DEFAULT_VARIANT."""
+    monkeypatch.setattr(mla, "DEFAULT_VARIANT", request.param)
+    return request.param
 
 
 def _unsupported(case: Case) -> str | None:
@@ -150,7 +161,7 @@ def _case_id(c: Case) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_matches_fp64_reference_and_writes_only_the_slot(case: Case):
+def test_matches_fp64_reference_and_writes_only_the_slot(case: Case, variant: str):
     assert _unsupported(case) is None
     inputs = _make(case)
     k0, v0 = inputs["k_cache"].clone(), inputs["v_cache"].clone()
@@ -169,7 +180,7 @@ def test_matches_fp64_reference_and_writes_only_the_slot(case: Case):
 
 
 @pytest.mark.parametrize("case", CASES[:8], ids=_case_id)
-def test_bitwise_deterministic(case: Case):
+def test_bitwise_deterministic(case: Case, variant: str):
     inputs = _make(case)
     k0, v0 = inputs["k_cache"].clone(), inputs["v_cache"].clone()
     outs = [_run(inputs, k0.clone(), v0.clone()) for _ in range(4)]
@@ -177,7 +188,7 @@ def test_bitwise_deterministic(case: Case):
 
 
 @pytest.mark.parametrize("case", CASES[:4], ids=_case_id)
-def test_cuda_graph_capture_and_replay(case: Case):
+def test_cuda_graph_capture_and_replay(case: Case, variant: str):
     inputs = _make(case)
     k_cache, v_cache = inputs["k_cache"], inputs["v_cache"]
     eager = _run(inputs, k_cache.clone(), v_cache.clone())
