@@ -13,7 +13,7 @@ row is timed out of L2; time per call = replay time / layers, median of REPEATS 
 Before timing, ours is checked against the eager block in fp32 (relative error inside the dtype band).
 
     PYTHONPATH=. python benchmarks/attention.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
-        [--variants v3 tail qkv v4] [--phases] [--no-prefetch]
+        [--variants v3 tail] [--phases] [--no-prefetch]
 With --variants, ours is timed once per work-split variant (attention.VARIANTS), one JSON row each.
 """
 

@@ -39,10 +39,13 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 # them only when the split is one wave (every cluster co-resident); otherwise it runs "v3".
 #   v3    version 3: the last arriver of each hand-off finishes (merge, o_proj, fix-up by C CTAs)
 #   tail  phase 6 over every CTA: all P clusters do o_proj (P*C column slices), KVH CTAs per slice fix up
-#   qkv   q/k/v rows split over all P*C CTAs of a KV head, handed over through global memory (P > 1)
-#   v4    tail + qkv
-VARIANTS = {"v3": 0, "tail": 1, "qkv": 2, "v4": 3}
-DEFAULT_VARIANT = "v3"  # switched by measurement (benchmarks/NOTES-attention.md)
+# Kernel bit 2 ("qkv": q/k/v rows split over all P*C CTAs of a KV head, handed over through global memory)
+# failed the fp64 sweep on the H100 (2026-11-23: relative errors up to 0.49, unwritten outputs), so no
+# variant selects it until it is fixed and re-validated (benchmarks/NOTES-attention.md, version 4).
+VARIANTS = {"v3": 0, "tail": 1}
+# "tail" measured faster on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
+# graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1.
+DEFAULT_VARIANT = "tail"
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 

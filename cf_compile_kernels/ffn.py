@@ -47,12 +47,14 @@ STAGED_CANDIDATES = ((16, 4), (16, 3))  # (warps, ring slots), in order of prefe
 # Gate/up cut inside a cluster (GateUpMode in the kernel): split-K (+ cluster-summed RMS statistics),
 # split-K with each CTA's own statistics, or whole units per CTA (no DSMEM reduce). Default: measured best.
 MODES = {"split": 0, "split_local_stats": 1, "whole": 2}
-DEFAULT_MODE = MODES["split"]
+DEFAULT_MODE = MODES["split"]  # the mode every shape supports (the shape-derived choice: default_mode)
 # Optional prologue/epilogue changes (kernel enum Flags, a bit set; each keeps the output bits): x and the
 # norm weight loaded before the ring's first weight copies; last-arrival fix-ups deferred to the end of a
 # warp's down tiles and summed together. Default: measured best (benchmarks/NOTES-ffn.md, run 5).
 FLAGS = {"early_x": 1, "defer_fix_up": 2}
-DEFAULT_FLAGS = 0
+# Both on (H100, 2026-11-23, run 5: Llama-2-7B fp16 b16 151.5 -> 137.4 us, b1 121.0 -> 118.4 in split mode;
+# bitwise the plain kernel's output, tests/gpu/test_kernels_ffn.py).
+DEFAULT_FLAGS = FLAGS["early_x"] | FLAGS["defer_fix_up"]
 # Per-phase timeline (-DCF_FFN_PHASES=1): {globaltimer ns, clock64} per CTA per phase, kernel enum Phase.
 PHASES = ("start", "stats", "norm", "gate_up", "fold", "h", "gather", "down", "end")
 STAMP_WORDS = 2
@@ -224,6 +226,17 @@ def parse_flags(spec: str) -> int:
     return value
 
 
+def default_mode(hidden: int, intermediate: int, cluster: int, clusters: int, bt: int) -> int:
+    """Whole gate/up units per CTA for batch tile 1 (B <= 8), split-K for tile 2, measured on the H100
+    (2026-11-23, run 5, with DEFAULT_FLAGS): b1 Llama-2-7B 116.6 vs 118.4 us, Qwen2.5-0.5B 20.9 vs 24.1
+    (no DSMEM reduce of partials, statistics off the critical path); b16 Llama-2-7B 145.3 vs 137.4 (whole's
+    ring no longer fits, so it streams on the direct path). Whole only where its direct path fits."""
+    whole = MODES["whole"]
+    if bt == 1 and smem_bytes(hidden, intermediate, cluster, clusters, bt, WARPS, 0, whole) <= MAX_SMEM_PER_CTA:
+        return whole
+    return MODES["split"]
+
+
 def choose_path(
     hidden: int, intermediate: int, cluster: int, clusters: int, bt: int, mode: int = DEFAULT_MODE
 ) -> tuple[int, int]:
@@ -337,9 +350,9 @@ class Tuning:
     depth: int = DEPTH
     stages: int | None = None  # None: from choose_path; 0: direct path
     l2_hint: int = 0  # 0, 128 or 256: L2 sector promotion on the weight loads (-DCF_FFN_L2_HINT)
-    mode: int = DEFAULT_MODE  # MODES: how gate/up is cut inside the cluster
+    mode: int | None = None  # MODES: how gate/up is cut inside the cluster; None: default_mode(shape)
     phases: bool = False  # build with the per-phase timeline (gated_ffn then needs `stamps`)
-    flags: int = DEFAULT_FLAGS  # FLAGS bit set: early x loads, deferred fix-ups
+    flags: int | None = None  # FLAGS bit set: early x loads, deferred fix-ups; None: DEFAULT_FLAGS
 
 
 def _plan(
@@ -368,7 +381,12 @@ def _plan(
         defines = {"CF_FFN_L2_HINT": tuning.l2_hint} if tuning.l2_hint else {}
         if tuning.phases:
             defines["CF_FFN_PHASES"] = 1
+        flags = DEFAULT_FLAGS if tuning.flags is None else tuning.flags
+        # with fewer co-resident clusters each CTA holds more units: decide whole vs split at a quarter
+        # fewer clusters than the estimate (the occupancy query below may lower the count)
         mode = tuning.mode
+        if mode is None:
+            mode = default_mode(hidden, intermediate, cluster, max(1, (num_sms // cluster) * 3 // 4), bt)
         # The active-cluster count (occupancy API) needs a loaded kernel, and the shared memory needs the
         # cluster count: estimate with every SM, then settle on the actual count.
         clusters = max(1, num_sms // cluster)
@@ -381,7 +399,7 @@ def _plan(
                 KERNEL,
                 defines=defines,
                 template_args=template_args(
-                    dtype, cluster, bt, warps, tuning.depth, stages, mode, tuning.flags
+                    dtype, cluster, bt, warps, tuning.depth, stages, mode, flags
                 ),
             )
             kernel = load_kernel(compiled, device)

@@ -58,7 +58,9 @@ VARIANTS = {
     "chunk": Variant(_ALL_KNOBS, TILE),
     "fast": Variant((*_ALL_KNOBS, ("CF_MLA_INFLIGHT", 1)), TILE),
 }
-DEFAULT_VARIANT = "base"  # switched by measurement (benchmarks/NOTES-mla.md)
+# "chunk" measured fastest where it matters (H100, 2026-11-23, DeepSeek-V2-Lite bf16; 78/78 GPU tests):
+# B=1 1024 cached 70.5 -> 49.5 us, 4096 74.5 -> 65.5; B=4 1024 75.4 -> 64.5; B=16 1024 175 vs 176 (even).
+DEFAULT_VARIANT = "chunk"
 # Per-CTA phase timeline (-DCF_MLA_PHASES=1): one %globaltimer stamp per phase, kernel enum Phase.
 PHASES = ("start", "stats", "proj", "proj_sync", "q_b", "q_b_sync", "absorb", "absorb_sync", "attn", "attn_sync",
           "merge", "merge_sync", "w_uv", "w_uv_sync", "end")

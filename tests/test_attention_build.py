@@ -96,16 +96,16 @@ def test_split_keeps_every_cluster_in_one_wave():
     assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT
 
 
-def test_variants_default_to_version_3_and_need_one_wave():
-    """The variants wait for other CTAs of the grid: allowed only when every cluster is co-resident."""
-    assert attention.DEFAULT_VARIANT == "v3" and attention.VARIANTS["v3"] == 0
-    assert attention.VARIANTS["v4"] == attention.VARIANTS["tail"] | attention.VARIANTS["qkv"]
+def test_default_variant_is_the_measured_tail_and_needs_one_wave():
+    """The tail variant waits for other CTAs of the grid: allowed only when every cluster is co-resident;
+    otherwise version 3 (bits 0) runs."""
+    assert attention.DEFAULT_VARIANT == "tail" and attention.VARIANTS == {"v3": 0, "tail": 1}
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
     one_wave = attention._plan(**shape)
-    assert one_wave.one_wave and attention.effective_variant(one_wave, "v4") == 3
+    assert one_wave.one_wave and attention.effective_variant(one_wave, "tail") == 1
     few = {8: 2, 4: 3, 2: 4, 1: 8}.__getitem__  # fewer co-resident clusters than KV heads: two waves
     two_waves = attention._plan(**shape, active=few)
-    assert not two_waves.one_wave and attention.effective_variant(two_waves, "v4") == 0
+    assert not two_waves.one_wave and attention.effective_variant(two_waves, "tail") == 0
 
 
 def test_counters_cover_every_hand_off():

@@ -91,21 +91,24 @@ def random_config(i: int) -> dict:
     }
 
 
-DIRECT = ffn.Tuning(stages=0)  # the register-direct load path (what the largest shapes use)
+SPLIT, WHOLE, LOCAL = ffn.MODES["split"], ffn.MODES["whole"], ffn.MODES["split_local_stats"]
+DIRECT = ffn.Tuning(mode=SPLIT, stages=0, flags=0)  # the register-direct load path, no optional flags
 EARLY_DEFER = ffn.parse_flags("early_x+defer_fix_up")  # every optional flag
-# Every gate/up mode on both load paths (auto = staged where its ring fits); the timeline build too.
+# "auto" is what the backend runs (mode, path and flags derived from the shape); the others pin every
+# gate/up mode on both load paths (staged where its ring fits), with and without the optional flags.
 VARIANTS = {
     "auto": None,
+    "split": ffn.Tuning(mode=SPLIT, flags=0),
     "direct": DIRECT,
-    "local-stats": ffn.Tuning(mode=ffn.MODES["split_local_stats"]),
-    "local-stats-direct": ffn.Tuning(mode=ffn.MODES["split_local_stats"], stages=0),
-    "whole": ffn.Tuning(mode=ffn.MODES["whole"]),
-    "whole-direct": ffn.Tuning(mode=ffn.MODES["whole"], stages=0),
-    "early-defer": ffn.Tuning(flags=EARLY_DEFER),
-    "early-defer-direct": ffn.Tuning(stages=0, flags=EARLY_DEFER),
-    "local-stats-early-defer": ffn.Tuning(mode=ffn.MODES["split_local_stats"], flags=EARLY_DEFER),
-    "whole-early-defer": ffn.Tuning(mode=ffn.MODES["whole"], flags=EARLY_DEFER),
-    "whole-early-defer-direct": ffn.Tuning(mode=ffn.MODES["whole"], stages=0, flags=EARLY_DEFER),
+    "local-stats": ffn.Tuning(mode=LOCAL, flags=0),
+    "local-stats-direct": ffn.Tuning(mode=LOCAL, stages=0, flags=0),
+    "whole": ffn.Tuning(mode=WHOLE, flags=0),
+    "whole-direct": ffn.Tuning(mode=WHOLE, stages=0, flags=0),
+    "early-defer": ffn.Tuning(mode=SPLIT, flags=EARLY_DEFER),
+    "early-defer-direct": ffn.Tuning(mode=SPLIT, stages=0, flags=EARLY_DEFER),
+    "local-stats-early-defer": ffn.Tuning(mode=LOCAL, flags=EARLY_DEFER),
+    "whole-early-defer": ffn.Tuning(mode=WHOLE, flags=EARLY_DEFER),
+    "whole-early-defer-direct": ffn.Tuning(mode=WHOLE, stages=0, flags=EARLY_DEFER),
 }
 
 
@@ -170,7 +173,7 @@ FLAG_REPEATS = 20  # launches per flagged kernel: a late cluster (deferred fix-u
 def test_flags_keep_the_bits_of_the_plain_kernel(hidden, inter, batch, mode, flags):
     """Each flag only reorders loads / moves the fix-up work: every sum keeps its order, so the output is
     bitwise the plain kernel's on every launch (and the arrival counters reset: launches repeat)."""
-    plain = ffn.Tuning(mode=ffn.MODES[mode])
+    plain = ffn.Tuning(mode=ffn.MODES[mode], flags=0)
     flagged = ffn.Tuning(mode=ffn.MODES[mode], flags=ffn.parse_flags(flags))
     inp = make_inputs(
         hidden, inter, batch, torch.float16, fused=False, norm_kind="weight", seed=hidden + batch
@@ -199,8 +202,8 @@ def test_flags_on_the_direct_path_keep_its_bits(hidden, inter, batch, variant):
 @pytest.mark.parametrize("hidden,inter,batch", [(4096, 11008, 1), (896, 4864, 16)])
 def test_phase_timeline_build_matches_plain_build_bitwise(hidden, inter, batch, mode):
     """The instrumented build computes the same bits, and every CTA stamps every phase in order."""
-    plain = ffn.Tuning(mode=ffn.MODES[mode])
-    timed = ffn.Tuning(mode=ffn.MODES[mode], phases=True)
+    plain = ffn.Tuning(mode=ffn.MODES[mode], flags=0)
+    timed = ffn.Tuning(mode=ffn.MODES[mode], phases=True, flags=0)
     inp = make_inputs(hidden, inter, batch, torch.float16, fused=False, norm_kind="weight", seed=5)
     expected = run(inp, 1e-5, "weight", "silu", True, plain).clone()
     ctas = ffn.plan_info(hidden, inter, torch.float16, batch, tuning=timed)["grid"][0]
