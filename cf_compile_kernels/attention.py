@@ -238,30 +238,6 @@ def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None =
     return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket, hg), arch=arch)
 
 
-def _max_active_clusters(kernel, cluster: int, smem: int) -> int | None:
-    """Clusters of `cluster` CTAs this kernel can run at once (driver occupancy; None if it cannot say).
-
-    Uses the runtime's LoadedKernel internals (function handle, attribute setter): the runtime has no
-    public occupancy call yet."""
-    from cuda.bindings import driver
-
-    try:
-        kernel._ensure_attributes(smem, cluster)
-        config = driver.CUlaunchConfig()
-        config.gridDimX, config.gridDimY, config.gridDimZ = cluster, 1, 1
-        config.blockDimX, config.blockDimY, config.blockDimZ = THREADS, 1, 1
-        config.sharedMemBytes = smem
-        attr = driver.CUlaunchAttribute()
-        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
-        config.attrs = [attr]
-        config.numAttrs = 1
-        err, count = driver.cuOccupancyMaxActiveClusters(kernel._function, config)
-        return int(count) if err == driver.CUresult.CUDA_SUCCESS else None
-    except Exception:  # an older driver or runtime: fall back to the SM-count estimate
-        return None
-
-
 @functools.cache
 def device_plan(
     dtype: torch.dtype, *, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int,
@@ -278,7 +254,7 @@ def device_plan(
     estimate = estimated_active_clusters(shape["num_sms"])
     counts = {}
     for c in CLUSTER_SIZES:
-        found = _max_active_clusters(kernel, c, first.smem_bytes)
+        found = kernel.max_active_clusters(c, THREADS, first.smem_bytes)
         counts[c] = estimate(c) if found is None else found
     plan = _plan(**shape, active=counts.__getitem__)
     assert not isinstance(plan, str)

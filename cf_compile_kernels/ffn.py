@@ -302,35 +302,6 @@ _plans_lock = threading.Lock()
 _scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _max_active_clusters(kernel, cluster: int, smem: int, threads: int) -> int | None:
-    """Clusters of `cluster` CTAs that fit on the device at once (cuOccupancyMaxActiveClusters)."""
-    from cuda.bindings import driver
-
-    function = kernel._function  # the runtime exposes no public handle
-    # The occupancy query needs the dynamic-smem opt-in. Raise it to the hardware maximum, never to a
-    # shape's size: the function (and its LoadedKernel) is shared by every shape, and LoadedKernel only
-    # ever raises its own record of the limit, so a lower value here would break larger later launches.
-    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    (err,) = driver.cuFuncSetAttribute(function, attr, MAX_SMEM_PER_CTA)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        return None
-    config = driver.CUlaunchConfig()
-    config.gridDimX, config.gridDimY, config.gridDimZ = cluster, 1, 1
-    config.blockDimX, config.blockDimY, config.blockDimZ = threads, 1, 1
-    config.sharedMemBytes = smem
-    launch_attr = driver.CUlaunchAttribute()
-    launch_attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-    launch_attr.value.clusterDim.x, launch_attr.value.clusterDim.y, launch_attr.value.clusterDim.z = (
-        cluster,
-        1,
-        1,
-    )
-    config.attrs = [launch_attr]
-    config.numAttrs = 1
-    err, count = driver.cuOccupancyMaxActiveClusters(function, config)
-    return int(count) if err == driver.CUresult.CUDA_SUCCESS and count > 0 else None
-
-
 def _get_scratch(hidden: int, clusters: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     key = (hidden, clusters, device)
     buffers = _scratch.get(key)
@@ -405,7 +376,7 @@ def _plan(
             kernel = load_kernel(compiled, device)
             threads = warps * WARP_SIZE
             with torch.cuda.device(device):
-                active = _max_active_clusters(kernel, cluster, MAX_SMEM_PER_CTA, threads)
+                active = kernel.max_active_clusters(cluster, threads, MAX_SMEM_PER_CTA)
             if active is not None:
                 clusters = max(1, min(clusters, active))
             smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages, mode)

@@ -152,6 +152,20 @@ class LoadedKernel:
                 self._set_attribute("NON_PORTABLE_CLUSTER_SIZE_ALLOWED", 1)
                 self._non_portable = True
 
+    def max_active_clusters(self, cluster_size: int, threads: int, shared_bytes: int) -> int | None:
+        """Clusters of ``cluster_size`` CTAs (``threads`` each, ``shared_bytes`` of dynamic shared memory)
+        the device runs at once (cuOccupancyMaxActiveClusters: GPC boundaries, not only the SM count,
+        limit it), or None where the driver cannot say. A split that must be one wave (kernels whose
+        CTAs wait for each other) is sized with it."""
+        driver = _driver()
+        try:
+            self._ensure_attributes(shared_bytes, cluster_size)
+            config = self._config((cluster_size, 1, 1), (threads, 1, 1), shared_bytes, (cluster_size, 1, 1), 0)
+            err, count = driver.cuOccupancyMaxActiveClusters(self._function, config)
+        except Exception:  # an older driver or binding without the call: the caller estimates
+            return None
+        return int(count) if err == driver.CUresult.CUDA_SUCCESS and count > 0 else None
+
     # ---------------------------------------------------------------- launch
 
     def _config(self, grid, block, shared_bytes, cluster, stream: int):
