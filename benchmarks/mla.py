@@ -18,7 +18,7 @@ launches; per phase the median over CTAs of (stamp - the launch's earliest start
 the step from the previous phase (the *_sync rows are the barrier waits, load imbalance included).
 
     PYTHONPATH=. python benchmarks/mla.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
-        [--variants NAME ...] [--phases] [--batches 1 16] [--seqs 1024 4096] [--dtypes bf16]
+        [--variants NAME ...] [--phases] [--batches 1 16] [--seqs 1024 4096] [--rows 1:1024 16:1024] [--dtypes bf16]
 """
 
 from __future__ import annotations
@@ -147,6 +147,12 @@ def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None) -> f
     return err
 
 
+def _batch_seq(text: str) -> tuple[int, int]:
+    """--rows item "B:S" -> (batch, cached length)."""
+    batch, seq = text.split(":")
+    return int(batch), int(seq)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="bf16 batch 1 only")
@@ -160,6 +166,8 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=None)
     ap.add_argument("--seqs", nargs="+", type=int, default=None)
     ap.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=None)
+    ap.add_argument("--rows", nargs="+", type=_batch_seq, default=None,
+                    help="BATCH:SEQ pairs, in this order (instead of --batches x --seqs)")
     args = ap.parse_args()
     torch.manual_seed(0)
     bw, _ = copy_bandwidth()
@@ -173,6 +181,8 @@ def main() -> None:
     batches, dtypes = ((1,), ("bf16",)) if args.quick else (BATCHES, tuple(DTYPES))
     batches, dtypes, seqs = args.batches or batches, args.dtypes or dtypes, args.seqs or SEQS
     order = sorted(((dt, b, s) for dt in dtypes for b in batches for s in seqs), key=lambda r: (r[1], r[0] != "bf16"))
+    if args.rows:
+        order = [(dt, b, s) for b, s in args.rows for dt in dtypes]
     for dtname, batch, seq in order:
         dtype = DTYPES[dtname]
         fb = floor_bytes(batch, seq, dtype.itemsize)

@@ -27,7 +27,12 @@ SUPPORTED_DTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 KV_LORA_RANK = 512  # mla::kLora: the latent the attention tiles hold (every DeepSeek MLA model)
 ROPE_DIM = 64  # mla::kRope: one rotation pair per lane of a warp
 HEAD_GROUP = 16  # mla::kHeadGroup: heads one CTA attends with at a time
+SLICE_HEADS = 4  # mla::kSliceHeads: heads per attention item with CF_MLA_SPLIT
 TILE = 64  # mla::kTile: cached positions per shared-memory tile
+# CF_MLA_SPLIT chunks: no shorter than half a tile, so V2-Lite at batch 1 S=1024 has 4 slices x 32 chunks = 128
+# items on 132 SMs (run 2's `chunk`: 16 items); its score step works in proportion to the live rows.
+SPLIT_MIN_CHUNK = TILE // 2
+COUNTER_WORDS = 32  # mla::kCounterWords: grid-barrier words ahead of the per-slice merge counters
 VECTOR_ELEMS = 8  # 2-byte elements per 16-byte load
 ROWS_PER_WARP = 4  # mla::kRowsPerWarp: W_UV rows of one warp stay inside one head
 THREADS = 256
@@ -43,10 +48,13 @@ class Variant:
 
     min_chunk: fewest cached positions per attention chunk (1 = run 1: chunks fill the SMs whatever the
     length). TILE makes every chunk at least one shared-memory tile, so at batch 1 S=1024 the merge folds 16
-    partials per head, not 132; the tile's score step costs the same for 8 rows or 64."""
+    partials per head, not 132; the tile's score step costs the same for 8 rows or 64.
+    item_heads: heads per attention item, as the kernel's kItemHeads (HEAD_GROUP, or SLICE_HEADS with
+    CF_MLA_SPLIT): fewer heads per item, more items to spread over the SMs."""
 
     defines: tuple = ()
     min_chunk: int = 1
+    item_heads: int = HEAD_GROUP
 
 
 _ALL_KNOBS = (("CF_MLA_BARRIER", 1), ("CF_MLA_MERGE", 1))
@@ -57,6 +65,10 @@ VARIANTS = {
     "merge": Variant(_ALL_KNOBS),
     "chunk": Variant(_ALL_KNOBS, TILE),
     "fast": Variant((*_ALL_KNOBS, ("CF_MLA_INFLIGHT", 1)), TILE),
+    # From `chunk` (not `fast`: its deeper GEMVs lost 2-4 us): 4-head items on every SM + one-round-trip merge.
+    "split": Variant((*_ALL_KNOBS, ("CF_MLA_SPLIT", 1)), SPLIT_MIN_CHUNK, SLICE_HEADS),
+    # + the merge by the last CTA of each (batch row, head slice): one grid barrier fewer.
+    "lastmerge": Variant((*_ALL_KNOBS, ("CF_MLA_SPLIT", 1), ("CF_MLA_LASTMERGE", 1)), SPLIT_MIN_CHUNK, SLICE_HEADS),
 }
 # "chunk" measured fastest where it matters (H100, 2026-11-23, DeepSeek-V2-Lite bf16; 78/78 GPU tests):
 # B=1 1024 cached 70.5 -> 49.5 us, 4096 74.5 -> 65.5; B=4 1024 75.4 -> 64.5; B=16 1024 175 vs 176 (even).
@@ -90,13 +102,14 @@ def smem_bytes() -> int:
     return stats + q + scores_probs + softmax_state + tiles
 
 
-def scratch_floats(*, batch: int, num_heads: int, nope: int, v_dim: int, q_lora: int, chunks: int) -> int:
-    """fp32 scratch of one launch; mirrors mla::scratch_layout."""
+def scratch_floats(*, batch: int, num_heads: int, nope: int, v_dim: int, q_lora: int, chunks: int,
+                   item_heads: int = HEAD_GROUP) -> int:
+    """fp32 scratch of one launch; mirrors mla::scratch_layout (partials of `item_heads` heads per item)."""
     lat, qh = KV_LORA_RANK + ROPE_DIM, nope + ROPE_DIM
     r1 = (q_lora if q_lora else num_heads * qh) + lat
-    items = batch * math.ceil(num_heads / HEAD_GROUP) * chunks
+    items = batch * math.ceil(num_heads / item_heads) * chunks
     return (_align4(batch * r1) + (_align4(batch * num_heads * qh) if q_lora else 0)
-            + _align4(batch * num_heads * lat) + items * HEAD_GROUP * KV_LORA_RANK + _align4(items * HEAD_GROUP * 2)
+            + _align4(batch * num_heads * lat) + items * item_heads * KV_LORA_RANK + _align4(items * item_heads * 2)
             + batch * num_heads * KV_LORA_RANK + batch * num_heads * v_dim)
 
 
@@ -109,24 +122,28 @@ class MlaConfig:
     batch_bucket: int
     smem_bytes: int
     scratch_floats: int
+    head_groups: int = 1  # per batch row, of the variant's item_heads heads
+    barrier_words: int = COUNTER_WORDS  # grid-barrier words, then one merge counter per (batch row, head group)
 
     def as_dict(self) -> dict:
         return {"ctas": self.ctas, "cluster": 1, "attention_chunks": self.chunks,
-                "batch_bucket": self.batch_bucket, "threads": THREADS, "smem_bytes": self.smem_bytes,
-                "scratch_bytes": 4 * self.scratch_floats}
+                "head_groups": self.head_groups, "batch_bucket": self.batch_bucket, "threads": THREADS,
+                "smem_bytes": self.smem_bytes, "scratch_bytes": 4 * self.scratch_floats}
 
 
 @functools.cache
 def _plan(*, num_heads: int, nope: int, v_dim: int, q_lora: int, batch: int, num_sms: int, max_len: int = 0,
-          min_chunk: int = 1) -> MlaConfig:
-    """Chunks so that batch rows x head groups x chunks covers the SMs once (one attention item per CTA),
-    but (min_chunk > 1, with the cache length known) no chunk shorter than min_chunk positions."""
-    groups = math.ceil(num_heads / HEAD_GROUP)
+          min_chunk: int = 1, item_heads: int = HEAD_GROUP) -> MlaConfig:
+    """Chunks so that batch rows x head groups (of item_heads) x chunks covers the SMs once (one attention
+    item per CTA), but (min_chunk > 1, with the cache length known) no chunk shorter than min_chunk positions."""
+    groups = math.ceil(num_heads / item_heads)
     chunks = max(1, num_sms // (batch * groups))
     if min_chunk > 1 and max_len:
         chunks = max(1, min(chunks, math.ceil(max_len / min_chunk)))
-    floats = scratch_floats(batch=batch, num_heads=num_heads, nope=nope, v_dim=v_dim, q_lora=q_lora, chunks=chunks)
-    return MlaConfig(num_sms, chunks, batch_bucket(batch), smem_bytes(), floats)
+    floats = scratch_floats(batch=batch, num_heads=num_heads, nope=nope, v_dim=v_dim, q_lora=q_lora, chunks=chunks,
+                            item_heads=item_heads)
+    return MlaConfig(num_sms, chunks, batch_bucket(batch), smem_bytes(), floats, groups,
+                     COUNTER_WORDS + batch * groups)
 
 
 def mla_unsupported_reason(
@@ -177,9 +194,9 @@ def mla_unsupported_reason(
 def mla_config(*, num_heads: int, qk_nope_head_dim: int, v_head_dim: int, q_lora_rank: int, batch: int,
                num_sms: int, max_cache_len: int = 0, variant: str | None = None) -> dict:
     """The work split for the report."""
+    v = VARIANTS[variant or DEFAULT_VARIANT]
     return _plan(num_heads=num_heads, nope=qk_nope_head_dim, v_dim=v_head_dim, q_lora=q_lora_rank, batch=batch,
-                 num_sms=num_sms, max_len=max_cache_len,
-                 min_chunk=VARIANTS[variant or DEFAULT_VARIANT].min_chunk).as_dict()
+                 num_sms=num_sms, max_len=max_cache_len, min_chunk=v.min_chunk, item_heads=v.item_heads).as_dict()
 
 
 def variant_defines(variant: str | None = None, phases: bool = False) -> dict:
@@ -211,7 +228,7 @@ class _Launch:
     plan: MlaConfig
     kernel: object  # launch.LoadedKernel
     scratch: torch.Tensor
-    barrier: torch.Tensor  # [2] int32: arrivals (zero between barriers), generation
+    barrier: torch.Tensor  # int32 [plan.barrier_words]: barrier words, then per-slice merge counters (all zero)
 
 
 _launches: dict[tuple, _Launch] = {}
@@ -227,16 +244,17 @@ def _launch_for(dtype: torch.dtype, num_heads: int, nope: int, v_dim: int, q_lor
                 device: torch.device, max_len: int, variant: str, phases: bool) -> _Launch:
     """Memoised per shape, variant and device. Launches of one key share the barrier words, so they must be
     ordered (one stream, or a graph); each variant has its own (their barrier protocols differ)."""
-    min_chunk = VARIANTS[variant].min_chunk
+    min_chunk, item_heads = VARIANTS[variant].min_chunk, VARIANTS[variant].item_heads
     key = (dtype, num_heads, nope, v_dim, q_lora, batch, device, max_len if min_chunk > 1 else 0, variant, phases)
     with _lock:
         found = _launches.get(key)
         if found is None:
             plan = _plan(num_heads=num_heads, nope=nope, v_dim=v_dim, q_lora=q_lora, batch=batch,
-                         num_sms=_num_sms(device.index or 0), max_len=max_len, min_chunk=min_chunk)
+                         num_sms=_num_sms(device.index or 0), max_len=max_len, min_chunk=min_chunk,
+                         item_heads=item_heads)
             kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, variant=variant, phases=phases), device)
             scratch = torch.empty(plan.scratch_floats, dtype=torch.float32, device=device)
-            barrier = torch.zeros(2, dtype=torch.int32, device=device)
+            barrier = torch.zeros(plan.barrier_words, dtype=torch.int32, device=device)
             found = _launches[key] = _Launch(plan, kernel, scratch, barrier)
         return found
 
@@ -347,5 +365,6 @@ for _dtype in SUPPORTED_DTYPES.values():
         register_check(SOURCE, KERNEL, (_dtype, _bucket), label=f"mla {_dtype} B<={_bucket}")
 # The variants' knobs at the bucket extremes (the register-heaviest paths: deep GEMV at 1, attention at 16).
 for _bucket in (1, 16):
-    register_check(SOURCE, KERNEL, ("__nv_bfloat16", _bucket), defines=variant_defines("fast", phases=True),
-                   label=f"mla bf16 B<={_bucket} variant fast, phase timeline")
+    for _variant in ("fast", "split", "lastmerge"):
+        register_check(SOURCE, KERNEL, ("__nv_bfloat16", _bucket), defines=variant_defines(_variant, phases=True),
+                       label=f"mla bf16 B<={_bucket} variant {_variant}, phase timeline")

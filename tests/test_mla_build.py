@@ -109,3 +109,49 @@ def test_variants_name_known_knobs_and_chunks_keep_a_tile():
     wide = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=16,
                           num_sms=H100_SMS, max_cache_len=4096, variant="fast")
     assert wide["attention_chunks"] == H100_SMS // 16
+
+
+SPLIT_VARIANTS = ("split", "lastmerge")
+
+
+@pytest.mark.parametrize("bucket", [1, 16])
+@pytest.mark.parametrize("variant", SPLIT_VARIANTS)
+def test_split_variants_compile_without_spills(compiled, variant, bucket):
+    for phases in (False, True):
+        kernel = compile_kernel(mla.SOURCE, mla.KERNEL, template_args=("__nv_bfloat16", bucket), arch="sm_90a",
+                                defines=mla.variant_defines(variant, phases=phases))
+        assert kernel.spill_bytes == 0 and kernel.local_bytes == 0, kernel.name_expression
+
+
+def _split_plan(batch: int, max_len: int, num_heads: int = 16, variant: str = "split") -> dict:
+    return mla.mla_config(num_heads=num_heads, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=batch,
+                          num_sms=H100_SMS, max_cache_len=max_len, variant=variant)
+
+
+@pytest.mark.parametrize("variant", SPLIT_VARIANTS)
+def test_split_items_fill_the_sms_at_small_batch(variant):
+    v = mla.VARIANTS[variant]
+    assert dict(v.defines).get("CF_MLA_SPLIT") == 1 and v.item_heads == mla.SLICE_HEADS
+    slices = 16 // mla.SLICE_HEADS
+    b1 = _split_plan(1, 1024, variant=variant)  # 32-position chunks: 4 slices x 32 = 128 items (chunk: 16)
+    assert b1["head_groups"] == slices and b1["attention_chunks"] == 1024 // mla.SPLIT_MIN_CHUNK
+    long = _split_plan(1, 4096, variant=variant)  # more than 32 chunks: the merge's second block of lanes
+    assert long["attention_chunks"] == H100_SMS // slices > 32
+    for batch, seq in ((1, 1024), (1, 4096), (4, 1024), (16, 1024)):
+        cfg = _split_plan(batch, seq, variant=variant)
+        items = batch * cfg["head_groups"] * cfg["attention_chunks"]
+        assert H100_SMS * 0.75 <= items <= H100_SMS, (batch, seq, items)
+
+
+def test_split_scratch_and_counters_follow_the_slices():
+    plan = mla._plan(num_heads=20, nope=128, v_dim=128, q_lora=0, batch=3, num_sms=H100_SMS, max_len=4096,
+                     min_chunk=mla.SPLIT_MIN_CHUNK, item_heads=mla.SLICE_HEADS)
+    assert plan.head_groups == 5 and plan.barrier_words == mla.COUNTER_WORDS + 3 * 5
+    items = 3 * 5 * plan.chunks
+    grouped = mla.scratch_floats(batch=3, num_heads=20, nope=128, v_dim=128, q_lora=0, chunks=plan.chunks,
+                                 item_heads=mla.SLICE_HEADS)
+    assert plan.scratch_floats == grouped
+    wide = mla.scratch_floats(batch=3, num_heads=20, nope=128, v_dim=128, q_lora=0, chunks=plan.chunks)
+    # partials: items x slice heads (a partial last slice still has SLICE_HEADS rows) vs 16-head groups
+    assert grouped - wide == items * mla.SLICE_HEADS * 514 - 3 * 2 * plan.chunks * mla.HEAD_GROUP * 514
+

@@ -83,6 +83,38 @@ static_assert(kSoftmaxHeads * kWarps == kHeadGroup, "softmax step: whole heads p
 #ifndef CF_MLA_INFLIGHT
 #define CF_MLA_INFLIGHT 0
 #endif
+//   CF_MLA_SPLIT    1: attention items hold kSliceHeads heads (not 16), so at batch 1-4 the launcher's chunks
+//                   (mla.py Variant.item_heads / min_chunk) put an item on every CTA: run 2's `chunk` gave the
+//                   attention to 16 CTAs at B=1 S=1024 (17 us wait). The score step maps 4 threads per cached
+//                   row (work in proportion to the live rows), and the merge is one warp per (b, head,
+//                   latent quarter) with every chunk's load issued at once (merge_slices).
+//   CF_MLA_LASTMERGE 1 (with SPLIT): the CTA finishing the last chunk of a (batch row, head slice) merges it
+//                   right away (arrival counter per slice), so the merge needs no grid barrier of its own:
+//                   4 barriers, not 5. Which CTA merges varies; the merge order does not (bitwise
+//                   deterministic).
+#ifndef CF_MLA_SPLIT
+#define CF_MLA_SPLIT 0
+#endif
+#ifndef CF_MLA_LASTMERGE
+#define CF_MLA_LASTMERGE 0
+#endif
+static_assert(CF_MLA_LASTMERGE == 0 || CF_MLA_SPLIT == 1, "CF_MLA_LASTMERGE needs CF_MLA_SPLIT");
+
+// Split attention (CF_MLA_SPLIT): heads per item; 4 threads per cached row share its 576-wide dot product.
+constexpr int kSliceHeads = 4;
+constexpr int kItemHeads = CF_MLA_SPLIT ? kSliceHeads : kHeadGroup;  // heads per attention item (scratch)
+constexpr int kRowSlices = kThreads / kTile;                 // threads per cached row in the score step
+constexpr int kRowsPerScoreWarp = 32 / kRowSlices;           // rows one warp scores
+constexpr int kSliceVecs = kLat / kVec / kRowSlices;         // 16-byte vectors of a row per thread
+constexpr int kSliceCols = kLora / kThreads;                 // o_lat columns per thread (all slice heads)
+constexpr int kMergeParts = 4;                               // warps per (b, head) in merge_slices
+constexpr int kMergeVecs = kLora / 4 / kMergeParts;          // float4 columns per merge warp: one per lane
+constexpr int kMergeBatch = 16;                              // chunk partials one merge lane loads at once
+constexpr int kCounterWords = 32;  // barrier words before the per-slice arrival counters (own 128-B line)
+static_assert(kRowSlices * kTile == kThreads && kRowsPerScoreWarp * kWarps == kTile, "score step: 64 x 4 threads");
+static_assert(kSliceVecs * kRowSlices * kVec == kLat, "score step: whole vectors per thread");
+static_assert(kSliceCols == 2 && kSliceHeads % 4 == 0 && kSliceHeads <= kWarps, "accumulate: 2 columns x heads");
+static_assert(kMergeVecs == 32, "merge_slices: one float4 column per lane");
 
 // ------------------------------------------------------------------ optional phase timeline
 // -DCF_MLA_PHASES=1: thread 0 of every CTA writes %globaltimer (ns) at each phase boundary, before and
@@ -141,7 +173,8 @@ struct Params {
   const unsigned char* mask;  // [B, L] rows of stride mask_stride, or null (attend j <= pos)
   void* out;                // [B, H]
   float* scratch;           // ScratchLayout
-  unsigned* barrier;        // [2]: arrivals, generation; arrivals zero between barriers
+  unsigned* barrier;        // [kCounterWords + B * head slices]: arrivals, generation (zero between barriers);
+                            // LASTMERGE: per-(b, slice) chunk arrival counters from kCounterWords (zero between launches)
   float eps, q_eps, kv_eps, q_scale;  // q_scale = softmax scale * log2(e)
   int batch, hidden, num_heads, nope, v_dim, q_lora, max_cache_len;
   long long mask_stride, cos_bstride;
@@ -288,11 +321,11 @@ struct ScratchLayout {
   float* s1;       // [B, R1]: q (or q_a) rows, then kv_a rows (c_kv, k_pe)
   float* q;        // [B, NH*QH]: q rows (aliases s1 without q LoRA; row stride ldq)
   float* q_lat;    // [B, NH, LAT]: absorbed, scaled query
-  float* part_o;   // [items, 16, LORA]
-  float* part_ml;  // [items, 16, 2]
+  float* part_o;   // [items, kItemHeads, LORA]
+  float* part_ml;  // [items, kItemHeads, 2]
   float* o_lat;    // [B, NH, LORA]
   float* attn;     // [B, NH*V]
-  int r1, ldq, qh, items, head_groups;
+  int r1, ldq, qh, items, head_groups;  // head_groups: of kItemHeads heads (16, or kSliceHeads with SPLIT)
 };
 
 __device__ ScratchLayout scratch_layout(const Params& p) {
@@ -301,7 +334,7 @@ __device__ ScratchLayout scratch_layout(const Params& p) {
   s.qh = p.nope + kRope;
   const int q_rows = p.q_lora > 0 ? p.q_lora : NH * s.qh;
   s.r1 = q_rows + kLat;
-  s.head_groups = cf::ceil_div(NH, kHeadGroup);
+  s.head_groups = cf::ceil_div(NH, kItemHeads);
   s.items = B * s.head_groups * p.chunks;
   float* f = p.scratch;
   s.s1 = f; f += align4(static_cast<long long>(B) * s.r1);
@@ -313,8 +346,8 @@ __device__ ScratchLayout scratch_layout(const Params& p) {
     s.ldq = s.r1;
   }
   s.q_lat = f; f += align4(static_cast<long long>(B) * NH * kLat);
-  s.part_o = f; f += static_cast<long long>(s.items) * kHeadGroup * kLora;
-  s.part_ml = f; f += align4(static_cast<long long>(s.items) * kHeadGroup * 2);
+  s.part_o = f; f += static_cast<long long>(s.items) * kItemHeads * kLora;
+  s.part_ml = f; f += align4(static_cast<long long>(s.items) * kItemHeads * 2);
   s.o_lat = f; f += static_cast<long long>(B) * NH * kLora;
   s.attn = f;
   return s;
@@ -857,6 +890,234 @@ __device__ void merge_chunks_spread(const Params& p, const ScratchLayout& L) {
   }
 }
 
+// ------------------------------------------------------------------ CF_MLA_SPLIT: attention items of kSliceHeads
+// heads. Same online softmax as attention_item (exp2 domain, fp32), laid out for few heads per CTA: the
+// score step gives each cached row to kRowSlices threads (vectors interleaved so a quarter warp reads 8
+// rows at the same column: conflict-free with the padded rows) and skips warps past the live rows; the
+// accumulate step gives every thread kSliceCols columns of all slice heads.
+
+// scores[h, j] = q_lat[h] . tile[j] for the slice heads, -inf for rows past `rows` or masked.
+template <typename T>
+__device__ __forceinline__ void slice_scores(const Params& p, const Smem& s, const unsigned short* tile, int b,
+                                             int t0, int rows) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int part = lane / kRowsPerScoreWarp, j = warp * kRowsPerScoreWarp + lane % kRowsPerScoreWarp;
+  float acc[kSliceHeads] = {};
+  if (warp * kRowsPerScoreWarp < rows) {  // warp-uniform: no dot products for rows that are all past the chunk
+    const T* row = reinterpret_cast<const T*>(tile) + j * kTileLd;
+#pragma unroll 6
+    for (int i = 0; i < kSliceVecs; ++i) {
+      const int k = (i * kRowSlices + part) * kVec;
+      float kf[kVec];
+      unpack8<T>(*reinterpret_cast<const uint4*>(row + k), kf);
+#pragma unroll
+      for (int h = 0; h < kSliceHeads; ++h) {
+        const float4 qa = *reinterpret_cast<const float4*>(s.q + h * kLat + k);
+        const float4 qb = *reinterpret_cast<const float4*>(s.q + h * kLat + k + 4);
+        acc[h] = fmaf(qa.x, kf[0], acc[h]); acc[h] = fmaf(qa.y, kf[1], acc[h]);
+        acc[h] = fmaf(qa.z, kf[2], acc[h]); acc[h] = fmaf(qa.w, kf[3], acc[h]);
+        acc[h] = fmaf(qb.x, kf[4], acc[h]); acc[h] = fmaf(qb.y, kf[5], acc[h]);
+        acc[h] = fmaf(qb.z, kf[6], acc[h]); acc[h] = fmaf(qb.w, kf[7], acc[h]);
+      }
+    }
+  }
+  // The kRowSlices partial dots of a row sit kRowsPerScoreWarp lanes apart: a fixed butterfly over them.
+#pragma unroll
+  for (int h = 0; h < kSliceHeads; ++h) {
+#pragma unroll
+    for (int off = kRowsPerScoreWarp; off < 32; off <<= 1) acc[h] += __shfl_xor_sync(0xffffffffu, acc[h], off);
+  }
+  if (part == 0) {
+    const bool live = j < rows && (p.mask == nullptr || p.mask[b * p.mask_stride + t0 + j] != 0);
+#pragma unroll
+    for (int h = 0; h < kSliceHeads; ++h) s.scores[h * kTile + j] = live ? acc[h] : cf::neg_inf();
+  }
+}
+
+// Online-softmax update for the slice heads, one warp per head: probs [j, h], running max/sum, correction.
+__device__ __forceinline__ void slice_softmax(const Smem& s) {
+  const int lane = threadIdx.x & 31, h = threadIdx.x >> 5;
+  if (h >= kSliceHeads) return;
+  float* m_run = s.ml;
+  float* l_run = s.ml + kSliceHeads;
+  float* corr = s.ml + 2 * kSliceHeads;
+  const float s0 = s.scores[h * kTile + lane], s1 = s.scores[h * kTile + lane + 32];
+  const float m_old = m_run[h], l_old = l_run[h];
+  const float m_new = fmaxf(m_old, warp_max(fmaxf(s0, s1)));
+  float p0 = 0.f, p1 = 0.f, c = 1.f;
+  if (m_new != cf::neg_inf()) {
+    p0 = exp2f(s0 - m_new);
+    p1 = exp2f(s1 - m_new);
+    c = rescale(m_old, m_new);
+  }
+  const float sum = warp_sum(p0 + p1);
+  s.probs[lane * kSliceHeads + h] = p0;
+  s.probs[(lane + 32) * kSliceHeads + h] = p1;
+  __syncwarp();
+  if (lane == 0) {
+    m_run[h] = m_new;
+    l_run[h] = fmaf(l_old, c, sum);
+    corr[h] = c;
+  }
+}
+
+// o[h][e] = o[h][e] * corr[h] + sum_j probs[j, h] * c_kv[j, c0 + e] for this thread's kSliceCols columns.
+template <typename T>
+__device__ __forceinline__ void slice_accumulate(const Smem& s, const unsigned short* tile, int rows,
+                                                 float (&o)[kSliceHeads][kSliceCols]) {
+  const float* corr = s.ml + 2 * kSliceHeads;
+#pragma unroll
+  for (int h = 0; h < kSliceHeads; ++h) {
+    const float c = corr[h];
+#pragma unroll
+    for (int e = 0; e < kSliceCols; ++e) o[h][e] *= c;
+  }
+  const T* col = reinterpret_cast<const T*>(tile) + threadIdx.x * kSliceCols;
+#pragma unroll 4
+  for (int j = 0; j < rows; ++j) {
+    const float2 v = pair_to_float2<T>(*reinterpret_cast<const unsigned*>(col + j * kTileLd));
+#pragma unroll
+    for (int h = 0; h < kSliceHeads; h += 4) {
+      const float4 pw = *reinterpret_cast<const float4*>(s.probs + j * kSliceHeads + h);
+      const float w[4] = {pw.x, pw.y, pw.z, pw.w};
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        o[h + u][0] = fmaf(w[u], v.x, o[h + u][0]);
+        o[h + u][1] = fmaf(w[u], v.y, o[h + u][1]);
+      }
+    }
+  }
+}
+
+// Item = (batch row, head slice, chunk): stream the chunk's tiles once for the slice's heads; partials out.
+template <typename T>
+__device__ void slice_item(const Params& p, const Smem& s, const ScratchLayout& L, int item) {
+  const int tid = threadIdx.x, NCH = p.chunks;
+  const int chunk = item % NCH, sl = (item / NCH) % L.head_groups, b = item / (NCH * L.head_groups);
+  const int heads = min(kSliceHeads, p.num_heads - sl * kSliceHeads);
+  const int lo = s.range[2 * b], hi = s.range[2 * b + 1];
+  const int per = cf::ceil_div(max(hi - lo, 0), NCH);
+  const int cs = lo + chunk * per, ce = min(hi, cs + per);
+  const int ntiles = ce > cs ? cf::ceil_div(ce - cs, kTile) : 0;
+  const float* qsrc = L.q_lat + (static_cast<long long>(b) * p.num_heads + sl * kSliceHeads) * kLat;
+  for (int i = tid; i < kSliceHeads * kLat / 4; i += kThreads) {
+    const int h = i / (kLat / 4);
+    const float4 v = h < heads ? __ldcg(reinterpret_cast<const float4*>(qsrc) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+    reinterpret_cast<float4*>(s.q)[i] = v;
+  }
+  if (tid < kSliceHeads) {
+    s.ml[tid] = cf::neg_inf();
+    s.ml[kSliceHeads + tid] = 0.f;
+  }
+  float o[kSliceHeads][kSliceCols] = {};
+  if (ntiles > 0) load_tile<T>(p, s.tiles, b, cs, min(kTile, ce - cs));
+  cp_async_commit();
+  for (int t = 0; t < ntiles; ++t) {
+    const int t0 = cs + t * kTile, rows = min(kTile, ce - t0);
+    if (t + 1 < ntiles) {
+      const int n0 = t0 + kTile;
+      load_tile<T>(p, s.tiles + ((t + 1) & 1) * kTile * kTileLd, b, n0, min(kTile, ce - n0));
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();  // tile t (and, first time, q and the running state) visible
+    const unsigned short* tile = s.tiles + (t & 1) * kTile * kTileLd;
+    slice_scores<T>(p, s, tile, b, t0, rows);
+    __syncthreads();
+    slice_softmax(s);
+    __syncthreads();
+    slice_accumulate<T>(s, tile, rows, o);
+    __syncthreads();  // the buffer of tile t is refilled by the load issued in iteration t + 1
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  float* po = L.part_o + static_cast<long long>(item) * kSliceHeads * kLora + tid * kSliceCols;
+#pragma unroll
+  for (int h = 0; h < kSliceHeads; ++h) *reinterpret_cast<float2*>(po + h * kLora) = make_float2(o[h][0], o[h][1]);
+  if (tid < kSliceHeads) {
+    float* pml = L.part_ml + (static_cast<long long>(item) * kSliceHeads + tid) * 2;
+    pml[0] = s.ml[tid];
+    pml[1] = s.ml[kSliceHeads + tid];
+  }
+  __syncthreads();  // s.q and s.ml are reloaded by the next item
+}
+
+// One merge unit = (b, head, latent quarter), one warp, lane = float4 column. Per block of 32 chunks: lane c
+// loads chunk c's (m, l) (one round trip for all), the block max and the weights follow by fixed butterflies;
+// then the o partials are loaded kMergeBatch chunks at a time (one round trip for up to 16 chunks) and folded
+// in chunk order. Run 2's merge made 2 x NCH / kMergeUnroll dependent round trips (12.6 us for 64 chunks).
+__device__ __forceinline__ void merge_unit(const Params& p, const ScratchLayout& L, int unit) {
+  const int lane = threadIdx.x & 31, NH = p.num_heads, NCH = p.chunks;
+  const int part = unit % kMergeParts, h = (unit / kMergeParts) % NH, b = unit / (kMergeParts * NH);
+  const long long item0 = (static_cast<long long>(b) * L.head_groups + h / kSliceHeads) * NCH;
+  const long long row0 = item0 * kSliceHeads + h % kSliceHeads;
+  constexpr long long kMlStride = kSliceHeads * 2, kOStride = kSliceHeads * kLora / 4;
+  const float* ml0 = L.part_ml + row0 * 2;
+  const float4* o0 = reinterpret_cast<const float4*>(L.part_o + row0 * kLora) + part * kMergeVecs + lane;
+  float M = cf::neg_inf(), S = 0.f;
+  float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 1  // rolled: at batch bucket 16 an unrolled merge spills (the GEMVs leave no registers)
+  for (int cb = 0; cb < NCH; cb += 32) {
+    const int c = cb + lane;
+    const float2 ml = c < NCH ? __ldcg(reinterpret_cast<const float2*>(ml0 + c * kMlStride))
+                              : make_float2(cf::neg_inf(), 0.f);
+    const float Mn = fmaxf(M, warp_max(ml.x));
+    const float keep = rescale(M, Mn);  // 0 before the first block (O, S are 0 then)
+    const float w = rescale(ml.x, Mn);
+    S = fmaf(S, keep, warp_sum(ml.y * w));
+    O = make_float4(O.x * keep, O.y * keep, O.z * keep, O.w * keep);
+    const int n = min(32, NCH - cb);
+#pragma unroll 1
+    for (int u0 = 0; u0 < n; u0 += kMergeBatch) {
+      float4 v[kMergeBatch];
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u)
+        v[u] = u0 + u < n ? __ldcg(o0 + (cb + u0 + u) * kOStride) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        const float wu = __shfl_sync(0xffffffffu, w, (u0 + u) & 31);
+        O = make_float4(fmaf(v[u].x, wu, O.x), fmaf(v[u].y, wu, O.y), fmaf(v[u].z, wu, O.z), fmaf(v[u].w, wu, O.w));
+      }
+    }
+    M = Mn;
+  }
+  const float inv = S > 0.f ? 1.f / S : 0.f;
+  reinterpret_cast<float4*>(L.o_lat + (static_cast<long long>(b) * NH + h) * kLora)[part * kMergeVecs + lane] =
+      make_float4(O.x * inv, O.y * inv, O.z * inv, O.w * inv);
+}
+
+// Phase 4 (SPLIT without LASTMERGE): every merge unit of the launch, warp w of every CTA before warp w + 1.
+__device__ void merge_slices(const Params& p, const ScratchLayout& L) {
+  const int units = p.batch * p.num_heads * kMergeParts;
+  const int gw = (threadIdx.x >> 5) * gridDim.x + blockIdx.x, nw = gridDim.x * kWarps;
+  for (int u = gw; u < units; u += nw) merge_unit(p, L, u);
+}
+
+__device__ __forceinline__ unsigned atom_add_acq_rel(unsigned* p, unsigned v) {
+  unsigned old;
+  asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
+// CF_MLA_LASTMERGE: after an item's partials are out, count it for its (b, slice); the CTA whose item is the
+// slice's last merges the slice's heads with its 8 warps and resets the counter (zero between launches:
+// graph replays need no reset). The acq_rel atomic after bar.sync is cumulative over the CTA's partials and,
+// for the last arriver, acquires every other chunk's (the same pattern as grid_sync_flip).
+__device__ void finish_item(const Params& p, const ScratchLayout& L, int item) {
+  const int NCH = p.chunks, slot = item / NCH;
+  unsigned* counter = p.barrier + kCounterWords + slot;
+  bool last = false;
+  if (threadIdx.x == 0) {
+    last = atom_add_acq_rel(counter, 1u) == static_cast<unsigned>(NCH - 1);
+    if (last) atomicExch(counter, 0u);
+  }
+  if (!__syncthreads_or(last)) return;
+  const int sl = slot % L.head_groups, b = slot / L.head_groups;
+  const int heads = min(kSliceHeads, p.num_heads - sl * kSliceHeads);
+  const int first = (b * p.num_heads + sl * kSliceHeads) * kMergeParts;
+  for (int u = threadIdx.x >> 5; u < heads * kMergeParts; u += kWarps) merge_unit(p, L, first + u);
+}
+
 // ------------------------------------------------------------------ the kernel
 
 template <typename T, int BB>
@@ -937,20 +1198,33 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   grid_sync(p.barrier);
   stamp(p.stamps, kPhAbsorbSync);
 
-  // ---- 3: split-K attention over the latent cache
-  for (int item = blockIdx.x; item < L.items; item += gridDim.x) attention_item<T>(p, s, L, item);
+  // ---- 3: split-K attention over the latent cache (LASTMERGE: and the merge of each finished slice)
+  for (int item = blockIdx.x; item < L.items; item += gridDim.x) {
+    if constexpr (CF_MLA_SPLIT == 1) {
+      slice_item<T>(p, s, L, item);
+      if constexpr (CF_MLA_LASTMERGE == 1) finish_item(p, L, item);
+    } else {
+      attention_item<T>(p, s, L, item);
+    }
+  }
   stamp(p.stamps, kPhAttn);
   grid_sync(p.barrier);
   stamp(p.stamps, kPhAttnSync);
 
-  // ---- 4: merge the chunks of every (b, h)
-  if constexpr (CF_MLA_MERGE == 1) {
-    merge_chunks_spread(p, L);
+  // ---- 4: merge the chunks of every (b, h) (LASTMERGE: done in phase 3, no barrier; the stamps coincide)
+  if constexpr (CF_MLA_LASTMERGE == 0) {
+    if constexpr (CF_MLA_SPLIT == 1) {
+      merge_slices(p, L);
+    } else if constexpr (CF_MLA_MERGE == 1) {
+      merge_chunks_spread(p, L);
+    } else {
+      merge_chunks(p, L);
+    }
+    stamp(p.stamps, kPhMerge);
+    grid_sync(p.barrier);
   } else {
-    merge_chunks(p, L);
+    stamp(p.stamps, kPhMerge);
   }
-  stamp(p.stamps, kPhMerge);
-  grid_sync(p.barrier);
   stamp(p.stamps, kPhMergeSync);
 
   // ---- 5: W_UV per head: attn[b, h*V + v] = o_lat[b, h] . W_UV[h][v]
