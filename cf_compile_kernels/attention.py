@@ -39,10 +39,14 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 # them only when the split is one wave (every cluster co-resident); otherwise it runs "v3".
 #   v3    version 3: the last arriver of each hand-off finishes (merge, o_proj, fix-up by C CTAs)
 #   tail  phase 6 over every CTA: all P clusters do o_proj (P*C column slices), KVH CTAs per slice fix up
-# Kernel bit 2 ("qkv": q/k/v rows split over all P*C CTAs of a KV head, handed over through global memory)
-# failed the fp64 sweep on the H100 (2026-11-23: relative errors up to 0.49, unwritten outputs), so no
-# variant selects it until it is fixed and re-validated (benchmarks/NOTES-attention.md, version 4).
-VARIANTS = {"v3": 0, "tail": 1}
+#   qkv   q/k/v rows split over all P*C CTAs of a KV head, handed over through global memory (P > 1 only)
+#   v4    tail + qkv
+# "qkv" failed the fp64 sweep on the H100 (2026-11-23: relative errors up to 0.49, unwritten outputs):
+# attn::gather_global published its GEMV rows without a CTA barrier after the GEMV (branch attn3, fixed,
+# NOT yet re-validated on a GPU: benchmarks/NOTES-attention.md, "Version 4: the qkv hand-off bug").
+# Selectable by name for the device tests; the default stays the validated "tail".
+VARIANTS = {"v3": 0, "tail": 1, "qkv": 2, "v4": 3}
+SPLIT_QKV_BIT = 2  # attn::kSplitQkv: a no-op with one cluster per KV head (the kernel ignores it there too)
 # "tail" measured faster on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
 # graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1.
 DEFAULT_VARIANT = "tail"
@@ -302,8 +306,14 @@ def _scratch_for(
 
 def effective_variant(plan: AttentionConfig, variant: str) -> int:
     """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
-    variants wait for other CTAs of the grid, which is only safe when all of them are co-resident)."""
-    return VARIANTS[variant] if plan.one_wave else 0
+    variants wait for other CTAs of the grid, which is only safe when all of them are co-resident).
+    The q/k/v split bit is dropped when P = 1 (the kernel ignores it there as well)."""
+    if not plan.one_wave:
+        return 0
+    bits = VARIANTS[variant]
+    if plan.clusters_per_kv_head == 1:  # nothing to split over: the DSMEM gather of version 3
+        bits &= ~SPLIT_QKV_BIT
+    return bits
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ benchmark models fills the SMs with one CTA each inside the shared-memory limit.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,14 +99,111 @@ def test_split_keeps_every_cluster_in_one_wave():
 
 def test_default_variant_is_the_measured_tail_and_needs_one_wave():
     """The tail variant waits for other CTAs of the grid: allowed only when every cluster is co-resident;
-    otherwise version 3 (bits 0) runs."""
-    assert attention.DEFAULT_VARIANT == "tail" and attention.VARIANTS == {"v3": 0, "tail": 1}
+    otherwise version 3 (bits 0) runs. On this branch the q/k/v hand-off (bit 2) is selectable again for
+    the device tests, but not the default."""
+    assert attention.DEFAULT_VARIANT == "tail"
+    assert attention.VARIANTS == {"v3": 0, "tail": 1, "qkv": 2, "v4": 3}
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
     one_wave = attention._plan(**shape)
     assert one_wave.one_wave and attention.effective_variant(one_wave, "tail") == 1
     few = {8: 2, 4: 3, 2: 4, 1: 8}.__getitem__  # fewer co-resident clusters than KV heads: two waves
     two_waves = attention._plan(**shape, active=few)
     assert not two_waves.one_wave and attention.effective_variant(two_waves, "tail") == 0
+    assert attention.effective_variant(two_waves, "v4") == 0
+
+
+def test_qkv_split_bit_only_with_several_clusters_per_kv_head():
+    """Bit 2 splits a KV head's q/k/v rows over its P clusters: with P = 1 it must not change the launch."""
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    one = attention._plan(hidden=8192, num_heads=32, num_kv_heads=32, head_dim=256, batch=1, esize=2,
+                          num_sms=132, active=h100)
+    assert one.clusters_per_kv_head == 1
+    assert attention.effective_variant(one, "qkv") == attention.effective_variant(one, "v3") == 0
+    assert attention.effective_variant(one, "v4") == attention.effective_variant(one, "tail") == 1
+    split = attention._plan(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=1, esize=2,
+                            num_sms=132, active=h100)
+    assert split.clusters_per_kv_head > 1
+    assert attention.effective_variant(split, "qkv") == 2 and attention.effective_variant(split, "v4") == 3
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _qkv_split_model(group: int, head_dim: int, cluster: int, per_head: int, batch: int, hidden: int):
+    """Python mirror of the kernel's phase 2 with kSplitQkv (attention_decode_body + gemv + gather_global):
+    per CTA of a KV head, its rows [row0, row0+nrows), the warp whose sink writes each of them and the
+    thread that publishes each float4. Returns (times each row is written, published float4s whose rows
+    another warp wrote)."""
+    warps, threads = attention.WARPS, attention.THREADS
+    rows = (group + 2) * head_dim
+    parts = per_head * cluster
+    rc = _ceil_div(_ceil_div(rows, parts), 4) * 4
+    bucket = attention.batch_bucket(batch)
+    vectors = hidden // attention.VECTOR_ELEMS  # lanes_for(k_chunk); k_chunk = hidden at these shapes
+    lpr = 32 if vectors >= 32 else (16 if vectors >= 16 else 8)
+    groups, rb = 32 // lpr, (4 if bucket <= 2 else 2)  # kLongRows<BB>
+    written = [0] * rows
+    cross_warp = 0
+    for part in range(parts):
+        row0 = min(rows, part * rc)
+        nrows = min(rows, row0 + rc) - row0
+        assert row0 % 4 == 0 and nrows % 4 == 0  # float4 hand-off
+        owner = {}
+        for warp in range(warps):
+            for first in range(warp * groups * rb, nrows, warps * groups * rb):
+                for r in range(rb):
+                    for g in range(groups):
+                        if first + r * groups + g < nrows:
+                            owner[first + r * groups + g] = warp
+        assert sorted(owner) == list(range(nrows))
+        for i in range(nrows):
+            written[row0 + i] += 1
+        n4 = nrows // 4
+        for idx in range(batch * n4):
+            thread = idx % threads
+            if any(owner[4 * (idx % n4) + e] != thread // 32 for e in range(4)):
+                cross_warp += 1
+    return written, cross_warp
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [  # (batch, hidden, heads, kv heads, head_dim): failures of the 2026-11-23 sweep, Llama-3-8B, Qwen2.5-0.5B
+        (2, 1536, 8, 8, 256),
+        (2, 1536, 24, 4, 64),
+        (2, 1536, 16, 1, 128),
+        (1, 1536, 12, 4, 128),
+        (1, 1536, 32, 8, 128),
+        (1, 4096, 32, 8, 128),
+        (1, 896, 14, 2, 64),
+        (16, 896, 14, 2, 64),
+        (3, 256, 8, 2, 128),
+    ],
+)
+def test_qkv_split_writes_every_row_once_and_needs_the_barrier(shape):
+    """Every q/k/v row of a KV head is computed by exactly one of its P*C CTAs (so every CTA's read-back
+    finds each row written once); and the threads that publish a CTA's rows are mostly not the warps that
+    computed them, so gather_global must start with a CTA barrier (the 2026-11-23 failures)."""
+    batch, hidden, heads, kvh, head_dim = shape
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    plan = attention._plan(hidden=hidden, num_heads=heads, num_kv_heads=kvh, head_dim=head_dim, batch=batch,
+                           esize=2, num_sms=132, active=h100)
+    assert plan.clusters_per_kv_head > 1 and plan.k_chunk == hidden
+    written, cross_warp = _qkv_split_model(heads // kvh, head_dim, plan.cluster, plan.clusters_per_kv_head,
+                                           batch, hidden)
+    assert set(written) == {1}
+    assert cross_warp > 0
+
+
+def test_qkv_hand_off_publishes_after_a_cta_barrier():
+    """Source guard: gather_global's first statement is the barrier that orders the GEMV sink's shared
+    stores (one lane per row, any warp) before other threads copy them to global memory."""
+    src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
+    body = src[src.index("void gather_global("):]
+    body = body[body.index("{") + 1 :]
+    first = next(line.strip() for line in body.splitlines() if line.strip())
+    assert first.startswith("__syncthreads();"), first
 
 
 def test_counters_cover_every_hand_off():

@@ -396,8 +396,13 @@ __device__ __forceinline__ void gemv_any(int k_len_hint, RowPtr row_ptr, int nro
 // kSplitQkv: publish this CTA's rows [row0, row0+nrows) of every batch row to the KV head's global
 // buffer g [B, rows], wait for all `expected` CTAs of the KV head, and copy the whole [B, rows] back
 // into shared memory (own rows included: the same bits). Loads are float4 and independent.
+// The rows in sq were written by the GEMV's sink, one lane per row, spread over all warps; the threads
+// publishing them here are others (thread idx stores float4 idx), so the CTA barrier must come first.
+// Without it (attn3: the v4 run 1 failures) a thread copied rows another warp had not finished: the
+// shared memory of the previous kernel on that SM went out as q/k/v (relative errors, NaN).
 __device__ __forceinline__ void gather_global(float* sq, float* g, int B, int rows, int row0, int nrows,
                                               int* arrive, int* departed, int expected) {
+  __syncthreads();  // every warp's GEMV sums are in sq before any thread publishes them
   const int n4 = nrows / 4;
   for (int idx = threadIdx.x; idx < B * n4; idx += kThreads) {
     const int off = (idx / n4) * rows + row0 + 4 * (idx % n4);
