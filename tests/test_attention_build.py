@@ -99,10 +99,10 @@ def test_split_keeps_every_cluster_in_one_wave():
 
 def test_default_variant_is_the_measured_tail_and_needs_one_wave():
     """The tail variant waits for other CTAs of the grid: allowed only when every cluster is co-resident;
-    otherwise version 3 (bits 0) runs. On this branch the q/k/v hand-off (bit 2) is selectable again for
-    the device tests, but not the default."""
-    assert attention.DEFAULT_VARIANT == "tail"
-    assert attention.VARIANTS == {"v3": 0, "tail": 1, "qkv": 2, "v4": 3}
+    otherwise version 3 (bits 0) runs. The q/k/v hand-off (bit 2) and the L2 stream bits are selectable
+    by name for the device tests, but not the default."""
+    assert attention.DEFAULT_VARIANT == "tail" and attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
+    assert attention.VARIANTS["v4"] == attention.VARIANTS["tail"] | attention.VARIANTS["qkv"]
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
     one_wave = attention._plan(**shape)
     assert one_wave.one_wave and attention.effective_variant(one_wave, "tail") == 1
@@ -210,3 +210,25 @@ def test_counters_cover_every_hand_off():
     """attn::counters: merge and slice arrive/depart pairs per (KV head, rank) and per slice, q/k/v per KV head."""
     kvh, c, p = 2, 8, 8
     assert attention._counter_count(kvh, c, p) == 2 * kvh * c + 2 * p * c + 2 * kvh
+
+
+def test_stream_variants_are_tail_plus_l2_hints():
+    """stream_kv / stream add only the prefetch bits to tail (same arithmetic, same bits); kernel bit 2
+    (the q/k/v hand-off under repair on another branch) stays unselectable; one wave or nothing."""
+    v = attention.VARIANTS
+    assert v["stream_kv"] == attention.WIDE_TAIL | attention.STREAM_KV
+    assert v["stream"] == attention.WIDE_TAIL | attention.STREAM_KV | attention.STREAM_WO
+    assert all(not bits & 2 for bits in v.values())
+    shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
+    two_waves = attention._plan(**shape, active={8: 2, 4: 3, 2: 4, 1: 8}.__getitem__)
+    assert attention.effective_variant(two_waves, "stream") == 0
+
+
+def test_stream_budget_is_an_even_share_of_the_l2():
+    """H100 (50 MiB L2, 128 CTAs for Llama-2-7B): ~300 KB per CTA, more than its K/V chunk at 1024 cached
+    tokens (128 KB), less than at 4096 (512 KB: the kernel then prefetches a prefix)."""
+    l2 = 50 * 1024 * 1024
+    budget = attention.stream_budget(l2, 128)
+    assert budget % 16 == 0 and 128 * 1024 < budget < 512 * 1024
+    assert budget * 128 <= l2 * attention.STREAM_L2_SHARE
+    assert attention.stream_budget(l2, 0) > 0

@@ -56,6 +56,10 @@ HIDDENS = (256, 512, 896, 1024, 1536, 2048, 4096, 8192)
 BATCHES = (1, 2) if QUICK else (1, 2, 3, 4, 5, 8, 9, 16)
 DTYPES = (torch.float16,) if QUICK else (torch.float16, torch.bfloat16)
 CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
+# CF_ATTN_VARIANTS="tail stream" (device scripts): the work-split variants the parametrised tests cover;
+# all of attention.VARIANTS by default.
+TESTED_VARIANTS = sorted(os.environ.get("CF_ATTN_VARIANTS", "").split() or VARIANTS)
+STREAM_VARIANTS = [v for v in TESTED_VARIANTS if v.startswith("stream")]
 
 
 @dataclass(frozen=True)
@@ -334,7 +338,7 @@ def precompiled():
         list(pool.map(lambda key: compiled_kernel(*key), needed))
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", TESTED_VARIANTS)
 def test_random_sweep_matches_fp64_reference(variant):
     cases, misses = _cases()
     assert len(cases) >= N_RANDOM
@@ -453,13 +457,13 @@ def _named(names):
     return [n for n in names if not QUICK or n in QUICK_NAMED]
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", TESTED_VARIANTS)
 @pytest.mark.parametrize("name", _named(sorted(NAMED)))
 def test_named_models_match_reference(name, variant):
     check_case(NAMED[name], variant=variant)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", TESTED_VARIANTS)
 @pytest.mark.parametrize("name", _named(["small_gqa_split", "llama2_7b"]))
 def test_variants_leave_counters_at_zero_and_stop_after_each_phase(name, variant):
     """Every launch, whole or cut after any phase, leaves the arrival counters at zero (the next one
@@ -506,6 +510,35 @@ def test_qkv_hand_off_is_bitwise_equal_to_the_dsmem_gather(variant, base):
     assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
 
 
+# L2 prefetch budgets per CTA (bytes) that reach every path of the stream variants: nothing prefetched
+# (o_proj rows all late), a K/V prefix of a few tokens per row with no room
+# for early o_proj rows, and the launcher's default (None: whole chunks and early rows on these shapes).
+STREAM_BUDGETS = (0, 4096, None)
+
+
+@pytest.mark.parametrize("budget", STREAM_BUDGETS)
+@pytest.mark.parametrize("variant", STREAM_VARIANTS)
+@pytest.mark.parametrize("name", _named(["llama2_7b", "small_gqa_split", "small_mqa_d256", "small_mha"]))
+def test_stream_variants_match_tail_bitwise(name, variant, budget):
+    """The stream bits only prefetch into L2: the outputs and cache slots equal tail's bit for bit at
+    any budget, and the launch is correct against fp64 (no prefetch strays outside the live range)."""
+    case = NAMED[name]
+    inp = make_inputs(case)
+    k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
+    want = torch.full_like(inp["x"], float("nan"))
+    run_kernel(case, inp, want, variant="tail")
+    k_want, v_want = inp["k_cache"].clone(), inp["v_cache"].clone()
+    inp["k_cache"].copy_(k0)
+    inp["v_cache"].copy_(v0)
+    got = torch.full_like(inp["x"], float("nan"))
+    run_kernel(case, inp, got, variant=variant, stream_bytes=budget)
+    torch.cuda.synchronize()
+    assert torch.equal(got, want), f"{variant} budget {budget}: output differs from tail"
+    assert torch.equal(inp["k_cache"], k_want) and torch.equal(inp["v_cache"], v_want), "cache differs from tail"
+    ref, _, _ = reference(case, inp | {"k_cache": k0, "v_cache": v0})
+    assert rel_err(got, ref) <= BANDS[case.dtype]
+
+
 @pytest.mark.skipif(QUICK, reason="batch 16 bf16: not compiled in the quick device run")
 @pytest.mark.parametrize("rows", [1, 2, 4])
 def test_batch_rows_attended_in_turn_or_in_parallel(rows):
@@ -513,7 +546,7 @@ def test_batch_rows_attended_in_turn_or_in_parallel(rows):
     check_case(NAMED["qwen25_05b_b16"], rows_parallel=rows)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", TESTED_VARIANTS)
 @pytest.mark.parametrize("name", _named(["llama2_7b", "qwen25_05b_b16", "llama3_8b_b4", "small_gqa_split"]))
 def test_bitwise_deterministic_over_1000_runs(name, variant):
     case = NAMED[name]
@@ -531,7 +564,7 @@ def test_bitwise_deterministic_over_1000_runs(name, variant):
     assert differing == 0, f"{differing}/1000 runs differ bitwise from the first"
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", TESTED_VARIANTS)
 @pytest.mark.parametrize("name", _named(["llama2_7b", "qwen25_05b_b16", "small_gqa_split"]))
 def test_cuda_graph_capture_and_replay(name, variant):
     """Capture once, then replay with new inputs and a new position written into the same tensors."""
