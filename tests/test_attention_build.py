@@ -213,12 +213,12 @@ def test_counters_cover_every_hand_off():
 
 
 def test_stream_variants_are_tail_plus_l2_hints():
-    """stream_kv / stream add only the prefetch bits to tail (same arithmetic, same bits); kernel bit 2
-    (the q/k/v hand-off under repair on another branch) stays unselectable; one wave or nothing."""
+    """stream_kv / stream add only the prefetch bits to tail (same arithmetic, same bits), never the q/k/v
+    hand-off (bit 2); one wave or nothing."""
     v = attention.VARIANTS
     assert v["stream_kv"] == attention.WIDE_TAIL | attention.STREAM_KV
     assert v["stream"] == attention.WIDE_TAIL | attention.STREAM_KV | attention.STREAM_WO
-    assert all(not bits & 2 for bits in v.values())
+    assert not (v["stream_kv"] | v["stream"]) & attention.SPLIT_QKV_BIT
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
     two_waves = attention._plan(**shape, active={8: 2, 4: 3, 2: 4, 1: 8}.__getitem__)
     assert attention.effective_variant(two_waves, "stream") == 0
