@@ -81,3 +81,32 @@ def anonymised(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             n.name = f"input_{i}"
     gm.recompile()
     return gm
+
+
+def toggle_post_sdpa_reshape(gm: torch.fx.GraphModule) -> str:
+    """Give the graph the other transformers version's SDPA tail, in place; returns "removed" or "inserted".
+
+    transformers 5.23's ``sdpa_attention_forward`` ends with ``attn_output.reshape(B, -1, q_len, D)``
+    (undoing its GQA packing; a no-op in a compiled decode step); 5.17 has no such reshape. Removing it
+    from a 5.23 graph gives the 5.17 shape and inserting it into a 5.17 graph the 5.23 shape, so either
+    venv tests both."""
+    sdpas = [n for n in gm.graph.nodes if n.op == "call_function" and "scaled_dot_product_attention" in str(n.target)]
+    assert sdpas, "no SDPA in the graph"
+    done = set()
+    for sdpa in sdpas:
+        (user,) = sdpa.users
+        out_shape = tuple(sdpa.meta["example_value"].shape)
+        if user.op == "call_method" and user.target == "reshape" and \
+                tuple(user.meta["example_value"].shape) == out_shape:
+            user.replace_all_uses_with(sdpa)
+            gm.graph.erase_node(user)
+            done.add("removed")
+        else:
+            with gm.graph.inserting_after(sdpa):
+                r = gm.graph.call_method("reshape", (sdpa, out_shape[0], -1, out_shape[2], out_shape[3]))
+            r.meta = {**sdpa.meta, "example_value": sdpa.meta["example_value"].reshape(out_shape)}
+            user.replace_input_with(sdpa, r)
+            done.add("inserted")
+    assert len(done) == 1
+    gm.recompile()
+    return done.pop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import GraphRecorder, anonymised, decode_graph, transformers
+from families import GraphRecorder, anonymised, decode_graph, toggle_post_sdpa_reshape, transformers
 from test_backend import assert_caches_close, compiled_step, greedy
 from test_patterns import assert_same_results, count_ops, run_rewrite
 
@@ -69,6 +69,20 @@ def test_every_mla_layer_is_fused_and_eager_identical(variant):
     assert count_ops(gm, "sdpa") == 2 and count_ops(new, "sdpa") == 0
     assert count_ops(new, "linear") == 1
     assert_same_results(gm, new, inputs)
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_both_transformers_sdpa_tails_are_fused_and_eager_identical(version):
+    """With and without 5.23's no-op reshape after SDPA (5.17 has none): both are matched."""
+    model, cfg = build_mla(version)
+    gm, inputs = decode_graph(model, cfg, batch=2)
+    done = []
+    for _ in range(2):                  # the installed version's tail toggled, then toggled back
+        done.append(toggle_post_sdpa_reshape(gm))
+        new, rep, _ = run_rewrite(gm)
+        assert rep.coverage() == "2/2 FFN, 2/2 MLA"
+        assert_same_results(gm, new, inputs)
+    assert sorted(done) == ["inserted", "removed"]
 
 
 @pytest.mark.parametrize("version", ["v2", "v3"])

@@ -10,7 +10,15 @@ import copy
 
 import pytest
 import torch
-from families import FAMILIES, GraphRecorder, anonymised, build, decode_graph, prefill_graph
+from families import (
+    FAMILIES,
+    GraphRecorder,
+    anonymised,
+    build,
+    decode_graph,
+    prefill_graph,
+    toggle_post_sdpa_reshape,
+)
 from toy_layer import ToyConfig, ToyLayer, toy_inputs
 
 from cf_compile.fx.walk import is_op
@@ -62,6 +70,21 @@ def test_every_layer_of_every_family_is_fused_and_eager_identical(family, dtype,
     assert count_ops(new, "sdpa") == 0 and count_ops(gm, "sdpa") == layers
     assert count_ops(new, "linear") == 1
     assert_same_results(gm, new, inputs)
+
+
+def test_both_transformers_sdpa_tails_are_fused_and_eager_identical(family):
+    """5.23 reshapes SDPA's output once more (a no-op) before the head merge, 5.17 does not: both
+    graph shapes must be matched (the output chain is proven by index replay, whatever its length)."""
+    model, cfg = build(family)
+    gm, inputs = decode_graph(model, cfg, batch=2)
+    done = []
+    for _ in range(2):                  # the installed version's tail toggled, then toggled back
+        done.append(toggle_post_sdpa_reshape(gm))
+        new, rep, _ = run_rewrite(gm)
+        layers = cfg.num_hidden_layers
+        assert rep.coverage() == f"{layers}/{layers} attention, {layers}/{layers} FFN"
+        assert_same_results(gm, new, inputs)
+    assert sorted(done) == ["inserted", "removed"]
 
 
 def test_report_records_shapes_and_features():
