@@ -47,9 +47,17 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 # "qkv" failed the fp64 sweep on the H100 (2026-11-23: relative errors up to 0.49, unwritten outputs):
 # attn::gather_global published its GEMV rows without a CTA barrier after the GEMV (fixed on this branch,
 # NOT yet re-validated on a GPU: benchmarks/NOTES-attention.md, "Version 4: the qkv hand-off bug").
-WIDE_TAIL, SPLIT_QKV_BIT, STREAM_KV, STREAM_WO = 1, 2, 4, 8  # attn::Variant bits
+#   mma        tail + q/k/v rows (phase 2) and o_proj slice (phase 6) on the tensor cores (mma.sync m16n8k16,
+#              batch = N) for batch buckets >= MMA_MIN_BUCKET; deterministic, not bitwise "tail" (sum order,
+#              o_proj inputs rounded to the model dtype as in eager). Waits for no other CTA: kept when the
+#              split is not one wave.
+#   stream_mma stream + mma
+WIDE_TAIL, SPLIT_QKV_BIT, STREAM_KV, STREAM_WO, MMA = 1, 2, 4, 8, 16  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
-            "stream_kv": WIDE_TAIL | STREAM_KV, "stream": WIDE_TAIL | STREAM_KV | STREAM_WO}
+            "stream_kv": WIDE_TAIL | STREAM_KV, "stream": WIDE_TAIL | STREAM_KV | STREAM_WO,
+            "mma": WIDE_TAIL | MMA, "stream_mma": WIDE_TAIL | STREAM_KV | STREAM_WO | MMA}
+# attn::kMmaMinBucket: below it an 8-column MMA is mostly padding, the kernel keeps the CUDA-core GEMV.
+MMA_MIN_BUCKET = 4
 # "tail" measured faster on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
 # graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1.
 DEFAULT_VARIANT = "tail"
@@ -319,11 +327,14 @@ def stream_budget(l2_bytes: int, ctas: int) -> int:
 
 def effective_variant(plan: AttentionConfig, variant: str) -> int:
     """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
-    variants wait for other CTAs of the grid, which is only safe when all of them are co-resident).
-    The q/k/v split bit is dropped when P = 1 (the kernel ignores it there as well)."""
-    if not plan.one_wave:
-        return 0
+    variants wait for other CTAs of the grid, which is only safe when all of them are co-resident) --
+    except MMA, which only changes the arithmetic and is kept. The q/k/v split bit is dropped when P = 1,
+    MMA below batch bucket MMA_MIN_BUCKET (the kernel ignores them there as well)."""
     bits = VARIANTS[variant]
+    if plan.batch_bucket < MMA_MIN_BUCKET:  # the kernel ignores the bit there: report what runs
+        bits &= ~MMA
+    if not plan.one_wave:  # the MMA bit waits for nobody: it stays
+        return bits & MMA
     if plan.clusters_per_kv_head == 1:  # nothing to split over: the DSMEM gather of version 3
         bits &= ~SPLIT_QKV_BIT
     return bits
@@ -419,7 +430,8 @@ def attention_decode(
     rows_parallel: batch rows attended at once (default: rows_in_parallel(batch)); 1 walks the rows in turn.
     stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
     kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block.
-    variant: one of VARIANTS (default DEFAULT_VARIANT); a split that is not one wave always runs "v3".
+    variant: one of VARIANTS (default DEFAULT_VARIANT); a split that is not one wave runs "v3" (keeping only
+        the MMA bit, which waits for no other CTA).
     stream_bytes: per-CTA L2 prefetch budget of the stream variants (default stream_budget of the device's
     L2); tests shrink it to reach the partial-prefetch paths."""
     variant = DEFAULT_VARIANT if variant is None else variant
@@ -541,9 +553,10 @@ def attention_decode(
 
 
 # Representative instantiations for `python -m cf_compile_kernels check`:
-# Llama-2-7B / Llama-3-8B / Llama-3.2-1B / Qwen2.5-0.5B at batch 1 and 16.
+# Llama-2-7B / Llama-3-8B / Llama-3.2-1B / Qwen2.5-0.5B at batch 1 and 16, and Llama-3-8B at the smallest
+# batch bucket of the tensor-core GEMV (MMA_MIN_BUCKET: one N tile, half of it padding).
 for _dtype in SUPPORTED_DTYPES.values():
-    for _bucket, _hg in ((1, 1), (1, 4), (1, 8), (16, 1), (16, 4), (16, 8)):
+    for _bucket, _hg in ((1, 1), (1, 4), (1, 8), (MMA_MIN_BUCKET, 4), (16, 1), (16, 4), (16, 8)):
         register_check(
             SOURCE, KERNEL, (_dtype, _bucket, _hg), label=f"attention {_dtype} B<={_bucket} G/pass {_hg}"
         )

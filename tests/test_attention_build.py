@@ -232,3 +232,42 @@ def test_stream_budget_is_an_even_share_of_the_l2():
     assert budget % 16 == 0 and 128 * 1024 < budget < 512 * 1024
     assert budget * 128 <= l2 * attention.STREAM_L2_SHARE
     assert attention.stream_budget(l2, 0) > 0
+
+
+def test_mma_variant_is_tail_on_the_tensor_cores_from_bucket_4():
+    """mma / stream_mma = tail / stream + bit 16. The bit only changes the arithmetic (no grid-wide wait),
+    so it survives a split that is not one wave; below batch bucket MMA_MIN_BUCKET the kernel keeps the
+    CUDA-core GEMV, and the launcher reports the bit off there."""
+    v = attention.VARIANTS
+    assert attention.MMA == 16 and not attention.MMA & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT |
+                                                         attention.STREAM_KV | attention.STREAM_WO)
+    assert v["mma"] == v["tail"] | attention.MMA and v["stream_mma"] == v["stream"] | attention.MMA
+    assert attention.MMA_MIN_BUCKET == 4
+    shape = dict(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, esize=2, num_sms=132)
+    for batch in (1, 2, 3, 4, 9, 16):
+        plan = attention._plan(**shape, batch=batch)
+        assert plan.one_wave
+        want = attention.MMA if plan.batch_bucket >= attention.MMA_MIN_BUCKET else 0
+        assert attention.effective_variant(plan, "mma") == attention.WIDE_TAIL | want
+        assert attention.effective_variant(plan, "stream_mma") == v["stream"] | want
+        assert attention.effective_variant(plan, "tail") == attention.WIDE_TAIL
+    two_waves = attention._plan(**(shape | dict(num_kv_heads=32)), batch=16,
+                                active={8: 2, 4: 3, 2: 4, 1: 8}.__getitem__)
+    assert not two_waves.one_wave
+    assert attention.effective_variant(two_waves, "mma") == attention.MMA
+    assert attention.effective_variant(two_waves, "stream_mma") == attention.MMA
+    assert attention.effective_variant(two_waves, "stream") == 0
+
+
+def test_mma_gemv_constants_are_named_and_used():
+    """The tensor-core GEMV's shape constants live in csrc/mma.cuh / attention_decode.cu, not as literals at
+    the call sites, and the variant bit matches the launcher's."""
+    csrc = Path(attention.__file__).parent / "csrc"
+    kernel = (csrc / "attention_decode.cu").read_text()
+    helpers = (csrc / "mma.cuh").read_text()
+    assert f"kMma = {attention.MMA}," in kernel
+    assert f"constexpr int kMmaMinBucket = {attention.MMA_MIN_BUCKET};" in kernel
+    assert "gemv_mma<T, BB, kMmaLongDepth>(qkv_row" in kernel and "gemv_mma<T, BB, kMmaShortDepth>(wo_row" in kernel
+    assert '#include "mma.cuh"' in kernel and '"gated_ffn.cu"' not in kernel
+    for name in ("kTileRows = 16", "kTileCols = 8", "kLanesPerGroup = 4", "kStepK ="):
+        assert name in helpers

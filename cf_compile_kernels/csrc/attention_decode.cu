@@ -29,11 +29,13 @@
 //      adds o_bias and the residual and writes `out`. Arrival counters are reset by the last arriver,
 //      so the kernel is deterministic, needs no pre-zeroing and replays in CUDA graphs.
 // Variant bits (enum Variant, attention.py VARIANTS) change who does phase 6 (kWideTail) and add L2 bulk
-// prefetches ahead of phases 4 and 6 (kStreamKv, kStreamWo: hints only, the arithmetic is unchanged).
+// prefetches ahead of phases 4 and 6 (kStreamKv, kStreamWo: hints only, the arithmetic is unchanged); kMma
+// runs the GEMVs of phases 2 and 6 on the tensor cores (mma.sync, batch = N) for batch buckets >= 4.
 // No floating-point atomics anywhere; integer atomics only count arrivals.
 #include <cooperative_groups.h>
 
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -86,7 +88,7 @@ struct Params {
   int cos_kind, unit_offset, add_residual, k_chunk, prefetch;
   int rows_parallel;        // batch rows attended at once (power of two <= min(B, kWarps))
   int stop_after;           // measurement hook: 0 runs everything; k > 0 returns after phase k (counters left at 0)
-  int variant;              // kWideTail | kSplitQkv | kStreamKv | kStreamWo bits (0: version 3); one-wave grids only
+  int variant;              // kWideTail | kSplitQkv | kStreamKv | kStreamWo (one-wave grids only) | kMma bits
   int stream_bytes;         // kStreamKv/kStreamWo: bytes of L2 this CTA may prefetch into (its share of the L2)
 };
 
@@ -107,6 +109,12 @@ enum Variant : int {
   // Phase 6 from L2: each CTA bulk-prefetches its o_proj rows (G*D contiguous weights per output column):
   // as many as fit beside its K/V chunk at the start of phase 4, the rest once its attention loop is done.
   kStreamWo = 8,
+  // Phases 2 and 6 on the tensor cores for batch buckets >= kMmaMinBucket: the q/k/v rows and the o_proj
+  // slice as mma.sync m16n8k16 (weights = A, batch = N; gemv_mma). fp32 accumulation in a fixed k order,
+  // so deterministic, but not bitwise the CUDA-core GEMV (different summation order; the o_proj inputs
+  // are rounded to the model dtype, as eager rounds the attention output). Needs no other CTA: the
+  // launcher keeps it on splits that are not one wave.
+  kMma = 16,
 };
 constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counter (one thread per CTA polls)
 
@@ -422,6 +430,104 @@ __device__ __forceinline__ void gemv_any(int k_len_hint, RowPtr row_ptr, int nro
   gemv_lanes<T, BB, RB, KU, XT>(lanes_for(k_len_hint), row_ptr, nrows, xs, ldx, k_len, sink);
 }
 
+// ------------------------------------------------------------------ tensor-core GEMV over a batch (kMma)
+// Batch buckets below this run the CUDA-core GEMV even with kMma: at B = 1-2 an 8-column MMA would be
+// 7/8 (3/4) padding, and the FMA GEMV is not issue-bound there.
+constexpr int kMmaMinBucket = 4;
+// k-steps (cf::mma::kStepK columns each) whose weight loads a lane issues before the first MMA (template
+// DEPTH): 2 x 16 B per step, so a warp keeps DEPTH KB in flight. q/k/v rows (hidden-long): 8 steps, 16
+// loads per lane, since a CTA's 96-192 rows are only 6-12 tiles and may leave warps idle (the GEMV kept
+// 8 loads per lane on all 8 warps); o_proj rows (G*D inputs: 4-16 steps): 4, the GEMV's 8 loads per lane.
+constexpr int kMmaLongDepth = 8;
+constexpr int kMmaShortDepth = 4;
+
+// Same contract as gemv (rows row_ptr(i), i < nrows, dotted with the BB activation rows xs[b*ldx + k],
+// k < k_len; xs holds BB rows, the padding ones zero), on mma.sync m16n8k16: a warp takes a 16-row tile
+// (rows g and g+8 in lane group g) and the batch is the N dimension in ceil(BB/8) tiles of 8. When the
+// tiles leave warps idle (tiles < kWarps), each tile's k-steps are cut into ks = kWarps/tiles equal
+// contiguous parts, one warp each; the parts are handed to the sink in part order, one part per CTA
+// barrier round, so the sum order is fixed. sink(i, b, value, part): part 0 comes first for every (i, b).
+// All threads of the CTA must call it (the barrier rounds); k_len a multiple of 8 (16-byte vectors).
+template <typename T, int BB, int DEPTH, typename XT, typename RowPtr, typename Sink>
+__device__ __forceinline__ void gemv_mma(RowPtr row_ptr, int nrows, const XT* xs, int ldx, int k_len, Sink sink) {
+  namespace mm = cf::mma;
+  constexpr int BT = (BB + mm::kTileCols - 1) / mm::kTileCols;  // N tiles of 8 batch rows
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane / mm::kLanesPerGroup, t = lane % mm::kLanesPerGroup;
+  const int tiles = cf::ceil_div(nrows, mm::kTileRows), steps = cf::ceil_div(k_len, mm::kStepK);
+  const int ks = tiles == 0 || tiles >= kWarps ? 1 : kWarps / tiles;  // k parts per tile
+  const int items = tiles * ks;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+
+  auto tile_sum = [&](int item, float (&acc)[BT][4]) {
+    const int tile = item / ks, part = item % ks;
+    const int s0 = part * steps / ks, s1 = (part + 1) * steps / ks;
+    const int r_lo = tile * mm::kTileRows + g, r_hi = r_lo + mm::kGroups;
+    const bool live_lo = r_lo < nrows, live_hi = r_hi < nrows;
+    const T* w_lo = static_cast<const T*>(row_ptr(live_lo ? r_lo : 0)) + t * mm::kElemsPerLoad;
+    const T* w_hi = static_cast<const T*>(row_ptr(live_hi ? r_hi : 0)) + t * mm::kElemsPerLoad;
+    const XT* xb = xs + static_cast<long long>(g) * ldx + t * mm::kElemsPerLoad;
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[bt][j] = 0.f;
+    }
+    for (int s = s0; s < s1; s += DEPTH) {
+      uint4 lo[DEPTH], hi[DEPTH];
+#pragma unroll
+      for (int d = 0; d < DEPTH; ++d) {
+        const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
+        const bool in = s + d < s1 && k < k_len;
+        lo[d] = in && live_lo ? ld_stream(w_lo + (s + d) * mm::kStepK) : zero;
+        hi[d] = in && live_hi ? ld_stream(w_hi + (s + d) * mm::kStepK) : zero;
+      }
+#pragma unroll
+      for (int d = 0; d < DEPTH; ++d) {
+        if (s + d < s1) {
+          const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
+          uint4 b[BT];
+#pragma unroll
+          for (int bt = 0; bt < BT; ++bt) {
+            const bool in = k < k_len && g + bt * mm::kTileCols < BB;  // zero, never garbage: 0 * NaN
+            b[bt] = in ? mm::load_b8<T>(xb + static_cast<long long>(bt) * mm::kTileCols * ldx +
+                                        (s + d) * mm::kStepK)
+                       : zero;
+          }
+          mm::step<T, BT>(acc, lo[d], hi[d], b);
+        }
+      }
+    }
+  };
+  auto store = [&](int item, const float (&acc)[BT][4]) {
+    const int tile = item / ks, part = item % ks;
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int i = tile * mm::kTileRows + g + (j / 2) * mm::kGroups;
+        const int b = bt * mm::kTileCols + 2 * t + j % 2;
+        if (i < nrows && b < BB) sink(i, b, acc[bt][j], part);
+      }
+    }
+  };
+
+  if (ks == 1) {  // whole tiles per warp: every (i, b) written once
+    for (int item = warp; item < items; item += kWarps) {
+      float acc[BT][4];
+      tile_sum(item, acc);
+      store(item, acc);
+    }
+    return;
+  }
+  float acc[BT][4];  // items <= kWarps: at most one per warp
+  const bool mine = warp < items;
+  if (mine) tile_sum(warp, acc);
+  for (int part = 0; part < ks; ++part) {  // parts in order: a fixed sum order
+    if (part) __syncthreads();
+    if (mine && warp % ks == part) store(warp, acc);
+  }
+}
+
 // ------------------------------------------------------------------ hand-offs between the phases
 
 // kSplitQkv: publish this CTA's rows [row0, row0+nrows) of every batch row to the KV head's global
@@ -570,6 +676,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const bool wide_tail = (p.variant & kWideTail) != 0;
   const bool split_qkv = (p.variant & kSplitQkv) != 0 && P > 1;
   const bool stream_kv = (p.variant & kStreamKv) != 0, stream_wo = (p.variant & kStreamWo) != 0;
+  const bool use_mma = (p.variant & kMma) != 0;  // acted on for BB >= kMmaMinBucket only
   const Counters ctr = counters(p.arrivals, KVH, C, P);
 
   // Output column slice of this CTA (o_proj and the final fix-up): one of C per KV head, done by the last
@@ -661,21 +768,30 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
     __syncthreads();
     const bool first_chunk = k0 == 0;
-    gemv_any<T, BB, kLongRows<BB>, kLongSteps>(
-        kc,
-        [&](int i) -> const T* {
-          const int r = row0 + i;
-          const T* base = r < GD ? wq + static_cast<long long>(r) * H
-                                 : (r < GD + D ? wk + static_cast<long long>(r - GD) * H
-                                               : wv + static_cast<long long>(r - GD - D) * H);
-          return base + k0;
-        },
-        nrows, xs, KC, kc, [&](int i, int b, float v) {
+    auto qkv_row = [&](int i) -> const T* {
+      const int r = row0 + i;
+      const T* base = r < GD ? wq + static_cast<long long>(r) * H
+                             : (r < GD + D ? wk + static_cast<long long>(r - GD) * H
+                                           : wv + static_cast<long long>(r - GD - D) * H);
+      return base + k0;
+    };
+    if constexpr (BB >= kMmaMinBucket) {
+      if (use_mma) {
+        gemv_mma<T, BB, kMmaLongDepth>(qkv_row, nrows, xs, KC, kc, [&](int i, int b, float v, int part) {
           if (b < B) {
             float* dst = s.qkv + b * QKV_ROWS + row0 + i;
-            *dst = first_chunk ? v : *dst + v;
+            *dst = first_chunk && part == 0 ? v : *dst + v;
           }
         });
+        continue;
+      }
+    }
+    gemv_any<T, BB, kLongRows<BB>, kLongSteps>(kc, qkv_row, nrows, xs, KC, kc, [&](int i, int b, float v) {
+      if (b < B) {
+        float* dst = s.qkv + b * QKV_ROWS + row0 + i;
+        *dst = first_chunk ? v : *dst + v;
+      }
+    });
   }
 
   // kStreamKv: this CTA's K/V chunk into L2 now; its HBM reads overlap the other CTAs' last q/k/v rows,
@@ -1007,12 +1123,26 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const T* wo = static_cast<const T*>(p.wo) + static_cast<long long>(kvh) * GD;
   float* opart = p.o_partial;
   if (wide_tail && ncols == 0) return;  // an empty slice is empty for every KV head: nobody waits on it
-  gemv_lanes<T, BB, kShortRows<BB>, kShortSteps>(
-      wide_tail ? lanes_one_pass(GD, kShortSteps) : lanes_for(GD),
-      [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; }, ncols, attn_out, QKV_ROWS, GD,
-      [&](int i, int b, float v) {
-        if (b < B) opart[(static_cast<long long>(kvh) * B + b) * H + col0 + i] = v;
+  auto wo_row = [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; };
+  bool o_done = false;
+  if constexpr (BB >= kMmaMinBucket) {
+    if (use_mma) {  // the attention output (fp32) rounded to T in the B fragments
+      gemv_mma<T, BB, kMmaShortDepth>(wo_row, ncols, attn_out, QKV_ROWS, GD, [&](int i, int b, float v, int part) {
+        if (b < B) {
+          float* dst = opart + (static_cast<long long>(kvh) * B + b) * H + col0 + i;
+          *dst = part == 0 ? v : *dst + v;  // parts > 0 read this CTA's own earlier store (CTA barrier between)
+        }
       });
+      o_done = true;
+    }
+  }
+  if (!o_done) {
+    gemv_lanes<T, BB, kShortRows<BB>, kShortSteps>(
+        wide_tail ? lanes_one_pass(GD, kShortSteps) : lanes_for(GD), wo_row, ncols, attn_out, QKV_ROWS, GD,
+        [&](int i, int b, float v) {
+          if (b < B) opart[(static_cast<long long>(kvh) * B + b) * H + col0 + i] = v;
+        });
+  }
   if (wide_tail) {  // the KVH CTAs of this slice each finalise 1/KVH of its columns once all have landed
     int* arrive = ctr.slice_arrive + slice;
     arrive_and_wait(arrive, KVH);

@@ -20,6 +20,10 @@ import pytest
 import torch
 
 from cf_compile_kernels.attention import (
+    MMA,
+    MMA_MIN_BUCKET,
+    STREAM_KV,
+    STREAM_WO,
     VARIANTS,
     attention_decode,
     attention_unsupported_reason,
@@ -34,8 +38,12 @@ BANDS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # spacing relative to the leading power of two
 # CF_ATTN_QUICK=1 (benchmarks/device/attn2.sh): a smaller sweep over batch buckets 1-2 in fp16 only, so the
 # cold compile on the device stays within its time budget; the full sweep is the default.
+# CF_ATTN_QUICK=mma (benchmarks/device/attn_mma.sh): the same size of sweep over the tensor-core buckets only
+# (batch 3/4 -> bucket 4, 11/16 -> bucket 16, so the MMA's padding rows in both N tiles are covered), fp16 and
+# bf16, named cases at batch >= 3.
 QUICK = os.environ.get("CF_ATTN_QUICK") == "1"
-N_RANDOM = 48 if QUICK else 216
+QUICK_MMA = os.environ.get("CF_ATTN_QUICK") == "mma"
+N_RANDOM = 48 if QUICK or QUICK_MMA else 216
 MASK_KINDS = ("none", "causal", "left_pad", "holes", "beyond_pos")
 HEAD_SHAPES = (
     (4, 4),
@@ -53,13 +61,14 @@ HEAD_SHAPES = (
     (4, 1),
 )  # MHA, GQA groups 2..8, MQA
 HIDDENS = (256, 512, 896, 1024, 1536, 2048, 4096, 8192)
-BATCHES = (1, 2) if QUICK else (1, 2, 3, 4, 5, 8, 9, 16)
+BATCHES = (1, 2) if QUICK else ((3, 4, 11, 16) if QUICK_MMA else (1, 2, 3, 4, 5, 8, 9, 16))
 DTYPES = (torch.float16,) if QUICK else (torch.float16, torch.bfloat16)
 CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
 # CF_ATTN_VARIANTS="tail stream" (device scripts): the work-split variants the parametrised tests cover;
 # all of attention.VARIANTS by default.
 TESTED_VARIANTS = sorted(os.environ.get("CF_ATTN_VARIANTS", "").split() or VARIANTS)
 STREAM_VARIANTS = [v for v in TESTED_VARIANTS if v.startswith("stream")]
+MMA_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & MMA]
 
 
 @dataclass(frozen=True)
@@ -329,7 +338,7 @@ def _cases() -> tuple[list[Case], list[tuple[Case, str]]]:
 def precompiled():
     """Compile every instantiation the sweep needs in parallel (NVRTC releases the GIL), once."""
     cases, _ = _cases()
-    named = NAMED.values() if not QUICK else [NAMED[n] for n in QUICK_NAMED]
+    named = [NAMED[n] for n in _named(NAMED)]
     needed = sorted(
         {(c.dtype, batch_bucket(c.batch), heads_per_pass(c.num_heads // c.kv_heads)) for c in [*cases, *named]},
         key=str,
@@ -451,10 +460,16 @@ NAMED = {
 
 # Named cases the quick device run covers (fp16 llama, a split KV head at batch 3, MQA with head_dim 256).
 QUICK_NAMED = ("llama2_7b", "small_gqa_split", "small_mqa_d256", "small_mha")
+# ... and those of the quick tensor-core run (batch 3, 4 and 16: buckets 4 and 16, bf16).
+QUICK_MMA_NAMED = ("small_gqa_split", "llama3_8b_b4", "qwen25_05b_b16")
 
 
 def _named(names):
-    return [n for n in names if not QUICK or n in QUICK_NAMED]
+    if QUICK:
+        return [n for n in names if n in QUICK_NAMED]
+    if QUICK_MMA:
+        return [n for n in names if n in QUICK_MMA_NAMED]
+    return list(names)
 
 
 @pytest.mark.parametrize("variant", TESTED_VARIANTS)
@@ -526,24 +541,65 @@ def test_stream_variants_match_tail_bitwise(name, variant, budget):
     inp = make_inputs(case)
     k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
     want = torch.full_like(inp["x"], float("nan"))
-    run_kernel(case, inp, want, variant="tail")
+    base = "mma" if VARIANTS[variant] & MMA else "tail"  # the variant without its L2 hints
+    run_kernel(case, inp, want, variant=base)
     k_want, v_want = inp["k_cache"].clone(), inp["v_cache"].clone()
     inp["k_cache"].copy_(k0)
     inp["v_cache"].copy_(v0)
     got = torch.full_like(inp["x"], float("nan"))
     run_kernel(case, inp, got, variant=variant, stream_bytes=budget)
     torch.cuda.synchronize()
-    assert torch.equal(got, want), f"{variant} budget {budget}: output differs from tail"
-    assert torch.equal(inp["k_cache"], k_want) and torch.equal(inp["v_cache"], v_want), "cache differs from tail"
+    assert torch.equal(got, want), f"{variant} budget {budget}: output differs from {base}"
+    assert torch.equal(inp["k_cache"], k_want) and torch.equal(inp["v_cache"], v_want), f"cache differs from {base}"
     ref, _, _ = reference(case, inp | {"k_cache": k0, "v_cache": v0})
     assert rel_err(got, ref) <= BANDS[case.dtype]
 
 
-@pytest.mark.skipif(QUICK, reason="batch 16 bf16: not compiled in the quick device run")
+@pytest.mark.skipif(QUICK or QUICK_MMA, reason="batch 16 bf16 x 4 heads per pass: not compiled in the quick device runs")
 @pytest.mark.parametrize("rows", [1, 2, 4])
 def test_batch_rows_attended_in_turn_or_in_parallel(rows):
     """The batch-row parallelism of the attention phase changes the reduction order, not the result."""
     check_case(NAMED["qwen25_05b_b16"], rows_parallel=rows)
+
+
+def _run_pair(case: Case, variants: tuple[str, str]) -> tuple[torch.Tensor, ...]:
+    """Outputs and cache slots of two variants from the same inputs (the cache restored in between)."""
+    inp = make_inputs(case)
+    k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
+    results = []
+    for variant in variants:
+        inp["k_cache"].copy_(k0)
+        inp["v_cache"].copy_(v0)
+        out = torch.full_like(inp["x"], float("nan"))
+        run_kernel(case, inp, out, variant=variant)
+        torch.cuda.synchronize()
+        results += [out, inp["k_cache"][:, :, case.pos].clone(), inp["v_cache"][:, :, case.pos].clone()]
+    return tuple(results)
+
+
+@pytest.mark.parametrize("variant", MMA_VARIANTS)
+@pytest.mark.parametrize("name", _named(["llama2_7b", "small_mha", "small_mqa_d256", "mqa_d256"]))
+def test_mma_bit_is_ignored_below_its_batch_bucket(name, variant):
+    """Batch 1-2 keep the CUDA-core GEMV under the MMA bit: the outputs equal those without it bit for bit."""
+    case = NAMED[name]
+    assert batch_bucket(case.batch) < MMA_MIN_BUCKET
+    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~MMA][0]
+    got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
+    assert torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+
+
+@pytest.mark.parametrize("variant", MMA_VARIANTS)
+@pytest.mark.parametrize("name", _named(["llama3_8b_b4", "qwen25_05b_b16", "small_gqa_split"]))
+def test_mma_path_runs_at_batch_buckets_from_4(name, variant):
+    """From bucket 4 the tensor-core path runs: inside the band, but not bitwise the GEMV (another sum order,
+    o_proj inputs rounded) -- equal outputs would mean the bit never reached phases 2 and 6."""
+    case = NAMED[name]
+    assert batch_bucket(case.batch) >= MMA_MIN_BUCKET
+    base = "stream" if VARIANTS[variant] & (STREAM_KV | STREAM_WO) else "tail"
+    got_out, _, _, want_out, _, _ = _run_pair(case, (variant, base))
+    assert not torch.equal(got_out, want_out), f"{variant} == {base} bitwise: MMA path not taken?"
+    ref, _, _ = reference(case, make_inputs(case))  # the same seed: the inputs both runs saw
+    assert rel_err(got_out, ref) <= BANDS[case.dtype]
 
 
 @pytest.mark.parametrize("variant", TESTED_VARIANTS)
