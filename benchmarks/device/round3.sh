@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first device call of the next session (branch round3): every variant written after the 2026-11-23
-# device budget ran out, validated and timed side by side. ~7 min on an H100. Decide defaults from it:
-#   attention  qkv/v4 bitwise equal to v3/tail (the gather_global barrier fix), stream_kv/stream vs tail
+# device budget ran out, validated and timed side by side. ~9 min on an H100 (split it in two calls if needed). Decide defaults from it:
+#   attention  qkv/v4 bitwise equal to v3/tail (the gather_global barrier fix), stream_kv/stream vs tail,
+#              mma (tensor-core q/k/v and o_proj at batch >= 4) vs tail
 #   FFN        dyn_down vs the run-5 default (last CTA end minus median end)
 #   MLA        split/lastmerge vs chunk
 # then run the backend GPU tests and one e2e model with the new defaults (a second call).
@@ -17,3 +18,4 @@ timeout 60 python3 benchmarks/attention.py --no-inductor --no-prefetch --phases 
   | grep -v "^  cumulative" | tail -8; echo "[attention v4 at $((SECONDS - t0)) s]"
 bash benchmarks/device/ffn_dyn.sh 2>&1 | tail -14; echo "[ffn at $((SECONDS - t0)) s]"
 bash benchmarks/device/mla_chunks.sh 2>&1 | tail -14; echo "[mla at $((SECONDS - t0)) s]"
+bash benchmarks/device/attn_mma.sh 2>&1 | tail -12; echo "[attention mma at $((SECONDS - t0)) s]"
