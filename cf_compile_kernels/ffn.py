@@ -121,6 +121,7 @@ def batch_tiles(batch: int) -> int:
     return 1 if batch <= MMA_COLS else 2
 
 
+@functools.cache  # every launch asks: the answer (and the plan behind it) is per shape
 def ffn_unsupported_reason(
     *,
     hidden: int,

@@ -129,6 +129,7 @@ def _plan(*, num_heads: int, nope: int, v_dim: int, q_lora: int, batch: int, num
     return MlaConfig(num_sms, chunks, batch_bucket(batch), smem_bytes(), floats)
 
 
+@functools.cache  # every launch asks: the answer (and the plan behind it) is per shape
 def mla_unsupported_reason(
     *,
     hidden: int,
