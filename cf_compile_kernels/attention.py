@@ -200,6 +200,7 @@ def _plan(
                            one_wave=num_kv_heads * per_head <= active(cluster))
 
 
+@functools.cache  # every launch asks: the answer (and the plan behind it) is per shape
 def attention_unsupported_reason(
     *,
     hidden: int,

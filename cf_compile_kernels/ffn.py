@@ -123,6 +123,7 @@ def batch_tiles(batch: int) -> int:
     return 1 if batch <= MMA_COLS else 2
 
 
+@functools.cache  # every launch asks: the answer (and the plan behind it) is per shape
 def ffn_unsupported_reason(
     *,
     hidden: int,
@@ -226,6 +227,11 @@ def parse_flags(spec: str) -> int:
             raise ValueError(f"unknown gated-FFN flag {name!r} (known: {', '.join(FLAGS)})")
         value |= FLAGS[name]
     return value
+
+
+# default_mode decides whole vs split for this fraction of the SM-count cluster estimate: with fewer
+# co-resident clusters each CTA holds more units, and whole mode must still fit then.
+MODE_CLUSTER_MARGIN = 0.75
 
 
 def default_mode(hidden: int, intermediate: int, cluster: int, clusters: int, bt: int) -> int:
@@ -358,11 +364,10 @@ def _plan(
         if tuning.phases:
             defines["CF_FFN_PHASES"] = 1
         flags = DEFAULT_FLAGS if tuning.flags is None else tuning.flags
-        # with fewer co-resident clusters each CTA holds more units: decide whole vs split at a quarter
-        # fewer clusters than the estimate (the occupancy query below may lower the count)
         mode = tuning.mode
-        if mode is None:
-            mode = default_mode(hidden, intermediate, cluster, max(1, (num_sms // cluster) * 3 // 4), bt)
+        if mode is None:   # sized for fewer clusters than the estimate: the occupancy query may lower it
+            margin_clusters = max(1, int(num_sms // cluster * MODE_CLUSTER_MARGIN))
+            mode = default_mode(hidden, intermediate, cluster, margin_clusters, bt)
         # The active-cluster count (occupancy API) needs a loaded kernel, and the shared memory needs the
         # cluster count: estimate with every SM, then settle on the actual count.
         clusters = max(1, num_sms // cluster)

@@ -146,6 +146,7 @@ def _plan(*, num_heads: int, nope: int, v_dim: int, q_lora: int, batch: int, num
                      COUNTER_WORDS + batch * groups)
 
 
+@functools.cache  # every launch asks: the answer (and the plan behind it) is per shape
 def mla_unsupported_reason(
     *,
     hidden: int,

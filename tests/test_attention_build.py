@@ -7,14 +7,13 @@ benchmark models fills the SMs with one CTA each inside the shared-memory limit.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from kernel_builds import assert_clean_sass, compile_or_skip
 
 from cf_compile_kernels import attention
-from cf_compile_kernels.build import compile_kernel
 from cf_compile_kernels.registry import registered
 
 EXTREMES = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb, hg in ((1, 1), (16, 8))]
@@ -27,29 +26,14 @@ MODELS = {  # hidden, heads, kv heads, head_dim
 H100_SMS = 132
 
 
-def _compile(args):
-    return compile_kernel(attention.SOURCE, attention.KERNEL, template_args=args, arch="sm_90a")
-
-
 @pytest.fixture(scope="module")
 def compiled():
-    try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            return dict(zip(EXTREMES, pool.map(_compile, EXTREMES), strict=True))
-    except Exception as exc:  # no NVRTC/headers on this machine: the whole module is moot
-        if "HeadersNotFound" in type(exc).__name__ or isinstance(exc, ImportError):
-            pytest.skip(f"NVRTC unavailable: {exc}")
-        raise
+    return compile_or_skip(attention.SOURCE, attention.KERNEL, EXTREMES)
 
 
 @pytest.mark.parametrize("args", EXTREMES, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
 def test_compiles_without_spills(compiled, args):
-    kernel = compiled[args]
-    assert kernel.cubin.startswith(b"\x7fELF")
-    assert kernel.registers is not None and kernel.registers <= 255
-    assert kernel.spill_bytes == 0, f"{kernel.name_expression}: {kernel.spill_bytes} bytes spilled"
-    assert kernel.local_bytes == 0, f"{kernel.name_expression}: {kernel.local_bytes} bytes of stack"
-    assert kernel.shared_bytes == 0  # all shared memory is dynamic, sized by attention._smem_bytes
+    assert_clean_sass(compiled[args])
 
 
 def test_registered_for_the_doctor():

@@ -55,9 +55,6 @@ constexpr int kMaxCluster = 8;              // portable cluster size: peers' par
 constexpr int kMaxSplit = 16;               // clusters per KV head (launcher clamps): merged from registers
 constexpr int kMaskChunk = 16;              // mask bytes per thread per step (one 16-byte load when aligned)
 
-// cos/sin arrive as fp32 in HF graphs, sometimes in the model dtype: a run-time tag avoids instantiations.
-enum CosKind : int { kCosF32 = 0, kCosF16 = 1, kCosBF16 = 2 };
-
 struct Params {
   const void* x;            // [B, H]
   const void* norm_w;       // [H]
@@ -120,23 +117,13 @@ constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counte
 
 // ------------------------------------------------------------------ small helpers
 
-template <typename T>
-__device__ __forceinline__ float2 pair_to_float2(unsigned u);
-template <>
-__device__ __forceinline__ float2 pair_to_float2<__half>(unsigned u) {
-  return __half22float2(*reinterpret_cast<const __half2*>(&u));
-}
-template <>
-__device__ __forceinline__ float2 pair_to_float2<__nv_bfloat16>(unsigned u) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
-}
-
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[kVec]) {
-  const float2 a = pair_to_float2<T>(v.x), b = pair_to_float2<T>(v.y);
-  const float2 c = pair_to_float2<T>(v.z), d = pair_to_float2<T>(v.w);
-  f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y; f[4] = c.x; f[5] = c.y; f[6] = d.x; f[7] = d.y;
-}
+// Shared decode helpers (common.cuh).
+using cf::ld_stream;
+using cf::load_scalar;
+using cf::load_table;
+using cf::softmax_rescale;
+using cf::unpack8;
+using cf::warp_sum;
 
 // Eight activations from shared memory, whether staged in the model dtype or in fp32.
 template <typename T>
@@ -147,15 +134,6 @@ template <typename T>
 __device__ __forceinline__ void load_x8(const float* p, float (&f)[kVec]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
   f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
-}
-
-// Weights are streamed once: keep them out of L1.
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
 }
 
 __device__ __forceinline__ void prefetch_l2(const void* p) {
@@ -183,25 +161,6 @@ __device__ __forceinline__ void prefetch_span(const void* p, long long bytes, in
   }
 }
 
-template <typename T>
-__device__ __forceinline__ float load_scalar(const void* p, long long i) {
-  return cf::to_float(static_cast<const T*>(p)[i]);
-}
-
-__device__ __forceinline__ float load_cos(const void* p, int kind, long long i) {
-  if (kind == kCosF32) return static_cast<const float*>(p)[i];
-  if (kind == kCosF16) return load_scalar<__half>(p, i);
-  return load_scalar<__nv_bfloat16>(p, i);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// Weight of a softmax partial with running max m against the merged max M (0 for empty partials).
-__device__ __forceinline__ float rescale(float m, float M) { return m == kNegInf ? 0.f : exp2f(m - M); }
 
 // ------------------------------------------------------------------ grid-level hand-offs
 // Arrival counters, all zero between launches. Layout (ints), mirrored by attention.py `_counter_count`:
@@ -869,8 +828,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
             a *= r * load_scalar<T>(nw, i);
             c *= r * load_scalar<T>(nw, i + half);
           }
-          lo[j] = a * load_cos(p.cos, p.cos_kind, cb + i) - c * load_cos(p.sin, p.cos_kind, cb + i);
-          hi[j] = c * load_cos(p.cos, p.cos_kind, cb + i + half) + a * load_cos(p.sin, p.cos_kind, cb + i + half);
+          lo[j] = a * load_table(p.cos, p.cos_kind, cb + i) - c * load_table(p.sin, p.cos_kind, cb + i);
+          hi[j] = c * load_table(p.cos, p.cos_kind, cb + i + half) + a * load_table(p.sin, p.cos_kind, cb + i + half);
         }
       }
     }
@@ -977,7 +936,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           for (int h = 0; h < HG; ++h) {
             const float mx = fmaxf(m[h], sc[u][h]);
             if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
-            const float corr = rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
+            const float corr = softmax_rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
             l[h] = fmaf(l[h], corr, pr);
 #pragma unroll
             for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
@@ -992,7 +951,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           const float m2 = __shfl_xor_sync(0xffffffffu, m[h], off);
           const float l2 = __shfl_xor_sync(0xffffffffu, l[h], off);
           const float M = fmaxf(m[h], m2);
-          const float c1 = rescale(m[h], M), c2 = rescale(m2, M);
+          const float c1 = softmax_rescale(m[h], M), c2 = softmax_rescale(m2, M);
           l[h] = l[h] * c1 + l2 * c2;
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
@@ -1025,7 +984,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
         float L = 0.f, O = 0.f;
         for (int w = w0; w < w0 + warps_per_row; ++w) {
           const float* src = s.wscratch + (w * HG + h) * (D + 2);
-          const float c = rescale(src[D], M);
+          const float c = softmax_rescale(src[D], M);
           L += src[D + 1] * c;
           O += src[d] * c;
         }
@@ -1066,7 +1025,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     float L = 0.f, O = 0.f;
 #pragma unroll
     for (int c = 0; c < kMaxCluster; ++c) {
-      const float w = rescale(pm[c], M);
+      const float w = softmax_rescale(pm[c], M);
       L += pl[c] * w;
       O += po[c] * w;
     }
@@ -1109,7 +1068,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       float L = 0.f, O = 0.f;
 #pragma unroll
       for (int q = 0; q < kMaxSplit; ++q) {
-        const float w = rescale(pm[q], M);
+        const float w = softmax_rescale(pm[q], M);
         L += pl[q] * w;
         O += po[q] * w;
       }

@@ -69,4 +69,70 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
+// ---------------------------------------------------------------- shared by the decode kernels
+
+/// @brief Element type of the RoPE cos/sin tables (fp32 in HF graphs, sometimes the model dtype): a
+/// run-time tag, so the tables do not multiply the instantiations. Launchers pass the same codes.
+enum CosKind : int { kCosF32 = 0, kCosF16 = 1, kCosBF16 = 2 };
+
+/// @brief Two packed 16-bit values (one 32-bit word) widened to fp32.
+template <typename T>
+__device__ __forceinline__ float2 pair_to_float2(unsigned u);
+template <>
+__device__ __forceinline__ float2 pair_to_float2<__half>(unsigned u) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&u));
+}
+template <>
+__device__ __forceinline__ float2 pair_to_float2<__nv_bfloat16>(unsigned u) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
+}
+
+/// @brief One 16-byte vector of eight 16-bit values widened to fp32.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
+  const float2 a = pair_to_float2<T>(v.x), b = pair_to_float2<T>(v.y);
+  const float2 c = pair_to_float2<T>(v.z), d = pair_to_float2<T>(v.w);
+  f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y; f[4] = c.x; f[5] = c.y; f[6] = d.x; f[7] = d.y;
+}
+
+/// @brief 16 bytes of a weight streamed once per launch: read-only path, kept out of L1.
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+/// @brief Element i of a table of T, as fp32.
+template <typename T>
+__device__ __forceinline__ float load_scalar(const void* p, long long i) {
+  return to_float(static_cast<const T*>(p)[i]);
+}
+
+/// @brief Element i of a RoPE table whose element type is the run-time tag `kind` (CosKind).
+__device__ __forceinline__ float load_table(const void* p, int kind, long long i) {
+  if (kind == kCosF32) return static_cast<const float*>(p)[i];
+  if (kind == kCosF16) return load_scalar<__half>(p, i);
+  return load_scalar<__nv_bfloat16>(p, i);
+}
+
+/// @brief Sum over the 32 lanes of a warp (xor tree: every lane gets the same bits).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+/// @brief Maximum over the 32 lanes of a warp.
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+/// @brief Weight of an online-softmax partial with running max m (exp2 domain) against the merged max M;
+/// 0 for an empty partial (m = -inf), which would otherwise give exp2(-inf - -inf) = NaN.
+__device__ __forceinline__ float softmax_rescale(float m, float M) { return m == neg_inf() ? 0.f : exp2f(m - M); }
+
 }  // namespace cf

@@ -544,6 +544,29 @@ __device__ __forceinline__ int fix_up_group(int vecs) {
   return group;
 }
 
+/// @brief The end of every fix-up path for one partial vector: the `group` lanes sharing it combine their
+/// cluster sums by a fixed xor tree (every lane executes the shuffles), then its first lane adds the
+/// residual and writes the vector's kFixUpFloatsPerVec outputs of output tile `jt` (vector `v` of the
+/// tile's [16 rows x batch] partials). One definition, so every path forms each element identically.
+template <typename T>
+__device__ __forceinline__ void fix_up_store(float4 acc, bool write, int group, int jt, int v, int batch,
+                                             int hidden, const T* x, T* out, int add_residual) {
+  for (int off = group / 2; off > 0; off /= 2) {
+    acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
+    acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+    acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
+    acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+  }
+  if (!write) return;
+  const float sums[kFixUpFloatsPerVec] = {acc.x, acc.y, acc.z, acc.w};
+#pragma unroll
+  for (int f = 0; f < kFixUpFloatsPerVec; ++f) {
+    const int e = v * kFixUpFloatsPerVec + f;
+    const size_t o = static_cast<size_t>(e % batch) * hidden + jt * kMmaRows + e / batch;
+    out[o] = from_float<T>(add_residual ? sums[f] + to_float(x[o]) : sums[f]);
+  }
+}
+
 /// @brief Final sum of one 16-column output tile by the warp that arrived last: the C cluster partials
 /// [C][tiles][16][batch] are added in cluster order 0..C-1 (split over `group` lanes as q = sub, sub +
 /// group, ... and combined by a fixed xor tree: the same bits every run), plus the residual; then the
@@ -580,23 +603,9 @@ __device__ __forceinline__ void fix_up_tile(int jt, const float* partials, int c
       }
     }
 #pragma unroll
-    for (int i = 0; i < kElemsPerLane; ++i) {
-      for (int off = group / 2; off > 0; off /= 2) {
-        acc[i].x += __shfl_xor_sync(0xffffffffu, acc[i].x, off);
-        acc[i].y += __shfl_xor_sync(0xffffffffu, acc[i].y, off);
-        acc[i].z += __shfl_xor_sync(0xffffffffu, acc[i].z, off);
-        acc[i].w += __shfl_xor_sync(0xffffffffu, acc[i].w, off);
-      }
-      if (active[i] && sub == 0) {
-        const float sums[kFloatsPerVec] = {acc[i].x, acc[i].y, acc[i].z, acc[i].w};
-#pragma unroll
-        for (int f = 0; f < kFloatsPerVec; ++f) {
-          const int e = (base + i * slots + slot) * kFloatsPerVec + f;
-          const size_t o = static_cast<size_t>(e % batch) * hidden + jt * kMmaRows + e / batch;
-          out[o] = from_float<T>(add_residual ? sums[f] + to_float(x[o]) : sums[f]);
-        }
-      }
-    }
+    for (int i = 0; i < kElemsPerLane; ++i)
+      fix_up_store(acc[i], active[i] && sub == 0, group, jt, base + i * slots + slot, batch, hidden, x, out,
+                   add_residual);
   }
   __syncwarp();
   if (lane == 0) atomicExch(counters + jt, 0);  // ready for the next launch / graph replay
@@ -642,23 +651,8 @@ __device__ __forceinline__ void fix_up_tiles(unsigned mask, TileIndex tile_index
       }
     }
 #pragma unroll
-    for (int i = 0; i < kElemsPerLane; ++i) {
-      for (int off = group / 2; off > 0; off /= 2) {
-        acc[i].x += __shfl_xor_sync(0xffffffffu, acc[i].x, off);
-        acc[i].y += __shfl_xor_sync(0xffffffffu, acc[i].y, off);
-        acc[i].z += __shfl_xor_sync(0xffffffffu, acc[i].z, off);
-        acc[i].w += __shfl_xor_sync(0xffffffffu, acc[i].w, off);
-      }
-      if (active[i] && sub == 0) {
-        const float sums[kFloatsPerVec] = {acc[i].x, acc[i].y, acc[i].z, acc[i].w};
-#pragma unroll
-        for (int f = 0; f < kFloatsPerVec; ++f) {
-          const int e = v[i] * kFloatsPerVec + f;
-          const size_t o = static_cast<size_t>(e % batch) * hidden + jt[i] * kMmaRows + e / batch;
-          out[o] = from_float<T>(add_residual ? sums[f] + to_float(x[o]) : sums[f]);
-        }
-      }
-    }
+    for (int i = 0; i < kElemsPerLane; ++i)
+      fix_up_store(acc[i], active[i] && sub == 0, group, jt[i], v[i], batch, hidden, x, out, add_residual);
   }
   __syncwarp();
   if (lane < __popc(mask)) atomicExch(counters + tile_index(static_cast<int>(__fns(mask, 0, lane + 1))), 0);

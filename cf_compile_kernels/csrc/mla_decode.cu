@@ -153,7 +153,6 @@ __device__ __forceinline__ void stamp(unsigned long long* stamps, int phase) {
 }
 
 enum RopeForm : int { kComplex = 0, kInterleave = 1, kNeox = 2 };
-enum CosKind : int { kCosF32 = 0, kCosF16 = 1, kCosBF16 = 2 };
 
 struct Params {
   const void* x;            // [B, H]
@@ -184,32 +183,15 @@ struct Params {
 
 // ------------------------------------------------------------------ small helpers
 
-template <typename T>
-__device__ __forceinline__ float2 pair_to_float2(unsigned u);
-template <>
-__device__ __forceinline__ float2 pair_to_float2<__half>(unsigned u) {
-  return __half22float2(*reinterpret_cast<const __half2*>(&u));
-}
-template <>
-__device__ __forceinline__ float2 pair_to_float2<__nv_bfloat16>(unsigned u) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
-}
-
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[kVec]) {
-  const float2 a = pair_to_float2<T>(v.x), b = pair_to_float2<T>(v.y);
-  const float2 c = pair_to_float2<T>(v.z), d = pair_to_float2<T>(v.w);
-  f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y; f[4] = c.x; f[5] = c.y; f[6] = d.x; f[7] = d.y;
-}
-
-// Weights are streamed once: keep them out of L1.
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
-}
+// Shared decode helpers (common.cuh).
+using cf::ld_stream;
+using cf::pair_to_float2;
+using cf::load_scalar;
+using cf::load_table;
+using cf::softmax_rescale;
+using cf::unpack8;
+using cf::warp_sum;
+using cf::warp_max;
 
 // Scratch written by other CTAs in this launch: read at L2, never from a stale L1 line.
 __device__ __forceinline__ void ld_scratch8(const float* p, float (&f)[kVec]) {
@@ -217,31 +199,6 @@ __device__ __forceinline__ void ld_scratch8(const float* p, float (&f)[kVec]) {
   f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
 }
 
-template <typename T>
-__device__ __forceinline__ float load_scalar(const void* p, long long i) {
-  return cf::to_float(static_cast<const T*>(p)[i]);
-}
-
-__device__ __forceinline__ float load_table(const void* p, int kind, long long i) {
-  if (kind == kCosF32) return static_cast<const float*>(p)[i];
-  if (kind == kCosF16) return load_scalar<__half>(p, i);
-  return load_scalar<__nv_bfloat16>(p, i);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int off = 16; off; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-}
-
-// Weight of a softmax partial with running max m against the merged max M (0 for empty partials).
-__device__ __forceinline__ float rescale(float m, float M) { return m == cf::neg_inf() ? 0.f : exp2f(m - M); }
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
@@ -712,7 +669,7 @@ __device__ __forceinline__ void tile_softmax(const Smem& s) {
     if (m_new != cf::neg_inf()) {
       p0 = exp2f(s0 - m_new);
       p1 = exp2f(s1 - m_new);
-      c = rescale(m_old, m_new);
+      c = softmax_rescale(m_old, m_new);
     }
     const float sum = warp_sum(p0 + p1);
     s.probs[lane * kHeadGroup + h] = p0;
@@ -830,7 +787,7 @@ __device__ void merge_chunks(const Params& p, const ScratchLayout& L) {
     float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int c = 0; c < NCH; ++c) {
       const float* ml = L.part_ml + ((item0 + c) * kHeadGroup + hl) * 2;
-      const float w = rescale(__ldcg(ml), M);
+      const float w = softmax_rescale(__ldcg(ml), M);
       S = fmaf(__ldcg(ml + 1), w, S);
       const float4 v =
           __ldcg(reinterpret_cast<const float4*>(L.part_o + ((item0 + c) * kHeadGroup + hl) * kLora) + c4);
@@ -879,7 +836,7 @@ __device__ void merge_chunks_spread(const Params& p, const ScratchLayout& L) {
       }
 #pragma unroll
       for (int u = 0; u < kMergeUnroll; ++u) {
-        const float w = rescale(ml[u].x, M);
+        const float w = softmax_rescale(ml[u].x, M);
         S = fmaf(ml[u].y, w, S);
         O = make_float4(fmaf(v[u].x, w, O.x), fmaf(v[u].y, w, O.y), fmaf(v[u].z, w, O.z), fmaf(v[u].w, w, O.w));
       }
