@@ -905,7 +905,7 @@ __device__ __forceinline__ void slice_softmax(const Smem& s) {
   if (m_new != cf::neg_inf()) {
     p0 = exp2f(s0 - m_new);
     p1 = exp2f(s1 - m_new);
-    c = rescale(m_old, m_new);
+    c = softmax_rescale(m_old, m_new);
   }
   const float sum = warp_sum(p0 + p1);
   s.probs[lane * kSliceHeads + h] = p0;
@@ -1019,8 +1019,8 @@ __device__ __forceinline__ void merge_unit(const Params& p, const ScratchLayout&
     const float2 ml = c < NCH ? __ldcg(reinterpret_cast<const float2*>(ml0 + c * kMlStride))
                               : make_float2(cf::neg_inf(), 0.f);
     const float Mn = fmaxf(M, warp_max(ml.x));
-    const float keep = rescale(M, Mn);  // 0 before the first block (O, S are 0 then)
-    const float w = rescale(ml.x, Mn);
+    const float keep = softmax_rescale(M, Mn);  // 0 before the first block (O, S are 0 then)
+    const float w = softmax_rescale(ml.x, Mn);
     S = fmaf(S, keep, warp_sum(ml.y * w));
     O = make_float4(O.x * keep, O.y * keep, O.z * keep, O.w * keep);
     const int n = min(32, NCH - cb);
