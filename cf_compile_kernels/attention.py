@@ -55,12 +55,16 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 WIDE_TAIL, SPLIT_QKV_BIT, STREAM_KV, STREAM_WO, MMA = 1, 2, 4, 8, 16  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
             "stream_kv": WIDE_TAIL | STREAM_KV, "stream": WIDE_TAIL | STREAM_KV | STREAM_WO,
-            "mma": WIDE_TAIL | MMA, "stream_mma": WIDE_TAIL | STREAM_KV | STREAM_WO | MMA}
+            "mma": WIDE_TAIL | MMA, "stream_mma": WIDE_TAIL | STREAM_KV | STREAM_WO | MMA,
+            "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA}
 # attn::kMmaMinBucket: below it an 8-column MMA is mostly padding, the kernel keeps the CUDA-core GEMV.
 MMA_MIN_BUCKET = 4
-# "tail" measured faster on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
-# graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1.
-DEFAULT_VARIANT = "tail"
+# "tail" measured faster than v3 on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
+# graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1. Round 3 (same day):
+# "v4" (tail + the q/k/v hand-off, P > 1 only) Llama-3-8B 99.9 -> 64.5, Llama-3.2-1B 45.9 -> 36.0, Qwen2.5-0.5B
+# 38.9 -> 32.7; "mma" at batch 16 Llama-2-7B 474.8 -> 256.5, Llama-3-8B 703.7 -> 288.2; the stream hints lost
+# 1-15 us on every row. The default, "v4_mma", is v4 below batch bucket MMA_MIN_BUCKET and v4 + mma from it.
+DEFAULT_VARIANT = "v4_mma"
 # Share of the L2 the stream variants fill ahead of use (K/V chunks, then o_proj rows), split evenly over
 # the CTAs: the rest is left to the lines in use (weights still streaming, partials, activations), so a
 # prefetch does not evict what another CTA is about to read.

@@ -72,7 +72,9 @@ VARIANTS = {
 }
 # "chunk" measured fastest where it matters (H100, 2026-11-23, DeepSeek-V2-Lite bf16; 78/78 GPU tests):
 # B=1 1024 cached 70.5 -> 49.5 us, 4096 74.5 -> 65.5; B=4 1024 75.4 -> 64.5; B=16 1024 175 vs 176 (even).
-DEFAULT_VARIANT = "chunk"
+# Round 3 (same day, 79/79 GPU tests): "split" beats "chunk" on every row: B=1 1024 49.5 -> 38.0 us, 4096
+# 66.4 -> 51.2; B=4 62.9 -> 61.7; B=16 178.3 -> 172.8; "lastmerge" 0.5-2.5 us behind "split".
+DEFAULT_VARIANT = "split"
 # Per-CTA phase timeline (-DCF_MLA_PHASES=1): one %globaltimer stamp per phase, kernel enum Phase.
 PHASES = ("start", "stats", "proj", "proj_sync", "q_b", "q_b_sync", "absorb", "absorb_sync", "attn", "attn_sync",
           "merge", "merge_sync", "w_uv", "w_uv_sync", "end")

@@ -81,11 +81,13 @@ def test_split_keeps_every_cluster_in_one_wave():
     assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT
 
 
-def test_default_variant_is_the_measured_tail_and_needs_one_wave():
-    """The tail variant waits for other CTAs of the grid: allowed only when every cluster is co-resident;
-    otherwise version 3 (bits 0) runs. The q/k/v hand-off (bit 2) and the L2 stream bits are selectable
-    by name for the device tests, but not the default."""
-    assert attention.DEFAULT_VARIANT == "tail" and attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
+def test_default_variant_is_the_measured_v4_with_mma_and_needs_one_wave():
+    """The default is v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
+    MMA_MIN_BUCKET. tail and the hand-off wait for other CTAs of the grid: allowed only when every cluster is
+    co-resident; otherwise version 3 (bits 0, MMA kept) runs. The L2 stream bits are selectable by name only."""
+    v = attention.VARIANTS
+    assert attention.DEFAULT_VARIANT == "v4_mma" and v["v4_mma"] == v["v4"] | attention.MMA
+    assert attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
     assert attention.VARIANTS["v4"] == attention.VARIANTS["tail"] | attention.VARIANTS["qkv"]
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
     one_wave = attention._plan(**shape)
@@ -94,6 +96,9 @@ def test_default_variant_is_the_measured_tail_and_needs_one_wave():
     two_waves = attention._plan(**shape, active=few)
     assert not two_waves.one_wave and attention.effective_variant(two_waves, "tail") == 0
     assert attention.effective_variant(two_waves, "v4") == 0
+    assert attention.effective_variant(one_wave, "v4_mma") == attention.WIDE_TAIL  # batch 1, P = 1
+    batch16 = attention._plan(**{**shape, "batch": 16})
+    assert attention.effective_variant(batch16, "v4_mma") & attention.MMA
 
 
 def test_qkv_split_bit_only_with_several_clusters_per_kv_head():

@@ -46,7 +46,8 @@ def test_deepseek_shapes_are_supported_and_fill_the_gpu(shape, batch, dtype):
     cfg = mla.mla_config(num_heads=shape["num_heads"], qk_nope_head_dim=128, v_head_dim=128,
                          q_lora_rank=shape["q_lora_rank"], batch=batch, num_sms=H100_SMS)
     assert cfg["ctas"] == H100_SMS and cfg["smem_bytes"] <= mla.SMEM_LIMIT
-    items = batch * -(-shape["num_heads"] // mla.HEAD_GROUP) * cfg["attention_chunks"]
+    item_heads = mla.VARIANTS[mla.DEFAULT_VARIANT].item_heads  # heads per attention item of the default
+    items = batch * -(-shape["num_heads"] // item_heads) * cfg["attention_chunks"]
     assert H100_SMS * 0.75 <= items <= H100_SMS or cfg["attention_chunks"] == 1
     assert cfg["scratch_bytes"] < 64 << 20
 
@@ -71,7 +72,7 @@ def test_work_split_follows_the_sm_count():
     small = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1, num_sms=66)
     large = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1, num_sms=132)
     assert small["ctas"] == 66 and large["ctas"] == 132
-    assert large["attention_chunks"] == 2 * small["attention_chunks"]
+    assert 0 <= large["attention_chunks"] - 2 * small["attention_chunks"] <= 1  # twice the SMs, twice the chunks (floored)
 
 
 @pytest.mark.parametrize("bucket", [1, 16])
