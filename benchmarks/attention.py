@@ -220,9 +220,9 @@ def main() -> None:
         floor_us = fb / bw * 1e6
         for variant, (t_ours, t_pf, err, phases) in timed.items():
             config = {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
-                      "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"]}
-            if variant != DEFAULT_VARIANT or len(args.variants) > 1:
-                config["variant"] = variant
+                      "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"],
+                      "shape": {"hidden": hidden, "heads": nh, "kv_heads": kvh, "head_dim": d}}
+            config["variant"] = variant
             row = results.make_row(
                 "attention", config, ours_us=round(t_ours, 2),
                 ours_l2_prefetch_us=None if t_pf is None else round(t_pf, 2),

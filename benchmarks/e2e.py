@@ -119,8 +119,9 @@ def plain_graph_step(step, session: Session):
     return replay
 
 
-def step_kernels(step, session: Session) -> Counter:
-    """Device activities (kernels, memcpy, memset) of one un-graphed decode step, by name."""
+def step_kernels(step, session: Session, times: dict | None = None) -> Counter:
+    """Device activities (kernels, memcpy, memset) of one un-graphed decode step, by name; ``times``, when
+    given, receives each name's summed device time in microseconds (where the step's time goes)."""
     cache, tok = session.fresh()
     with torch.no_grad():
         step(tok, past_key_values=cache, use_cache=True)
@@ -128,11 +129,21 @@ def step_kernels(step, session: Session) -> Counter:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             step(tok, past_key_values=cache, use_cache=True)
             torch.cuda.synchronize()
-    return Counter(e.name[:60] for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    names: Counter = Counter()
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        names[e.name[:60]] += 1
+        if times is not None:   # FunctionEvent.device_time (torch >= 2.4), in microseconds
+            times[e.name[:60]] = times.get(e.name[:60], 0.0) + float(getattr(e, "device_time", 0.0))
+    return names
 
 
-def kernels_per_step(step, session: Session) -> int:
-    return sum(step_kernels(step, session).values())
+def time_breakdown(times: dict, top: int = 10) -> dict:
+    """The busy time of a step (sum of its device activities) and its ``top`` activities by time."""
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])
+    return {"busy_us": round(sum(times.values()), 1),
+            "top_us": {name: round(us, 1) for name, us in ranked[:top]}}
 
 
 def copies(names: Counter) -> int:
@@ -191,7 +202,9 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     ro = compiled(mode="reduce-overhead")
     reduce_overhead_us = session.time_step(ro, args.steps, args.repeats)
     ma = compiled(mode="max-autotune-no-cudagraphs")
-    inductor_kernels = kernels_per_step(ma, session)
+    inductor_times: dict = {}
+    inductor_kernels = sum(step_kernels(ma, session, inductor_times).values())
+    log["inductor_time"] = time_breakdown(inductor_times)
     inductor_us = session.time_step(plain_graph_step(ma, session), args.steps, args.repeats)
     agree_inductor_tokens = session.greedy(ma, args.agree)
     ours_fn = compiled(backend="clusterfusion", options={"mode": args.ours_mode} if args.ours_mode else None)
@@ -202,16 +215,20 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     log["reasons"] = sorted({r.reason for r in rep.records if r.reason}) if rep else []
     agree_ours_tokens = session.greedy(ours_fn, args.agree)
     no_graph = compiled(backend="clusterfusion", options={"cudagraphs": False, "mode": args.ours_mode})
-    ours_kernels = kernels_per_step(no_graph, session)
+    ours_times: dict = {}
+    ours_kernels = sum(step_kernels(no_graph, session, ours_times).values())
+    log["ours_time"] = time_breakdown(ours_times)
     eager_tokens = session.greedy(model.forward, args.agree)
     if args.kernels_all:   # the fused kernels on every matched block, whatever the auto policy says
         try:
             all_fn = compiled(backend="clusterfusion", options={"kernels": "all", "mode": args.ours_mode})
             log["ours_kernels_all_us"] = session.time_step(all_fn, args.steps, args.repeats)
             log["agree_ours_kernels_all"] = agreement(session.greedy(all_fn, args.agree), eager_tokens)
+            all_times: dict = {}
             names = step_kernels(compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False,
                                                                        "mode": args.ours_mode}),
-                                 session)
+                                 session, all_times)
+            log["ours_kernels_all_time"] = time_breakdown(all_times)
             log["ours_kernels_all_kernels"] = sum(names.values())
             log["ours_kernels_all_copies"] = copies(names)
             log["ours_kernels_all_top"] = dict(names.most_common(8))

@@ -168,6 +168,7 @@ def bench_row(
             "dtype": dtype_name,
             "hidden": hidden,
             "intermediate": inter,
+            "shape": {"hidden": hidden, "intermediate": inter},
         },
         ours_us=round(ours_us, 2),
         inductor_us=None if inductor_us is None else round(inductor_us, 2),

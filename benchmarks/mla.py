@@ -225,7 +225,9 @@ def main() -> None:
         row = results.make_row(
             "mla", {"model": "deepseek-v2-lite", "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
                     "ctas": cfg["ctas"], "attention_chunks": cfg["attention_chunks"],
-                    "variant": variant or mla_kernels.DEFAULT_VARIANT},
+                    "variant": variant or mla_kernels.DEFAULT_VARIANT,
+                    "shape": {"hidden": HIDDEN, "heads": HEADS, "q_lora_rank": 0, "kv_lora_rank": KV_LORA_RANK,
+                              "qk_nope_head_dim": NOPE, "qk_rope_head_dim": ROPE_DIM, "v_head_dim": V_DIM}},
             ours_us=round(t_ours, 2), inductor_us=None if t_ind is None else round(t_ind, 2),
             floor_us=round(floor_us, 2), floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"))
         rows.append(row)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from cf_compile import policy
 from cf_compile.fx.edit import replace_region
 from cf_compile.fx.walk import module_path, val
 from cf_compile.ops import attention as attention_op
@@ -43,19 +44,6 @@ class Family:
     reference: Callable
     # (match, SM count) -> (why the kernel declines or None, kernel config); None: no kernel exists
     kernel_support: Callable[[BlockMatch, int], tuple[str | None, dict]] | None
-
-# kernels="auto" uses a family's kernel only once it has been measured faster than Inductor on the
-# same shapes (benchmarks/RESULTS.md); until then it runs with kernels="all" and auto inlines the
-# reference, which Inductor compiles exactly as it compiles the original model code.
-NOT_YET_FASTER: dict[str, str] = {
-    "attention": "attention kernel measured slower than Inductor (H100, 2026-11-23: Llama-2-7B "
-                 "batch 1, 1024 cached: 85 vs 75 us); kernels='all' runs it anyway",
-    "mla": "MLA kernel faster than Inductor in its benchmark (H100, 2026-11-23, DeepSeek-V2-Lite batch 1: "
-           "49.5 vs 58.1 us at 1024 cached, 65.5 vs 105 at 4096) but not yet run through the backend on a "
-           "GPU; kernels='all' runs it",
-    "ffn": "FFN kernel measured slower than Inductor (H100, 2026-11-23: Llama-2-7B batch 1: "
-           "117 vs 98 us); kernels='all' runs it anyway",
-}
 
 REFERENCE_INLINED = "reference (inlined)"
 REFERENCE_OP = "reference (op)"
@@ -88,8 +76,12 @@ def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, di
         reason, config = f"kernel support check failed: {e}", {}
     if reason:
         return REFERENCE_INLINED, reason, {}
-    if options.kernels == "auto" and m.block in NOT_YET_FASTER:
-        return REFERENCE_INLINED, NOT_YET_FASTER[m.block], config
+    if options.kernels == "auto":   # only where a benchmark measured it faster (cf_compile/policy.py)
+        faster, evidence = policy.verdict(m.block, m.shapes, m.dtype.itemsize, m.batch,
+                                          torch.cuda.get_device_name(_device_of(m)))
+        if not faster:
+            return REFERENCE_INLINED, evidence, config
+        config = {**config, "evidence": evidence}
     return KERNEL, "", config
 
 

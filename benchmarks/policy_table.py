@@ -1,0 +1,68 @@
+"""Rebuild cf_compile/measured.json, the evidence behind kernels="auto" (cf_compile/policy.py), from the
+benchmark rows in benchmarks/results.jsonl.
+
+A row counts when it timed the default kernel of its family and Inductor in the same run and names its
+block shape (config["shape"]; rows written before shapes were recorded are skipped). Per (block, device,
+shape, element width, batch, cached length) the last such row wins: a newer kernel's measurement replaces
+an older one's.
+
+    python benchmarks/policy_table.py            # rewrite cf_compile/measured.json, print the verdicts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results.jsonl"
+TABLE = ROOT / "cf_compile" / "measured.json"
+ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+def default_variants() -> dict[str, str | None]:
+    """The launcher default a row without a variant name ran (None: the family has no named variants)."""
+    from cf_compile_kernels import attention, mla
+
+    return {"attention": attention.DEFAULT_VARIANT, "mla": mla.DEFAULT_VARIANT, "ffn": None}
+
+
+def entries(rows: list[dict], defaults: dict[str, str | None]) -> list[dict]:
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        block, c = r.get("bench"), r.get("config", {})
+        if block not in defaults or "shape" not in c or r.get("inductor_us") is None or r.get("ours_us") is None:
+            continue
+        if c.get("variant", defaults[block]) != defaults[block]:
+            continue   # a variant timed beside the default
+        e = dict(block=block, device=r["device"], shape=c["shape"], element_bytes=ELEMENT_BYTES[c["dtype"]],
+                 batch=c["batch"], seq=c.get("seq", 0), ours_us=r["ours_us"], inductor_us=r["inductor_us"],
+                 date=r["date"], model=c.get("model"), dtype=c["dtype"])
+        key = (block, e["device"], json.dumps(e["shape"], sort_keys=True), e["element_bytes"], e["batch"], e["seq"])
+        latest[key] = e
+    return sorted(latest.values(), key=lambda e: (e["block"], e["model"] or "", e["batch"], e["seq"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=TABLE)
+    ap.add_argument("--extra", type=Path, nargs="*", default=[],
+                    help="JSON row lists of a device run not yet in results.jsonl (read after it)")
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    for path in args.extra:
+        if path.exists() and path.stat().st_size:
+            rows += json.loads(path.read_text())
+    table = entries(rows, default_variants())
+    args.out.write_text(json.dumps(table, indent=1) + "\n")
+    for e in table:
+        verdict = "kernel" if e["ours_us"] < e["inductor_us"] else "Inductor"
+        print(f"{e['block']:9s} {e['model'] or '?':16s} {e['dtype']} B={e['batch']:<2d} S={e['seq']:<5d} "
+              f"ours {e['ours_us']:7.1f} Inductor {e['inductor_us']:7.1f} -> {verdict}")
+    print(f"{len(table)} rows -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""``kernels="auto"``: run a fused kernel only where a benchmark measured it faster than Inductor.
+
+A fused kernel is not faster everywhere (a launch-bound small block may lose to Inductor's two GEMVs, a
+wide one may win), and no cost model predicts that reliably yet. So the decision is evidence: the table
+``measured.json`` beside this file holds, per block family, device, block shape, element width and batch,
+our kernel's time and Inductor's (``max-autotune-no-cudagraphs`` in a CUDA graph) from one benchmark run
+(``benchmarks/{attention,ffn,mla}.py``; ``benchmarks/policy_table.py`` rebuilds the table from
+``benchmarks/results.jsonl``). The kernel runs when every measured row of its shape at the nearest
+measured batch (and every cached length measured there) was faster; a shape or device never measured
+runs Inductor and the report says so. ``kernels="all"`` runs the kernels regardless.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+TABLE = Path(__file__).with_name("measured.json")
+# The block-shape fields that name a measured row, per block family (BlockMatch.shapes keys).
+SHAPE_KEYS: dict[str, tuple[str, ...]] = {
+    "attention": ("hidden", "heads", "kv_heads", "head_dim"),
+    "ffn": ("hidden", "intermediate"),
+    "mla": ("hidden", "heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
+}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One benchmark row: our kernel and Inductor on the same block, same run."""
+
+    block: str
+    device: str
+    shape: tuple[tuple[str, int], ...]
+    element_bytes: int
+    batch: int
+    seq: int
+    ours_us: float
+    inductor_us: float
+    date: str
+
+    def describe(self) -> str:
+        cached = f", {self.seq} cached" if self.seq else ""
+        return f"B={self.batch}{cached}: {self.ours_us:.1f} vs {self.inductor_us:.1f} us"
+
+
+def shape_key(block: str, shapes: dict) -> tuple[tuple[str, int], ...]:
+    return tuple((k, int(shapes[k])) for k in SHAPE_KEYS[block])
+
+
+@functools.cache
+def load(path: Path = TABLE) -> tuple[Measured, ...]:
+    if not path.exists():
+        return ()
+    rows = json.loads(path.read_text())
+    return tuple(Measured(block=r["block"], device=r["device"], shape=shape_key(r["block"], r["shape"]),
+                          element_bytes=r["element_bytes"], batch=r["batch"], seq=r.get("seq", 0),
+                          ours_us=r["ours_us"], inductor_us=r["inductor_us"], date=r["date"]) for r in rows)
+
+
+def _same_device(measured: str, device: str) -> bool:
+    """Benchmarks name the device as torch does, plus its SM count in parentheses."""
+    return measured.split(" (")[0] == device.split(" (")[0]
+
+
+def verdict(block: str, shapes: dict, element_bytes: int, batch: int, device: str,
+            table: tuple[Measured, ...] | None = None) -> tuple[bool, str]:
+    """(use the kernel, why): faster than Inductor on every measured row of this block shape and element
+    width on this device, at the measured batch nearest ``batch`` (by ratio); no such row: Inductor."""
+    rows = load() if table is None else table
+    key = shape_key(block, shapes)
+    mine = [r for r in rows if r.block == block and r.shape == key and r.element_bytes == element_bytes
+            and _same_device(r.device, device)]
+    if not mine:
+        return False, (f"{block} kernel not benchmarked against Inductor at this shape on {device.split(' (')[0]}; "
+                       "kernels='all' runs it")
+    nearest = min({r.batch for r in mine}, key=lambda b: (abs(math.log2(b / batch)), -b))
+    at = sorted((r for r in mine if r.batch == nearest), key=lambda r: r.seq)
+    evidence = "; ".join(r.describe() for r in at)
+    if all(r.ours_us < r.inductor_us for r in at):
+        return True, f"measured faster than Inductor ({at[0].date}, {evidence})"
+    return False, f"{block} kernel measured slower than Inductor ({at[0].date}, {evidence}); kernels='all' runs it anyway"

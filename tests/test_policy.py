@@ -1,0 +1,64 @@
+"""kernels="auto" runs a fused kernel only where a benchmark measured it faster than Inductor."""
+
+from __future__ import annotations
+
+from cf_compile import policy
+
+H100 = "NVIDIA H100 80GB HBM3"
+LLAMA3_ATTN = dict(hidden=4096, heads=32, kv_heads=8, head_dim=128)
+
+
+def row(batch=1, seq=1024, ours=60.0, inductor=65.0, device=H100 + " (132 SMs)", shape=LLAMA3_ATTN, nbytes=2):
+    return policy.Measured(block="attention", device=device, shape=policy.shape_key("attention", shape),
+                           element_bytes=nbytes, batch=batch, seq=seq, ours_us=ours, inductor_us=inductor,
+                           date="2026-11-23")
+
+
+def test_faster_on_every_measured_cached_length_runs_the_kernel_with_the_evidence():
+    use, why = policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, (row(seq=1024), row(seq=4096, ours=80, inductor=90)))
+    assert use and why.startswith("measured faster than Inductor") and "60.0 vs 65.0" in why
+
+
+def test_slower_at_any_measured_cached_length_leaves_the_block_to_inductor():
+    use, why = policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, (row(seq=1024), row(seq=4096, ours=95, inductor=90)))
+    assert not use and "slower than Inductor" in why and "kernels='all'" in why
+
+
+def test_the_nearest_measured_batch_decides():
+    table = (row(batch=1, ours=50), row(batch=16, ours=300, inductor=200))
+    assert policy.verdict("attention", LLAMA3_ATTN, 2, 2, H100, table)[0]        # 2 is nearer 1 than 16
+    assert not policy.verdict("attention", LLAMA3_ATTN, 2, 8, H100, table)[0]    # 8 is nearer 16
+    table = (row(batch=1, ours=50), row(batch=4, ours=300, inductor=200))
+    assert not policy.verdict("attention", LLAMA3_ATTN, 2, 2, H100, table)[0]    # a tie goes to the larger batch
+
+
+def test_unmeasured_shape_width_or_device_runs_inductor_and_says_so():
+    table = (row(),)
+    other_shape = dict(LLAMA3_ATTN, kv_heads=32)
+    for args in [(other_shape, 2, 1, H100), (LLAMA3_ATTN, 4, 1, H100), (LLAMA3_ATTN, 2, 1, "NVIDIA H200")]:
+        use, why = policy.verdict("attention", *args, table)
+        assert not use and "not benchmarked" in why
+
+
+def test_the_shipped_table_names_each_row_by_its_family_shape_keys():
+    for r in policy.load():
+        assert [k for k, _ in r.shape] == list(policy.SHAPE_KEYS[r.block])
+        assert r.ours_us > 0 and r.inductor_us > 0 and r.element_bytes in (2, 4)
+
+
+def test_table_builder_keeps_the_last_default_row_with_inductor_per_key():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("policy_table", Path(__file__).parents[1] / "benchmarks" / "policy_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-11-23")
+    cfg = dict(model="llama-3-8b", batch=1, seq=1024, dtype="fp16", shape=LLAMA3_ATTN)
+    rows = [dict(base, config=cfg, ours_us=90.0, inductor_us=65.0),                          # older kernel
+            dict(base, config=cfg, ours_us=64.0, inductor_us=None),                          # no Inductor
+            dict(base, config=dict(cfg, variant="mma"), ours_us=10.0, inductor_us=65.0),     # not the default
+            dict(base, config=dict(cfg, variant="v4_mma"), ours_us=64.5, inductor_us=65.1),  # the default, named
+            dict(base, config={k: v for k, v in cfg.items() if k != "shape"}, ours_us=1.0, inductor_us=2.0)]
+    (e,) = mod.entries(rows, {"attention": "v4_mma", "mla": "split", "ffn": None})
+    assert (e["ours_us"], e["inductor_us"], e["element_bytes"]) == (64.5, 65.1, 2)
