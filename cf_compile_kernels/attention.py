@@ -41,34 +41,36 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #   tail  phase 6 over every CTA: all P clusters do o_proj (P*C column slices), KVH CTAs per slice fix up
 #   qkv   q/k/v rows split over all P*C CTAs of a KV head, handed over through global memory (P > 1 only)
 #   v4    tail + qkv
-#   stream_kv  tail + K/V chunk of each CTA bulk-prefetched into L2 after its q/k/v rows (phase 4 reads L2)
-#   stream     stream_kv + each CTA's o_proj rows bulk-prefetched into L2 during phase 4 (phase 6 reads L2)
-# The stream bits are L2 hints only: the arithmetic, hence every output bit, is that of "tail".
 # "qkv" failed the fp64 sweep on the H100 (2026-11-23: relative errors up to 0.49, unwritten outputs):
-# attn::gather_global published its GEMV rows without a CTA barrier after the GEMV (fixed on this branch,
-# NOT yet re-validated on a GPU: benchmarks/NOTES-attention.md, "Version 4: the qkv hand-off bug").
+# attn::gather_global published its GEMV rows without a CTA barrier after the GEMV (fixed; re-validated on the
+# H100 in round 3: benchmarks/NOTES-attention.md, "Version 4: the qkv hand-off bug", "Round 3 (measured)").
 #   mma        tail + q/k/v rows (phase 2) and o_proj slice (phase 6) on the tensor cores (mma.sync m16n8k16,
 #              batch = N) for batch buckets >= MMA_MIN_BUCKET; deterministic, not bitwise "tail" (sum order,
 #              o_proj inputs rounded to the model dtype as in eager). Waits for no other CTA: kept when the
 #              split is not one wave.
-#   stream_mma stream + mma
-WIDE_TAIL, SPLIT_QKV_BIT, STREAM_KV, STREAM_WO, MMA = 1, 2, 4, 8, 16  # attn::Variant bits
+#   v4_mma     v4 + mma (the default)
+#   v5         v4_mma + deep_kv: phase 4 issues every K/V and mask load of a token step before the first use
+#              (the mask byte was tested right after its load, so each token of a step waited one L2 latency
+#              in turn) and reduces the tokens' dot products with unrolled, branch-free shuffles. Same
+#              arithmetic in the same order: bitwise v4_mma. Waits for no other CTA: kept when the split is
+#              not one wave. NOT yet run on a GPU (benchmarks/NOTES-attention.md, "Round 4").
+# The L2 bulk-prefetch variants (stream_kv, stream, stream_mma; bits 4 and 8) measured slower than tail on
+# every row (H100, round 3) and were removed; bits 4 and 8 are unused.
+WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV = 1, 2, 16, 32  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
-            "stream_kv": WIDE_TAIL | STREAM_KV, "stream": WIDE_TAIL | STREAM_KV | STREAM_WO,
-            "mma": WIDE_TAIL | MMA, "stream_mma": WIDE_TAIL | STREAM_KV | STREAM_WO | MMA,
-            "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA}
+            "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA,
+            "v5": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV}
+# Bits that wait for no other CTA (only the schedule or the arithmetic of one CTA changes): kept on splits that
+# are not one wave.
+LOCAL_BITS = MMA | DEEP_KV
 # attn::kMmaMinBucket: below it an 8-column MMA is mostly padding, the kernel keeps the CUDA-core GEMV.
 MMA_MIN_BUCKET = 4
 # "tail" measured faster than v3 on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
 # graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1. Round 3 (same day):
 # "v4" (tail + the q/k/v hand-off, P > 1 only) Llama-3-8B 99.9 -> 64.5, Llama-3.2-1B 45.9 -> 36.0, Qwen2.5-0.5B
-# 38.9 -> 32.7; "mma" at batch 16 Llama-2-7B 474.8 -> 256.5, Llama-3-8B 703.7 -> 288.2; the stream hints lost
-# 1-15 us on every row. The default, "v4_mma", is v4 below batch bucket MMA_MIN_BUCKET and v4 + mma from it.
+# 38.9 -> 32.7; "mma" at batch 16 Llama-2-7B 474.8 -> 256.5, Llama-3-8B 703.7 -> 288.2; the L2 stream hints
+# (since removed) lost 1-15 us on every row. The default, "v4_mma", is v4 below batch bucket MMA_MIN_BUCKET and v4 + mma from it.
 DEFAULT_VARIANT = "v4_mma"
-# Share of the L2 the stream variants fill ahead of use (K/V chunks, then o_proj rows), split evenly over
-# the CTAs: the rest is left to the lines in use (weights still streaming, partials, activations), so a
-# prefetch does not evict what another CTA is about to read.
-STREAM_L2_SHARE = 0.75
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -324,22 +326,16 @@ def _scratch_for(
         return found
 
 
-def stream_budget(l2_bytes: int, ctas: int) -> int:
-    """Bytes of L2 one CTA may prefetch into (attn::Params::stream_bytes): its even share of
-    STREAM_L2_SHARE of the L2, a multiple of 16 (the bulk-prefetch granule)."""
-    return int(l2_bytes * STREAM_L2_SHARE) // max(1, ctas) // 16 * 16
-
-
 def effective_variant(plan: AttentionConfig, variant: str) -> int:
     """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
     variants wait for other CTAs of the grid, which is only safe when all of them are co-resident) --
-    except MMA, which only changes the arithmetic and is kept. The q/k/v split bit is dropped when P = 1,
+    except LOCAL_BITS (MMA, DEEP_KV), which change only one CTA's work and are kept. The q/k/v split bit is dropped when P = 1,
     MMA below batch bucket MMA_MIN_BUCKET (the kernel ignores them there as well)."""
     bits = VARIANTS[variant]
     if plan.batch_bucket < MMA_MIN_BUCKET:  # the kernel ignores the bit there: report what runs
         bits &= ~MMA
-    if not plan.one_wave:  # the MMA bit waits for nobody: it stays
-        return bits & MMA
+    if not plan.one_wave:  # the MMA and DEEP_KV bits wait for nobody: they stay
+        return bits & LOCAL_BITS
     if plan.clusters_per_kv_head == 1:  # nothing to split over: the DSMEM gather of version 3
         bits &= ~SPLIT_QKV_BIT
     return bits
@@ -352,7 +348,6 @@ class _Launch:
     plan: AttentionConfig
     kernel: object  # launch.LoadedKernel
     scratch: tuple[torch.Tensor, ...]
-    stream_bytes: int  # per-CTA L2 prefetch budget of the stream variants
 
 
 _launches: dict[tuple, _Launch] = {}
@@ -370,9 +365,7 @@ def _launch_for(
                            batch=batch, device_index=index)
         kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), device)
         scratch = _scratch_for(device, kvh, plan, batch, num_heads // kvh, head_dim, hidden)
-        ctas = plan.grid[0] * plan.grid[1] * plan.grid[2]
-        l2 = torch.cuda.get_device_properties(index).L2_cache_size
-        found = _launches[key] = _Launch(plan, kernel, scratch, stream_budget(l2, ctas))
+        found = _launches[key] = _Launch(plan, kernel, scratch)
     return found
 
 
@@ -425,7 +418,6 @@ def attention_decode(
     stop_after_phase: int = 0,
     rows_parallel: int | None = None,
     variant: str | None = None,
-    stream_bytes: int | None = None,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
@@ -436,9 +428,7 @@ def attention_decode(
     stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
     kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block.
     variant: one of VARIANTS (default DEFAULT_VARIANT); a split that is not one wave runs "v3" (keeping only
-        the MMA bit, which waits for no other CTA).
-    stream_bytes: per-CTA L2 prefetch budget of the stream variants (default stream_budget of the device's
-    L2); tests shrink it to reach the partial-prefetch paths."""
+        LOCAL_BITS, which wait for no other CTA)."""
     variant = DEFAULT_VARIANT if variant is None else variant
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)}")
@@ -550,7 +540,6 @@ def attention_decode(
         i32(rows_parallel or rows_in_parallel(batch)),
         i32(stop_after_phase),
         i32(effective_variant(plan, variant)),
-        i32(launch.stream_bytes if stream_bytes is None else stream_bytes // 16 * 16),
     ]
     kernel.launch(
         plan.grid, (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes, cluster=(plan.cluster, 1, 1)

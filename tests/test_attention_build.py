@@ -84,7 +84,7 @@ def test_split_keeps_every_cluster_in_one_wave():
 def test_default_variant_is_the_measured_v4_with_mma_and_needs_one_wave():
     """The default is v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
     MMA_MIN_BUCKET. tail and the hand-off wait for other CTAs of the grid: allowed only when every cluster is
-    co-resident; otherwise version 3 (bits 0, MMA kept) runs. The L2 stream bits are selectable by name only."""
+    co-resident; otherwise version 3 (bits 0, MMA kept) runs."""
     v = attention.VARIANTS
     assert attention.DEFAULT_VARIANT == "v4_mma" and v["v4_mma"] == v["v4"] | attention.MMA
     assert attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
@@ -201,36 +201,13 @@ def test_counters_cover_every_hand_off():
     assert attention._counter_count(kvh, c, p) == 2 * kvh * c + 2 * p * c + 2 * kvh
 
 
-def test_stream_variants_are_tail_plus_l2_hints():
-    """stream_kv / stream add only the prefetch bits to tail (same arithmetic, same bits), never the q/k/v
-    hand-off (bit 2); one wave or nothing."""
-    v = attention.VARIANTS
-    assert v["stream_kv"] == attention.WIDE_TAIL | attention.STREAM_KV
-    assert v["stream"] == attention.WIDE_TAIL | attention.STREAM_KV | attention.STREAM_WO
-    assert not (v["stream_kv"] | v["stream"]) & attention.SPLIT_QKV_BIT
-    shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
-    two_waves = attention._plan(**shape, active={8: 2, 4: 3, 2: 4, 1: 8}.__getitem__)
-    assert attention.effective_variant(two_waves, "stream") == 0
-
-
-def test_stream_budget_is_an_even_share_of_the_l2():
-    """H100 (50 MiB L2, 128 CTAs for Llama-2-7B): ~300 KB per CTA, more than its K/V chunk at 1024 cached
-    tokens (128 KB), less than at 4096 (512 KB: the kernel then prefetches a prefix)."""
-    l2 = 50 * 1024 * 1024
-    budget = attention.stream_budget(l2, 128)
-    assert budget % 16 == 0 and 128 * 1024 < budget < 512 * 1024
-    assert budget * 128 <= l2 * attention.STREAM_L2_SHARE
-    assert attention.stream_budget(l2, 0) > 0
-
-
 def test_mma_variant_is_tail_on_the_tensor_cores_from_bucket_4():
-    """mma / stream_mma = tail / stream + bit 16. The bit only changes the arithmetic (no grid-wide wait),
+    """mma = tail + bit 16. The bit only changes the arithmetic (no grid-wide wait),
     so it survives a split that is not one wave; below batch bucket MMA_MIN_BUCKET the kernel keeps the
     CUDA-core GEMV, and the launcher reports the bit off there."""
     v = attention.VARIANTS
-    assert attention.MMA == 16 and not attention.MMA & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT |
-                                                         attention.STREAM_KV | attention.STREAM_WO)
-    assert v["mma"] == v["tail"] | attention.MMA and v["stream_mma"] == v["stream"] | attention.MMA
+    assert attention.MMA == 16 and not attention.MMA & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT)
+    assert v["mma"] == v["tail"] | attention.MMA
     assert attention.MMA_MIN_BUCKET == 4
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, esize=2, num_sms=132)
     for batch in (1, 2, 3, 4, 9, 16):
@@ -238,14 +215,12 @@ def test_mma_variant_is_tail_on_the_tensor_cores_from_bucket_4():
         assert plan.one_wave
         want = attention.MMA if plan.batch_bucket >= attention.MMA_MIN_BUCKET else 0
         assert attention.effective_variant(plan, "mma") == attention.WIDE_TAIL | want
-        assert attention.effective_variant(plan, "stream_mma") == v["stream"] | want
         assert attention.effective_variant(plan, "tail") == attention.WIDE_TAIL
     two_waves = attention._plan(**(shape | dict(num_kv_heads=32)), batch=16,
                                 active={8: 2, 4: 3, 2: 4, 1: 8}.__getitem__)
     assert not two_waves.one_wave
     assert attention.effective_variant(two_waves, "mma") == attention.MMA
-    assert attention.effective_variant(two_waves, "stream_mma") == attention.MMA
-    assert attention.effective_variant(two_waves, "stream") == 0
+    assert attention.effective_variant(two_waves, "tail") == 0
 
 
 def test_mma_gemv_constants_are_named_and_used():
@@ -260,3 +235,54 @@ def test_mma_gemv_constants_are_named_and_used():
     assert '#include "mma.cuh"' in kernel and '"gated_ffn.cu"' not in kernel
     for name in ("kTileRows = 16", "kTileCols = 8", "kLanesPerGroup = 4", "kStepK ="):
         assert name in helpers
+
+
+def test_v5_is_v4_mma_plus_deep_kv_and_kept_off_one_wave():
+    """v5 = v4_mma + bit 32 (DEEP_KV: phase 4's loads all in flight before the first use). The bit changes one
+    CTA's schedule, never the arithmetic, and waits for no other CTA: like MMA it survives a split that is not
+    one wave, and it is never dropped for P = 1 or small batch buckets."""
+    v = attention.VARIANTS
+    assert attention.DEEP_KV == 32 and v["v5"] == v["v4_mma"] | attention.DEEP_KV
+    assert not attention.DEEP_KV & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT | attention.MMA)
+    assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV
+    assert attention.DEFAULT_VARIANT == "v4_mma"  # v5 is selectable by name until measured
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    llama2 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2,
+                             num_sms=132, active=h100)
+    assert llama2.clusters_per_kv_head == 1 and llama2.one_wave
+    assert attention.effective_variant(llama2, "v5") == attention.WIDE_TAIL | attention.DEEP_KV
+    split = attention._plan(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=1, esize=2,
+                            num_sms=132, active=h100)
+    assert attention.effective_variant(split, "v5") == v["v4"] | attention.DEEP_KV
+    b16 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=16, esize=2,
+                          num_sms=132, active=h100)
+    assert attention.effective_variant(b16, "v5") == v["v5"]
+    few = {8: 2, 4: 3, 2: 4, 1: 8}.__getitem__
+    for batch, want in ((1, attention.DEEP_KV), (16, attention.DEEP_KV | attention.MMA)):
+        two_waves = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=batch,
+                                    esize=2, num_sms=132, active=few)
+        assert not two_waves.one_wave
+        assert attention.effective_variant(two_waves, "v5") == want
+        assert attention.effective_variant(two_waves, "v4_mma") == want & attention.MMA
+
+
+def test_deep_kv_bit_matches_the_kernel_and_defers_the_mask_test():
+    """Source guard: the kernel's bit value is the launcher's, and the deep path tests the mask bytes only after
+    the loop that issues the step's loads (the schedule the bit exists for)."""
+    src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
+    assert f"kDeepKv = {attention.DEEP_KV}," in src
+    loop = src[src.index("auto attend = [&](auto deep) {"):]
+    loads = loop.index("vr[u] = *reinterpret_cast<const uint4*>")
+    test = loop.index("ok[u] = mk[u] != 0u;")
+    assert loads < test < loop.index("float sc[kTokenUnroll<HG>][HG];")
+
+
+DEEP_BUILDS = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb in (1, 2, 4, 16) for hg in (1, 8)]
+
+
+@pytest.mark.parametrize("args", DEEP_BUILDS, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
+def test_v5_buckets_compile_without_spills(args):
+    """Both attention loops (with and without DEEP_KV) live in every instantiation: buckets 1/2/4/16 at the
+    fewest and most heads per pass stay within 255 registers with no spills."""
+    assert_clean_sass(compile_or_skip(attention.SOURCE, attention.KERNEL, [args])[args])
+

@@ -6,9 +6,9 @@
 # Steps (each under `timeout`; a step that runs out leaves what it wrote):
 #   1. compile, in parallel (capped at the 16 cores), the 16 instantiations steps 2-3 use
 #      (fp16/bf16 x buckets 4/16 x 1/2/4/8 heads per pass)                                          <= 40 s
-#   2. GPU attention tests for mma and stream_mma, CF_ATTN_QUICK=mma (48 random cases at batch 3/4/11/16,
+#   2. GPU attention tests for mma, CF_ATTN_QUICK=mma (48 random cases at batch 3/4/11/16,
 #      fp16+bf16, vs fp64; named batch 3-16 cases; counters after phase cuts; 1000-run determinism;
-#      graph replay; stream_mma == mma bitwise at three prefetch budgets; mma != tail bitwise at
+#      graph replay; mma != tail bitwise at
 #      bucket >= 4, i.e. the MMA path really ran), -x                                                <= 28 s
 #   3. benchmarks/attention.py --no-inductor --no-prefetch --phases --variants tail mma, fp16 S=1024,
 #      Llama-2-7B and Llama-3-8B: batch 16 first (the row the variant is for), then batch 4         rest
@@ -36,7 +36,7 @@ print(f"{len(done)} kernels ready in {time.time() - t:.1f} s; regs {[k.registers
 PY
 stamp "compile done"
 
-CF_ATTN_QUICK=mma CF_ATTN_VARIANTS="mma stream_mma" timeout 28 "$PY" -m pytest -q -p no:cacheprovider -x -rfE \
+CF_ATTN_QUICK=mma CF_ATTN_VARIANTS="mma" timeout 28 "$PY" -m pytest -q -p no:cacheprovider -x -rfE \
   tests/gpu/test_kernels_attention.py 2>&1 | tee "$D/tests.log" | tail -6
 stamp "tests done"
 

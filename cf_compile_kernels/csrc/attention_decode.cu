@@ -28,9 +28,9 @@
 //      partials [KVH, B, H]; the last of the KVH arrivals per column slice sums them in KV-head order,
 //      adds o_bias and the residual and writes `out`. Arrival counters are reset by the last arriver,
 //      so the kernel is deterministic, needs no pre-zeroing and replays in CUDA graphs.
-// Variant bits (enum Variant, attention.py VARIANTS) change who does phase 6 (kWideTail) and add L2 bulk
-// prefetches ahead of phases 4 and 6 (kStreamKv, kStreamWo: hints only, the arithmetic is unchanged); kMma
-// runs the GEMVs of phases 2 and 6 on the tensor cores (mma.sync, batch = N) for batch buckets >= 4.
+// Variant bits (enum Variant, attention.py VARIANTS) change who does phase 6 (kWideTail) and who computes
+// the q/k/v rows (kSplitQkv); kMma runs the GEMVs of phases 2 and 6 on the tensor cores (mma.sync, batch = N)
+// for batch buckets >= 4.
 // No floating-point atomics anywhere; integer atomics only count arrivals.
 #include <cooperative_groups.h>
 
@@ -85,8 +85,7 @@ struct Params {
   int cos_kind, unit_offset, add_residual, k_chunk, prefetch;
   int rows_parallel;        // batch rows attended at once (power of two <= min(B, kWarps))
   int stop_after;           // measurement hook: 0 runs everything; k > 0 returns after phase k (counters left at 0)
-  int variant;              // kWideTail | kSplitQkv | kStreamKv | kStreamWo (one-wave grids only) | kMma bits
-  int stream_bytes;         // kStreamKv/kStreamWo: bytes of L2 this CTA may prefetch into (its share of the L2)
+  int variant;              // kWideTail | kSplitQkv (one-wave grids only) | kMma bits
 };
 
 // Variant bits (attention.py VARIANTS). Both wait on other CTAs of the grid, so both need every CTA
@@ -99,19 +98,23 @@ enum Variant : int {
   // Phase 2 without the P-fold redundancy: the q/k/v rows of a KV head are split over all P*C CTAs,
   // written to global memory and gathered by every CTA after a per-KV-head wait (replaces the DSMEM gather).
   kSplitQkv = 2,
-  // Phase 4 from L2: once its q/k/v rows are done, each CTA hands its K/V token chunk (within the live
-  // range, capped by stream_bytes) to the L2 as bulk prefetches, so the HBM stream runs at the copy engine's
-  // depth during the gather and the attention loop's loads hit L2 (or merge with lines in flight).
-  kStreamKv = 4,
-  // Phase 6 from L2: each CTA bulk-prefetches its o_proj rows (G*D contiguous weights per output column):
-  // as many as fit beside its K/V chunk at the start of phase 4, the rest once its attention loop is done.
-  kStreamWo = 8,
   // Phases 2 and 6 on the tensor cores for batch buckets >= kMmaMinBucket: the q/k/v rows and the o_proj
   // slice as mma.sync m16n8k16 (weights = A, batch = N; gemv_mma). fp32 accumulation in a fixed k order,
   // so deterministic, but not bitwise the CUDA-core GEMV (different summation order; the o_proj inputs
   // are rounded to the model dtype, as eager rounds the attention output). Needs no other CTA: the
   // launcher keeps it on splits that are not one wave.
   kMma = 16,
+  // Phase 4 with every load of a token step in flight before the first use (arithmetic unchanged, so the
+  // outputs are bitwise those without the bit): the mask bytes are loaded beside the K/V vectors and
+  // tested only once all of the step's loads are issued. Without it the compiler packs each mask byte into
+  // a flag register right after its load, so every token of a step waits one L2 latency in turn
+  // (kTokenUnroll serial latencies per step: ~8 x 0.5-1 us on Llama-2-7B's two steps per warp).
+  kDeepKv = 32,
+};
+// Compile-time flag for the two instantiations of a code path that a variant bit selects at run time.
+template <bool V>
+struct Flag {
+  static constexpr bool value = V;
 };
 constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counter (one thread per CTA polls)
 
@@ -139,28 +142,6 @@ __device__ __forceinline__ void load_x8(const float* p, float (&f)[kVec]) {
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
 }
-
-// One bulk L2 prefetch (no registers, no completion to wait for: a hint that changes no result).
-// p 16-byte aligned, bytes a multiple of 16.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, unsigned bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-
-// Bytes per bulk prefetch of a long contiguous span: a span is cut into pieces issued by different
-// threads, so one CTA's requests reach many L2 slices at once rather than one long queue.
-constexpr int kPrefetchPiece = 16 * 1024;
-
-// Bulk-prefetch [p, p + bytes) into L2 (bytes a multiple of 16), pieces spread over the CTA's threads
-// starting at thread `first` (callers stagger spans so their pieces go to different threads).
-__device__ __forceinline__ void prefetch_span(const void* p, long long bytes, int first) {
-  const long long pieces = (bytes + kPrefetchPiece - 1) / kPrefetchPiece;
-  const char* c = static_cast<const char*>(p);
-  for (long long i = (threadIdx.x + kThreads - first % kThreads) % kThreads; i < pieces; i += kThreads) {
-    const long long off = i * kPrefetchPiece;
-    prefetch_l2_bulk(c + off, static_cast<unsigned>(min(bytes - off, static_cast<long long>(kPrefetchPiece))));
-  }
-}
-
 
 // ------------------------------------------------------------------ grid-level hand-offs
 // Arrival counters, all zero between launches. Layout (ints), mirrored by attention.py `_counter_count`:
@@ -560,7 +541,7 @@ __device__ __forceinline__ void fixup_tile(const Params& p, const T* x, const fl
   }
 }
 
-// ------------------------------------------------------------------ phase 4/6 streaming (kStreamKv, kStreamWo)
+// ------------------------------------------------------------------ phase 4 token chunks
 
 // Tokens [begin, end) of batch row b that this CTA attends: the live range [first True, last True] (or
 // [0, pos]) cut into `chunks` equal parts; empty (begin >= end) past the range.
@@ -573,44 +554,6 @@ __device__ __forceinline__ TokenChunk token_chunk(const int* range, int b, int c
   const int per_chunk = cf::ceil_div(max(hi_pos - lo_pos, 0), chunks);
   const int cs = lo_pos + chunk_idx * per_chunk;
   return {cs, min(hi_pos, cs + per_chunk)};
-}
-
-// kStreamKv: bulk-prefetch this CTA's K and V tokens of every batch row into L2, at most `budget` bytes
-// in all (each row gets budget/B: a prefix of its chunk in token order, the order the loop reads them).
-// Never outside the live range, so never outside the cache. Returns the bytes requested (every thread
-// computes the same value: kStreamWo sizes its early part with it).
-template <typename T>
-__device__ __forceinline__ long long prefetch_kv_chunk(const Params& p, const int* range, int kvh, int chunks,
-                                                       int chunk_idx, long long budget) {
-  const int B = p.batch, D = p.head_dim;
-  const long long row_bytes = static_cast<long long>(D) * sizeof(T);  // one token of K (or V)
-  const long long row_tokens = budget / B / (2 * row_bytes);
-  long long total = 0;
-  for (int b = 0; b < B; ++b) {
-    const TokenChunk tc = token_chunk(range, b, chunks, chunk_idx);
-    const long long n = min(static_cast<long long>(max(tc.end - tc.begin, 0)), row_tokens);
-    if (n <= 0) continue;
-    const long long first = ((static_cast<long long>(b) * p.num_kv_heads + kvh) * p.max_cache_len + tc.begin) * D;
-    prefetch_span(static_cast<const T*>(p.k_cache) + first, n * row_bytes, (2 * b) * 32);  // K from warp 2b,
-    prefetch_span(static_cast<const T*>(p.v_cache) + first, n * row_bytes, (2 * b + 1) * 32);  // V from 2b+1
-    total += 2 * n * row_bytes;
-  }
-  return total;
-}
-
-// kStreamWo: bulk-prefetch o_proj rows [r0, r1) of this CTA's column slice; row i starts at
-// wo_slice + i * ld and holds the group's G*D contiguous inputs (a multiple of 128 bytes: D >= 64).
-template <typename T>
-__device__ __forceinline__ void prefetch_wo_rows(const T* wo_slice, long long ld, int r0, int r1, int GD) {
-  for (int r = r0 + static_cast<int>(threadIdx.x); r < r1; r += kThreads)
-    prefetch_l2_bulk(wo_slice + r * ld, static_cast<unsigned>(GD * sizeof(T)));
-}
-
-// kStreamWo: rows of the slice prefetched when the attention loop starts: those that fit in the CTA's
-// L2 share beside its K/V chunk (the rest follow once the chunk has been read).
-__device__ __forceinline__ int wo_rows_early(long long budget, long long kv_bytes, int ncols, long long row_bytes) {
-  const long long room = budget - kv_bytes;
-  return room <= 0 ? 0 : static_cast<int>(min(static_cast<long long>(ncols), room / row_bytes));
 }
 
 // ------------------------------------------------------------------ the kernel
@@ -634,8 +577,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
 
   const bool wide_tail = (p.variant & kWideTail) != 0;
   const bool split_qkv = (p.variant & kSplitQkv) != 0 && P > 1;
-  const bool stream_kv = (p.variant & kStreamKv) != 0, stream_wo = (p.variant & kStreamWo) != 0;
   const bool use_mma = (p.variant & kMma) != 0;  // acted on for BB >= kMmaMinBucket only
+  const bool deep_kv = (p.variant & kDeepKv) != 0;
   const Counters ctr = counters(p.arrivals, KVH, C, P);
 
   // Output column slice of this CTA (o_proj and the final fix-up): one of C per KV head, done by the last
@@ -644,7 +587,6 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const int HC = cf::ceil_div(cf::ceil_div(H, slices), 4) * 4;  // multiple of 4: float4 fix-up
   const int col0 = min(H, slice * HC), ncols = min(H, col0 + HC) - col0;
   const long long wo_ld = static_cast<long long>(p.num_heads) * D;  // o_proj row stride (elements)
-  const T* wo_slice = static_cast<const T*>(p.wo) + col0 * wo_ld + static_cast<long long>(kvh) * GD;
   for (int idx = B * QKV_ROWS + tid; idx < BB * QKV_ROWS; idx += kThreads) s.qkv[idx] = 0.f;  // bucket padding
 
   // ---- 1. live ranges [first True, last True] of the mask rows (all threads, 16-byte chunks, shared-memory
@@ -753,11 +695,6 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     });
   }
 
-  // kStreamKv: this CTA's K/V chunk into L2 now; its HBM reads overlap the other CTAs' last q/k/v rows,
-  // the gather and phase 3, and the attention loop finds the lines in L2 (or in flight)
-  long long kv_streamed = 0;
-  if (stream_kv) kv_streamed = prefetch_kv_chunk<T>(p, s.range, kvh, P * C, part_idx * C + rank, p.stream_bytes);
-
   if (p.prefetch) {  // o_proj weights into L2 while the gather, syncs and attention leave HBM idle
     const T* wo = static_cast<const T*>(p.wo);
     const int lines_per_row = cf::ceil_div(GD * static_cast<int>(sizeof(T)), 128);
@@ -859,9 +796,6 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   if (p.stop_after == 3) return;
 
   // ---- 4. attention over this CTA's token chunk, per batch row and group of HG query heads
-  // kStreamWo: the o_proj rows that fit beside the K/V chunk stream into L2 while HBM has nothing else to do
-  const int wo_early = wo_rows_early(p.stream_bytes, kv_streamed, ncols, static_cast<long long>(GD) * sizeof(T));
-  if (stream_wo) prefetch_wo_rows(wo_slice, wo_ld, 0, wo_early, GD);
   const int lanes_per_token = D / kVec;          // one 16-byte vector of K/V per lane
   const int token_slots = 32 / lanes_per_token;  // tokens a warp reads side by side
   const int slot = lane / lanes_per_token, dl = lane % lanes_per_token;
@@ -897,53 +831,80 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
         }
       }
-      for (int t0 = cs + wig * step_tokens; own_row && t0 < ce; t0 += warps_per_row * step_tokens) {
-        uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
-        bool ok[kTokenUnroll<HG>];
+      // The token loop, instantiated twice: kDeepKv (deep = Flag<true>) differs only in when the mask bytes
+      // are tested, not in any arithmetic.
+      auto attend = [&](auto deep) {
+        constexpr bool kDeep = decltype(deep)::value;
+        for (int t0 = cs + wig * step_tokens; own_row && t0 < ce; t0 += warps_per_row * step_tokens) {
+          uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
+          bool ok[kTokenUnroll<HG>];
+          unsigned mk[kTokenUnroll<HG>];  // kDeep: the mask byte (0: masked), tested after every load is issued
 #pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          // K/V loads do not wait for the mask byte: inside [first, last True] a masked token is loaded
-          // and dropped (fully masked tiles outside that range are never read).
-          const int j = t0 + u * token_slots + slot;
-          const bool in = j < ce;
-          ok[u] = in && (mrow == nullptr || mrow[j] != 0);
-          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-          if (in) {
-            const bool cur = j == pos;
-            kr[u] = *reinterpret_cast<const uint4*>(cur ? knew : kb + static_cast<long long>(j) * D);
-            vr[u] = *reinterpret_cast<const uint4*>(cur ? vnew : vb + static_cast<long long>(j) * D);
+          for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+            // K/V loads do not wait for the mask byte: inside [first, last True] a masked token is loaded
+            // and dropped (fully masked tiles outside that range are never read).
+            const int j = t0 + u * token_slots + slot;
+            const bool in = j < ce;
+            if constexpr (kDeep) {
+              mk[u] = in ? 1u : 0u;
+            } else {
+              ok[u] = in && (mrow == nullptr || mrow[j] != 0);
+            }
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+            if (in) {
+              const bool cur = j == pos;
+              if constexpr (kDeep) {
+                if (mrow != nullptr) mk[u] = __ldg(mrow + j);
+              }
+              kr[u] = *reinterpret_cast<const uint4*>(cur ? knew : kb + static_cast<long long>(j) * D);
+              vr[u] = *reinterpret_cast<const uint4*>(cur ? vnew : vb + static_cast<long long>(j) * D);
+            }
+          }
+          if constexpr (kDeep) {
+#pragma unroll
+            for (int u = 0; u < kTokenUnroll<HG>; ++u) ok[u] = mk[u] != 0u;
+          }
+          float sc[kTokenUnroll<HG>][HG];
+#pragma unroll
+          for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+            float kf[kVec];
+            unpack8<T>(kr[u], kf);
+#pragma unroll
+            for (int h = 0; h < HG; ++h) {
+              float d = 0.f;
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) d = fmaf(q[h][e], kf[e], d);
+              if constexpr (kDeep) {  // unrolled, no branch (same offsets, same order): the tokens' chains interleave
+#pragma unroll
+                for (int off = 16; off; off >>= 1) {
+                  const float other = __shfl_xor_sync(0xffffffffu, d, off);
+                  if (off < lanes_per_token) d += other;
+                }
+              } else {
+                for (int off = lanes_per_token / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+              }
+              sc[u][h] = ok[u] ? d : kNegInf;
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+            float vf[kVec];
+            unpack8<T>(vr[u], vf);
+#pragma unroll
+            for (int h = 0; h < HG; ++h) {
+              const float mx = fmaxf(m[h], sc[u][h]);
+              if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
+              const float corr = softmax_rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
+              l[h] = fmaf(l[h], corr, pr);
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
+              m[h] = mx;
+            }
           }
         }
-        float sc[kTokenUnroll<HG>][HG];
-#pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          float kf[kVec];
-          unpack8<T>(kr[u], kf);
-#pragma unroll
-          for (int h = 0; h < HG; ++h) {
-            float d = 0.f;
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) d = fmaf(q[h][e], kf[e], d);
-            for (int off = lanes_per_token / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-            sc[u][h] = ok[u] ? d : kNegInf;
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          float vf[kVec];
-          unpack8<T>(vr[u], vf);
-#pragma unroll
-          for (int h = 0; h < HG; ++h) {
-            const float mx = fmaxf(m[h], sc[u][h]);
-            if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
-            const float corr = softmax_rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
-            l[h] = fmaf(l[h], corr, pr);
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
-            m[h] = mx;
-          }
-        }
-      }
+      };
+      if (deep_kv) attend(Flag<true>{});
+      else attend(Flag<false>{});
       // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
       for (int off = lanes_per_token; off < 32; off <<= 1) {
 #pragma unroll
@@ -1000,7 +961,6 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   }
 
   if (p.stop_after == 4) return;
-  if (stream_wo) prefetch_wo_rows(wo_slice, wo_ld, wo_early, ncols, GD);  // the rest: this CTA has read its K/V chunk
 
   // ---- 5. cluster merge in rank order (same bits in every CTA); attention output into s.qkv's q rows
   cluster.sync();
@@ -1139,8 +1099,7 @@ __global__ void __launch_bounds__(attn::kThreads, 1) attention_decode(
     float* qkv_global, float eps,
     float qk_eps, float scale, int batch, int hidden, int num_heads, int num_kv_heads, int head_dim,
     int max_cache_len, long long mask_stride, long long cos_stride, int cos_kind, int unit_offset,
-    int add_residual, int k_chunk, int prefetch, int rows_parallel, int stop_after, int variant,
-    int stream_bytes) {
+    int add_residual, int k_chunk, int prefetch, int rows_parallel, int stop_after, int variant) {
   static_assert(BB >= 1 && BB <= 16, "batch bucket is 1..16");
   static_assert(HG >= 1 && HG <= 8, "query heads per register pass is 1..8");
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -1149,6 +1108,6 @@ __global__ void __launch_bounds__(attn::kThreads, 1) attention_decode(
                        qk_eps,
                        scale, batch, hidden, num_heads, num_kv_heads, head_dim, max_cache_len, mask_stride,
                        cos_stride, cos_kind, unit_offset, add_residual, k_chunk, prefetch, rows_parallel,
-                       stop_after, variant, stream_bytes};
+                       stop_after, variant};
   attn::attention_decode_body<T, BB, HG>(p, smem_raw);
 }

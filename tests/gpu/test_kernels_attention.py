@@ -20,10 +20,9 @@ import pytest
 import torch
 
 from cf_compile_kernels.attention import (
+    DEEP_KV,
     MMA,
     MMA_MIN_BUCKET,
-    STREAM_KV,
-    STREAM_WO,
     VARIANTS,
     attention_decode,
     attention_unsupported_reason,
@@ -64,11 +63,11 @@ HIDDENS = (256, 512, 896, 1024, 1536, 2048, 4096, 8192)
 BATCHES = (1, 2) if QUICK else ((3, 4, 11, 16) if QUICK_MMA else (1, 2, 3, 4, 5, 8, 9, 16))
 DTYPES = (torch.float16,) if QUICK else (torch.float16, torch.bfloat16)
 CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
-# CF_ATTN_VARIANTS="tail stream" (device scripts): the work-split variants the parametrised tests cover;
+# CF_ATTN_VARIANTS="tail v4" (device scripts): the work-split variants the parametrised tests cover;
 # all of attention.VARIANTS by default.
 TESTED_VARIANTS = sorted(os.environ.get("CF_ATTN_VARIANTS", "").split() or VARIANTS)
-STREAM_VARIANTS = [v for v in TESTED_VARIANTS if v.startswith("stream")]
 MMA_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & MMA]
+DEEP_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & DEEP_KV]
 
 
 @dataclass(frozen=True)
@@ -525,34 +524,26 @@ def test_qkv_hand_off_is_bitwise_equal_to_the_dsmem_gather(variant, base):
     assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
 
 
-# L2 prefetch budgets per CTA (bytes) that reach every path of the stream variants: nothing prefetched
-# (o_proj rows all late), a K/V prefix of a few tokens per row with no room
-# for early o_proj rows, and the launcher's default (None: whole chunks and early rows on these shapes).
-STREAM_BUDGETS = (0, 4096, None)
+def _deep_base(variant: str) -> str:
+    return next(v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~DEEP_KV)
 
 
-@pytest.mark.parametrize("budget", STREAM_BUDGETS)
-@pytest.mark.parametrize("variant", STREAM_VARIANTS)
-@pytest.mark.parametrize("name", _named(["llama2_7b", "small_gqa_split", "small_mqa_d256", "small_mha"]))
-def test_stream_variants_match_tail_bitwise(name, variant, budget):
-    """The stream bits only prefetch into L2: the outputs and cache slots equal tail's bit for bit at
-    any budget, and the launch is correct against fp64 (no prefetch strays outside the live range)."""
-    case = NAMED[name]
-    inp = make_inputs(case)
-    k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
-    want = torch.full_like(inp["x"], float("nan"))
-    base = "mma" if VARIANTS[variant] & MMA else "tail"  # the variant without its L2 hints
-    run_kernel(case, inp, want, variant=base)
-    k_want, v_want = inp["k_cache"].clone(), inp["v_cache"].clone()
-    inp["k_cache"].copy_(k0)
-    inp["v_cache"].copy_(v0)
-    got = torch.full_like(inp["x"], float("nan"))
-    run_kernel(case, inp, got, variant=variant, stream_bytes=budget)
-    torch.cuda.synchronize()
-    assert torch.equal(got, want), f"{variant} budget {budget}: output differs from {base}"
-    assert torch.equal(inp["k_cache"], k_want) and torch.equal(inp["v_cache"], v_want), f"cache differs from {base}"
-    ref, _, _ = reference(case, inp | {"k_cache": k0, "v_cache": v0})
-    assert rel_err(got, ref) <= BANDS[case.dtype]
+@pytest.mark.parametrize("variant", DEEP_VARIANTS)
+def test_deep_kv_is_bitwise_equal_to_its_base(variant):
+    """Bit 32 (v5 = v4_mma + deep_kv) only moves the mask-byte tests of the attention loop after the step's
+    K/V loads and unrolls the dot products' shuffle reduction (same offsets, same order): `out` and the cache
+    slots must equal the variant without the bit bit for bit -- on the sweep's first 24 cases (every mask kind,
+    holes included, MHA/GQA/MQA, head_dim 64-256) and on the named models of this run."""
+    base = _deep_base(variant)
+    cases, _ = _cases()
+    named = [NAMED[n] for n in _named(["llama2_7b", "small_gqa_split", "small_mqa_d256", "small_mha",
+                                      "llama3_8b_b4", "qwen25_05b_b16"])]
+    mismatches = []
+    for case in cases[:24] + named:
+        got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
+        if not (torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)):
+            mismatches.append(str(case))
+    assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
 
 
 @pytest.mark.skipif(QUICK or QUICK_MMA, reason="batch 16 bf16 x 4 heads per pass: not compiled in the quick device runs")
@@ -583,7 +574,8 @@ def test_mma_bit_is_ignored_below_its_batch_bucket(name, variant):
     """Batch 1-2 keep the CUDA-core GEMV under the MMA bit: the outputs equal those without it bit for bit."""
     case = NAMED[name]
     assert batch_bucket(case.batch) < MMA_MIN_BUCKET
-    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~MMA][0]
+    # DEEP_KV is bitwise neutral (test_deep_kv_is_bitwise_equal_to_its_base): compare without it as well
+    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~(MMA | DEEP_KV)][0]
     got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
     assert torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
 
@@ -595,7 +587,7 @@ def test_mma_path_runs_at_batch_buckets_from_4(name, variant):
     o_proj inputs rounded) -- equal outputs would mean the bit never reached phases 2 and 6."""
     case = NAMED[name]
     assert batch_bucket(case.batch) >= MMA_MIN_BUCKET
-    base = "stream" if VARIANTS[variant] & (STREAM_KV | STREAM_WO) else "tail"
+    base = "tail"
     got_out, _, _, want_out, _, _ = _run_pair(case, (variant, base))
     assert not torch.equal(got_out, want_out), f"{variant} == {base} bitwise: MMA path not taken?"
     ref, _, _ = reference(case, make_inputs(case))  # the same seed: the inputs both runs saw
