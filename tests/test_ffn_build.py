@@ -163,7 +163,6 @@ def test_flags_parse_names_and_bit_sets():
     assert ffn.parse_flags("") == 0
     assert ffn.parse_flags("early_x") == ffn.FLAGS["early_x"]
     assert ffn.parse_flags("early_x+defer_fix_up") == ffn.DEFAULT_FLAGS == ffn.parse_flags("3")
-    assert ffn.parse_flags("early_x+defer_fix_up+dyn_down") == sum(ffn.FLAGS.values()) == ffn.parse_flags("7")
     with pytest.raises(ValueError, match="unknown"):
         ffn.parse_flags("early")
 
@@ -221,24 +220,3 @@ def test_whole_units_per_cta_tile_each_cluster():
 
 def test_stamp_buffer_size_follows_the_phase_list():
     assert ffn.stamp_elems(120) == 120 * len(ffn.PHASES) * ffn.STAMP_WORDS
-
-
-def test_dyn_down_is_opt_in_and_its_work_buffer_follows_the_cluster_count():
-    """dyn_down is not a default flag (measured first, run 6); its work buffer holds claim and ready per
-    cluster plus the exit counter (kernel DownClaims / dyn_down_exit)."""
-    assert not ffn.DEFAULT_FLAGS & ffn.FLAGS["dyn_down"]
-    assert ffn.dyn_work_ints(30) == 61
-
-
-@pytest.mark.parametrize("mode", list(ffn.MODES.values()))
-@pytest.mark.parametrize("bt,stages", [(1, 4), (2, 3), (1, 0)])
-def test_dyn_down_kernels_compile_without_spills(bt, stages, mode):
-    flags = ffn.DEFAULT_FLAGS | ffn.FLAGS["dyn_down"]
-    k = compile_kernel(
-        ffn.SOURCE,
-        ffn.KERNEL,
-        template_args=ffn.template_args(torch.float16, 4, bt, ffn.WARPS, ffn.DEPTH, stages, mode, flags),
-        arch=SM90_ARCH,
-    )
-    assert k.spill_bytes == 0 and k.local_bytes == 0, f"{k.name_expression}: stack {k.local_bytes}"
-    assert k.registers is not None and k.registers * ffn.WARPS * ffn.WARP_SIZE <= REGISTERS_PER_SM

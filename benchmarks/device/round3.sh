@@ -16,6 +16,6 @@ bash benchmarks/device/attn_stream.sh 2>&1 | tail -12; echo "[attention stream a
 timeout 60 python3 benchmarks/attention.py --no-inductor --no-prefetch --phases --dtypes fp16 --batches 1 \
   --seqs 1024 --variants tail v4 --models llama-3-8b qwen2.5-0.5b llama-3.2-1b --json "$OUT/attn_v4.json" 2>&1 \
   | grep -v "^  cumulative" | tail -8; echo "[attention v4 at $((SECONDS - t0)) s]"
-bash benchmarks/device/ffn_dyn.sh 2>&1 | tail -14; echo "[ffn at $((SECONDS - t0)) s]"
+# (FFN: ffn_dyn.sh ran here -- run 6; removed with the dyn_down flag, benchmarks/NOTES-ffn.md)
 bash benchmarks/device/mla_chunks.sh 2>&1 | tail -14; echo "[mla at $((SECONDS - t0)) s]"
 bash benchmarks/device/attn_mma.sh 2>&1 | tail -12; echo "[attention mma at $((SECONDS - t0)) s]"
