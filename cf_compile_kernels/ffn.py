@@ -50,10 +50,12 @@ MODES = {"split": 0, "split_local_stats": 1, "whole": 2}
 DEFAULT_MODE = MODES["split"]  # the mode every shape supports (the shape-derived choice: default_mode)
 # Optional prologue/epilogue changes (kernel enum Flags, a bit set; each keeps the output bits): x and the
 # norm weight loaded before the ring's first weight copies; last-arrival fix-ups deferred to the end of a
-# warp's down tiles and summed together; down tiles claimed by warps from per-slice counters (own slice first,
-# then stealing other clusters' tiles, their h read from global memory), so early clusters take more of the
-# tail. Default: measured best (benchmarks/NOTES-ffn.md, run 5; dyn_down: run 6).
-FLAGS = {"early_x": 1, "defer_fix_up": 2, "dyn_down": 4}
+# warp's down tiles and summed together. Default: measured best (benchmarks/NOTES-ffn.md, run 5). Bit 4 was
+# dyn_down (down tiles claimed from per-slice counters, stealing from late clusters): slower on every row
+# measured (run 6), removed; the bit is left unused so that recorded results keep one meaning per value.
+# prefetch_down: each warp asks L2 for its first down-projection rows (~12 KB) as soon as its last gate/up
+# weight copy is out, so HBM stays busy through the cluster exchange (run 7, not a default until measured).
+FLAGS = {"early_x": 1, "defer_fix_up": 2, "prefetch_down": 8}
 # Both on (H100, 2026-11-23, run 5: Llama-2-7B fp16 b16 151.5 -> 137.4 us, b1 121.0 -> 118.4 in split mode;
 # bitwise the plain kernel's output, tests/gpu/test_kernels_ffn.py).
 DEFAULT_FLAGS = FLAGS["early_x"] | FLAGS["defer_fix_up"]
@@ -304,8 +306,6 @@ class _Plan:
     partials: torch.Tensor
     counters: torch.Tensor
     clusters: int
-    h_global: torch.Tensor | None = None  # dyn_down: h published for stealing warps, [MAX_BATCH][I] of T
-    work: torch.Tensor | None = None  # dyn_down: claim[C], ready[C], exits[1] (zero; the kernel resets them)
 
 
 _plans: dict[tuple, _Plan] = {}
@@ -334,7 +334,7 @@ class Tuning:
     l2_hint: int = 0  # 0, 128 or 256: L2 sector promotion on the weight loads (-DCF_FFN_L2_HINT)
     mode: int | None = None  # MODES: how gate/up is cut inside the cluster; None: default_mode(shape)
     phases: bool = False  # build with the per-phase timeline (gated_ffn then needs `stamps`)
-    flags: int | None = None  # FLAGS bit set: early x loads, deferred fix-ups; None: DEFAULT_FLAGS
+    flags: int | None = None  # FLAGS bit set: early x, deferred fix-ups, down prefetch; None: DEFAULT_FLAGS
 
 
 def _plan(
@@ -398,10 +398,6 @@ def _plan(
         if smem > MAX_SMEM_PER_CTA:
             raise ValueError(f"gated_ffn: {smem} B of shared memory per CTA with {clusters} clusters")
         partials, counters = _get_scratch(hidden, clusters, device)
-        h_global = work = None
-        if flags & FLAGS["dyn_down"]:  # per plan: the counters' length follows this launch's cluster count
-            h_global = torch.empty(MAX_BATCH * intermediate, dtype=dtype, device=device)
-            work = torch.zeros(dyn_work_ints(clusters), dtype=torch.int32, device=device)
         plan = _Plan(
             kernel=kernel,
             grid=(clusters * cluster, 1, 1),
@@ -411,8 +407,6 @@ def _plan(
             partials=partials,
             counters=counters,
             clusters=clusters,
-            h_global=h_global,
-            work=work,
         )
         _plans[key] = plan
         return plan
@@ -440,11 +434,6 @@ def plan_info(
         "local_bytes": compiled.local_bytes,
         "template": compiled.name_expression,
     }
-
-
-def dyn_work_ints(clusters: int) -> int:
-    """Ints of the dyn_down work buffer (kernel DownClaims): claim and ready per cluster, one exit counter."""
-    return 2 * clusters + 1
 
 
 def stamp_elems(ctas: int) -> int:
@@ -553,8 +542,6 @@ def gated_ffn(
         ctypes.c_int32(NORM_KINDS[norm_kind]),
         ctypes.c_int32(_activation_code(activation)),
         ctypes.c_int32(1 if add_residual else 0),
-        ctypes.c_void_p(0 if plan.h_global is None else plan.h_global.data_ptr()),
-        ctypes.c_void_p(0 if plan.work is None else plan.work.data_ptr()),
         ctypes.c_void_p(stamps_ptr),
     ]
     plan.kernel.launch(plan.grid, plan.block, args, shared_bytes=plan.smem, cluster=plan.cluster)

@@ -5,7 +5,7 @@ set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/cf-final}; export OUT=/tmp/cf-out; mkdir -p "$OUT" "$FINAL"
 t0=$SECONDS
-bash benchmarks/device/ffn_dyn.sh 2>&1 | tail -14; echo "[ffn at $((SECONDS - t0)) s]"
+# (FFN: ffn_dyn.sh ran here -- run 6; removed with the dyn_down flag, benchmarks/NOTES-ffn.md)
 bash benchmarks/device/mla_chunks.sh 2>&1 | tail -14; echo "[mla at $((SECONDS - t0)) s]"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu/test_backend_gpu.py 2>&1 \
   | tee "$OUT/backend_tests.log" | tail -6; echo "[backend tests at $((SECONDS - t0)) s]"

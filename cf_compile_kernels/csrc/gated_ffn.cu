@@ -87,21 +87,24 @@ enum GateUpMode : int { kSplitK = 0, kSplitKLocalStats = 1, kWholeUnits = 2 };
 ///   kDeferFixUp:  a warp that arrives last on a down tile only notes it; after its last tile it sums all
 ///                 those tiles at once (their loads in flight together). A late cluster is last on every
 ///                 one of its tiles; inline it paid one fix-up round trip per tile, now one for all.
-///   kDynDown:     down tiles are claimed, not assigned (run 5: the last CTA ends ~10 us after the median,
-///                 because some clusters stream their fixed share slower). A work item is one (k-slice s,
-///                 column tile jt) pair -- exactly one item of the fixed split, same MMAs in the same order,
-///                 same partial slot [s][jt], same fix-up -- only WHO computes it changes. The warps of
-///                 cluster c first claim the tiles of their own slice from claim[c] (so the cluster's 4 CTAs
-///                 balance among themselves, h from shared memory as before); when it is empty they steal
-///                 tiles of the slice with the most unclaimed tiles whose h is published (each CTA copies
-///                 its h units to global memory and counts itself in ready[s]), reading that h from global
-///                 memory into the same fragment registers ldmatrix would give. The last CTA to exit zeroes
-///                 claim/ready (as the arrival counters are reset: graph replay safe). Fix-ups are inline
-///                 (a warp's tile list is dynamic; kDeferFixUp applies to the fixed split only).
-enum Flags : int { kEarlyX = 1, kDeferFixUp = 2, kDynDown = 4 };
-constexpr int kFlagsAll = kEarlyX | kDeferFixUp | kDynDown;
+///   kPrefetchDown: as soon as a warp has issued its last gate/up weight copy (staged) or load (direct), it
+///                 asks L2 for its first down-projection rows (cp.async.bulk.prefetch.L2, one request per row
+///                 segment of the cluster's k-slice): its first kPrefetchDownBytes of down rows (at least its
+///                 first whole tile), less what the ring's first down slots copy themselves. Timeline (Llama-2-7B B=1): from a
+///                 CTA's gate/up end to its down start (fold, the cluster wait for its slowest rank, h, gather)
+///                 ~9 us pass with only the ring's STAGES-1 slots per warp (~4 us of the SM's HBM share) in
+///                 flight; these requests keep HBM busy through the rest, and the down loop then finds its
+///                 first tile in L2. Hints only: the same loads, MMAs and sums (bitwise the same output).
+///                 (Bit 4 was kDynDown, measured slower and removed: left unused.)
+enum Flags : int { kEarlyX = 1, kDeferFixUp = 2, kPrefetchDown = 8 };
+constexpr int kFlagsAll = kEarlyX | kDeferFixUp | kPrefetchDown;
 constexpr int kMaxDeferredTiles = 32;  // the deferred set is a 32-bit mask of a warp's tile indices
-constexpr unsigned kStealPollNs = 500;  // kDynDown: back-off before re-probing when only unpublished slices are left
+// kPrefetchDown: down-row bytes per warp covered before its down loop, the ring's first slots included (rounded
+// down to whole rows, at least one tile). Llama-2-7B (k-slice 368 columns, ring 3 x 64 of them): 22 rows, 10 KB
+// asked of L2 per warp beyond the ring, 19 MB over 120 CTAs -- about the HBM bytes of the ~6 us of the exchange
+// window the ring leaves idle, well inside the 50 MB L2. Qwen2.5-0.5B (168 columns, < 1 tile per warp): the
+// ring already covers all of it, nothing to ask.
+constexpr int kPrefetchDownBytes = 16 * 1024;
 
 // ------------------------------------------------------------------ optional phase timeline
 // -DCF_FFN_PHASES=1: thread 0 of every CTA writes {%globaltimer, clock64} at each phase boundary into
@@ -348,160 +351,6 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[BT][4], unsigned slot, un
         ldmatrix_x2(b, vec + (brow * stride + bcol) * 2);
         MmaOp<T>::run(acc[bt], a[0], a[1], a[2], a[3], b[0], b[1]);
       }
-    }
-  }
-}
-
-/// @brief kDynDown, a stolen tile: mma_chunk with the batch operand read from h in global memory (`h`: the
-/// slice's first column of batch row 0, row stride `stride`). Each fragment register is one 32-bit load of
-/// exactly the word ldmatrix_x2 hands this lane from shared memory (batch row lane / 4, k pair 2 * (lane % 4),
-/// and the same 8 columns further), so the MMAs see the owner's bits. Columns at or past `kc` read as zero
-/// (the owner's shared tail is zero); rows past the batch too (their products are never stored). All words
-/// of the chunk are loaded first: one L2 round trip per chunk, while the ring's next slots stream.
-template <typename T, int BT>
-__device__ __forceinline__ void mma_chunk_global(float (&acc)[BT][4], unsigned slot, const bits16* h, int stride,
-                                                 int col, int kk_count, int kc, int batch, int lane) {
-  constexpr int kKSteps = kChunkK / kMmaK;
-  constexpr int kHalves = kMmaK / kElemsPerLoad;  // ldmatrix_x2: two 8-column matrices per k16
-  const int q = lane / kUnitRows, r8 = lane % kUnitRows;
-  const int n = lane / kLanesPerGroup, k_pair = 2 * (lane % kLanesPerGroup);
-  unsigned b[kKSteps][BT][kHalves];
-#pragma unroll
-  for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-    for (int bt = 0; bt < BT; ++bt) {
-#pragma unroll
-      for (int i = 0; i < kHalves; ++i) {
-        const int row = bt * kMmaCols + n, k = col + kk * kMmaK + i * kElemsPerLoad + k_pair;
-        const bool live = kk < kk_count && row < batch && k < kc;
-        b[kk][bt][i] = live ? __ldcg(reinterpret_cast<const unsigned*>(h + static_cast<size_t>(row) * stride + k)) : 0u;
-      }
-    }
-  }
-#pragma unroll
-  for (int kk = 0; kk < kKSteps; ++kk) {
-    if (kk < kk_count) {
-      unsigned a[4];
-      const int row = (q & 1) * kUnitRows + r8, piece = kk * 2 + (q >> 1);
-      ldmatrix_x4(a, slot + row * (kChunkK * 2) + ((piece ^ r8) * 16));
-#pragma unroll
-      for (int bt = 0; bt < BT; ++bt) MmaOp<T>::run(acc[bt], a[0], a[1], a[2], a[3], b[kk][bt][0], b[kk][bt][1]);
-    }
-  }
-}
-
-/// @brief kDynDown, direct path, a stolen tile: load_batch_frag from h in global memory (L2: written in this
-/// launch by another SM). `live` false (columns at or past the slice end) gives zeros, as the owner's tail.
-template <int BT>
-__device__ __forceinline__ void load_batch_frag_global(uint4 (&b)[BT], const bits16* base, int stride, int g,
-                                                       int batch, bool live) {
-#pragma unroll
-  for (int bt = 0; bt < BT; ++bt) {
-    const int row = g + bt * kMmaCols;
-    b[bt] = live && row < batch ? __ldcg(reinterpret_cast<const uint4*>(base + static_cast<size_t>(row) * stride))
-                                : make_uint4(0, 0, 0, 0);
-  }
-}
-
-__device__ __forceinline__ int load_acquire(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ int load_relaxed(const int* p) {
-  int v;
-  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-/// @brief kDynDown: the down items (k-slice s, column tile) handed out to warps. Layout of `work` (ints,
-/// zero before the first launch): claim[C] (next unclaimed tile index of each slice), ready[C] (CTAs of
-/// slice s's cluster that have published their h units), exits[1]. A claim index i of slice s is column
-/// tile (i + s * tiles / C) % tiles: every slice starts at a different tile, so the C arrivals on a tile
-/// (and its fix-up) spread in time as with the fixed split. Items are returned packed, s * tiles + jt, or
-/// -1 when every slice is claimed. All members but `pending` are warp-uniform.
-struct DownClaims {
-  static constexpr int kDistBits = 16;  // steal key: (unclaimed tiles << 16) | (0xffff - distance from own)
-  static constexpr unsigned kDistMask = (1u << kDistBits) - 1;
-  int* claim;
-  const int* ready;
-  int clusters, tiles, own, cluster_size;
-  int pending = 0;  // lane 0: the own-slice claim in flight (issued one tile ahead, so its latency hides)
-  bool own_left = true;
-
-  __device__ __forceinline__ DownClaims(int* work, int clusters_, int tiles_, int own_, int cluster_size_)
-      : claim(work), ready(work + clusters_), clusters(clusters_), tiles(tiles_), own(own_),
-        cluster_size(cluster_size_) {}
-
-  /// @brief Issue the first own claim (early: its round trip overlaps the end of the gate/up phase).
-  __device__ __forceinline__ void start(int lane) {
-    if (lane == 0) pending = atomicAdd(claim + own, 1);
-  }
-  __device__ __forceinline__ int pack(int s, int i) const {
-    return s * tiles + (i + static_cast<int>(static_cast<long long>(s) * tiles / clusters)) % tiles;
-  }
-  /// @brief The next item for this warp: its own slice first, then the others'.
-  __device__ __forceinline__ int next(int lane) {
-    if (own_left) {
-      const int i = __shfl_sync(0xffffffffu, pending, 0);
-      if (i < tiles) {
-        if (lane == 0) pending = atomicAdd(claim + own, 1);
-        return pack(own, i);
-      }
-      own_left = false;
-    }
-    return steal(lane);
-  }
-  /// @brief Probe every other slice at once (lane per slice: unclaimed tiles, published?), claim from the one
-  /// with the most unclaimed tiles -- the latest cluster's. Slices whose h is not yet published are waited
-  /// for (their cluster is resident and never waits on another cluster, so they come).
-  __device__ __forceinline__ int steal(int lane) {
-    for (;;) {
-      unsigned best = 0;
-      bool waiting = false;
-      for (int base = 0; base < clusters; base += kWarpSize) {
-        const int s = base + lane;
-        unsigned key = 0;
-        bool unpublished = false;
-        if (s < clusters && s != own) {
-          const int left = tiles - load_relaxed(claim + s);
-          if (left > 0) {
-            if (load_acquire(ready + s) >= cluster_size) {
-              key = (static_cast<unsigned>(left) << kDistBits) | (kDistMask - (s - own + clusters) % clusters);
-            } else {
-              unpublished = true;
-            }
-          }
-        }
-        best = max(best, __reduce_max_sync(0xffffffffu, key));
-        waiting = waiting || __any_sync(0xffffffffu, unpublished);
-      }
-      __syncwarp();  // the probing lane's acquire of ready[s] orders every lane's later reads of slice s's h
-      if (best != 0) {
-        const int s = (own + static_cast<int>(kDistMask - (best & kDistMask))) % clusters;
-        int i = 0;
-        if (lane == 0) i = atomicAdd(claim + s, 1);
-        i = __shfl_sync(0xffffffffu, i, 0);
-        if (i < tiles) return pack(s, i);
-        continue;  // emptied meanwhile: probe again
-      }
-      if (!waiting) return -1;
-      __nanosleep(kStealPollNs);
-    }
-  }
-};
-
-/// @brief kDynDown: the last CTA of the grid to get here zeroes claim/ready/exits for the next launch (every
-/// other CTA has made its last claim and probe before counting itself). Called by every thread.
-__device__ __forceinline__ void dyn_down_exit(int* work, int clusters, int tid) {
-  __syncthreads();
-  if (tid == 0) {
-    __threadfence();
-    int* exits = work + 2 * clusters;
-    if (atomicAdd(exits, 1) == static_cast<int>(gridDim.x) - 1) {
-      for (int i = 0; i < 2 * clusters; ++i) work[i] = 0;
-      __threadfence();
-      atomicExch(exits, 0);
     }
   }
 }
@@ -755,15 +604,15 @@ __device__ __forceinline__ void normalise_vec(bits16* n_row, const uint4& x_raw,
 ///                    lines per row, read by ldmatrix; STAGES - 1 slots in flight, also across the phase
 ///                    boundaries). The host picks staged when its ring fits in shared memory.
 /// @tparam MODE       GateUpMode: how gate/up is cut inside the cluster (default: split-K)
-/// @tparam FLAGS      Flags bit set: early x loads, deferred fix-ups, claimed down tiles (default: none; the
-///                    same bits either way)
+/// @tparam FLAGS      Flags bit set: early x loads, deferred fix-ups, down rows prefetched to L2 (default: none;
+///                    the same bits either way)
 template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH, int STAGES, int MODE = kSplitK, int FLAGS = 0>
 __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     gated_ffn_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
                      const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
                      float* __restrict__ partials, int* __restrict__ counters, int hidden, int inter, int batch,
-                     float eps, int norm_kind, int activation, int add_residual, T* __restrict__ h_global,
-                     int* __restrict__ work, unsigned long long* __restrict__ stamps) {
+                     float eps, int norm_kind, int activation, int add_residual,
+                     unsigned long long* __restrict__ stamps) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 only");
   static_assert(BT == 1 || BT == 2, "batch tiles: 1 or 2 (batch <= 16)");
   static_assert(STAGES == 0 || STAGES >= 2, "staged path needs at least two ring slots");
@@ -774,7 +623,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   constexpr bool kLocalStats = MODE != kSplitK;  // whole units need the whole row's statistics anyway
   constexpr bool kEarly = (FLAGS & kEarlyX) != 0;
   constexpr bool kDefer = (FLAGS & kDeferFixUp) != 0;
-  constexpr bool kDyn = (FLAGS & kDynDown) != 0;  // h_global [batch][inter] and work are used only then
+  constexpr bool kPrefetch = (FLAGS & kPrefetchDown) != 0;
   // kEarlyX: the statistics range is the norm range (split-K: the CTA's k-slice; whole units: the row),
   // so the thread that squares x[b][v] also normalises it, from the same registers
   constexpr bool kNormFromRegs = kEarly && MODE != kSplitKLocalStats;
@@ -840,13 +689,26 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   auto down_rows = [&](int m) {
     return w_down + static_cast<size_t>(k_begin + tile_of(m) * kMmaRows) * inter + k0;
   };
+  // kPrefetchDown: L2 prefetch of this warp's first down rows in the order the down loop visits them (row r of
+  // the list: tile m = r / 16, its row r % 16), the whole k-slice of each but the columns [0, skip) of tile 0,
+  // which the ring's first down slots copy themselves; lane l takes rows l, l + 32, ... (Llama-2-7B: 22 rows).
+  auto prefetch_down = [&](int skip) {
+    if (my_tiles <= 0 || kc <= 0) return;
+    const int rows = min(my_tiles * kMmaRows, max(kMmaRows, kPrefetchDownBytes / (kc * static_cast<int>(sizeof(T)))));
+    for (int r = lane; r < rows; r += kWarpSize) {
+      const int m = r / kMmaRows, col = m == 0 ? skip : 0;
+      if (col < kc) {
+        prefetch_l2(down_rows(m) + static_cast<size_t>(r % kMmaRows) * inter + col, (kc - col) * sizeof(T));
+      }
+    }
+  };
 
   // this cluster's partial of one down tile -> global, arrive; the last of the C arrivals fixes it up
   // (kDeferFixUp: notes it in `deferred`, bit m, and fixes up all of them after its last tile)
-  // (kDynDown items: slice s may be another cluster's, m = -1: never deferred)
   unsigned deferred = 0;
-  auto finish_item = [&](int s, int jt, int m, float (&acc)[BT][4]) {
-    float* dst = partials + (static_cast<size_t>(s) * col_tiles + jt) * kMmaRows * batch;
+  auto finish_tile = [&](int m, float (&acc)[BT][4]) {
+    const int jt = rank * tiles_per_cta + tile_of(m);
+    float* dst = partials + (static_cast<size_t>(c) * col_tiles + jt) * kMmaRows * batch;
 #pragma unroll
     for (int bt = 0; bt < BT; ++bt) {
 #pragma unroll
@@ -862,23 +724,13 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     if (lane == 0) old = atomicAdd(counters + jt, 1);
     old = __shfl_sync(0xffffffffu, old, 0);
     if (old == clusters - 1) {
-      if (kDefer && m >= 0 && m < kMaxDeferredTiles) {
+      if (kDefer && m < kMaxDeferredTiles) {
         deferred |= 1u << m;  // summed with the warp's other last arrivals after its last tile
       } else {
         fix_up_tile<T>(jt, partials, clusters, col_tiles, batch, hidden, x, out, counters, add_residual, lane);
       }
     }
   };
-  auto finish_tile = [&](int m, float (&acc)[BT][4]) { finish_item(c, rank * tiles_per_cta + tile_of(m), m, acc); };
-
-  // ---- kDynDown: items of any slice s (its units, k columns and k items), claimed through `work`
-  auto slice_unit0 = [&](int s) { return static_cast<int>(static_cast<long long>(s) * units / clusters); };
-  auto slice_kc = [&](int s) { return (slice_unit0(s + 1) - slice_unit0(s)) * kUnitRows; };
-  auto slice_items = [&](int kcs) { return max(1, ceil_div(kcs, kItemK)); };  // as items_per_tile
-  auto item_rows = [&](int s, int jt) {  // row 0 of column tile jt, first column of slice s
-    return w_down + static_cast<size_t>(jt) * kMmaRows * inter + static_cast<size_t>(slice_unit0(s)) * kUnitRows;
-  };
-  DownClaims claims(work, clusters, col_tiles, c, CLUSTER);
   // a unit's gate/up partial (or this warp's piece of it) -> smem; the first piece of a unit that began
   // in an earlier warp goes to this warp's head slot (added in warp order by the fold)
   auto flush_unit = [&](int u, bool head, float (&acc)[BT][4]) {
@@ -977,28 +829,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   __syncthreads();
   stamp(stamps, kPhaseNorm);
 
-  // kDynDown, staged: the issue cursor (packed item, its next k item, its k items; warp-uniform), and which
-  // item / k item each ring slot holds (lane q keeps slot q's, -1: empty): lane-held, so no local memory.
-  // The cursor starts "at the end of an item", so its first use claims one.
-  int cur_item = 0, cur_ci = 0, cur_items = 0;
-  int slot_item = -1, slot_ci = 0;
-  auto issue_dyn = [&](int slot_index) {
-    if (cur_item >= 0 && cur_ci == cur_items) {
-      cur_item = claims.next(lane);
-      cur_ci = 0;
-      cur_items = cur_item >= 0 ? slice_items(slice_kc(cur_item / col_tiles)) : 0;
-    }
-    if (cur_item >= 0) {
-      const int s = cur_item / col_tiles;
-      const T* rows = item_rows(s, cur_item % col_tiles);
-      issue_chunk<T>(ring + slot_index * kChunkBytes, rows, rows + kUnitRows * static_cast<size_t>(inter), inter,
-                     cur_ci * kChunkK, slice_kc(s), lane);
-    }
-    if (lane == slot_index) slot_item = cur_item, slot_ci = cur_ci;
-    if (cur_item >= 0) ++cur_ci;
-  };
-  if constexpr (kDyn) claims.start(lane);  // a reservation: its round trip hides behind the gate/up phase
-
   // ---- 3. gate/up over this warp's items
   {
     float acc[BT][4];
@@ -1012,6 +842,9 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       for (int f = 0; f < STAGES - 1 && i_begin + f < i_end; ++f) {
         if (++ic == items_per_unit) ic = 0, ++iu;
       }
+      // kPrefetchDown: the columns of tile 0 the ring's first down slots will copy (items 0..STAGES-2)
+      const int pf_skip = min(kc, (STAGES - 1) * kChunkK);
+      if (kPrefetch && i_end - i_begin < STAGES) prefetch_down(pf_skip);  // every gate/up copy already issued
       for (int it = 0; it < i_end - i_begin; ++it) {
         cp_async_wait<STAGES - 2>();
         __syncwarp();
@@ -1030,15 +863,14 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
           if (++ic == items_per_unit) ic = 0, ++iu;
         }
         cp_async_commit();
+        if (kPrefetch && it == i_end - i_begin - STAGES) prefetch_down(pf_skip);  // the last gate/up copy is out
       }
       // Start the down projection's first slots now: they stream while the cluster exchanges h.
       cp_async_wait<0>();
       __syncwarp();
 #pragma unroll
       for (int f = 0; f < STAGES - 1; ++f) {
-        if constexpr (kDyn) {
-          issue_dyn(f);
-        } else if (f < items_d) {
+        if (f < items_d) {
           const int m = f / items_per_tile, ci = f % items_per_tile;
           const T* rows = down_rows(m);
           issue_chunk<T>(ring + f * kChunkBytes, rows, rows + kUnitRows * static_cast<size_t>(inter), inter,
@@ -1063,6 +895,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
             }
           }
         }
+        if (kPrefetch && remaining <= DEPTH) prefetch_down(0);  // this warp's last gate/up loads are out
 #pragma unroll
         for (int d = 0; d < DEPTH; ++d) {
           if (d < remaining) {
@@ -1077,8 +910,10 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
           }
         }
       }
-      // Warm L2 with this warp's first down-projection tile while the cluster exchanges h.
-      if (!kDyn && my_tiles > 0 && kc > 0 && lane < kMmaRows) {
+      // Warm L2 with this warp's first down-projection tile while the cluster exchanges h (kPrefetchDown: its
+      // first rows, already asked for in the last batch above).
+      if (kPrefetch && i_begin >= i_end) prefetch_down(0);
+      if (!kPrefetch && my_tiles > 0 && kc > 0 && lane < kMmaRows) {
         prefetch_l2(down_rows(0) + static_cast<size_t>(lane) * inter, kc * sizeof(T));
       }
     }
@@ -1108,9 +943,8 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       const int b = idx % batch, row = (idx / batch) % kUnitRows, j = idx / (batch * kUnitRows);
       const float* tile = part_s + j * kMmaRows * kBp;
       const float gate = tile[row * kBp + b], up = tile[(row + kUnitRows) * kBp + b];
-      const T h = from_float<T>(activate(gate, activation) * up);
-      reinterpret_cast<T*>(h_s)[b * L.h_stride + (gu_unit0 + j) * kUnitRows + row] = h;
-      if constexpr (kDyn) h_global[static_cast<size_t>(b) * inter + k0 + (gu_unit0 + j) * kUnitRows + row] = h;
+      reinterpret_cast<T*>(h_s)[b * L.h_stride + (gu_unit0 + j) * kUnitRows + row] =
+          from_float<T>(activate(gate, activation) * up);
     }
   } else {
     const int owned = unit_count > rank ? ceil_div(unit_count - rank, CLUSTER) : 0;
@@ -1127,9 +961,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
         gate += cluster::load(peer_part[q] + gate_off);
         up += cluster::load(peer_part[q] + up_off);
       }
-      const T h = from_float<T>(activate(gate, activation) * up);
-      reinterpret_cast<T*>(h_s)[b * L.h_stride + u * kUnitRows + row] = h;
-      if constexpr (kDyn) h_global[static_cast<size_t>(b) * inter + k0 + u * kUnitRows + row] = h;
+      reinterpret_cast<T*>(h_s)[b * L.h_stride + u * kUnitRows + row] = from_float<T>(activate(gate, activation) * up);
     }
   }
   {
@@ -1163,46 +995,16 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       const float4 v = cluster::load4(cluster::peer_addr(dst, q));
       *reinterpret_cast<float4*>(dst) = v;
     }
-    if constexpr (kDyn) __threadfence();  // this thread's h_global stores (step 5, long done) before ready[c]
     __syncthreads();
-    if (kDyn && tid == 0) {  // ready[c]: this CTA's h units are published (cumulative fence: the CTA's stores)
-      __threadfence();
-      atomicAdd(work + clusters + c, 1);
-    }
     cluster::arrive();  // done reading peers; matched by the wait before exit
   }
   stamp(stamps, kPhaseGather);
 
-  // ---- 7. down projection over this warp's tiles (kDynDown: over the items it claims)
+  // ---- 7. down projection over this warp's tiles
   {
     float acc[BT][4];
     zero(acc);
-    if constexpr (kStaged && kDyn) {
-      // as the fixed loop below, item by item from the ring's slot records; own slice: h from shared memory,
-      // another slice: from h_global (the same words)
-      const unsigned h_vec = smem_u32(h_s);
-      const bits16* h_glob = reinterpret_cast<const bits16*>(h_global);
-      for (int it = 0;; ++it) {
-        cp_async_wait<STAGES - 2>();
-        __syncwarp();
-        const int sl = it % STAGES;
-        const int item = __shfl_sync(0xffffffffu, slot_item, sl), ci = __shfl_sync(0xffffffffu, slot_ci, sl);
-        if (item < 0) break;  // the cursor ran dry: so are all later slots
-        const int s = item / col_tiles, kcs = slice_kc(s), col = ci * kChunkK;
-        const int kk_count = max(0, min(kChunkK, ceil_div(kcs - col, kMmaK) * kMmaK)) / kMmaK;
-        const unsigned slot = ring + sl * kChunkBytes;
-        if (s == c) {
-          mma_chunk<T, BT>(acc, slot, h_vec, L.h_stride, col, kk_count, lane);
-        } else {
-          mma_chunk_global<T, BT>(acc, slot, h_glob + slice_unit0(s) * kUnitRows, inter, col, kk_count, kcs, batch,
-                                  lane);
-        }
-        __syncwarp();  // every lane is done with the slot before it is refilled
-        issue_dyn((it + STAGES - 1) % STAGES);
-        cp_async_commit();
-        if (ci == slice_items(kcs) - 1) finish_item(s, item % col_tiles, -1, acc);
-      }
-    } else if constexpr (kStaged) {
+    if constexpr (kStaged) {
       const unsigned h_vec = smem_u32(h_s);
       for (int it = 0; it < items_d; ++it) {
         cp_async_wait<STAGES - 2>();
@@ -1221,42 +1023,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
         }
         cp_async_commit();
         if (ci == items_per_tile - 1) finish_tile(m, acc);
-      }
-    } else if constexpr (kDyn) {
-      // the direct loop below, over claimed items; another slice's h from h_global (the same 16-byte words)
-      const bits16* h_own = h_s + t * kElemsPerLoad;
-      for (int item = claims.next(lane); item >= 0; item = claims.next(lane)) {
-        const int s = item / col_tiles, jt = item % col_tiles, kcs = slice_kc(s), items_s = slice_items(kcs);
-        const T* p = item_rows(s, jt) + static_cast<size_t>(g) * inter + t * kElemsPerLoad;
-        const bits16* h_other = reinterpret_cast<const bits16*>(h_global) + slice_unit0(s) * kUnitRows + t * kElemsPerLoad;
-        const size_t half_tile = static_cast<size_t>(kUnitRows) * inter;
-        for (int s0 = 0; s0 < items_s; s0 += DEPTH) {
-          const int count = min(DEPTH, items_s - s0);
-          uint4 lo[DEPTH], hi[DEPTH];
-#pragma unroll
-          for (int d = 0; d < DEPTH; ++d) {
-            if (d < count) {
-              const int k = (s0 + d) * kStepK;
-              const bool live = k + t * kElemsPerLoad < kcs;
-              lo[d] = live ? load_weights(p + k) : make_uint4(0, 0, 0, 0);
-              hi[d] = live ? load_weights(p + half_tile + k) : make_uint4(0, 0, 0, 0);
-            }
-          }
-#pragma unroll
-          for (int d = 0; d < DEPTH; ++d) {
-            if (d < count) {
-              const int k = (s0 + d) * kStepK;
-              uint4 b[BT];
-              if (s == c) {
-                load_batch_frag<BT>(b, h_own + k, L.h_stride, g, batch);
-              } else {
-                load_batch_frag_global<BT>(b, h_other + k, inter, g, batch, k + t * kElemsPerLoad < kcs);
-              }
-              mma_step<T, BT>(acc, lo[d], hi[d], b);
-            }
-          }
-        }
-        finish_item(s, jt, -1, acc);
       }
     } else {
       // A batch of DEPTH steps never crosses a tile, so the end of a tile (partial store, arrival, maybe
@@ -1299,7 +1065,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   }
   if constexpr (CF_FFN_PHASES != 0) __syncthreads();  // instrumented: the stamp marks the CTA's last tile
   stamp(stamps, kPhaseDown);
-  if constexpr (kDyn) dyn_down_exit(work, clusters, tid);
   cluster::wait();  // peers finished reading our h before our shared memory goes away
   stamp(stamps, kPhaseEnd);
 }

@@ -1,7 +1,8 @@
-"""The kernel builds that benchmarks/device/ffn_dyn.sh launches (its GPU tests, `-k dyn`, and its benchmark
-variants), as (template args, defines); `--compile` builds them in parallel so no test compiles on its own.
+"""The kernel builds that benchmarks/device/ffn_r7.sh launches (its GPU tests, `-k` DEVICE_TESTS, and its
+benchmark variants), as (template args, defines); `--compile` builds them in parallel so no test compiles on
+its own.
 
-DEVICE_TESTS is the pytest -k expression of those tests (ffn_dyn.sh takes it from here: one list).
+DEVICE_TESTS is the pytest -k expression of those tests (ffn_r7.sh takes it from here: one list).
 The launcher picks the ring from the cluster count the occupancy query returns on the device; here the
 counts measured on the H100 (runs 1-5: 30 clusters of 4; one cluster per SM or SM pair otherwise) stand in.
 A kernel missed here still compiles on demand: slower, never wrong."""
@@ -47,13 +48,10 @@ def build(hidden: int, inter: int, batch: int, dtype: torch.dtype, tuning: ffn.T
     return args, tuple(sorted((PHASES if tuning.phases else {}).items()))
 
 
-# The GPU tests ffn_dyn.sh runs (pytest -k): every dyn_down test but the random sweep of the variants other
-# than whole-dyn (the default's mode at B <= 8), the stealing test on the direct path and the timeline-build
-# test (the benchmark runs that build) -- each left out one saves ~5 NVRTC builds; the full file covers them.
-DEVICE_TESTS = (
-    "(random_config and whole-dyn and not direct)"
-    " or (dyn and not random_config and not phase_timeline and not (stealing and direct))"
-)
+# The GPU tests ffn_r7.sh runs (pytest -k): every prefetch_down test but the random sweep of the variants other
+# than whole-prefetch (the default's mode at B <= 8) -- each left out saves a few NVRTC builds and seconds; the
+# full file covers them.
+DEVICE_TESTS = "(random_config and whole-prefetch and not direct) or (prefetch and not random_config)"
 
 
 def test_builds() -> list[tuple]:
@@ -65,26 +63,27 @@ def test_builds() -> list[tuple]:
     out = []
     for i in range(t.RANDOM_CONFIGS):
         cfg = t.random_config(i)
-        out.append(build(cfg["hidden"], cfg["inter"], cfg["batch"], cfg["dtype"], t.VARIANTS["whole-dyn"]))
+        out.append(build(cfg["hidden"], cfg["inter"], cfg["batch"], cfg["dtype"], t.VARIANTS["whole-prefetch"]))
     for batch in (1, 16):
-        for v in ("dyn", "whole-dyn"):
+        for v in ("prefetch", "whole-prefetch"):
             tuning = t.VARIANTS[v]
             out.append(build(4096, 11008, batch, bf16, tuning))
-            out.append(build(4096, 11008, batch, bf16, ffn.Tuning(mode=tuning.mode, flags=t.EARLY_DEFER)))
+            out.append(build(4096, 11008, batch, bf16, dataclasses.replace(tuning, flags=t.EARLY_DEFER)))
     for hidden, inter, batch in t.FLAG_SHAPES:
         for mode in ("split", "whole"):
-            for flags in (0, t.DYN, t.EARLY_DEFER | t.DYN):
+            for flags in (0, t.PREFETCH, t.EARLY_DEFER | t.PREFETCH):
                 out.append(build(hidden, inter, batch, fp16, ffn.Tuning(mode=ffn.MODES[mode], flags=flags)))
     for hidden, inter, batch in t.FLAG_SHAPES:
-        for v in ("dyn-direct", "whole-dyn-direct"):
+        for v in ("prefetch-direct", "whole-prefetch-direct"):
             tuning = t.VARIANTS[v]
             out.append(build(hidden, inter, batch, fp16, tuning))
-            out.append(build(hidden, inter, batch, fp16, ffn.Tuning(mode=tuning.mode, stages=0, flags=0)))
-    for hidden, inter, batch in t.DYN_STEAL_SHAPES:
-        for mode in ("split", "whole"):
-            for flags in (0, t.DYN):
-                out.append(build(hidden, inter, batch, fp16, ffn.Tuning(mode=ffn.MODES[mode], flags=flags)))
-    for v in ("whole-dyn", "dyn-direct"):
+            out.append(build(hidden, inter, batch, fp16, dataclasses.replace(tuning, flags=0)))
+    for hidden, inter, batch in [(4096, 11008, 1), (896, 4864, 16)]:
+        for mode in ffn.MODES.values():
+            out.append(build(hidden, inter, batch, fp16, ffn.Tuning(mode=mode, flags=0)))
+            out.append(build(hidden, inter, batch, fp16, ffn.Tuning(mode=mode, flags=t.EARLY_DEFER | t.PREFETCH,
+                                                                    phases=True)))
+    for v in ("whole-prefetch", "prefetch-direct"):
         out.append(build(2048, 8192, 4, fp16, t.VARIANTS[v]))
     return out
 
