@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # ONE command on the H100 for MLA round 4 (benchmarks/NOTES-mla.md, run 4), HARD budget 90 s of wall (every
 # step under `timeout`; the limits sum to 89 s):
-#   1. compile the instantiations used below, 16 processes: the benchmark's (bucket 16 first), then the tests' <= 22 s
+#   1. compile the instantiations used below, 16 processes: the benchmark's (bucket 16 first), then the tests' <= 20 s
 #   2. GPU tests of split (default) + split_mma + split_mma_all: fp64 reference on 9 cases, determinism,
 #      graph replay, -x                                                                                       <= 24 s
 #   3. benchmark split vs split_mma with per-phase timelines (+ the last CTA's end), bf16 V2-Lite
 #      B=1/4/16 S=1024, one process, rows written as they finish                                             <= 28 s
-#   4. split_mma_all (the tensor-core GEMV layout at batch 1 too), B=1 S=1024/4096                           <= 12 s
+#   4. split_mma_all (the tensor-core GEMV layout at batch 1 too), B=1 S=1024/4096                           <= 14 s
 #   5. a compact summary (variant x row: us, phase steps, median-CTA end vs last-CTA end)                    <= 3 s
 # Files under $OUT/mla_r4/: compile.log tests.log bench.log bench_all.log rows.json rows_all.json summary.txt.
 # No Inductor (run 1 has its numbers).
@@ -19,7 +19,7 @@ t0=$SECONDS
 VARIANTS="split split_mma"
 ROWS="1:1024 4:1024 16:1024"
 
-timeout 22 python3 - <<'PY' 2>&1 | tee "$D/compile.log" | tail -4
+timeout 20 python3 - <<'PY' 2>&1 | tee "$D/compile.log" | tail -4
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -61,7 +61,7 @@ timeout 28 python3 benchmarks/mla.py --no-inductor --phases --variants $VARIANTS
     --json "$D/rows.json" > "$D/bench.log" 2>&1
 echo "[bench done at $((SECONDS - t0)) s]"
 
-timeout 12 python3 benchmarks/mla.py --no-inductor --phases --variants split_mma_all --rows 1:1024 1:4096 \
+timeout 14 python3 benchmarks/mla.py --no-inductor --phases --variants split_mma_all --rows 1:1024 1:4096 \
     --dtypes bf16 --json "$D/rows_all.json" > "$D/bench_all.log" 2>&1
 echo "[bench split_mma_all done at $((SECONDS - t0)) s]"
 
