@@ -28,8 +28,8 @@
 //   4. merge of the NCH partials of each (b, h) in chunk order (deterministic) -> o_lat [B, NH, 512]. | barrier
 //   5. rows of W_UV (NH*V rows of 512) over o_lat of their head -> attn [B, NH*V] fp32.      | barrier
 //   6. rows of W_o over attn, + residual, rounded once -> out.
-// Every dot product is owned by one warp (fixed lane order, butterfly reduction): no float atomics,
-// bitwise deterministic. Barrier counters return to zero at every barrier, so launches replay in CUDA
+// Every dot product is owned by one warp (fixed lane order, butterfly reduction), or (CF_MLA_MMA) by the warps
+// of one CTA summed in shared memory in a fixed order: no float atomics, bitwise deterministic. Barrier counters return to zero at every barrier, so launches replay in CUDA
 // graphs with no reset. Scratch layout: mla.py `_scratch_floats` mirrors `ScratchLayout` below.
 #include "common.cuh"
 #include "mma.cuh"
