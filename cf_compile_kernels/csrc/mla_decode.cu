@@ -598,7 +598,33 @@ __device__ void q_a_stats(const Params& p, const Smem& s, const ScratchLayout& L
 
 // ------------------------------------------------------------------ phase 2 jobs
 
+// One level of warp_reduce_scatter: lanes with `upper` keep (and receive the partner's copy of) the upper HALF.
+template <int N, int HALF, int OFF>
+__device__ __forceinline__ void reduce_scatter_level(float (&v)[N], bool upper) {
+#pragma unroll
+  for (int j = 0; j < HALF; ++j) {
+    const float send = upper ? v[j] : v[j + HALF];
+    const float keep = upper ? v[j + HALF] : v[j];
+    v[j] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+  }
+}
+
+// Sums over the 32 lanes of N values, scattered: afterwards lane l holds in v[0 .. N/32) the sums of values
+// l*N/32 .. (l+1)*N/32 (recursive halving in a fixed order: N - N/32 shuffles, not 5 N as N warp_sums).
+template <int N>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[N]) {
+  static_assert(N >= 32 && (N & (N - 1)) == 0, "warp_reduce_scatter: a power of two >= 32 values");
+  const int lane = threadIdx.x & 31;
+  reduce_scatter_level<N, N / 2, 16>(v, lane & 16);
+  reduce_scatter_level<N, N / 4, 8>(v, lane & 8);
+  reduce_scatter_level<N, N / 8, 4>(v, lane & 4);
+  reduce_scatter_level<N, N / 16, 2>(v, lane & 2);
+  reduce_scatter_level<N, N / 32, 1>(v, lane & 1);
+}
+
 // q_lat[b, h, 8 columns from c0] = q_scale * sum_i q_nope[b, h, i] * W_UK[h][i][c0..c0+8), all b.
+// CF_MLA_MMA at buckets >= 4: the BB x 8 lane sums by warp_reduce_scatter, every lane writing N/32 of them
+// (run 3 at B=16: 128 warp_sums = 640 shuffles per job and 128 stores from lane 0; absorb 10.8 us).
 template <typename T, int BB>
 __device__ __forceinline__ void absorb_job(const Params& p, const ScratchLayout& L, int h, int c0) {
   const int lane = threadIdx.x & 31, B = p.batch;
@@ -618,6 +644,23 @@ __device__ __forceinline__ void absorb_job(const Params& p, const ScratchLayout&
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[b][e] = fmaf(qv, wf[e], acc[b][e]);
     }
+  }
+  if constexpr (CF_MLA_MMA != 0 && BB >= 4) {
+    constexpr int N = BB * kVec, R = N / 32;  // R <= kVec values per lane, all of one batch row
+    float v[N];
+#pragma unroll
+    for (int b = 0; b < BB; ++b) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) v[b * kVec + e] = acc[b][e];
+    }
+    warp_reduce_scatter<N>(v);
+    const int b = lane * R / kVec, e0 = lane * R % kVec;
+    if (b < B) {
+      float* dst = L.q_lat + (static_cast<long long>(b) * p.num_heads + h) * kLat + c0 + e0;
+#pragma unroll
+      for (int j = 0; j < R; ++j) dst[j] = v[j] * p.q_scale;
+    }
+    return;
   }
 #pragma unroll
   for (int b = 0; b < BB; ++b) {
