@@ -117,17 +117,28 @@ def phase_timeline(layers: list[dict], variant: str) -> dict:
             st = stamps.view(ctas, len(mla_kernels.PHASES)).cpu()
             # int64 differences first: globaltimer counts ns since an epoch (~1e18), past double precision
             runs.append((st - st[:, 0].min()).double() / NS_PER_US)
-    med = torch.stack(runs).median(dim=1).values.median(dim=0).values
-    return {name: round(float(med[i]), 2) for i, name in enumerate(mla_kernels.PHASES)}
+    stacked = torch.stack(runs)
+    med = stacked.median(dim=1).values.median(dim=0).values
+    timeline = {name: round(float(med[i]), 2) for i, name in enumerate(mla_kernels.PHASES)}
+    # The medians over CTAs hide the stragglers: the kernel ends with its LAST CTA (run 3: o_proj rows only on
+    # CTAs 0-63, so the median CTA's `end` came 0.2 us after the W_UV barrier). Max over CTAs, median over runs:
+    last = stacked.max(dim=1).values.median(dim=0).values
+    timeline["start_last"] = round(float(last[0]), 2)  # CTA launch skew
+    timeline["end_last"] = round(float(last[len(mla_kernels.PHASES) - 1]), 2)  # first CTA start -> last CTA end
+    return timeline
 
 
 def format_phases(label: str, timeline: dict) -> str:
     """One line per phase: us since the launch's first CTA start (median over CTAs) and the step."""
     lines = [f"phases {label} (us since launch start, median over CTAs; +step)"]
     prev = 0.0
-    for name, t in timeline.items():
+    for name in mla_kernels.PHASES:
+        t = timeline[name]
         lines.append(f"  {name:12s} {t:8.2f}  +{t - prev:6.2f}")
         prev = t
+    if "end_last" in timeline:
+        lines.append(f"  last CTA: start {timeline['start_last']:.2f}, end {timeline['end_last']:.2f} "
+                     f"(+{timeline['end_last'] - timeline['end']:.2f} after the median CTA's end)")
     return "\n".join(lines)
 
 

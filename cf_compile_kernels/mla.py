@@ -32,7 +32,7 @@ TILE = 64  # mla::kTile: cached positions per shared-memory tile
 # CF_MLA_SPLIT chunks: no shorter than half a tile, so V2-Lite at batch 1 S=1024 has 4 slices x 32 chunks = 128
 # items on 132 SMs (run 2's `chunk`: 16 items); its score step works in proportion to the live rows.
 SPLIT_MIN_CHUNK = TILE // 2
-COUNTER_WORDS = 32  # mla::kCounterWords: grid-barrier words ahead of the per-slice merge counters
+COUNTER_WORDS = 32  # mla::kCounterWords: grid-barrier words (own 128-byte line), then spare per-slice words
 VECTOR_ELEMS = 8  # 2-byte elements per 16-byte load
 ROWS_PER_WARP = 4  # mla::kRowsPerWarp: W_UV rows of one warp stay inside one head
 THREADS = 256
@@ -64,16 +64,20 @@ VARIANTS = {
     "bar": Variant((("CF_MLA_BARRIER", 1),)),
     "merge": Variant(_ALL_KNOBS),
     "chunk": Variant(_ALL_KNOBS, TILE),
-    "fast": Variant((*_ALL_KNOBS, ("CF_MLA_INFLIGHT", 1)), TILE),
-    # From `chunk` (not `fast`: its deeper GEMVs lost 2-4 us): 4-head items on every SM + one-round-trip merge.
+    # From `chunk`: 4-head items on every SM + one-round-trip merge. (Removed in round 4: `fast`, deeper GEMV
+    # loads, 2-4 us behind `chunk`; `lastmerge`, the merge by each slice's last CTA, 0.5-2.5 us behind `split`.)
     "split": Variant((*_ALL_KNOBS, ("CF_MLA_SPLIT", 1)), SPLIT_MIN_CHUNK, SLICE_HEADS),
-    # + the merge by the last CTA of each (batch row, head slice): one grid barrier fewer.
-    "lastmerge": Variant((*_ALL_KNOBS, ("CF_MLA_SPLIT", 1), ("CF_MLA_LASTMERGE", 1)), SPLIT_MIN_CHUNK, SLICE_HEADS),
+    # Round 4: + the projection, q_b, W_UV and o_proj GEMVs on the tensor cores at batch buckets >= 4 (below,
+    # the same code as `split`).
+    "split_mma": Variant((*_ALL_KNOBS, ("CF_MLA_SPLIT", 1), ("CF_MLA_MMA", 1)), SPLIT_MIN_CHUNK, SLICE_HEADS),
+    # + the same GEMVs at batch buckets 1-2 too: not for the tensor cores (7/8 padding) but for their layout, all
+    # 8 warps of every CTA on a tile with 16 loads per lane in flight (run 3: W_UV and o_proj on CTAs 0-63 only).
+    "split_mma_all": Variant((*_ALL_KNOBS, ("CF_MLA_SPLIT", 1), ("CF_MLA_MMA", 2)), SPLIT_MIN_CHUNK, SLICE_HEADS),
 }
 # "chunk" measured fastest where it matters (H100, 2026-11-23, DeepSeek-V2-Lite bf16; 78/78 GPU tests):
 # B=1 1024 cached 70.5 -> 49.5 us, 4096 74.5 -> 65.5; B=4 1024 75.4 -> 64.5; B=16 1024 175 vs 176 (even).
 # Round 3 (same day, 79/79 GPU tests): "split" beats "chunk" on every row: B=1 1024 49.5 -> 38.0 us, 4096
-# 66.4 -> 51.2; B=4 62.9 -> 61.7; B=16 178.3 -> 172.8; "lastmerge" 0.5-2.5 us behind "split".
+# 66.4 -> 51.2; B=4 62.9 -> 61.7; B=16 178.3 -> 172.8 (benchmarks/NOTES-mla.md, run 3).
 DEFAULT_VARIANT = "split"
 # Per-CTA phase timeline (-DCF_MLA_PHASES=1): one %globaltimer stamp per phase, kernel enum Phase.
 PHASES = ("start", "stats", "proj", "proj_sync", "q_b", "q_b_sync", "absorb", "absorb_sync", "attn", "attn_sync",
@@ -368,6 +372,6 @@ for _dtype in SUPPORTED_DTYPES.values():
         register_check(SOURCE, KERNEL, (_dtype, _bucket), label=f"mla {_dtype} B<={_bucket}")
 # The variants' knobs at the bucket extremes (the register-heaviest paths: deep GEMV at 1, attention at 16).
 for _bucket in (1, 16):
-    for _variant in ("fast", "split", "lastmerge"):
+    for _variant in ("split", "split_mma", "split_mma_all"):
         register_check(SOURCE, KERNEL, ("__nv_bfloat16", _bucket), defines=variant_defines(_variant, phases=True),
                        label=f"mla bf16 B<={_bucket} variant {_variant}, phase timeline")

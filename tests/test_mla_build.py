@@ -75,13 +75,6 @@ def test_work_split_follows_the_sm_count():
     assert 0 <= large["attention_chunks"] - 2 * small["attention_chunks"] <= 1  # twice the SMs, twice the chunks (floored)
 
 
-@pytest.mark.parametrize("bucket", [1, 16])
-def test_fast_variant_with_phase_timeline_compiles_without_spills(compiled, bucket):
-    kernel = compile_kernel(mla.SOURCE, mla.KERNEL, template_args=("__nv_bfloat16", bucket), arch=ARCH,
-                            defines=mla.variant_defines("fast", phases=True))
-    assert_clean_sass(kernel)
-
-
 def test_variants_name_known_knobs_and_chunks_keep_a_tile():
     assert mla.DEFAULT_VARIANT in mla.VARIANTS and len(mla.PHASES) == 15
     for name, v in mla.VARIANTS.items():
@@ -89,14 +82,14 @@ def test_variants_name_known_knobs_and_chunks_keep_a_tile():
     base = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1,
                           num_sms=H100_SMS, max_cache_len=1024, variant="base")
     chunked = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=1,
-                             num_sms=H100_SMS, max_cache_len=1024, variant="fast")
+                             num_sms=H100_SMS, max_cache_len=1024, variant="chunk")
     assert base["attention_chunks"] == H100_SMS and chunked["attention_chunks"] == 1024 // mla.TILE
     wide = mla.mla_config(num_heads=16, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=0, batch=16,
-                          num_sms=H100_SMS, max_cache_len=4096, variant="fast")
+                          num_sms=H100_SMS, max_cache_len=4096, variant="chunk")
     assert wide["attention_chunks"] == H100_SMS // 16
 
 
-SPLIT_VARIANTS = ("split", "lastmerge")
+SPLIT_VARIANTS = ("split", "split_mma", "split_mma_all")
 
 
 @pytest.mark.parametrize("bucket", [1, 16])
@@ -106,6 +99,24 @@ def test_split_variants_compile_without_spills(compiled, variant, bucket):
         kernel = compile_kernel(mla.SOURCE, mla.KERNEL, template_args=("__nv_bfloat16", bucket), arch="sm_90a",
                                 defines=mla.variant_defines(variant, phases=phases))
         assert kernel.spill_bytes == 0 and kernel.local_bytes == 0, kernel.name_expression
+
+
+@pytest.mark.parametrize("bucket", [1, 4, 16])
+@pytest.mark.parametrize("dtype", ["__half", "__nv_bfloat16"])
+def test_tensor_core_gemvs_compile_without_spills(dtype, bucket):
+    """split_mma: the buckets that take the tensor-core GEMVs (>= 4) compile clean (no spills, no stack); the
+    stages around them are `split`'s."""
+    kernel = compile_kernel(mla.SOURCE, mla.KERNEL, template_args=(dtype, bucket), arch=ARCH,
+                            defines=mla.variant_defines("split_mma"))
+    assert_clean_sass(kernel)
+    assert kernel.spill_bytes == 0 and kernel.local_bytes == 0
+
+
+def test_tensor_core_variants_extend_split():
+    split = dict(mla.VARIANTS["split"].defines)
+    mma, every = dict(mla.VARIANTS["split_mma"].defines), dict(mla.VARIANTS["split_mma_all"].defines)
+    assert mma == {**split, "CF_MLA_MMA": 1} and every == {**split, "CF_MLA_MMA": 2}
+    assert {"fast", "lastmerge"}.isdisjoint(mla.VARIANTS) and mla.DEFAULT_VARIANT == "split"
 
 
 def _split_plan(batch: int, max_len: int, num_heads: int = 16, variant: str = "split") -> dict:

@@ -2,20 +2,20 @@
 # ONE command on the H100 for the MLA attention-spread variants (benchmarks/NOTES-mla.md, run 3), HARD budget
 # 100 s of wall (every step under `timeout`; the sum of the limits is 96 s):
 #   1. compile only the instantiations used below, 16 processes, the benchmark's first, bucket 16 first   <= 25 s
-#   2. GPU tests of chunk (default) + split + lastmerge: fp64 reference on 13 cases, determinism (16 launches
-#      for the last-arriver merge), graph replay, -x                                                       <= 26 s
-#   3. benchmark chunk split lastmerge with per-phase timelines, bf16 V2-Lite rows B=1 S=1024/4096, B=4
+#   2. GPU tests of chunk + split (lastmerge: removed in round 4): fp64 reference on 13 cases, determinism (16 launches
+#      for the many-chunk merge), graph replay, -x                                                       <= 26 s
+#   3. benchmark chunk split with per-phase timelines, bf16 V2-Lite rows B=1 S=1024/4096, B=4
 #      S=1024, B=16 S=1024, one process, rows written as they finish                                        <= 42 s
 #   4. a compact summary (variant x row: us, and the phase steps)                                           <= 3 s
 # Five files under $OUT/mla_chunks/ (the device tool keeps few): compile.log tests.log bench.log rows.json
 # summary.txt. No Inductor (run 1 has its numbers).
 set -uo pipefail
-export PYTHONPATH=. PYTHONUNBUFFERED=1 CF_MLA_TEST_VARIANTS=chunk,split,lastmerge CF_MLA_TEST_RANDOM=10
+export PYTHONPATH=. PYTHONUNBUFFERED=1 CF_MLA_TEST_VARIANTS=chunk,split CF_MLA_TEST_RANDOM=10
 OUT=${OUT:-/tmp/cf-out}
 D="$OUT/mla_chunks"
 mkdir -p "$D"
 t0=$SECONDS
-VARIANTS="chunk split lastmerge"
+VARIANTS="chunk split"
 ROWS="1:1024 1:4096 4:1024 16:1024"
 
 timeout 25 python3 - <<'PY' 2>&1 | tee "$D/compile.log" | tail -2

@@ -28,10 +28,11 @@
 //   4. merge of the NCH partials of each (b, h) in chunk order (deterministic) -> o_lat [B, NH, 512]. | barrier
 //   5. rows of W_UV (NH*V rows of 512) over o_lat of their head -> attn [B, NH*V] fp32.      | barrier
 //   6. rows of W_o over attn, + residual, rounded once -> out.
-// Every dot product is owned by one warp (fixed lane order, butterfly reduction): no float atomics,
-// bitwise deterministic. Barrier counters return to zero at every barrier, so launches replay in CUDA
+// Every dot product is owned by one warp (fixed lane order, butterfly reduction), or (CF_MLA_MMA) by the warps
+// of one CTA summed in shared memory in a fixed order: no float atomics, bitwise deterministic. Barrier counters return to zero at every barrier, so launches replay in CUDA
 // graphs with no reset. Scratch layout: mla.py `_scratch_floats` mirrors `ScratchLayout` below.
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace mla {
 
@@ -55,9 +56,6 @@ constexpr int kScoreHeadQuads = kHeadGroup / kScoreHeads;
 constexpr int kSoftmaxHeads = kHeadGroup / kWarps;  // heads per warp in the softmax step
 constexpr int kRowsPerWarp = 4;                  // GEMV rows sharing one activation load
 constexpr int kStepsInFlight = 2;                // GEMV k-steps whose weight loads are issued together
-constexpr int kDeepSteps = 8;    // CF_MLA_INFLIGHT, bucket 1: every k-step of a 2048-wide row (32 x 16 B vectors)
-constexpr int kDeepMaxBucket = 4;  // CF_MLA_INFLIGHT: deeper only while the accumulators leave room (no spills)
-constexpr int kAbsorbSteps = 4;  // CF_MLA_INFLIGHT: W_UK rows per lane loaded before the first FMA (nope 128)
 constexpr int kMergeUnroll = 4;  // CF_MLA_MERGE: chunk partials loaded before combining
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kScoreHeadQuads * 2 == kWarps && kTile == 64, "score step: 8 warps = 4 head quads x 2 halves");
@@ -72,33 +70,32 @@ static_assert(kSoftmaxHeads * kWarps == kHeadGroup, "softmax step: whole heads p
 //                   and a second atomic, in series, and its waiters sleep between polls.
 //   CF_MLA_MERGE    1: the chunk merge is spread one warp per CTA first (not 8 whole CTAs at batch 1) and
 //                   loads kMergeUnroll chunks before combining them (run 1: a serial loop over 132 chunks).
-//   CF_MLA_INFLIGHT 1: at batch buckets <= kDeepMaxBucket, GEMV warps issue up to kDeepSteps k-steps of their
-//                   row group before the first FMA, and the absorb job loads kAbsorbSteps W_UK rows up front.
 #ifndef CF_MLA_BARRIER
 #define CF_MLA_BARRIER 0
 #endif
 #ifndef CF_MLA_MERGE
 #define CF_MLA_MERGE 0
 #endif
-#ifndef CF_MLA_INFLIGHT
-#define CF_MLA_INFLIGHT 0
-#endif
 //   CF_MLA_SPLIT    1: attention items hold kSliceHeads heads (not 16), so at batch 1-4 the launcher's chunks
 //                   (mla.py Variant.item_heads / min_chunk) put an item on every CTA: run 2's `chunk` gave the
 //                   attention to 16 CTAs at B=1 S=1024 (17 us wait). The score step maps 4 threads per cached
 //                   row (work in proportion to the live rows), and the merge is one warp per (b, head,
 //                   latent quarter) with every chunk's load issued at once (merge_slices).
-//   CF_MLA_LASTMERGE 1 (with SPLIT): the CTA finishing the last chunk of a (batch row, head slice) merges it
-//                   right away (arrival counter per slice), so the merge needs no grid barrier of its own:
-//                   4 barriers, not 5. Which CTA merges varies; the merge order does not (bitwise
-//                   deterministic).
 #ifndef CF_MLA_SPLIT
 #define CF_MLA_SPLIT 0
 #endif
-#ifndef CF_MLA_LASTMERGE
-#define CF_MLA_LASTMERGE 0
+//   CF_MLA_MMA      1: at batch buckets >= kMmaMinBucket the GEMVs of phases 1, 1b, 5 and 6 run on the tensor
+//                   cores (grid_gemv_mma: mma.sync m16n8k16, weights = A, batch = N, cf::mma as the attention
+//                   kernel's kMma). A CTA takes 16-row tiles round-robin and cuts each tile's k-steps over its
+//                   warps; the parts are summed through shared memory in part order (deterministic, but not
+//                   bitwise the CUDA-core GEMV: the activations are rounded to T, the sum order differs).
+//                   2: at every bucket. At batch 1 the MMA is 7/8 padding, but the layout is what counts: every
+//                   CTA streams its tiles with all 8 warps and up to kMmaLongDepth k-steps (16 x 16 B per lane)
+//                   in flight, where the CUDA-core GEMV gives W_UV and o_proj (2048 rows = 512 groups of 4) to
+//                   the warps of CTAs 0-63 only, each with 4 dependent round trips per 2048-wide row.
+#ifndef CF_MLA_MMA
+#define CF_MLA_MMA 0
 #endif
-static_assert(CF_MLA_LASTMERGE == 0 || CF_MLA_SPLIT == 1, "CF_MLA_LASTMERGE needs CF_MLA_SPLIT");
 
 // Split attention (CF_MLA_SPLIT): heads per item; 4 threads per cached row share its 576-wide dot product.
 constexpr int kSliceHeads = 4;
@@ -172,8 +169,7 @@ struct Params {
   const unsigned char* mask;  // [B, L] rows of stride mask_stride, or null (attend j <= pos)
   void* out;                // [B, H]
   float* scratch;           // ScratchLayout
-  unsigned* barrier;        // [kCounterWords + B * head slices]: arrivals, generation (zero between barriers);
-                            // LASTMERGE: per-(b, slice) chunk arrival counters from kCounterWords (zero between launches)
+  unsigned* barrier;        // [kCounterWords + B * head slices]: arrivals, generation (zero between barriers)
   float eps, q_eps, kv_eps, q_scale;  // q_scale = softmax scale * log2(e)
   int batch, hidden, num_heads, nope, v_dim, q_lora, max_cache_len;
   long long mask_stride, cos_bstride;
@@ -344,17 +340,9 @@ __device__ Smem plan_smem(unsigned char* base) {
 // a warp takes kRowsPerWarp consecutive rows, its lanes stride over 16-byte weight vectors with
 // kStepsInFlight * kRowsPerWarp loads issued before the first FMA; lanes reduce by a fixed butterfly.
 // act(r0, b, k, f) fills 8 fp32 activations (zeros for padding rows b >= B); sink(r, b, v) gets sums.
-// k-steps whose weight loads one GEMV warp issues together: run 1's 2, or (CF_MLA_INFLIGHT) as many as the
-// batch bucket's accumulators leave registers for -- 4 KB of weights in flight per warp at bucket 1.
-template <int BB>
-__host__ __device__ constexpr int gemv_steps_in_flight() {
-  if (CF_MLA_INFLIGHT == 0 || BB > kDeepMaxBucket) return kStepsInFlight;
-  return BB == 1 ? kDeepSteps : kDeepSteps / 2;
-}
-
 template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
 __device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act act, Sink sink) {
-  constexpr int RB = kRowsPerWarp, KU = gemv_steps_in_flight<BB>();
+  constexpr int RB = kRowsPerWarp, KU = kStepsInFlight;
   const int lane = threadIdx.x & 31;
   const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), nw = gridDim.x * kWarps;
   for (int r0 = gw * RB; r0 < nrows; r0 += nw * RB) {
@@ -404,6 +392,125 @@ __device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act 
       }
     }
   }
+}
+
+// ------------------------------------------------------------------ grid GEMV on the tensor cores (CF_MLA_MMA)
+// Same contract as grid_gemv (act(r0, b, k, f) with r0 the first row of a 16-row tile; sink(r, b, v) once per
+// row and batch row b < BB), on mma.sync m16n8k16 (cf::mma: weights = A, 16 rows per tile; batch = N, tiles of
+// 8). Tile i goes to CTA i % grid; a CTA takes its tiles kWarps at a time and cuts each tile's k-steps into
+// ks = kWarps / (tiles this round) contiguous parts, one warp each. The parts' accumulators meet in shared
+// memory `red` (kWarps * 32 * BT * 4 floats) and warp part 0 adds them in part order: fixed sums, no atomics.
+// All threads of the CTA must call it (the CTA barriers). K: a multiple of 8. act's 8 values are rounded to T.
+constexpr int kMmaMinBucket = CF_MLA_MMA >= 2 ? 1 : 4;  // below: the CUDA-core GEMV (MMA 3/4 padding or more)
+constexpr int kMmaLongDepth = 8;  // k-steps (32 columns) of weight loads a lane issues before its first MMA
+constexpr int kMmaShortDepth = 2;  // W_UV: 512 columns = 16 steps over 8 warps
+
+template <int BB>
+__host__ __device__ constexpr int mma_red_floats() {
+  return kWarps * 32 * ((BB + cf::mma::kTileCols - 1) / cf::mma::kTileCols) * 4;
+}
+
+static_assert(mma_red_floats<16>() <= kHeadGroup * kLat, "grid_gemv_mma: partials fit in Smem::q");
+
+template <typename T, int BB, int DEPTH, typename RowPtr, typename Act, typename Sink>
+__device__ __forceinline__ void grid_gemv_mma(RowPtr row_ptr, int nrows, int K, Act act, Sink sink, float* red) {
+  namespace mm = cf::mma;
+  constexpr int BT = (BB + mm::kTileCols - 1) / mm::kTileCols;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane / mm::kLanesPerGroup, t = lane % mm::kLanesPerGroup;
+  const int tiles = cf::ceil_div(nrows, mm::kTileRows), steps = cf::ceil_div(K, mm::kStepK);
+  const int mine = static_cast<int>(blockIdx.x) < tiles ? cf::ceil_div(tiles - blockIdx.x, gridDim.x) : 0;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int base = 0; base < mine; base += kWarps) {  // CTA-uniform
+    const int nt = min(kWarps, mine - base), ks = kWarps / nt;
+    const int lt = warp / ks, part = warp % ks;
+    const int tile = blockIdx.x + (base + lt) * gridDim.x, r0 = tile * mm::kTileRows;
+    float acc[BT][4];
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[bt][j] = 0.f;
+    }
+    if (lt < nt) {
+      const int s0 = part * steps / ks, s1 = (part + 1) * steps / ks;
+      const int r_lo = r0 + g, r_hi = r_lo + mm::kGroups;
+      const bool live_lo = r_lo < nrows, live_hi = r_hi < nrows;
+      const T* w_lo = static_cast<const T*>(row_ptr(live_lo ? r_lo : 0)) + t * mm::kElemsPerLoad;
+      const T* w_hi = static_cast<const T*>(row_ptr(live_hi ? r_hi : 0)) + t * mm::kElemsPerLoad;
+      for (int s = s0; s < s1; s += DEPTH) {
+        uint4 lo[DEPTH], hi[DEPTH];
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+          const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
+          const bool in = s + d < s1 && k < K;
+          lo[d] = in && live_lo ? ld_stream(w_lo + (s + d) * mm::kStepK) : zero;
+          hi[d] = in && live_hi ? ld_stream(w_hi + (s + d) * mm::kStepK) : zero;
+        }
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+          if (s + d < s1) {
+            const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
+            uint4 bf[BT];
+#pragma unroll
+            for (int bt = 0; bt < BT; ++bt) {
+              const int b = g + bt * mm::kTileCols;
+              bf[bt] = zero;  // zero, never garbage: 0 * NaN
+              if (k < K && b < BB) {
+                float a[kVec];
+                act(r0, b, k, a);
+                bf[bt] = make_uint4(mm::pack2<T>(a[0], a[1]), mm::pack2<T>(a[2], a[3]), mm::pack2<T>(a[4], a[5]),
+                                    mm::pack2<T>(a[6], a[7]));
+              }
+            }
+            mm::step<T, BT>(acc, lo[d], hi[d], bf);
+          }
+        }
+      }
+    }
+    if (ks > 1) {  // CTA-uniform
+      float* mine_red = red + (warp * 32 + lane) * BT * 4;
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mine_red[bt * 4 + j] = acc[bt][j];
+      }
+      __syncthreads();
+      if (part == 0 && lt < nt) {
+        for (int q = 1; q < ks; ++q) {
+          const float* other = red + ((warp + q) * 32 + lane) * BT * 4;
+#pragma unroll
+          for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[bt][j] += other[bt * 4 + j];
+          }
+        }
+      }
+    }
+    if (part == 0 && lt < nt) {
+#pragma unroll
+      for (int bt = 0; bt < BT; ++bt) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int r = r0 + g + (j / 2) * mm::kGroups, b = bt * mm::kTileCols + 2 * t + j % 2;
+          if (r < nrows && b < BB) sink(r, b, acc[bt][j]);
+        }
+      }
+    }
+    if (ks > 1) __syncthreads();  // `red` is rewritten by the next round
+  }
+}
+
+// Either GEMV: the tensor cores with CF_MLA_MMA at buckets >= kMmaMinBucket (and `mma_ok`), else the CUDA cores.
+template <typename T, int BB, int DEPTH, typename RowPtr, typename Act, typename Sink>
+__device__ __forceinline__ void grid_gemv_any(RowPtr row_ptr, int nrows, int K, Act act, Sink sink, float* red,
+                                              bool mma_ok = true) {
+  if constexpr (CF_MLA_MMA != 0 && BB >= kMmaMinBucket) {
+    if (mma_ok) {
+      grid_gemv_mma<T, BB, DEPTH>(row_ptr, nrows, K, act, sink, red);
+      return;
+    }
+  }
+  grid_gemv<T, BB>(row_ptr, nrows, K, act, sink);
 }
 
 // ------------------------------------------------------------------ RoPE (one pair per lane)
@@ -491,7 +598,33 @@ __device__ void q_a_stats(const Params& p, const Smem& s, const ScratchLayout& L
 
 // ------------------------------------------------------------------ phase 2 jobs
 
+// One level of warp_reduce_scatter: lanes with `upper` keep (and receive the partner's copy of) the upper HALF.
+template <int N, int HALF, int OFF>
+__device__ __forceinline__ void reduce_scatter_level(float (&v)[N], bool upper) {
+#pragma unroll
+  for (int j = 0; j < HALF; ++j) {
+    const float send = upper ? v[j] : v[j + HALF];
+    const float keep = upper ? v[j + HALF] : v[j];
+    v[j] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+  }
+}
+
+// Sums over the 32 lanes of N values, scattered: afterwards lane l holds in v[0 .. N/32) the sums of values
+// l*N/32 .. (l+1)*N/32 (recursive halving in a fixed order: N - N/32 shuffles, not 5 N as N warp_sums).
+template <int N>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[N]) {
+  static_assert(N >= 32 && (N & (N - 1)) == 0, "warp_reduce_scatter: a power of two >= 32 values");
+  const int lane = threadIdx.x & 31;
+  reduce_scatter_level<N, N / 2, 16>(v, lane & 16);
+  reduce_scatter_level<N, N / 4, 8>(v, lane & 8);
+  reduce_scatter_level<N, N / 8, 4>(v, lane & 4);
+  reduce_scatter_level<N, N / 16, 2>(v, lane & 2);
+  reduce_scatter_level<N, N / 32, 1>(v, lane & 1);
+}
+
 // q_lat[b, h, 8 columns from c0] = q_scale * sum_i q_nope[b, h, i] * W_UK[h][i][c0..c0+8), all b.
+// CF_MLA_MMA at buckets >= 4: the BB x 8 lane sums by warp_reduce_scatter, every lane writing N/32 of them
+// (run 3 at B=16: 128 warp_sums = 640 shuffles per job and 128 stores from lane 0; absorb 10.8 us).
 template <typename T, int BB>
 __device__ __forceinline__ void absorb_job(const Params& p, const ScratchLayout& L, int h, int c0) {
   const int lane = threadIdx.x & 31, B = p.batch;
@@ -502,40 +635,32 @@ __device__ __forceinline__ void absorb_job(const Params& p, const ScratchLayout&
 #pragma unroll
     for (int e = 0; e < kVec; ++e) acc[b][e] = 0.f;
   }
-  if constexpr (CF_MLA_INFLIGHT != 0 && BB <= kDeepMaxBucket) {
-    // kAbsorbSteps W_UK rows (and their q values) per lane in flight before the first FMA (small buckets:
-    // at 16 the BB x 8 accumulators leave no room).
-    for (int i0 = lane; i0 < p.nope; i0 += 32 * kAbsorbSteps) {
-      uint4 wv[kAbsorbSteps];
+  for (int i = lane; i < p.nope; i += 32) {
+    float wf[kVec];
+    unpack8<T>(ld_stream(wk + static_cast<long long>(i) * kLora), wf);
 #pragma unroll
-      for (int u = 0; u < kAbsorbSteps; ++u) {
-        const int i = i0 + 32 * u;
-        wv[u] = i < p.nope ? ld_stream(wk + static_cast<long long>(i) * kLora) : make_uint4(0, 0, 0, 0);
-      }
+    for (int b = 0; b < BB; ++b) {
+      const float qv = b < B ? __ldcg(L.q + static_cast<long long>(b) * L.ldq + h * L.qh + i) : 0.f;
 #pragma unroll
-      for (int u = 0; u < kAbsorbSteps; ++u) {
-        const int i = i0 + 32 * u;
-        float wf[kVec];
-        unpack8<T>(wv[u], wf);
-#pragma unroll
-        for (int b = 0; b < BB; ++b) {
-          const float qv = b < B && i < p.nope ? __ldcg(L.q + static_cast<long long>(b) * L.ldq + h * L.qh + i) : 0.f;
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) acc[b][e] = fmaf(qv, wf[e], acc[b][e]);
-        }
-      }
+      for (int e = 0; e < kVec; ++e) acc[b][e] = fmaf(qv, wf[e], acc[b][e]);
     }
-  } else {
-    for (int i = lane; i < p.nope; i += 32) {
-      float wf[kVec];
-      unpack8<T>(ld_stream(wk + static_cast<long long>(i) * kLora), wf);
+  }
+  if constexpr (CF_MLA_MMA != 0 && BB >= 4) {
+    constexpr int N = BB * kVec, R = N / 32;  // R <= kVec values per lane, all of one batch row
+    float v[N];
 #pragma unroll
-      for (int b = 0; b < BB; ++b) {
-        const float qv = b < B ? __ldcg(L.q + static_cast<long long>(b) * L.ldq + h * L.qh + i) : 0.f;
+    for (int b = 0; b < BB; ++b) {
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) acc[b][e] = fmaf(qv, wf[e], acc[b][e]);
-      }
+      for (int e = 0; e < kVec; ++e) v[b * kVec + e] = acc[b][e];
     }
+    warp_reduce_scatter<N>(v);
+    const int b = lane * R / kVec, e0 = lane * R % kVec;
+    if (b < B) {
+      float* dst = L.q_lat + (static_cast<long long>(b) * p.num_heads + h) * kLat + c0 + e0;
+#pragma unroll
+      for (int j = 0; j < R; ++j) dst[j] = v[j] * p.q_scale;
+    }
+    return;
   }
 #pragma unroll
   for (int b = 0; b < BB; ++b) {
@@ -1043,36 +1168,11 @@ __device__ __forceinline__ void merge_unit(const Params& p, const ScratchLayout&
       make_float4(O.x * inv, O.y * inv, O.z * inv, O.w * inv);
 }
 
-// Phase 4 (SPLIT without LASTMERGE): every merge unit of the launch, warp w of every CTA before warp w + 1.
+// Phase 4 (SPLIT): every merge unit of the launch, warp w of every CTA before warp w + 1.
 __device__ void merge_slices(const Params& p, const ScratchLayout& L) {
   const int units = p.batch * p.num_heads * kMergeParts;
   const int gw = (threadIdx.x >> 5) * gridDim.x + blockIdx.x, nw = gridDim.x * kWarps;
   for (int u = gw; u < units; u += nw) merge_unit(p, L, u);
-}
-
-__device__ __forceinline__ unsigned atom_add_acq_rel(unsigned* p, unsigned v) {
-  unsigned old;
-  asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
-  return old;
-}
-
-// CF_MLA_LASTMERGE: after an item's partials are out, count it for its (b, slice); the CTA whose item is the
-// slice's last merges the slice's heads with its 8 warps and resets the counter (zero between launches:
-// graph replays need no reset). The acq_rel atomic after bar.sync is cumulative over the CTA's partials and,
-// for the last arriver, acquires every other chunk's (the same pattern as grid_sync_flip).
-__device__ void finish_item(const Params& p, const ScratchLayout& L, int item) {
-  const int NCH = p.chunks, slot = item / NCH;
-  unsigned* counter = p.barrier + kCounterWords + slot;
-  bool last = false;
-  if (threadIdx.x == 0) {
-    last = atom_add_acq_rel(counter, 1u) == static_cast<unsigned>(NCH - 1);
-    if (last) atomicExch(counter, 0u);
-  }
-  if (!__syncthreads_or(last)) return;
-  const int sl = slot % L.head_groups, b = slot / L.head_groups;
-  const int heads = min(kSliceHeads, p.num_heads - sl * kSliceHeads);
-  const int first = (b * p.num_heads + sl * kSliceHeads) * kMergeParts;
-  for (int u = threadIdx.x >> 5; u < heads * kMergeParts; u += kWarps) merge_unit(p, L, first + u);
 }
 
 // ------------------------------------------------------------------ the kernel
@@ -1094,7 +1194,7 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   const int q_rows = L.r1 - kLat;
   const T* wq = static_cast<const T*>(p.wq);
   const T* wkv_a = static_cast<const T*>(p.wkv_a);
-  grid_gemv<T, BB>(
+  grid_gemv_any<T, BB, kMmaLongDepth>(
       [&](int r) { return r < q_rows ? wq + static_cast<long long>(r) * H : wkv_a + static_cast<long long>(r - q_rows) * H; },
       L.r1, H,
       [&](int, int b, int k, float (&a)[kVec]) {
@@ -1112,7 +1212,8 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
       },
       [&](int r, int b, float v) {
         if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
-      });
+      },
+      s.q);
   stamp(p.stamps, kPhProj);
   grid_sync(p.barrier);
   stamp(p.stamps, kPhProjSync);
@@ -1124,7 +1225,7 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
     const T* wq_b = static_cast<const T*>(p.wq_b);
     const T* qnw = static_cast<const T*>(p.q_norm_w);
     const int QL = p.q_lora;
-    grid_gemv<T, BB>(
+    grid_gemv_any<T, BB, kMmaLongDepth>(
         [&](int r) { return wq_b + static_cast<long long>(r) * QL; }, NH * L.qh, QL,
         [&](int, int b, int k, float (&a)[kVec]) {
           if (b >= B) {
@@ -1141,7 +1242,8 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
         },
         [&](int r, int b, float v) {
           if (b < B) L.q[static_cast<long long>(b) * L.ldq + r] = v;
-        });
+        },
+        s.q);
     stamp(p.stamps, kPhQb);
     grid_sync(p.barrier);
   } else {
@@ -1155,11 +1257,10 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   grid_sync(p.barrier);
   stamp(p.stamps, kPhAbsorbSync);
 
-  // ---- 3: split-K attention over the latent cache (LASTMERGE: and the merge of each finished slice)
+  // ---- 3: split-K attention over the latent cache
   for (int item = blockIdx.x; item < L.items; item += gridDim.x) {
     if constexpr (CF_MLA_SPLIT == 1) {
       slice_item<T>(p, s, L, item);
-      if constexpr (CF_MLA_LASTMERGE == 1) finish_item(p, L, item);
     } else {
       attention_item<T>(p, s, L, item);
     }
@@ -1168,26 +1269,23 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   grid_sync(p.barrier);
   stamp(p.stamps, kPhAttnSync);
 
-  // ---- 4: merge the chunks of every (b, h) (LASTMERGE: done in phase 3, no barrier; the stamps coincide)
-  if constexpr (CF_MLA_LASTMERGE == 0) {
-    if constexpr (CF_MLA_SPLIT == 1) {
-      merge_slices(p, L);
-    } else if constexpr (CF_MLA_MERGE == 1) {
-      merge_chunks_spread(p, L);
-    } else {
-      merge_chunks(p, L);
-    }
-    stamp(p.stamps, kPhMerge);
-    grid_sync(p.barrier);
+  // ---- 4: merge the chunks of every (b, h)
+  if constexpr (CF_MLA_SPLIT == 1) {
+    merge_slices(p, L);
+  } else if constexpr (CF_MLA_MERGE == 1) {
+    merge_chunks_spread(p, L);
   } else {
-    stamp(p.stamps, kPhMerge);
+    merge_chunks(p, L);
   }
+  stamp(p.stamps, kPhMerge);
+  grid_sync(p.barrier);
   stamp(p.stamps, kPhMergeSync);
 
   // ---- 5: W_UV per head: attn[b, h*V + v] = o_lat[b, h] . W_UV[h][v]
   const int V = p.v_dim, NOPE = p.nope;
   const T* wkv_b = static_cast<const T*>(p.wkv_b);
-  grid_gemv<T, BB>(
+  // (tensor cores: a 16-row tile must lie inside one head, the act's r0 / V)
+  grid_gemv_any<T, BB, kMmaShortDepth>(
       [&](int r) { return wkv_b + (static_cast<long long>(r / V) * (NOPE + V) + NOPE + r % V) * kLora; }, NH * V,
       kLora,
       [&](int r0, int b, int k, float (&a)[kVec]) {
@@ -1200,7 +1298,8 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
       },
       [&](int r, int b, float v) {
         if (b < B) L.attn[static_cast<long long>(b) * NH * V + r] = v;
-      });
+      },
+      s.q, V % cf::mma::kTileRows == 0);
   stamp(p.stamps, kPhUv);
   grid_sync(p.barrier);
   stamp(p.stamps, kPhUvSync);
@@ -1209,7 +1308,7 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   const T* wo = static_cast<const T*>(p.wo);
   T* out = static_cast<T*>(p.out);
   const int OK = NH * V;
-  grid_gemv<T, BB>(
+  grid_gemv_any<T, BB, kMmaLongDepth>(
       [&](int r) { return wo + static_cast<long long>(r) * OK; }, H, OK,
       [&](int, int b, int k, float (&a)[kVec]) {
         if (b >= B) {
@@ -1224,7 +1323,8 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
           const long long i = static_cast<long long>(b) * H + r;
           out[i] = cf::from_float<T>(p.add_residual ? v + cf::to_float(x[i]) : v);
         }
-      });
+      },
+      s.q);
   if constexpr (CF_MLA_PHASES != 0) __syncthreads();  // instrumented: the stamp marks the CTA's last row
   stamp(p.stamps, kPhEnd);
 }
