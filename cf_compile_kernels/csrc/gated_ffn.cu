@@ -90,7 +90,7 @@ enum GateUpMode : int { kSplitK = 0, kSplitKLocalStats = 1, kWholeUnits = 2 };
 ///   kPrefetchDown: as soon as a warp has issued its last gate/up weight copy (staged) or load (direct), it
 ///                 asks L2 for its first down-projection rows (cp.async.bulk.prefetch.L2, one request per row
 ///                 segment of the cluster's k-slice): its first kPrefetchDownBytes of down rows (at least its
-///                 first whole tile), less what the ring's first down slots copy themselves. Timeline (Llama-2-7B B=1): from a
+///                 first whole tile), less what the ring's first down slots copy themselves. Run 5's timeline: from a
 ///                 CTA's gate/up end to its down start (fold, the cluster wait for its slowest rank, h, gather)
 ///                 ~9 us pass with only the ring's STAGES-1 slots per warp (~4 us of the SM's HBM share) in
 ///                 flight; these requests keep HBM busy through the rest, and the down loop then finds its
@@ -691,7 +691,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   };
   // kPrefetchDown: L2 prefetch of this warp's first down rows in the order the down loop visits them (row r of
   // the list: tile m = r / 16, its row r % 16), the whole k-slice of each but the columns [0, skip) of tile 0,
-  // which the ring's first down slots copy themselves; lane l takes rows l, l + 32, ... (Llama-2-7B: 22 rows).
+  // which the ring's first down slots copy themselves; lanes take rows in turn (at most 24 rows per lane).
   auto prefetch_down = [&](int skip) {
     if (my_tiles <= 0 || kc <= 0) return;
     const int rows = min(my_tiles * kMmaRows, max(kMmaRows, kPrefetchDownBytes / (kc * static_cast<int>(sizeof(T)))));
