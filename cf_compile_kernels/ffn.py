@@ -53,9 +53,7 @@ DEFAULT_MODE = MODES["split"]  # the mode every shape supports (the shape-derive
 # warp's down tiles and summed together. Default: measured best (benchmarks/NOTES-ffn.md, run 5). Bit 4 was
 # dyn_down (down tiles claimed from per-slice counters, stealing from late clusters): slower on every row
 # measured (run 6), removed; the bit is left unused so that recorded results keep one meaning per value.
-# prefetch_down: each warp asks L2 for its first down-projection rows (~12 KB) as soon as its last gate/up
-# weight copy is out, so HBM stays busy through the cluster exchange (run 7, not a default until measured).
-FLAGS = {"early_x": 1, "defer_fix_up": 2, "prefetch_down": 8}
+FLAGS = {"early_x": 1, "defer_fix_up": 2}
 # Both on (H100, 2026-11-23, run 5: Llama-2-7B fp16 b16 151.5 -> 137.4 us, b1 121.0 -> 118.4 in split mode;
 # bitwise the plain kernel's output, tests/gpu/test_kernels_ffn.py).
 DEFAULT_FLAGS = FLAGS["early_x"] | FLAGS["defer_fix_up"]
@@ -334,7 +332,7 @@ class Tuning:
     l2_hint: int = 0  # 0, 128 or 256: L2 sector promotion on the weight loads (-DCF_FFN_L2_HINT)
     mode: int | None = None  # MODES: how gate/up is cut inside the cluster; None: default_mode(shape)
     phases: bool = False  # build with the per-phase timeline (gated_ffn then needs `stamps`)
-    flags: int | None = None  # FLAGS bit set: early x, deferred fix-ups, down prefetch; None: DEFAULT_FLAGS
+    flags: int | None = None  # FLAGS bit set: early x loads, deferred fix-ups; None: DEFAULT_FLAGS
 
 
 def _plan(

@@ -163,7 +163,6 @@ def test_flags_parse_names_and_bit_sets():
     assert ffn.parse_flags("") == 0
     assert ffn.parse_flags("early_x") == ffn.FLAGS["early_x"]
     assert ffn.parse_flags("early_x+defer_fix_up") == ffn.DEFAULT_FLAGS == ffn.parse_flags("3")
-    assert ffn.parse_flags("early_x+defer_fix_up+prefetch_down") == sum(ffn.FLAGS.values()) == ffn.parse_flags("11")
     with pytest.raises(ValueError, match="unknown"):
         ffn.parse_flags("early")
 
@@ -221,26 +220,3 @@ def test_whole_units_per_cta_tile_each_cluster():
 
 def test_stamp_buffer_size_follows_the_phase_list():
     assert ffn.stamp_elems(120) == 120 * len(ffn.PHASES) * ffn.STAMP_WORDS
-
-
-def test_prefetch_down_is_opt_in_and_keeps_bit_4_unused():
-    """prefetch_down is measured before it becomes a default (run 7); bit 4 (dyn_down, removed after run 6)
-    keeps no meaning, so recorded flag values stay unambiguous."""
-    assert not ffn.DEFAULT_FLAGS & ffn.FLAGS["prefetch_down"]
-    assert 4 not in ffn.FLAGS.values()
-
-
-@pytest.mark.parametrize("mode", [ffn.MODES["split"], ffn.MODES["whole"]], ids=["split", "whole"])
-@pytest.mark.parametrize("bt,stages", [(1, 4), (1, 3), (2, 4), (2, 3), (1, 0), (2, 0)])
-def test_prefetch_down_kernels_compile_without_spills(dtype, bt, stages, mode):
-    """The benchmark's builds with the new flag (default flags + prefetch_down): both dtypes, batch buckets
-    1-8 and 9-16, every ring depth the launcher picks and the direct path."""
-    flags = ffn.DEFAULT_FLAGS | ffn.FLAGS["prefetch_down"]
-    k = compile_kernel(
-        ffn.SOURCE,
-        ffn.KERNEL,
-        template_args=ffn.template_args(dtype, 4, bt, ffn.WARPS, ffn.DEPTH, stages, mode, flags),
-        arch=SM90_ARCH,
-    )
-    assert k.spill_bytes == 0 and k.local_bytes == 0, f"{k.name_expression}: stack {k.local_bytes}"
-    assert k.registers is not None and k.registers * ffn.WARPS * ffn.WARP_SIZE <= REGISTERS_PER_SM

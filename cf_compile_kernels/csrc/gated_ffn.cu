@@ -87,24 +87,9 @@ enum GateUpMode : int { kSplitK = 0, kSplitKLocalStats = 1, kWholeUnits = 2 };
 ///   kDeferFixUp:  a warp that arrives last on a down tile only notes it; after its last tile it sums all
 ///                 those tiles at once (their loads in flight together). A late cluster is last on every
 ///                 one of its tiles; inline it paid one fix-up round trip per tile, now one for all.
-///   kPrefetchDown: as soon as a warp has issued its last gate/up weight copy (staged) or load (direct), it
-///                 asks L2 for its first down-projection rows (cp.async.bulk.prefetch.L2, one request per row
-///                 segment of the cluster's k-slice): its first kPrefetchDownBytes of down rows (at least its
-///                 first whole tile), less what the ring's first down slots copy themselves. Run 5's timeline: from a
-///                 CTA's gate/up end to its down start (fold, the cluster wait for its slowest rank, h, gather)
-///                 ~9 us pass with only the ring's STAGES-1 slots per warp (~4 us of the SM's HBM share) in
-///                 flight; these requests keep HBM busy through the rest, and the down loop then finds its
-///                 first tile in L2. Hints only: the same loads, MMAs and sums (bitwise the same output).
-///                 (Bit 4 was kDynDown, measured slower and removed: left unused.)
-enum Flags : int { kEarlyX = 1, kDeferFixUp = 2, kPrefetchDown = 8 };
-constexpr int kFlagsAll = kEarlyX | kDeferFixUp | kPrefetchDown;
+enum Flags : int { kEarlyX = 1, kDeferFixUp = 2 };
+constexpr int kFlagsAll = kEarlyX | kDeferFixUp;
 constexpr int kMaxDeferredTiles = 32;  // the deferred set is a 32-bit mask of a warp's tile indices
-// kPrefetchDown: down-row bytes per warp covered before its down loop, the ring's first slots included (rounded
-// down to whole rows, at least one tile). Llama-2-7B (k-slice 368 columns, ring 3 x 64 of them): 22 rows, 10 KB
-// asked of L2 per warp beyond the ring, 19 MB over 120 CTAs -- about the HBM bytes of the ~6 us of the exchange
-// window the ring leaves idle, well inside the 50 MB L2. Qwen2.5-0.5B (168 columns, < 1 tile per warp): the
-// ring already covers all of it, nothing to ask.
-constexpr int kPrefetchDownBytes = 16 * 1024;
 
 // ------------------------------------------------------------------ optional phase timeline
 // -DCF_FFN_PHASES=1: thread 0 of every CTA writes {%globaltimer, clock64} at each phase boundary into
@@ -604,8 +589,7 @@ __device__ __forceinline__ void normalise_vec(bits16* n_row, const uint4& x_raw,
 ///                    lines per row, read by ldmatrix; STAGES - 1 slots in flight, also across the phase
 ///                    boundaries). The host picks staged when its ring fits in shared memory.
 /// @tparam MODE       GateUpMode: how gate/up is cut inside the cluster (default: split-K)
-/// @tparam FLAGS      Flags bit set: early x loads, deferred fix-ups, down rows prefetched to L2 (default: none;
-///                    the same bits either way)
+/// @tparam FLAGS      Flags bit set: early x loads, deferred fix-ups (default: none; same bits either way)
 template <typename T, int CLUSTER, int BT, int WARPS, int DEPTH, int STAGES, int MODE = kSplitK, int FLAGS = 0>
 __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
     gated_ffn_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
@@ -623,7 +607,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   constexpr bool kLocalStats = MODE != kSplitK;  // whole units need the whole row's statistics anyway
   constexpr bool kEarly = (FLAGS & kEarlyX) != 0;
   constexpr bool kDefer = (FLAGS & kDeferFixUp) != 0;
-  constexpr bool kPrefetch = (FLAGS & kPrefetchDown) != 0;
   // kEarlyX: the statistics range is the norm range (split-K: the CTA's k-slice; whole units: the row),
   // so the thread that squares x[b][v] also normalises it, from the same registers
   constexpr bool kNormFromRegs = kEarly && MODE != kSplitKLocalStats;
@@ -688,19 +671,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
   auto tile_of = [&](int m) { return warp + WARPS * ((m + c) % my_tiles); };
   auto down_rows = [&](int m) {
     return w_down + static_cast<size_t>(k_begin + tile_of(m) * kMmaRows) * inter + k0;
-  };
-  // kPrefetchDown: L2 prefetch of this warp's first down rows in the order the down loop visits them (row r of
-  // the list: tile m = r / 16, its row r % 16), the whole k-slice of each but the columns [0, skip) of tile 0,
-  // which the ring's first down slots copy themselves; lanes take rows in turn (at most 24 rows per lane).
-  auto prefetch_down = [&](int skip) {
-    if (my_tiles <= 0 || kc <= 0) return;
-    const int rows = min(my_tiles * kMmaRows, max(kMmaRows, kPrefetchDownBytes / (kc * static_cast<int>(sizeof(T)))));
-    for (int r = lane; r < rows; r += kWarpSize) {
-      const int m = r / kMmaRows, col = m == 0 ? skip : 0;
-      if (col < kc) {
-        prefetch_l2(down_rows(m) + static_cast<size_t>(r % kMmaRows) * inter + col, (kc - col) * sizeof(T));
-      }
-    }
   };
 
   // this cluster's partial of one down tile -> global, arrive; the last of the C arrivals fixes it up
@@ -842,9 +812,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
       for (int f = 0; f < STAGES - 1 && i_begin + f < i_end; ++f) {
         if (++ic == items_per_unit) ic = 0, ++iu;
       }
-      // kPrefetchDown: the columns of tile 0 the ring's first down slots will copy (items 0..STAGES-2)
-      const int pf_skip = min(kc, (STAGES - 1) * kChunkK);
-      if (kPrefetch && i_end - i_begin < STAGES) prefetch_down(pf_skip);  // every gate/up copy already issued
       for (int it = 0; it < i_end - i_begin; ++it) {
         cp_async_wait<STAGES - 2>();
         __syncwarp();
@@ -863,7 +830,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
           if (++ic == items_per_unit) ic = 0, ++iu;
         }
         cp_async_commit();
-        if (kPrefetch && it == i_end - i_begin - STAGES) prefetch_down(pf_skip);  // the last gate/up copy is out
       }
       // Start the down projection's first slots now: they stream while the cluster exchanges h.
       cp_async_wait<0>();
@@ -895,7 +861,6 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
             }
           }
         }
-        if (kPrefetch && remaining <= DEPTH) prefetch_down(0);  // this warp's last gate/up loads are out
 #pragma unroll
         for (int d = 0; d < DEPTH; ++d) {
           if (d < remaining) {
@@ -910,10 +875,8 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
           }
         }
       }
-      // Warm L2 with this warp's first down-projection tile while the cluster exchanges h (kPrefetchDown: its
-      // first rows, already asked for in the last batch above).
-      if (kPrefetch && i_begin >= i_end) prefetch_down(0);
-      if (!kPrefetch && my_tiles > 0 && kc > 0 && lane < kMmaRows) {
+      // Warm L2 with this warp's first down-projection tile while the cluster exchanges h.
+      if (my_tiles > 0 && kc > 0 && lane < kMmaRows) {
         prefetch_l2(down_rows(0) + static_cast<size_t>(lane) * inter, kc * sizeof(T));
       }
     }

@@ -94,7 +94,6 @@ def random_config(i: int) -> dict:
 SPLIT, WHOLE, LOCAL = ffn.MODES["split"], ffn.MODES["whole"], ffn.MODES["split_local_stats"]
 DIRECT = ffn.Tuning(mode=SPLIT, stages=0, flags=0)  # the register-direct load path, no optional flags
 EARLY_DEFER = ffn.parse_flags("early_x+defer_fix_up")  # the default flags
-PREFETCH = ffn.FLAGS["prefetch_down"]  # down rows asked of L2 before the exchange (run 7)
 # "auto" is what the backend runs (mode, path and flags derived from the shape); the others pin every
 # gate/up mode on both load paths (staged where its ring fits), with and without the optional flags.
 VARIANTS = {
@@ -110,10 +109,6 @@ VARIANTS = {
     "local-stats-early-defer": ffn.Tuning(mode=LOCAL, flags=EARLY_DEFER),
     "whole-early-defer": ffn.Tuning(mode=WHOLE, flags=EARLY_DEFER),
     "whole-early-defer-direct": ffn.Tuning(mode=WHOLE, stages=0, flags=EARLY_DEFER),
-    "prefetch": ffn.Tuning(mode=SPLIT, flags=EARLY_DEFER | PREFETCH),
-    "prefetch-direct": ffn.Tuning(mode=SPLIT, stages=0, flags=EARLY_DEFER | PREFETCH),
-    "whole-prefetch": ffn.Tuning(mode=WHOLE, flags=EARLY_DEFER | PREFETCH),
-    "whole-prefetch-direct": ffn.Tuning(mode=WHOLE, stages=0, flags=EARLY_DEFER | PREFETCH),
 }
 
 
@@ -141,10 +136,10 @@ def test_model_shapes_within_band_of_fp64(hidden, inter, batch, dtype):
     assert rel_error(inp, out, 1e-5, "weight", "silu", True) <= BANDS[dtype]
 
 
-@pytest.mark.parametrize("variant", ["auto", "whole", "early-defer", "prefetch", "whole-prefetch"])
+@pytest.mark.parametrize("variant", ["auto", "whole", "early-defer"])
 @pytest.mark.parametrize("batch", [1, 16])
 def test_bitwise_identical_over_1000_runs(batch, variant):
-    """Every launch the same bits; with prefetch_down (hints only) also the same kernel's bits without it."""
+    """Every launch the same bits."""
     tuning = VARIANTS[variant]
     inp = make_inputs(4096, 11008, batch, torch.bfloat16, fused=False, norm_kind="weight", seed=7)
     first = run(inp, 1e-5, "weight", "silu", True, tuning).clone()
@@ -159,10 +154,6 @@ def test_bitwise_identical_over_1000_runs(batch, variant):
         .sum()
     )
     assert differing == 0, f"{differing} of {DETERMINISM_RUNS} runs differ bitwise from the first"
-    if tuning is not None and tuning.flags & PREFETCH:
-        inp["out"] = torch.full_like(first, float("nan"))
-        plain = run(inp, 1e-5, "weight", "silu", True, dataclasses.replace(tuning, flags=tuning.flags & ~PREFETCH))
-        assert torch.equal(plain, first), "prefetch_down differs bitwise from the same kernel without it"
 
 
 # fp16, cluster size 4 (what the benchmark rows use), both batch tiles, staged and (whole at B=16) direct
@@ -178,7 +169,7 @@ FLAG_REPEATS = 20  # launches per flagged kernel: a late cluster (deferred fix-u
 
 
 @pytest.mark.parametrize(
-    "flags", ["early_x", "defer_fix_up", "early_x+defer_fix_up", "prefetch_down", "early_x+defer_fix_up+prefetch_down"]
+    "flags", ["early_x", "defer_fix_up", "early_x+defer_fix_up"]
 )
 @pytest.mark.parametrize("mode", ["split", "whole"])
 @pytest.mark.parametrize("hidden,inter,batch", FLAG_SHAPES)
@@ -199,7 +190,7 @@ def test_flags_keep_the_bits_of_the_plain_kernel(hidden, inter, batch, mode, fla
 
 
 @pytest.mark.parametrize(
-    "variant", ["early-defer-direct", "whole-early-defer-direct", "prefetch-direct", "whole-prefetch-direct"]
+    "variant", ["early-defer-direct", "whole-early-defer-direct"]
 )
 @pytest.mark.parametrize("hidden,inter,batch", FLAG_SHAPES)
 def test_flags_on_the_direct_path_keep_its_bits(hidden, inter, batch, variant):
@@ -212,7 +203,7 @@ def test_flags_on_the_direct_path_keep_its_bits(hidden, inter, batch, variant):
     assert torch.equal(run(inp, 1e-6, "unit_offset", "gelu_tanh", False, tuning), expected)
 
 
-@pytest.mark.parametrize("flags", [0, EARLY_DEFER | PREFETCH], ids=["plain", "prefetch"])
+@pytest.mark.parametrize("flags", [0, EARLY_DEFER], ids=["plain", "default-flags"])
 @pytest.mark.parametrize("mode", list(ffn.MODES))
 @pytest.mark.parametrize("hidden,inter,batch", [(4096, 11008, 1), (896, 4864, 16)])
 def test_phase_timeline_build_matches_plain_build_bitwise(hidden, inter, batch, mode, flags):
@@ -233,7 +224,7 @@ def test_phase_timeline_build_matches_plain_build_bitwise(hidden, inter, batch, 
     assert bool((st[:, 1:, 0] >= st[:, :-1, 0]).all()) and bool((st[..., 0] > 0).all())
 
 
-@pytest.mark.parametrize("variant", ["auto", "whole-prefetch", "prefetch-direct"])
+@pytest.mark.parametrize("variant", ["auto", "whole-early-defer", "early-defer-direct"])
 def test_cuda_graph_capture_and_replay_matches_direct_calls(variant):
     """Replays repeat: the arrival counters reset themselves."""
     tuning = VARIANTS[variant]
@@ -303,8 +294,8 @@ def sanitizer_pass() -> None:
             (False, DIRECT),
             (True, VARIANTS["whole"]),
             (False, VARIANTS["local-stats-direct"]),
-            (True, VARIANTS["whole-prefetch"]),
-            (False, VARIANTS["prefetch-direct"]),
+            (True, VARIANTS["whole-early-defer"]),
+            (False, VARIANTS["early-defer-direct"]),
         ):
             inp = make_inputs(hidden, inter, batch, dtype, fused=residual, norm_kind="weight", seed=batch)
             out = run(inp, 1e-5, "weight", "gelu_tanh", residual, path)
