@@ -78,6 +78,10 @@ VARIANTS = {
 # B=1 1024 cached 70.5 -> 49.5 us, 4096 74.5 -> 65.5; B=4 1024 75.4 -> 64.5; B=16 1024 175 vs 176 (even).
 # Round 3 (same day, 79/79 GPU tests): "split" beats "chunk" on every row: B=1 1024 49.5 -> 38.0 us, 4096
 # 66.4 -> 51.2; B=4 62.9 -> 61.7; B=16 178.3 -> 172.8 (benchmarks/NOTES-mla.md, run 3).
+# split_mma (tensor-core GEMVs from batch bucket 4) measured B=4 59.4 -> 50.5 us, B=16 172.8 -> 105.5 (round 4,
+# same day) but FAILED the cache-slot test (fp16 B=4: the kv_a rows written to the cache differ from eager's
+# by more than an ulp, their inputs being rounded for the MMA): not selectable as the default until the cache
+# rows stay on the CUDA-core path.
 DEFAULT_VARIANT = "split"
 # Per-CTA phase timeline (-DCF_MLA_PHASES=1): one %globaltimer stamp per phase, kernel enum Phase.
 PHASES = ("start", "stats", "proj", "proj_sync", "q_b", "q_b_sync", "absorb", "absorb_sync", "attn", "attn_sync",
