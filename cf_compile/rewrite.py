@@ -21,6 +21,7 @@ from cf_compile.fx.walk import module_path, val
 from cf_compile.ops import attention as attention_op
 from cf_compile.ops import ffn as ffn_op
 from cf_compile.ops import mla as mla_op
+from cf_compile.ops import shared as _shared_op  # noqa: F401  (registers clusterfusion::shared_input)
 from cf_compile.options import Options
 from cf_compile.patterns import attention as attention_pattern
 from cf_compile.patterns import ffn as ffn_pattern
@@ -216,6 +217,36 @@ def rewrite(gm: fx.GraphModule, options: Options, report: GraphReport) -> list[t
         replaced[result.output] = new
         done.append((result, rec))
     if done:
+        share_tables(gm.graph)
         gm.graph.lint()
         gm.recompile()
     return done
+
+
+# Per-step inputs every layer's fused op reads (the RoPE tables, the mask, the cache position).
+SHARED_TABLE_ARGS = ("cos", "sin", "attn_mask", "cache_position")
+_FUSED_OPS = (torch.ops.clusterfusion.attention_decode.default, mla_op.mla_decode_call)
+
+
+def share_tables(graph: fx.Graph) -> int:
+    """Route each computed table that several fused ops read through one ``shared_input`` call
+    (cf_compile/ops/shared.py says why); returns how many tables were shared."""
+    uses: dict[fx.Node, list[tuple[fx.Node, str]]] = {}
+    for n in graph.nodes:
+        if n.op != "call_function" or n.target not in _FUSED_OPS:
+            continue
+        for key in SHARED_TABLE_ARGS:
+            t = n.kwargs.get(key)
+            if isinstance(t, fx.Node) and t.op != "placeholder":
+                uses.setdefault(t, []).append((n, key))
+    shared_count = 0
+    for table, readers in uses.items():
+        if len(readers) < 2:
+            continue
+        with graph.inserting_after(table):
+            shared = graph.call_function(torch.ops.clusterfusion.shared_input.default, (table,))
+        shared.meta.update({k: v for k, v in table.meta.items() if k in ("example_value", "val")})
+        for n, key in readers:
+            n.update_kwarg(key, shared)
+        shared_count += 1
+    return shared_count

@@ -84,6 +84,28 @@ def test_reference_op_runs_in_place_on_the_users_cache(monkeypatch):
     assert seen and set(seen) == user_ptrs
 
 
+def test_every_layers_op_reads_one_copy_of_the_steps_rope_tables_and_mask(monkeypatch):
+    """Inductor copies an unrealised input per extern kernel: without clusterfusion::shared_input each
+    layer's op got its own recomputed cos, sin and mask (two extra GPU kernels per layer). With it, every
+    layer's op reads the same three buffers, and the tokens stay eager's."""
+    model, cfg = build("llama")
+    tables: list[tuple[int, int, int]] = []
+    real = attention_ops.attention_decode_reference
+
+    def spy(*args):
+        tables.append((args[10].data_ptr(), args[11].data_ptr(), args[15].data_ptr()))   # cos, sin, mask
+        return real(*args)
+
+    monkeypatch.setattr(attention_ops, "attention_decode_reference", spy)
+    eager_tokens, _ = greedy(model, cfg, model.forward, steps=2)
+    tokens, _ = greedy(model, cfg, compiled_step(model, options={"kernels": "reference"}), steps=2)
+    assert torch.equal(tokens, eager_tokens)
+    per_step = cfg.num_hidden_layers
+    assert len(tables) == 2 * per_step and cfg.num_hidden_layers > 1
+    for step in range(2):
+        assert len(set(tables[step * per_step:(step + 1) * per_step])) == 1
+
+
 def test_reduce_overhead_mode_is_passed_to_inductor():
     model, cfg = build("llama")
     eager_tokens, _ = greedy(model, cfg, model.forward, steps=8)

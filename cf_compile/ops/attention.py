@@ -56,6 +56,8 @@ def attention_decode_reference(
     if k_norm_weight is not None:
         k = rms_norm(k, k_norm_weight, qk_norm_eps, qk_norm_kind)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if cos.dim() == 3:   # [B, 1, D], the layer-independent table (patterns/attention.py): as HF unsqueezes it
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     q = neox_rope(q, cos, sin)
     k = neox_rope(k, cos, sin)
     k_cache.index_copy_(2, cache_position, k)

@@ -41,6 +41,27 @@ from cf_compile.patterns.common import (
 BLOCK = "attention"
 
 
+
+def _identity_slice(node: fx.Node) -> bool:
+    """``t[:, :, :, :n]`` (operator.getitem with slices only) that keeps every element of ``t``."""
+    if not (is_op(node, "getitem") and isinstance(node.args[0], fx.Node)):
+        return False
+    idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    return all(isinstance(i, slice) and i.step in (None, 1) for i in idx) and shape(node) == shape(node.args[0])
+
+
+def _layer_independent(node: fx.Node) -> fx.Node:
+    """The tensor behind a layer's own view of a table every layer shares: HF slices the mask per layer
+    (an identity slice at decode) and ``apply_rotary_pos_emb`` unsqueezes cos/sin per layer. Handing every
+    layer's op the same node lets Inductor materialise the table once per step; handed each layer's view,
+    it recomputed cos, sin and the mask for every op input (two extra kernels per layer, H100 profile
+    2026-11-23). The op accepts cos/sin as [B, 1, D] as well as [B, 1, 1, D]."""
+    while _identity_slice(node):
+        node = node.args[0]
+    if is_op(node, "unsqueeze") and arg(node, 1, "dim") == 1 and len(shape(node.args[0]) or ()) == 3:
+        return node.args[0]
+    return node
+
 def anchors(graph: fx.Graph) -> list[fx.Node]:
     """SDPA calls, and softmaxes over attention scores (eager attention: reported as near-misses,
     never fused). Scores are [B, heads, q, L]; a 2-D MoE router softmax is not attention."""
@@ -258,8 +279,8 @@ def _match(sdpa: fx.Node, q: fx.Node, key: fx.Node, value: fx.Node) -> BlockMatc
         qkv_weights=qkv_weights, qkv_biases=qkv_biases,
         q_norm_weight=qh.norm.weight if qh.norm else None, k_norm_weight=kh.norm.weight if kh.norm else None,
         qk_norm_eps=qh.norm.eps if qh.norm else 0.0, qk_norm_kind=qh.norm.kind if qh.norm else "weight",
-        cos=rq.cos, sin=rq.sin, cache_position=pos, k_cache=k_cache, v_cache=v_cache,
-        attn_mask=mask, scale=const_float(scale) if scale is not None else None,
+        cos=_layer_independent(rq.cos), sin=_layer_independent(rq.sin), cache_position=pos, k_cache=k_cache,
+        v_cache=v_cache, attn_mask=_layer_independent(mask), scale=const_float(scale) if scale is not None else None,
         o_weight=o_lin.weight, o_bias=o_lin.bias, add_residual=is_op(output, "add"),
     )
     return BlockMatch(
