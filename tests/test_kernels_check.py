@@ -62,3 +62,20 @@ def test_register_check_is_idempotent():
     b = registry.register_check("collectives_test.cu", "fill_ones_kernel", label="launch probe")
     assert a == b
     assert len(registry.registered()) <= before + 1
+
+
+def test_kernel_sources_avoid_constructs_the_oldest_supported_nvrtc_rejects():
+    """The GPU machine's NVRTC (13.0, with torch's cu130 wheels) treats a generic lambda in a kernel as a host
+    function and refuses the whole translation unit, while the NVRTC CI compiles with (13.5) accepts it: the
+    attention variant v5 passed CI's build tests and broke every attention kernel on the H100 (2026-11-23).
+    CI cannot run the older NVRTC, so the sources are checked for the construct instead."""
+    import re
+    from pathlib import Path
+
+    import cf_compile_kernels
+
+    csrc = Path(cf_compile_kernels.__file__).parent / "csrc"
+    generic_lambda = re.compile(r"\[[^\[\]]*\]\s*\(\s*(const\s+)?auto\b")
+    found = [f"{p.name}:{i}" for p in sorted(csrc.glob("*.cu*"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if generic_lambda.search(line)]
+    assert not found, f"generic lambdas (NVRTC 13.0 rejects them in device code): {found}"
