@@ -40,6 +40,7 @@
 // (one stream), as decoder layers are.
 #include "cluster.cuh"
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace cf {
 namespace ffn {
@@ -243,46 +244,10 @@ __device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[2], unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 }
 
+// The mma.sync m16n8k16 instruction (fp16/bf16 in, fp32 accumulate) and the k-permuted warp step live in
+// mma.cuh, shared with the attention and MLA kernels.
 template <typename T>
-struct MmaOp;
-template <>
-struct MmaOp<__half> {
-  /// @brief d += a * b, m16n8k16, fp16 inputs, fp32 accumulators.
-  __device__ __forceinline__ static void run(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                             unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
-template <>
-struct MmaOp<__nv_bfloat16> {
-  /// @brief d += a * b, m16n8k16, bf16 inputs, fp32 accumulators.
-  __device__ __forceinline__ static void run(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                             unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
-
-/// @brief One warp step of k = 32: rows g and g+8 of the tile hold 8 consecutive k each (lo, hi), the
-/// batch fragment the same 8 k of batch row g (+8 for the second N tile). The 8 k are split into the two
-/// k16 MMAs as {0,1 | 2,3} and {4,5 | 6,7}: A and B use the same permutation of k, so the dot product
-/// is unchanged while every load stays 16 bytes wide.
-template <typename T, int BT>
-__device__ __forceinline__ void mma_step(float (&acc)[BT][4], const uint4& lo, const uint4& hi,
-                                         const uint4 (&b)[BT]) {
-#pragma unroll
-  for (int bt = 0; bt < BT; ++bt) {
-    MmaOp<T>::run(acc[bt], lo.x, hi.x, lo.y, hi.y, b[bt].x, b[bt].y);
-    MmaOp<T>::run(acc[bt], lo.z, hi.z, lo.w, hi.w, b[bt].z, b[bt].w);
-  }
-}
+using MmaOp = mma::Op<T>;
 
 /// @brief Batch fragment: 8 consecutive values of rows g (and g + 8) of an smem [row][stride] array;
 /// zero for rows past the batch (their products are never stored).
@@ -866,7 +831,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
           if (d < remaining) {
             uint4 b[BT];
             load_batch_frag<BT>(b, n_base + s * kStepK, L.n_stride, g, batch);
-            mma_step<T, BT>(acc, lo[d], hi[d], b);
+            mma::step<T, BT>(acc, lo[d], hi[d], b);
             if (s == items_per_unit - 1 || d == remaining - 1) {  // unit (or this warp's share) done
               flush_unit(u, in_head, acc);
               in_head = false;
@@ -1011,7 +976,7 @@ __global__ void __launch_bounds__(WARPS* kWarpSize, 1)
             if (d < count) {
               uint4 b[BT];
               load_batch_frag<BT>(b, h_base + (s0 + d) * kStepK, L.h_stride, g, batch);
-              mma_step<T, BT>(acc, lo[d], hi[d], b);
+              mma::step<T, BT>(acc, lo[d], hi[d], b);
             }
           }
         }
