@@ -79,9 +79,11 @@ VARIANTS = {
 # Round 3 (same day, 79/79 GPU tests): "split" beats "chunk" on every row: B=1 1024 49.5 -> 38.0 us, 4096
 # 66.4 -> 51.2; B=4 62.9 -> 61.7; B=16 178.3 -> 172.8 (benchmarks/NOTES-mla.md, run 3).
 # split_mma (tensor-core GEMVs from batch bucket 4) measured B=4 59.4 -> 50.5 us, B=16 172.8 -> 105.5 (round 4,
-# same day) but FAILED the cache-slot test (fp16 B=4: the kv_a rows written to the cache differ from eager's
-# by more than an ulp, their inputs being rounded for the MMA): not selectable as the default until the cache
-# rows stay on the CUDA-core path.
+# same day) but FAILED the cache-slot test (fp16 B=4: the kv_a rows written to the cache differed from the fp64
+# reference by more than an ulp: h = RMSNorm(x) rounded to fp16 for the MMA, and cancellation in the 1024-term
+# kv_a sums leaves that rounding on small latents). Round 5 fix, UNVALIDATED ON A GPU: the kv_a rows (c_kv + k_pe)
+# stay on the CUDA-core GEMV with fp32 h in split's per-row order (the slot is bitwise split's); the q / q_b /
+# W_UV / o_proj GEMVs stay on the tensor cores. Not the default until the GPU tests and timings confirm it.
 DEFAULT_VARIANT = "split"
 # Per-CTA phase timeline (-DCF_MLA_PHASES=1): one %globaltimer stamp per phase, kernel enum Phase.
 PHASES = ("start", "stats", "proj", "proj_sync", "q_b", "q_b_sync", "absorb", "absorb_sync", "attn", "attn_sync",

@@ -9,7 +9,7 @@
 #   4. split_mma_all (the tensor-core GEMV layout at batch 1 too), B=1 S=1024/4096                           <= 14 s
 #   5. a compact summary (variant x row: us, phase steps, median-CTA end vs last-CTA end)                    <= 3 s
 # Files under $OUT/mla_r4/: compile.log tests.log bench.log bench_all.log rows.json rows_all.json summary.txt.
-# No Inductor (run 1 has its numbers).
+# No Inductor (run 1 has its numbers). Round 5: the same command checks split_mma's cache-slot fix (step 2 first).
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1 CF_MLA_TEST_VARIANTS=split,split_mma,split_mma_all CF_MLA_TEST_RANDOM=6
 OUT=${OUT:-/tmp/cf-out}

@@ -88,7 +88,8 @@ static_assert(kSoftmaxHeads * kWarps == kHeadGroup, "softmax step: whole heads p
 //                   cores (grid_gemv_mma: mma.sync m16n8k16, weights = A, batch = N, cf::mma as the attention
 //                   kernel's kMma). A CTA takes 16-row tiles round-robin and cuts each tile's k-steps over its
 //                   warps; the parts are summed through shared memory in part order (deterministic, but not
-//                   bitwise the CUDA-core GEMV: the activations are rounded to T, the sum order differs).
+//                   bitwise the CUDA-core GEMV: the activations are rounded to T, the sum order differs). Phase 1's
+//                   kv_a rows (the cache slot's c_kv and k_pe) stay on the CUDA cores, bitwise split's.
 //                   2: at every bucket. At batch 1 the MMA is 7/8 padding, but the layout is what counts: every
 //                   CTA streams its tiles with all 8 warps and up to kMmaLongDepth k-steps (16 x 16 B per lane)
 //                   in flight, where the CUDA-core GEMV gives W_UV and o_proj (2048 rows = 512 groups of 4) to
@@ -394,6 +395,63 @@ __device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act 
   }
 }
 
+// grid_gemv_warps: grid_gemv's body over nw warps of which this one is gw, so each row's sum is bitwise grid_gemv's
+// whoever computes it (CF_MLA_MMA's cache rows). A copy, not grid_gemv's callee: routing grid_gemv through it
+// changed ptxas's schedule of split's cubin.
+template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
+__device__ __forceinline__ void grid_gemv_warps(int gw, int nw, RowPtr row_ptr, int nrows, int K, Act act,
+                                                Sink sink) {
+  constexpr int RB = kRowsPerWarp, KU = kStepsInFlight;
+  const int lane = threadIdx.x & 31;
+  for (int r0 = gw * RB; r0 < nrows; r0 += nw * RB) {
+    const T* w[RB];
+    float acc[RB][BB];
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+      w[r] = static_cast<const T*>(row_ptr(min(r0 + r, nrows - 1)));
+#pragma unroll
+      for (int b = 0; b < BB; ++b) acc[r][b] = 0.f;
+    }
+    for (int k0 = lane * kVec; k0 < K; k0 += 32 * kVec * KU) {
+      uint4 wv[KU][RB];
+#pragma unroll
+      for (int u = 0; u < KU; ++u) {
+        const int k = k0 + u * 32 * kVec;
+#pragma unroll
+        for (int r = 0; r < RB; ++r) wv[u][r] = k < K ? ld_stream(w[r] + k) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < KU; ++u) {
+        const int k = k0 + u * 32 * kVec;
+        if (k < K) {
+          float wf[RB][kVec];
+#pragma unroll
+          for (int r = 0; r < RB; ++r) unpack8<T>(wv[u][r], wf[r]);
+#pragma unroll
+          for (int b = 0; b < BB; ++b) {
+            float a[kVec];
+            act(r0, b, k, a);
+#pragma unroll
+            for (int r = 0; r < RB; ++r) {
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) acc[r][b] = fmaf(wf[r][e], a[e], acc[r][b]);
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+#pragma unroll
+      for (int b = 0; b < BB; ++b) acc[r][b] = warp_sum(acc[r][b]);
+      if (lane == 0 && r0 + r < nrows) {
+#pragma unroll
+        for (int b = 0; b < BB; ++b) sink(r0 + r, b, acc[r][b]);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ grid GEMV on the tensor cores (CF_MLA_MMA)
 // Same contract as grid_gemv (act(r0, b, k, f) with r0 the first row of a 16-row tile; sink(r, b, v) once per
 // row and batch row b < BB), on mma.sync m16n8k16 (cf::mma: weights = A, 16 rows per tile; batch = N, tiles of
@@ -499,6 +557,10 @@ __device__ __forceinline__ void grid_gemv_mma(RowPtr row_ptr, int nrows, int K, 
     if (ks > 1) __syncthreads();  // `red` is rewritten by the next round
   }
 }
+
+// Phase 1 splits its rows: [q | q_a] on the tensor cores, the kv_a (cache) rows on the CUDA cores (mla_decode_body).
+template <int BB>
+constexpr bool kMmaProj = CF_MLA_MMA != 0 && BB >= kMmaMinBucket;
 
 // Either GEMV: the tensor cores with CF_MLA_MMA at buckets >= kMmaMinBucket (and `mma_ok`), else the CUDA cores.
 template <typename T, int BB, int DEPTH, typename RowPtr, typename Act, typename Sink>
@@ -1194,26 +1256,62 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   const int q_rows = L.r1 - kLat;
   const T* wq = static_cast<const T*>(p.wq);
   const T* wkv_a = static_cast<const T*>(p.wkv_a);
-  grid_gemv_any<T, BB, kMmaLongDepth>(
-      [&](int r) { return r < q_rows ? wq + static_cast<long long>(r) * H : wkv_a + static_cast<long long>(r - q_rows) * H; },
-      L.r1, H,
-      [&](int, int b, int k, float (&a)[kVec]) {
-        if (b >= B) {
+  if constexpr (kMmaProj<BB>) {
+    // h = RMSNorm(x) in fp32 (not rounded: the CUDA-core GEMV's activations, as split has always used them)
+    const auto act_h = [&](int, int b, int k, float (&a)[kVec]) {
+      if (b >= B) {
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) a[e] = 0.f;
-          return;
-        }
-        float xf[kVec], wf[kVec];
-        unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k)), xf);
-        unpack8<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.norm_w) + k)), wf);
-        const float r = s.rstd[b];
+        for (int e = 0; e < kVec; ++e) a[e] = 0.f;
+        return;
+      }
+      float xf[kVec], wf[kVec];
+      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k)), xf);
+      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.norm_w) + k)), wf);
+      const float r = s.rstd[b];
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) a[e] = xf[e] * r * (p.unit_offset ? 1.f + wf[e] : wf[e]);
-      },
-      [&](int r, int b, float v) {
-        if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
-      },
-      s.q);
+      for (int e = 0; e < kVec; ++e) a[e] = xf[e] * r * (p.unit_offset ? 1.f + wf[e] : wf[e]);
+    };
+    const auto sink_s1 = [&](int r, int b, float v) {
+      if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
+    };
+    // The [q | q_a] rows on the tensor cores (h rounded to T, as eager's linear takes it). The kv_a rows feed
+    // the cache slot (kv_a_layernorm of c_kv, RoPE of k_pe, rounded once): they stay on the CUDA cores with h in
+    // fp32 and the same per-row lane order as split, so the slot is bitwise split's (an fp16 h moved c_kv by up
+    // to ~2^-11 |h| |w_row| through cancellation: more than an ulp of the small latents, the failed cache test).
+    // Their warps are those of the CTAs holding the fewest q tiles (tile i -> CTA i % grid: the last ones).
+    grid_gemv_mma<T, BB, kMmaLongDepth>([&](int r) { return wq + static_cast<long long>(r) * H; }, q_rows, H,
+                                        act_h, sink_s1, s.q);
+    const int grid = gridDim.x, light = grid - cf::ceil_div(q_rows, cf::mma::kTileRows) % grid;
+    const int rank = grid - 1 - static_cast<int>(blockIdx.x);
+    if (rank < light) {
+      grid_gemv_warps<T, BB>(
+          rank + (threadIdx.x >> 5) * light, light * kWarps,
+          [&](int r) { return wkv_a + static_cast<long long>(r) * H; }, kLat, H, act_h,
+          [&](int r, int b, float v) { sink_s1(q_rows + r, b, v); });
+    }
+  } else {
+    // (split's code as it was, lambdas in place: its cubin stays bitwise the same)
+    grid_gemv_any<T, BB, kMmaLongDepth>(
+        [&](int r) { return r < q_rows ? wq + static_cast<long long>(r) * H : wkv_a + static_cast<long long>(r - q_rows) * H; },
+        L.r1, H,
+        [&](int, int b, int k, float (&a)[kVec]) {
+          if (b >= B) {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) a[e] = 0.f;
+            return;
+          }
+          float xf[kVec], wf[kVec];
+          unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k)), xf);
+          unpack8<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.norm_w) + k)), wf);
+          const float r = s.rstd[b];
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) a[e] = xf[e] * r * (p.unit_offset ? 1.f + wf[e] : wf[e]);
+        },
+        [&](int r, int b, float v) {
+          if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
+        },
+        s.q);
+  }
   stamp(p.stamps, kPhProj);
   grid_sync(p.barrier);
   stamp(p.stamps, kPhProjSync);
