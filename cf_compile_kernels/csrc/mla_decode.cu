@@ -337,67 +337,11 @@ __device__ Smem plan_smem(unsigned char* base) {
 }
 
 // ------------------------------------------------------------------ grid GEMV
-// y[r, b] = sum_k row_ptr(r)[k] * act(r0, b, k) for rows r < nrows, split over every warp of the grid:
+// y[r, b] = sum_k row_ptr(r)[k] * act(r0, b, k) for rows r < nrows, split over nw warps of which this one is gw:
 // a warp takes kRowsPerWarp consecutive rows, its lanes stride over 16-byte weight vectors with
-// kStepsInFlight * kRowsPerWarp loads issued before the first FMA; lanes reduce by a fixed butterfly.
-// act(r0, b, k, f) fills 8 fp32 activations (zeros for padding rows b >= B); sink(r, b, v) gets sums.
-template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
-__device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act act, Sink sink) {
-  constexpr int RB = kRowsPerWarp, KU = kStepsInFlight;
-  const int lane = threadIdx.x & 31;
-  const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), nw = gridDim.x * kWarps;
-  for (int r0 = gw * RB; r0 < nrows; r0 += nw * RB) {
-    const T* w[RB];
-    float acc[RB][BB];
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      w[r] = static_cast<const T*>(row_ptr(min(r0 + r, nrows - 1)));
-#pragma unroll
-      for (int b = 0; b < BB; ++b) acc[r][b] = 0.f;
-    }
-    for (int k0 = lane * kVec; k0 < K; k0 += 32 * kVec * KU) {
-      uint4 wv[KU][RB];
-#pragma unroll
-      for (int u = 0; u < KU; ++u) {
-        const int k = k0 + u * 32 * kVec;
-#pragma unroll
-        for (int r = 0; r < RB; ++r) wv[u][r] = k < K ? ld_stream(w[r] + k) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < KU; ++u) {
-        const int k = k0 + u * 32 * kVec;
-        if (k < K) {
-          float wf[RB][kVec];
-#pragma unroll
-          for (int r = 0; r < RB; ++r) unpack8<T>(wv[u][r], wf[r]);
-#pragma unroll
-          for (int b = 0; b < BB; ++b) {
-            float a[kVec];
-            act(r0, b, k, a);
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-#pragma unroll
-              for (int e = 0; e < kVec; ++e) acc[r][b] = fmaf(wf[r][e], a[e], acc[r][b]);
-            }
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int b = 0; b < BB; ++b) acc[r][b] = warp_sum(acc[r][b]);
-      if (lane == 0 && r0 + r < nrows) {
-#pragma unroll
-        for (int b = 0; b < BB; ++b) sink(r0 + r, b, acc[r][b]);
-      }
-    }
-  }
-}
-
-// grid_gemv_warps: grid_gemv's body over nw warps of which this one is gw, so each row's sum is bitwise grid_gemv's
-// whoever computes it (CF_MLA_MMA's cache rows). A copy, not grid_gemv's callee: routing grid_gemv through it
-// changed ptxas's schedule of split's cubin.
+// kStepsInFlight * kRowsPerWarp loads issued before the first FMA; lanes reduce by a fixed butterfly, so a
+// row's sum is the same bits whichever warp computes it. act(r0, b, k, f) fills 8 fp32 activations (zeros for
+// padding rows b >= B); sink(r, b, v) gets sums.
 template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
 __device__ __forceinline__ void grid_gemv_warps(int gw, int nw, RowPtr row_ptr, int nrows, int K, Act act,
                                                 Sink sink) {
@@ -450,6 +394,13 @@ __device__ __forceinline__ void grid_gemv_warps(int gw, int nw, RowPtr row_ptr, 
       }
     }
   }
+}
+
+// grid_gemv_warps over every warp of the grid.
+template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
+__device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act act, Sink sink) {
+  const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), nw = gridDim.x * kWarps;
+  grid_gemv_warps<T, BB>(gw, nw, row_ptr, nrows, K, act, sink);
 }
 
 // ------------------------------------------------------------------ grid GEMV on the tensor cores (CF_MLA_MMA)
