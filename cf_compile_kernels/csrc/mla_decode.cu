@@ -442,39 +442,14 @@ __device__ __forceinline__ void grid_gemv_mma(RowPtr row_ptr, int nrows, int K, 
     }
     if (lt < nt) {
       const int s0 = part * steps / ks, s1 = (part + 1) * steps / ks;
-      const int r_lo = r0 + g, r_hi = r_lo + mm::kGroups;
-      const bool live_lo = r_lo < nrows, live_hi = r_hi < nrows;
-      const T* w_lo = static_cast<const T*>(row_ptr(live_lo ? r_lo : 0)) + t * mm::kElemsPerLoad;
-      const T* w_hi = static_cast<const T*>(row_ptr(live_hi ? r_hi : 0)) + t * mm::kElemsPerLoad;
-      for (int s = s0; s < s1; s += DEPTH) {
-        uint4 lo[DEPTH], hi[DEPTH];
-#pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-          const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
-          const bool in = s + d < s1 && k < K;
-          lo[d] = in && live_lo ? ld_stream(w_lo + (s + d) * mm::kStepK) : zero;
-          hi[d] = in && live_hi ? ld_stream(w_hi + (s + d) * mm::kStepK) : zero;
-        }
-#pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-          if (s + d < s1) {
-            const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
-            uint4 bf[BT];
-#pragma unroll
-            for (int bt = 0; bt < BT; ++bt) {
-              const int b = g + bt * mm::kTileCols;
-              bf[bt] = zero;  // zero, never garbage: 0 * NaN
-              if (k < K && b < BB) {
-                float a[kVec];
-                act(r0, b, k, a);
-                bf[bt] = make_uint4(mm::pack2<T>(a[0], a[1]), mm::pack2<T>(a[2], a[3]), mm::pack2<T>(a[4], a[5]),
-                                    mm::pack2<T>(a[6], a[7]));
-              }
-            }
-            mm::step<T, BT>(acc, lo[d], hi[d], bf);
-          }
-        }
-      }
+      mm::tile_accumulate<T, BT, DEPTH>(acc, row_ptr, r0, nrows, s0, s1, K, [&](int k, int, int bt) -> uint4 {
+        const int b = g + bt * mm::kTileCols;
+        if (k >= K || b >= BB) return zero;  // zero, never garbage: 0 * NaN
+        float a[kVec];
+        act(r0, b, k, a);
+        return make_uint4(mm::pack2<T>(a[0], a[1]), mm::pack2<T>(a[2], a[3]), mm::pack2<T>(a[4], a[5]),
+                          mm::pack2<T>(a[6], a[7]));
+      });
     }
     if (ks > 1) {  // CTA-uniform
       float* mine_red = red + (warp * 32 + lane) * BT * 4;
