@@ -828,26 +828,31 @@ __device__ __forceinline__ void tile_accumulate(const Smem& s, const unsigned sh
   }
 }
 
-template <typename T>
-__device__ void attention_item(const Params& p, const Smem& s, const ScratchLayout& L, int item) {
+// One attention item = (batch row b, group of HEADS heads from h0, chunk of the row's positions): stage the
+// heads' latent queries, reset their running max/sum, stream the chunk's kTile-row tiles through the double
+// buffer (tile t+1 loads while tile t is used; per_tile(tile, t0, rows) does the scores, softmax and
+// accumulation with the barriers between them), then finish() writes the item's output partials and the heads'
+// running max/sum go to L.part_ml. Shared by the 16-head items (attention_item) and the split's slices.
+template <typename T, int HEADS, typename PerTile, typename Finish>
+__device__ __forceinline__ void stream_item(const Params& p, const Smem& s, const ScratchLayout& L, int item,
+                                            PerTile per_tile, Finish finish) {
   const int tid = threadIdx.x, NCH = p.chunks;
   const int chunk = item % NCH, hg = (item / NCH) % L.head_groups, b = item / (NCH * L.head_groups);
-  const int heads = min(kHeadGroup, p.num_heads - hg * kHeadGroup);
+  const int heads = min(HEADS, p.num_heads - hg * HEADS);
   const int lo = s.range[2 * b], hi = s.range[2 * b + 1];
   const int per = cf::ceil_div(max(hi - lo, 0), NCH);
   const int cs = lo + chunk * per, ce = min(hi, cs + per);
   const int ntiles = ce > cs ? cf::ceil_div(ce - cs, kTile) : 0;
-  const float* qsrc = L.q_lat + (static_cast<long long>(b) * p.num_heads + hg * kHeadGroup) * kLat;
-  for (int i = tid; i < kHeadGroup * kLat / 4; i += kThreads) {
+  const float* qsrc = L.q_lat + (static_cast<long long>(b) * p.num_heads + hg * HEADS) * kLat;
+  for (int i = tid; i < HEADS * kLat / 4; i += kThreads) {
     const int h = i / (kLat / 4);
     const float4 v = h < heads ? __ldcg(reinterpret_cast<const float4*>(qsrc) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
     reinterpret_cast<float4*>(s.q)[i] = v;
   }
-  if (tid < kHeadGroup) {
+  if (tid < HEADS) {
     s.ml[tid] = cf::neg_inf();
-    s.ml[kHeadGroup + tid] = 0.f;
+    s.ml[HEADS + tid] = 0.f;
   }
-  float o[kHeadsPerThread][kColsPerThread] = {};
   if (ntiles > 0) load_tile<T>(p, s.tiles, b, cs, min(kTile, ce - cs));
   cp_async_commit();
   for (int t = 0; t < ntiles; ++t) {
@@ -859,29 +864,38 @@ __device__ void attention_item(const Params& p, const Smem& s, const ScratchLayo
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();  // tile t (and, first time, q and the running state) visible
-    const unsigned short* tile = s.tiles + (t & 1) * kTile * kTileLd;
+    per_tile(s.tiles + (t & 1) * kTile * kTileLd, b, t0, rows);
+    __syncthreads();  // the buffer of tile t is refilled by the load issued in iteration t + 1
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  finish();
+  if (tid < HEADS) {
+    float* pml = L.part_ml + (static_cast<long long>(item) * HEADS + tid) * 2;
+    pml[0] = s.ml[tid];
+    pml[1] = s.ml[HEADS + tid];
+  }
+  __syncthreads();  // s.q and s.ml are reloaded by the next item
+}
+
+template <typename T>
+__device__ void attention_item(const Params& p, const Smem& s, const ScratchLayout& L, int item) {
+  float o[kHeadsPerThread][kColsPerThread] = {};
+  stream_item<T, kHeadGroup>(p, s, L, item, [&](const unsigned short* tile, int b, int t0, int rows) {
     tile_scores<T>(p, s, tile, b, t0, rows);
     __syncthreads();
     tile_softmax(s);
     __syncthreads();
     tile_accumulate<T>(s, tile, rows, o);
-    __syncthreads();  // the buffer of tile t is refilled by the load issued in iteration t + 1
-  }
-  cp_async_wait<0>();
-  __syncthreads();
-  const int cg = tid % kColGroups, h0 = (tid / kColGroups) * kHeadsPerThread;
-  float* po = L.part_o + static_cast<long long>(item) * kHeadGroup * kLora;
+  }, [&] {
+    const int tid = threadIdx.x, cg = tid % kColGroups, h0 = (tid / kColGroups) * kHeadsPerThread;
+    float* po = L.part_o + static_cast<long long>(item) * kHeadGroup * kLora;
 #pragma unroll
-  for (int h = 0; h < kHeadsPerThread; ++h) {
-    *reinterpret_cast<float4*>(po + (h0 + h) * kLora + cg * kColsPerThread) =
-        make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
-  }
-  if (tid < kHeadGroup) {
-    float* pml = L.part_ml + (static_cast<long long>(item) * kHeadGroup + tid) * 2;
-    pml[0] = s.ml[tid];
-    pml[1] = s.ml[kHeadGroup + tid];
-  }
-  __syncthreads();  // s.q and s.ml are reloaded by the next item
+    for (int h = 0; h < kHeadsPerThread; ++h) {
+      *reinterpret_cast<float4*>(po + (h0 + h) * kLora + cg * kColsPerThread) =
+          make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
+    }
+  });
 }
 
 // ------------------------------------------------------------------ phase 4: merge the chunks
@@ -1062,54 +1076,18 @@ __device__ __forceinline__ void slice_accumulate(const Smem& s, const unsigned s
 // Item = (batch row, head slice, chunk): stream the chunk's tiles once for the slice's heads; partials out.
 template <typename T>
 __device__ void slice_item(const Params& p, const Smem& s, const ScratchLayout& L, int item) {
-  const int tid = threadIdx.x, NCH = p.chunks;
-  const int chunk = item % NCH, sl = (item / NCH) % L.head_groups, b = item / (NCH * L.head_groups);
-  const int heads = min(kSliceHeads, p.num_heads - sl * kSliceHeads);
-  const int lo = s.range[2 * b], hi = s.range[2 * b + 1];
-  const int per = cf::ceil_div(max(hi - lo, 0), NCH);
-  const int cs = lo + chunk * per, ce = min(hi, cs + per);
-  const int ntiles = ce > cs ? cf::ceil_div(ce - cs, kTile) : 0;
-  const float* qsrc = L.q_lat + (static_cast<long long>(b) * p.num_heads + sl * kSliceHeads) * kLat;
-  for (int i = tid; i < kSliceHeads * kLat / 4; i += kThreads) {
-    const int h = i / (kLat / 4);
-    const float4 v = h < heads ? __ldcg(reinterpret_cast<const float4*>(qsrc) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-    reinterpret_cast<float4*>(s.q)[i] = v;
-  }
-  if (tid < kSliceHeads) {
-    s.ml[tid] = cf::neg_inf();
-    s.ml[kSliceHeads + tid] = 0.f;
-  }
   float o[kSliceHeads][kSliceCols] = {};
-  if (ntiles > 0) load_tile<T>(p, s.tiles, b, cs, min(kTile, ce - cs));
-  cp_async_commit();
-  for (int t = 0; t < ntiles; ++t) {
-    const int t0 = cs + t * kTile, rows = min(kTile, ce - t0);
-    if (t + 1 < ntiles) {
-      const int n0 = t0 + kTile;
-      load_tile<T>(p, s.tiles + ((t + 1) & 1) * kTile * kTileLd, b, n0, min(kTile, ce - n0));
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();  // tile t (and, first time, q and the running state) visible
-    const unsigned short* tile = s.tiles + (t & 1) * kTile * kTileLd;
+  stream_item<T, kSliceHeads>(p, s, L, item, [&](const unsigned short* tile, int b, int t0, int rows) {
     slice_scores<T>(p, s, tile, b, t0, rows);
     __syncthreads();
     slice_softmax(s);
     __syncthreads();
     slice_accumulate<T>(s, tile, rows, o);
-    __syncthreads();  // the buffer of tile t is refilled by the load issued in iteration t + 1
-  }
-  cp_async_wait<0>();
-  __syncthreads();
-  float* po = L.part_o + static_cast<long long>(item) * kSliceHeads * kLora + tid * kSliceCols;
+  }, [&] {
+    float* po = L.part_o + static_cast<long long>(item) * kSliceHeads * kLora + threadIdx.x * kSliceCols;
 #pragma unroll
-  for (int h = 0; h < kSliceHeads; ++h) *reinterpret_cast<float2*>(po + h * kLora) = make_float2(o[h][0], o[h][1]);
-  if (tid < kSliceHeads) {
-    float* pml = L.part_ml + (static_cast<long long>(item) * kSliceHeads + tid) * 2;
-    pml[0] = s.ml[tid];
-    pml[1] = s.ml[kSliceHeads + tid];
-  }
-  __syncthreads();  // s.q and s.ml are reloaded by the next item
+    for (int h = 0; h < kSliceHeads; ++h) *reinterpret_cast<float2*>(po + h * kLora) = make_float2(o[h][0], o[h][1]);
+  });
 }
 
 // One merge unit = (b, head, latent quarter), one warp, lane = float4 column. Per block of 32 chunks: lane c
