@@ -104,6 +104,17 @@ enum Variant : int {
   // are rounded to the model dtype, as eager rounds the attention output). Needs no other CTA: the
   // launcher keeps it on splits that are not one wave.
   kMma = 16,
+  // Phase 4 with every load of a token step in flight before the first use (arithmetic unchanged, so the
+  // outputs are bitwise those without the bit): the mask bytes are loaded beside the K/V vectors and
+  // tested only once all of the step's loads are issued. Without it the compiler packs each mask byte into
+  // a flag register right after its load, so every token of a step waits one L2 latency in turn
+  // (kTokenUnroll serial latencies per step: ~8 x 0.5-1 us on Llama-2-7B's two steps per warp).
+  kDeepKv = 32,
+};
+// Compile-time flag for the two instantiations of a code path that a variant bit selects at run time.
+template <bool V>
+struct Flag {
+  static constexpr bool value = V;
 };
 constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counter (one thread per CTA polls)
 
@@ -567,6 +578,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const bool wide_tail = (p.variant & kWideTail) != 0;
   const bool split_qkv = (p.variant & kSplitQkv) != 0 && P > 1;
   const bool use_mma = (p.variant & kMma) != 0;  // acted on for BB >= kMmaMinBucket only
+  const bool deep_kv = (p.variant & kDeepKv) != 0;
   const Counters ctr = counters(p.arrivals, KVH, C, P);
 
   // Output column slice of this CTA (o_proj and the final fix-up): one of C per KV head, done by the last
@@ -819,53 +831,80 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
         }
       }
-      for (int t0 = cs + wig * step_tokens; own_row && t0 < ce; t0 += warps_per_row * step_tokens) {
-        uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
-        bool ok[kTokenUnroll<HG>];
+      // The token loop, instantiated twice: kDeepKv (deep = Flag<true>) differs only in when the mask bytes
+      // are tested, not in any arithmetic.
+      auto attend = [&](auto deep) {
+        constexpr bool kDeep = decltype(deep)::value;
+        for (int t0 = cs + wig * step_tokens; own_row && t0 < ce; t0 += warps_per_row * step_tokens) {
+          uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
+          bool ok[kTokenUnroll<HG>];
+          unsigned mk[kTokenUnroll<HG>];  // kDeep: the mask byte (0: masked), tested after every load is issued
 #pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          // K/V loads do not wait for the mask byte: inside [first, last True] a masked token is loaded
-          // and dropped (fully masked tiles outside that range are never read).
-          const int j = t0 + u * token_slots + slot;
-          const bool in = j < ce;
-          ok[u] = in && (mrow == nullptr || mrow[j] != 0);
-          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-          if (in) {
-            const bool cur = j == pos;
-            kr[u] = *reinterpret_cast<const uint4*>(cur ? knew : kb + static_cast<long long>(j) * D);
-            vr[u] = *reinterpret_cast<const uint4*>(cur ? vnew : vb + static_cast<long long>(j) * D);
+          for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+            // K/V loads do not wait for the mask byte: inside [first, last True] a masked token is loaded
+            // and dropped (fully masked tiles outside that range are never read).
+            const int j = t0 + u * token_slots + slot;
+            const bool in = j < ce;
+            if constexpr (kDeep) {
+              mk[u] = in ? 1u : 0u;
+            } else {
+              ok[u] = in && (mrow == nullptr || mrow[j] != 0);
+            }
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+            if (in) {
+              const bool cur = j == pos;
+              if constexpr (kDeep) {
+                if (mrow != nullptr) mk[u] = __ldg(mrow + j);
+              }
+              kr[u] = *reinterpret_cast<const uint4*>(cur ? knew : kb + static_cast<long long>(j) * D);
+              vr[u] = *reinterpret_cast<const uint4*>(cur ? vnew : vb + static_cast<long long>(j) * D);
+            }
+          }
+          if constexpr (kDeep) {
+#pragma unroll
+            for (int u = 0; u < kTokenUnroll<HG>; ++u) ok[u] = mk[u] != 0u;
+          }
+          float sc[kTokenUnroll<HG>][HG];
+#pragma unroll
+          for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+            float kf[kVec];
+            unpack8<T>(kr[u], kf);
+#pragma unroll
+            for (int h = 0; h < HG; ++h) {
+              float d = 0.f;
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) d = fmaf(q[h][e], kf[e], d);
+              if constexpr (kDeep) {  // unrolled, no branch (same offsets, same order): the tokens' chains interleave
+#pragma unroll
+                for (int off = 16; off; off >>= 1) {
+                  const float other = __shfl_xor_sync(0xffffffffu, d, off);
+                  if (off < lanes_per_token) d += other;
+                }
+              } else {
+                for (int off = lanes_per_token / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+              }
+              sc[u][h] = ok[u] ? d : kNegInf;
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+            float vf[kVec];
+            unpack8<T>(vr[u], vf);
+#pragma unroll
+            for (int h = 0; h < HG; ++h) {
+              const float mx = fmaxf(m[h], sc[u][h]);
+              if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
+              const float corr = softmax_rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
+              l[h] = fmaf(l[h], corr, pr);
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
+              m[h] = mx;
+            }
           }
         }
-        float sc[kTokenUnroll<HG>][HG];
-#pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          float kf[kVec];
-          unpack8<T>(kr[u], kf);
-#pragma unroll
-          for (int h = 0; h < HG; ++h) {
-            float d = 0.f;
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) d = fmaf(q[h][e], kf[e], d);
-            for (int off = lanes_per_token / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-            sc[u][h] = ok[u] ? d : kNegInf;
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          float vf[kVec];
-          unpack8<T>(vr[u], vf);
-#pragma unroll
-          for (int h = 0; h < HG; ++h) {
-            const float mx = fmaxf(m[h], sc[u][h]);
-            if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
-            const float corr = softmax_rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
-            l[h] = fmaf(l[h], corr, pr);
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
-            m[h] = mx;
-          }
-        }
-      }
+      };
+      if (deep_kv) attend(Flag<true>{});
+      else attend(Flag<false>{});
       // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
       for (int off = lanes_per_token; off < 32; off <<= 1) {
 #pragma unroll
