@@ -7,6 +7,7 @@ benchmark models fills the SMs with one CTA each inside the shared-memory limit.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -271,10 +272,24 @@ def test_deep_kv_bit_matches_the_kernel_and_defers_the_mask_test():
     the loop that issues the step's loads (the schedule the bit exists for)."""
     src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
     assert f"kDeepKv = {attention.DEEP_KV}," in src
-    loop = src[src.index("auto attend = [&](auto deep) {"):]
+    loop = src[src.index("__device__ __forceinline__ void attend_tokens("):]
     loads = loop.index("vr[u] = *reinterpret_cast<const uint4*>")
     test = loop.index("ok[u] = mk[u] != 0u;")
     assert loads < test < loop.index("float sc[kTokenUnroll<HG>][HG];")
+    body = src[src.index("__device__ __forceinline__ void attention_decode_body("):]
+    assert "attend_tokens<true>(" in body and "attend_tokens<false>(" in body
+
+
+def test_kernel_sources_have_no_generic_lambdas():
+    """NVRTC 13.0 (the H100 machine's, torch cu130) compiles a generic lambda's call operator as a host
+    function and rejects it ("host functions are not allowed in JIT mode"); 13.5 accepts it. The first v5
+    (3186ff0) broke every attention build there that way. No `auto` lambda or function parameters in csrc."""
+    csrc = Path(attention.__file__).parent / "csrc"
+    generic = re.compile(r"\]\s*\([^)]*\bauto\b|\(\s*auto\s*&{0,2}\s*\w+\s*[,)]")
+    for f in sorted(csrc.glob("*.cu*")):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            code = line.split("//")[0]
+            assert not generic.search(code), f"{f.name}:{n}: {line.strip()}"
 
 
 DEEP_BUILDS = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb in (1, 2, 4, 16) for hg in (1, 8)]
