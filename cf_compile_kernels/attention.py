@@ -49,11 +49,20 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              o_proj inputs rounded to the model dtype as in eager). Waits for no other CTA: kept when the
 #              split is not one wave.
 #   v4_mma     v4 + mma (the default)
+#   v5         v4_mma + deep_kv: phase 4 issues every K/V and mask load of a token step before the first use
+#              (the mask byte was tested right after its load, so each token of a step waited one L2 latency
+#              in turn) and reduces the tokens' dot products with unrolled, branch-free shuffles. Same
+#              arithmetic in the same order: bitwise v4_mma. Waits for no other CTA: kept when the split is
+#              not one wave. NOT yet run on a GPU (benchmarks/NOTES-attention.md, "Round 4").
 # The L2 bulk-prefetch variants (stream_kv, stream, stream_mma; bits 4 and 8) measured slower than tail on
 # every row (H100, round 3) and were removed; bits 4 and 8 are unused.
-WIDE_TAIL, SPLIT_QKV_BIT, MMA = 1, 2, 16  # attn::Variant bits
+WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV = 1, 2, 16, 32  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
-            "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA}
+            "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA,
+            "v5": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV}
+# Bits that wait for no other CTA (only the schedule or the arithmetic of one CTA changes): kept on splits that
+# are not one wave.
+LOCAL_BITS = MMA | DEEP_KV
 # attn::kMmaMinBucket: below it an 8-column MMA is mostly padding, the kernel keeps the CUDA-core GEMV.
 MMA_MIN_BUCKET = 4
 # "tail" measured faster than v3 on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
@@ -320,13 +329,13 @@ def _scratch_for(
 def effective_variant(plan: AttentionConfig, variant: str) -> int:
     """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
     variants wait for other CTAs of the grid, which is only safe when all of them are co-resident) --
-    except MMA, which only changes the arithmetic and is kept. The q/k/v split bit is dropped when P = 1,
+    except LOCAL_BITS (MMA, DEEP_KV), which change only one CTA's work and are kept. The q/k/v split bit is dropped when P = 1,
     MMA below batch bucket MMA_MIN_BUCKET (the kernel ignores them there as well)."""
     bits = VARIANTS[variant]
     if plan.batch_bucket < MMA_MIN_BUCKET:  # the kernel ignores the bit there: report what runs
         bits &= ~MMA
-    if not plan.one_wave:  # the MMA bit waits for nobody: it stays
-        return bits & MMA
+    if not plan.one_wave:  # the MMA and DEEP_KV bits wait for nobody: they stay
+        return bits & LOCAL_BITS
     if plan.clusters_per_kv_head == 1:  # nothing to split over: the DSMEM gather of version 3
         bits &= ~SPLIT_QKV_BIT
     return bits
@@ -419,7 +428,7 @@ def attention_decode(
     stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
     kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block.
     variant: one of VARIANTS (default DEFAULT_VARIANT); a split that is not one wave runs "v3" (keeping only
-        the MMA bit, which waits for no other CTA)."""
+        LOCAL_BITS, which wait for no other CTA)."""
     variant = DEFAULT_VARIANT if variant is None else variant
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)}")

@@ -235,3 +235,56 @@ def test_mma_gemv_constants_are_named_and_used():
     assert '#include "mma.cuh"' in kernel and '"gated_ffn.cu"' not in kernel
     for name in ("kTileRows = 16", "kTileCols = 8", "kLanesPerGroup = 4", "kStepK ="):
         assert name in helpers
+
+
+def test_v5_is_v4_mma_plus_deep_kv_and_kept_off_one_wave():
+    """v5 = v4_mma + bit 32 (DEEP_KV: phase 4's loads all in flight before the first use). The bit changes one
+    CTA's schedule, never the arithmetic, and waits for no other CTA: like MMA it survives a split that is not
+    one wave, and it is never dropped for P = 1 or small batch buckets."""
+    v = attention.VARIANTS
+    assert attention.DEEP_KV == 32 and v["v5"] == v["v4_mma"] | attention.DEEP_KV
+    assert not attention.DEEP_KV & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT | attention.MMA)
+    assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV
+    assert attention.DEFAULT_VARIANT == "v4_mma"  # v5 is selectable by name until measured
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    llama2 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2,
+                             num_sms=132, active=h100)
+    assert llama2.clusters_per_kv_head == 1 and llama2.one_wave
+    assert attention.effective_variant(llama2, "v5") == attention.WIDE_TAIL | attention.DEEP_KV
+    split = attention._plan(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=1, esize=2,
+                            num_sms=132, active=h100)
+    assert attention.effective_variant(split, "v5") == v["v4"] | attention.DEEP_KV
+    b16 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=16, esize=2,
+                          num_sms=132, active=h100)
+    assert attention.effective_variant(b16, "v5") == v["v5"]
+    few = {8: 2, 4: 3, 2: 4, 1: 8}.__getitem__
+    for batch, want in ((1, attention.DEEP_KV), (16, attention.DEEP_KV | attention.MMA)):
+        two_waves = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=batch,
+                                    esize=2, num_sms=132, active=few)
+        assert not two_waves.one_wave
+        assert attention.effective_variant(two_waves, "v5") == want
+        assert attention.effective_variant(two_waves, "v4_mma") == want & attention.MMA
+
+
+def test_deep_kv_bit_matches_the_kernel_and_defers_the_mask_test():
+    """Source guard: the kernel's bit value is the launcher's, and the deep path tests the mask bytes only after
+    the loop that issues the step's loads (the schedule the bit exists for)."""
+    src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
+    assert f"kDeepKv = {attention.DEEP_KV}," in src
+    loop = src[src.index("__device__ __forceinline__ void attend_tokens("):]
+    loads = loop.index("vr[u] = *reinterpret_cast<const uint4*>")
+    test = loop.index("ok[u] = mk[u] != 0u;")
+    assert loads < test < loop.index("float sc[kTokenUnroll<HG>][HG];")
+    body = src[src.index("__device__ __forceinline__ void attention_decode_body("):]
+    assert "attend_tokens<true>(" in body and "attend_tokens<false>(" in body
+
+
+DEEP_BUILDS = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb in (1, 2, 4, 16) for hg in (1, 8)]
+
+
+@pytest.mark.parametrize("args", DEEP_BUILDS, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
+def test_v5_buckets_compile_without_spills(args):
+    """Both attention loops (with and without DEEP_KV) live in every instantiation: buckets 1/2/4/16 at the
+    fewest and most heads per pass stay within 255 registers with no spills."""
+    assert_clean_sass(compile_or_skip(attention.SOURCE, attention.KERNEL, [args])[args])
+

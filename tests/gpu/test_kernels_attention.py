@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from cf_compile_kernels.attention import (
+    DEEP_KV,
     MMA,
     MMA_MIN_BUCKET,
     VARIANTS,
@@ -66,6 +67,7 @@ CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
 # all of attention.VARIANTS by default.
 TESTED_VARIANTS = sorted(os.environ.get("CF_ATTN_VARIANTS", "").split() or VARIANTS)
 MMA_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & MMA]
+DEEP_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & DEEP_KV]
 
 
 @dataclass(frozen=True)
@@ -522,6 +524,28 @@ def test_qkv_hand_off_is_bitwise_equal_to_the_dsmem_gather(variant, base):
     assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
 
 
+def _deep_base(variant: str) -> str:
+    return next(v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~DEEP_KV)
+
+
+@pytest.mark.parametrize("variant", DEEP_VARIANTS)
+def test_deep_kv_is_bitwise_equal_to_its_base(variant):
+    """Bit 32 (v5 = v4_mma + deep_kv) only moves the mask-byte tests of the attention loop after the step's
+    K/V loads and unrolls the dot products' shuffle reduction (same offsets, same order): `out` and the cache
+    slots must equal the variant without the bit bit for bit -- on the sweep's first 24 cases (every mask kind,
+    holes included, MHA/GQA/MQA, head_dim 64-256) and on the named models of this run."""
+    base = _deep_base(variant)
+    cases, _ = _cases()
+    named = [NAMED[n] for n in _named(["llama2_7b", "small_gqa_split", "small_mqa_d256", "small_mha",
+                                      "llama3_8b_b4", "qwen25_05b_b16"])]
+    mismatches = []
+    for case in cases[:24] + named:
+        got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
+        if not (torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)):
+            mismatches.append(str(case))
+    assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
+
+
 @pytest.mark.skipif(QUICK or QUICK_MMA, reason="batch 16 bf16 x 4 heads per pass: not compiled in the quick device runs")
 @pytest.mark.parametrize("rows", [1, 2, 4])
 def test_batch_rows_attended_in_turn_or_in_parallel(rows):
@@ -550,7 +574,8 @@ def test_mma_bit_is_ignored_below_its_batch_bucket(name, variant):
     """Batch 1-2 keep the CUDA-core GEMV under the MMA bit: the outputs equal those without it bit for bit."""
     case = NAMED[name]
     assert batch_bucket(case.batch) < MMA_MIN_BUCKET
-    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~MMA][0]
+    # DEEP_KV is bitwise neutral (test_deep_kv_is_bitwise_equal_to_its_base): compare without it as well
+    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~(MMA | DEEP_KV)][0]
     got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
     assert torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
 
