@@ -166,6 +166,28 @@ def choose_split(num_kv_heads: int, active: Callable[[int], int]) -> tuple[int, 
     return best
 
 
+def check_split(split: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A work-split override (cluster size C, clusters per KV head P) as a tuple of ints, or None (the
+    launcher's choice, choose_split). Raises ValueError unless C is one of CLUSTER_SIZES and
+    1 <= P <= MAX_SPLIT (the kernel merges at most MAX_SPLIT partials from registers and traps beyond).
+    Whether C-CTA clusters fit on the device, and whether the grid is one wave, is for _plan to say."""
+    if split is None:
+        return None
+    try:
+        c, p = split
+        ok = int(c) == c and int(p) == p
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"split {split!r}: expected (cluster, clusters_per_kv_head), two integers")
+    c, p = int(c), int(p)
+    if c not in CLUSTER_SIZES:
+        raise ValueError(f"split {split!r}: cluster size {c} is not one of {CLUSTER_SIZES}")
+    if not 1 <= p <= MAX_SPLIT:
+        raise ValueError(f"split {split!r}: clusters per KV head {p} outside 1..{MAX_SPLIT}")
+    return c, p
+
+
 def estimated_active_clusters(num_sms: int) -> Callable[[int], int]:
     """Without a device: every SM takes one CTA and any C SMs form a cluster (optimistic on real GPCs)."""
     return lambda c: num_sms // c
@@ -181,11 +203,25 @@ def _plan(
     esize: int,
     num_sms: int,
     active: Callable[[int], int] | None = None,
+    split: tuple[int, int] | None = None,
 ) -> AttentionConfig | str:
-    """The work split, or why none fits; memoised (every launch asks for it)."""
+    """The work split, or why none fits (the callers memoise: every launch asks for it).
+
+    split: override of (C, P) (check_split); None = choose_split's. The grid, the cluster dims, the
+    counters and the scratch all follow the plan, so an override changes every launch-side size with
+    it; an override that is not one wave on this device gets one_wave=False, and effective_variant
+    then falls back to version 3 exactly as for a chosen split that is not one wave. Raises ValueError
+    for an invalid override, or one whose C-CTA clusters the device cannot run at all."""
     group = num_heads // num_kv_heads
     active = active or estimated_active_clusters(num_sms)
-    cluster, per_head = choose_split(num_kv_heads, active)
+    split = check_split(split)
+    if split is None:
+        cluster, per_head = choose_split(num_kv_heads, active)
+    else:
+        cluster, per_head = split
+        if active(cluster) < 1:
+            raise ValueError(f"split {split}: the device runs no cluster of {cluster} CTAs at once "
+                             f"(co-resident clusters: {active(cluster)})")
     bucket, hg = batch_bucket(batch), heads_per_pass(group)
     fixed = _smem_bytes(
         batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=0, hg=hg, esize=esize
@@ -250,10 +286,12 @@ def attention_config(
     batch: int,
     dtype: torch.dtype,
     num_sms: int,
+    split: tuple[int, int] | None = None,
 ) -> dict:
-    """The work split for the report (cluster size, clusters per KV head, chunks, shared memory)."""
+    """The work split for the report (cluster size, clusters per KV head, chunks, shared memory), from the
+    SM count (estimated_active_clusters); split overrides (C, P) as in attention_decode."""
     plan = _plan(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
-                 esize=dtype.itemsize, num_sms=num_sms)
+                 esize=dtype.itemsize, num_sms=num_sms, split=split)
     if isinstance(plan, str):
         raise ValueError(plan)
     return plan.as_dict()
@@ -268,9 +306,12 @@ def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None =
 def device_plan(
     dtype: torch.dtype, *, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int,
     device_index: int,
+    split: tuple[int, int] | None = None,
 ) -> AttentionConfig:
     """The launch plan on a real device: shared memory from the shape, the split from the driver's
-    count of co-resident clusters of each size (so the grid is one wave), memoised per shape."""
+    count of co-resident clusters of each size (so the grid is one wave), memoised per shape and split
+    override (split: see _plan; its one_wave also comes from the driver's counts)."""
+    split = check_split(split)
     shape = dict(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
                  esize=dtype.itemsize, num_sms=_num_sms(device_index))
     first = _plan(**shape)
@@ -282,7 +323,7 @@ def device_plan(
     for c in CLUSTER_SIZES:
         found = kernel.max_active_clusters(c, THREADS, first.smem_bytes)
         counts[c] = estimate(c) if found is None else found
-    plan = _plan(**shape, active=counts.__getitem__)
+    plan = _plan(**shape, active=counts.__getitem__, split=split)
     assert not isinstance(plan, str)
     return replace(plan, active_clusters=tuple(sorted(counts.items())))
 
@@ -291,6 +332,18 @@ def device_plan(
 
 _scratch: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _scratch_lock = threading.Lock()
+
+
+def _scratch_numel(kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int) -> tuple[int, ...]:
+    """Elements of (attn_partial fp32, o_partial fp32, arrivals int32, qkv_global fp32) for the plan's C and P:
+    the split-merge partials [KVH, C, P, B, G, D+2] and the q/k/v hand-off [KVH, B, G+2, D] exist for P > 1."""
+    c, p = cfg.cluster, cfg.clusters_per_kv_head
+    return (
+        max(1, kvh * c * p * batch * group * (head_dim + 2) if p > 1 else 1),
+        kvh * batch * hidden,
+        _counter_count(kvh, c, p),
+        kvh * batch * (group + 2) * head_dim if p > 1 else 1,
+    )
 
 
 def _counter_count(kvh: int, cluster: int, per_head: int) -> int:
@@ -311,17 +364,11 @@ def _scratch_for(
     with _scratch_lock:
         found = _scratch.get(key)
         if found is None:
-            c, p = cfg.cluster, cfg.clusters_per_kv_head
-            attn_partial = torch.empty(
-                max(1, kvh * c * p * batch * group * (head_dim + 2) if p > 1 else 1),
-                dtype=torch.float32,
-                device=device,
-            )
-            o_partial = torch.empty(kvh * batch * hidden, dtype=torch.float32, device=device)
-            arrivals = torch.zeros(_counter_count(kvh, c, p), dtype=torch.int32, device=device)
-            qkv_global = torch.empty(
-                kvh * batch * (group + 2) * head_dim if p > 1 else 1, dtype=torch.float32, device=device
-            )
+            n_attn, n_o, n_counters, n_qkv = _scratch_numel(kvh, cfg, batch, group, head_dim, hidden)
+            attn_partial = torch.empty(n_attn, dtype=torch.float32, device=device)
+            o_partial = torch.empty(n_o, dtype=torch.float32, device=device)
+            arrivals = torch.zeros(n_counters, dtype=torch.int32, device=device)
+            qkv_global = torch.empty(n_qkv, dtype=torch.float32, device=device)
             found = _scratch[key] = (attn_partial, o_partial, arrivals, qkv_global)
         return found
 
@@ -354,15 +401,17 @@ _launches: dict[tuple, _Launch] = {}
 
 
 def _launch_for(
-    dtype: torch.dtype, hidden: int, num_heads: int, kvh: int, head_dim: int, batch: int, device: torch.device
+    dtype: torch.dtype, hidden: int, num_heads: int, kvh: int, head_dim: int, batch: int, device: torch.device,
+    split: tuple[int, int] | None = None,
 ) -> _Launch:
-    """Memoised per shape: a launch must not hash kernel sources or re-derive the split every call."""
-    key = (dtype, hidden, num_heads, kvh, head_dim, batch, device)
+    """Memoised per shape and split override: a launch must not hash kernel sources or re-derive the split
+    every call. The scratch is keyed by the plan's (C, P), so two overrides never share counters."""
+    key = (dtype, hidden, num_heads, kvh, head_dim, batch, device, split)
     found = _launches.get(key)
     if found is None:
         index = device.index if device.index is not None else torch.cuda.current_device()
         plan = device_plan(dtype, hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim,
-                           batch=batch, device_index=index)
+                           batch=batch, device_index=index, split=split)
         kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), device)
         scratch = _scratch_for(device, kvh, plan, batch, num_heads // kvh, head_dim, hidden)
         found = _launches[key] = _Launch(plan, kernel, scratch)
@@ -418,6 +467,7 @@ def attention_decode(
     stop_after_phase: int = 0,
     rows_parallel: int | None = None,
     variant: str | None = None,
+    split: tuple[int, int] | None = None,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
@@ -428,8 +478,14 @@ def attention_decode(
     stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
     kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block.
     variant: one of VARIANTS (default DEFAULT_VARIANT); a split that is not one wave runs "v3" (keeping only
-        LOCAL_BITS, which wait for no other CTA)."""
+        LOCAL_BITS, which wait for no other CTA).
+    split: (cluster size C, clusters per KV head P) overriding the launcher's choice (default None: choose_split
+        over the driver's co-resident cluster counts). C in CLUSTER_SIZES, 1 <= P <= MAX_SPLIT, else ValueError.
+        Grid, cluster dims, counters and scratch follow it; if KVH*P clusters of C are not co-resident the
+        launch is not one wave and runs version 3 as above. Results stay inside the dtype band but are not
+        bitwise those of another split (P and C change the token chunks and the merge order)."""
     variant = DEFAULT_VARIANT if variant is None else variant
+    split = check_split(split)
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)}")
     if norm_kind not in ("weight", "unit_offset"):
@@ -493,7 +549,7 @@ def attention_decode(
         if attn_mask.stride(-1) != 1:
             attn_mask = attn_mask.contiguous()
         mask_stride = attn_mask.stride(0) if attn_mask.shape[0] == batch and batch > 1 else 0
-    launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev)
+    launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev, split)
     plan, kernel = launch.plan, launch.kernel
     attn_partial, o_partial, arrivals, qkv_global = launch.scratch
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
