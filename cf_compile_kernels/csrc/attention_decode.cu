@@ -397,41 +397,17 @@ __device__ __forceinline__ void gemv_mma(RowPtr row_ptr, int nrows, const XT* xs
   auto tile_sum = [&](int item, float (&acc)[BT][4]) {
     const int tile = item / ks, part = item % ks;
     const int s0 = part * steps / ks, s1 = (part + 1) * steps / ks;
-    const int r_lo = tile * mm::kTileRows + g, r_hi = r_lo + mm::kGroups;
-    const bool live_lo = r_lo < nrows, live_hi = r_hi < nrows;
-    const T* w_lo = static_cast<const T*>(row_ptr(live_lo ? r_lo : 0)) + t * mm::kElemsPerLoad;
-    const T* w_hi = static_cast<const T*>(row_ptr(live_hi ? r_hi : 0)) + t * mm::kElemsPerLoad;
     const XT* xb = xs + static_cast<long long>(g) * ldx + t * mm::kElemsPerLoad;
 #pragma unroll
     for (int bt = 0; bt < BT; ++bt) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[bt][j] = 0.f;
     }
-    for (int s = s0; s < s1; s += DEPTH) {
-      uint4 lo[DEPTH], hi[DEPTH];
-#pragma unroll
-      for (int d = 0; d < DEPTH; ++d) {
-        const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
-        const bool in = s + d < s1 && k < k_len;
-        lo[d] = in && live_lo ? ld_stream(w_lo + (s + d) * mm::kStepK) : zero;
-        hi[d] = in && live_hi ? ld_stream(w_hi + (s + d) * mm::kStepK) : zero;
-      }
-#pragma unroll
-      for (int d = 0; d < DEPTH; ++d) {
-        if (s + d < s1) {
-          const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
-          uint4 b[BT];
-#pragma unroll
-          for (int bt = 0; bt < BT; ++bt) {
-            const bool in = k < k_len && g + bt * mm::kTileCols < BB;  // zero, never garbage: 0 * NaN
-            b[bt] = in ? mm::load_b8<T>(xb + static_cast<long long>(bt) * mm::kTileCols * ldx +
-                                        (s + d) * mm::kStepK)
-                       : zero;
-          }
-          mm::step<T, BT>(acc, lo[d], hi[d], b);
-        }
-      }
-    }
+    mm::tile_accumulate<T, BT, DEPTH>(acc, row_ptr, tile * mm::kTileRows, nrows, s0, s1, k_len,
+                                      [&](int k, int s, int bt) -> uint4 {
+      const bool in = k < k_len && g + bt * mm::kTileCols < BB;  // zero, never garbage: 0 * NaN
+      return in ? mm::load_b8<T>(xb + static_cast<long long>(bt) * mm::kTileCols * ldx + s * mm::kStepK) : zero;
+    });
   };
   auto store = [&](int item, const float (&acc)[BT][4]) {
     const int tile = item / ks, part = item % ks;

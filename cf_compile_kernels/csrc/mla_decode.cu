@@ -337,67 +337,11 @@ __device__ Smem plan_smem(unsigned char* base) {
 }
 
 // ------------------------------------------------------------------ grid GEMV
-// y[r, b] = sum_k row_ptr(r)[k] * act(r0, b, k) for rows r < nrows, split over every warp of the grid:
+// y[r, b] = sum_k row_ptr(r)[k] * act(r0, b, k) for rows r < nrows, split over nw warps of which this one is gw:
 // a warp takes kRowsPerWarp consecutive rows, its lanes stride over 16-byte weight vectors with
-// kStepsInFlight * kRowsPerWarp loads issued before the first FMA; lanes reduce by a fixed butterfly.
-// act(r0, b, k, f) fills 8 fp32 activations (zeros for padding rows b >= B); sink(r, b, v) gets sums.
-template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
-__device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act act, Sink sink) {
-  constexpr int RB = kRowsPerWarp, KU = kStepsInFlight;
-  const int lane = threadIdx.x & 31;
-  const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), nw = gridDim.x * kWarps;
-  for (int r0 = gw * RB; r0 < nrows; r0 += nw * RB) {
-    const T* w[RB];
-    float acc[RB][BB];
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      w[r] = static_cast<const T*>(row_ptr(min(r0 + r, nrows - 1)));
-#pragma unroll
-      for (int b = 0; b < BB; ++b) acc[r][b] = 0.f;
-    }
-    for (int k0 = lane * kVec; k0 < K; k0 += 32 * kVec * KU) {
-      uint4 wv[KU][RB];
-#pragma unroll
-      for (int u = 0; u < KU; ++u) {
-        const int k = k0 + u * 32 * kVec;
-#pragma unroll
-        for (int r = 0; r < RB; ++r) wv[u][r] = k < K ? ld_stream(w[r] + k) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < KU; ++u) {
-        const int k = k0 + u * 32 * kVec;
-        if (k < K) {
-          float wf[RB][kVec];
-#pragma unroll
-          for (int r = 0; r < RB; ++r) unpack8<T>(wv[u][r], wf[r]);
-#pragma unroll
-          for (int b = 0; b < BB; ++b) {
-            float a[kVec];
-            act(r0, b, k, a);
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-#pragma unroll
-              for (int e = 0; e < kVec; ++e) acc[r][b] = fmaf(wf[r][e], a[e], acc[r][b]);
-            }
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int b = 0; b < BB; ++b) acc[r][b] = warp_sum(acc[r][b]);
-      if (lane == 0 && r0 + r < nrows) {
-#pragma unroll
-        for (int b = 0; b < BB; ++b) sink(r0 + r, b, acc[r][b]);
-      }
-    }
-  }
-}
-
-// grid_gemv_warps: grid_gemv's body over nw warps of which this one is gw, so each row's sum is bitwise grid_gemv's
-// whoever computes it (CF_MLA_MMA's cache rows). A copy, not grid_gemv's callee: routing grid_gemv through it
-// changed ptxas's schedule of split's cubin.
+// kStepsInFlight * kRowsPerWarp loads issued before the first FMA; lanes reduce by a fixed butterfly, so a
+// row's sum is the same bits whichever warp computes it. act(r0, b, k, f) fills 8 fp32 activations (zeros for
+// padding rows b >= B); sink(r, b, v) gets sums.
 template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
 __device__ __forceinline__ void grid_gemv_warps(int gw, int nw, RowPtr row_ptr, int nrows, int K, Act act,
                                                 Sink sink) {
@@ -452,6 +396,13 @@ __device__ __forceinline__ void grid_gemv_warps(int gw, int nw, RowPtr row_ptr, 
   }
 }
 
+// grid_gemv_warps over every warp of the grid.
+template <typename T, int BB, typename RowPtr, typename Act, typename Sink>
+__device__ __forceinline__ void grid_gemv(RowPtr row_ptr, int nrows, int K, Act act, Sink sink) {
+  const int gw = blockIdx.x * kWarps + (threadIdx.x >> 5), nw = gridDim.x * kWarps;
+  grid_gemv_warps<T, BB>(gw, nw, row_ptr, nrows, K, act, sink);
+}
+
 // ------------------------------------------------------------------ grid GEMV on the tensor cores (CF_MLA_MMA)
 // Same contract as grid_gemv (act(r0, b, k, f) with r0 the first row of a 16-row tile; sink(r, b, v) once per
 // row and batch row b < BB), on mma.sync m16n8k16 (cf::mma: weights = A, 16 rows per tile; batch = N, tiles of
@@ -491,39 +442,14 @@ __device__ __forceinline__ void grid_gemv_mma(RowPtr row_ptr, int nrows, int K, 
     }
     if (lt < nt) {
       const int s0 = part * steps / ks, s1 = (part + 1) * steps / ks;
-      const int r_lo = r0 + g, r_hi = r_lo + mm::kGroups;
-      const bool live_lo = r_lo < nrows, live_hi = r_hi < nrows;
-      const T* w_lo = static_cast<const T*>(row_ptr(live_lo ? r_lo : 0)) + t * mm::kElemsPerLoad;
-      const T* w_hi = static_cast<const T*>(row_ptr(live_hi ? r_hi : 0)) + t * mm::kElemsPerLoad;
-      for (int s = s0; s < s1; s += DEPTH) {
-        uint4 lo[DEPTH], hi[DEPTH];
-#pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-          const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
-          const bool in = s + d < s1 && k < K;
-          lo[d] = in && live_lo ? ld_stream(w_lo + (s + d) * mm::kStepK) : zero;
-          hi[d] = in && live_hi ? ld_stream(w_hi + (s + d) * mm::kStepK) : zero;
-        }
-#pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-          if (s + d < s1) {
-            const int k = (s + d) * mm::kStepK + t * mm::kElemsPerLoad;
-            uint4 bf[BT];
-#pragma unroll
-            for (int bt = 0; bt < BT; ++bt) {
-              const int b = g + bt * mm::kTileCols;
-              bf[bt] = zero;  // zero, never garbage: 0 * NaN
-              if (k < K && b < BB) {
-                float a[kVec];
-                act(r0, b, k, a);
-                bf[bt] = make_uint4(mm::pack2<T>(a[0], a[1]), mm::pack2<T>(a[2], a[3]), mm::pack2<T>(a[4], a[5]),
-                                    mm::pack2<T>(a[6], a[7]));
-              }
-            }
-            mm::step<T, BT>(acc, lo[d], hi[d], bf);
-          }
-        }
-      }
+      mm::tile_accumulate<T, BT, DEPTH>(acc, row_ptr, r0, nrows, s0, s1, K, [&](int k, int, int bt) -> uint4 {
+        const int b = g + bt * mm::kTileCols;
+        if (k >= K || b >= BB) return zero;  // zero, never garbage: 0 * NaN
+        float a[kVec];
+        act(r0, b, k, a);
+        return make_uint4(mm::pack2<T>(a[0], a[1]), mm::pack2<T>(a[2], a[3]), mm::pack2<T>(a[4], a[5]),
+                          mm::pack2<T>(a[6], a[7]));
+      });
     }
     if (ks > 1) {  // CTA-uniform
       float* mine_red = red + (warp * 32 + lane) * BT * 4;
@@ -902,26 +828,31 @@ __device__ __forceinline__ void tile_accumulate(const Smem& s, const unsigned sh
   }
 }
 
-template <typename T>
-__device__ void attention_item(const Params& p, const Smem& s, const ScratchLayout& L, int item) {
+// One attention item = (batch row b, group of HEADS heads from h0, chunk of the row's positions): stage the
+// heads' latent queries, reset their running max/sum, stream the chunk's kTile-row tiles through the double
+// buffer (tile t+1 loads while tile t is used; per_tile(tile, t0, rows) does the scores, softmax and
+// accumulation with the barriers between them), then finish() writes the item's output partials and the heads'
+// running max/sum go to L.part_ml. Shared by the 16-head items (attention_item) and the split's slices.
+template <typename T, int HEADS, typename PerTile, typename Finish>
+__device__ __forceinline__ void stream_item(const Params& p, const Smem& s, const ScratchLayout& L, int item,
+                                            PerTile per_tile, Finish finish) {
   const int tid = threadIdx.x, NCH = p.chunks;
   const int chunk = item % NCH, hg = (item / NCH) % L.head_groups, b = item / (NCH * L.head_groups);
-  const int heads = min(kHeadGroup, p.num_heads - hg * kHeadGroup);
+  const int heads = min(HEADS, p.num_heads - hg * HEADS);
   const int lo = s.range[2 * b], hi = s.range[2 * b + 1];
   const int per = cf::ceil_div(max(hi - lo, 0), NCH);
   const int cs = lo + chunk * per, ce = min(hi, cs + per);
   const int ntiles = ce > cs ? cf::ceil_div(ce - cs, kTile) : 0;
-  const float* qsrc = L.q_lat + (static_cast<long long>(b) * p.num_heads + hg * kHeadGroup) * kLat;
-  for (int i = tid; i < kHeadGroup * kLat / 4; i += kThreads) {
+  const float* qsrc = L.q_lat + (static_cast<long long>(b) * p.num_heads + hg * HEADS) * kLat;
+  for (int i = tid; i < HEADS * kLat / 4; i += kThreads) {
     const int h = i / (kLat / 4);
     const float4 v = h < heads ? __ldcg(reinterpret_cast<const float4*>(qsrc) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
     reinterpret_cast<float4*>(s.q)[i] = v;
   }
-  if (tid < kHeadGroup) {
+  if (tid < HEADS) {
     s.ml[tid] = cf::neg_inf();
-    s.ml[kHeadGroup + tid] = 0.f;
+    s.ml[HEADS + tid] = 0.f;
   }
-  float o[kHeadsPerThread][kColsPerThread] = {};
   if (ntiles > 0) load_tile<T>(p, s.tiles, b, cs, min(kTile, ce - cs));
   cp_async_commit();
   for (int t = 0; t < ntiles; ++t) {
@@ -933,29 +864,38 @@ __device__ void attention_item(const Params& p, const Smem& s, const ScratchLayo
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();  // tile t (and, first time, q and the running state) visible
-    const unsigned short* tile = s.tiles + (t & 1) * kTile * kTileLd;
+    per_tile(s.tiles + (t & 1) * kTile * kTileLd, b, t0, rows);
+    __syncthreads();  // the buffer of tile t is refilled by the load issued in iteration t + 1
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  finish();
+  if (tid < HEADS) {
+    float* pml = L.part_ml + (static_cast<long long>(item) * HEADS + tid) * 2;
+    pml[0] = s.ml[tid];
+    pml[1] = s.ml[HEADS + tid];
+  }
+  __syncthreads();  // s.q and s.ml are reloaded by the next item
+}
+
+template <typename T>
+__device__ void attention_item(const Params& p, const Smem& s, const ScratchLayout& L, int item) {
+  float o[kHeadsPerThread][kColsPerThread] = {};
+  stream_item<T, kHeadGroup>(p, s, L, item, [&](const unsigned short* tile, int b, int t0, int rows) {
     tile_scores<T>(p, s, tile, b, t0, rows);
     __syncthreads();
     tile_softmax(s);
     __syncthreads();
     tile_accumulate<T>(s, tile, rows, o);
-    __syncthreads();  // the buffer of tile t is refilled by the load issued in iteration t + 1
-  }
-  cp_async_wait<0>();
-  __syncthreads();
-  const int cg = tid % kColGroups, h0 = (tid / kColGroups) * kHeadsPerThread;
-  float* po = L.part_o + static_cast<long long>(item) * kHeadGroup * kLora;
+  }, [&] {
+    const int tid = threadIdx.x, cg = tid % kColGroups, h0 = (tid / kColGroups) * kHeadsPerThread;
+    float* po = L.part_o + static_cast<long long>(item) * kHeadGroup * kLora;
 #pragma unroll
-  for (int h = 0; h < kHeadsPerThread; ++h) {
-    *reinterpret_cast<float4*>(po + (h0 + h) * kLora + cg * kColsPerThread) =
-        make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
-  }
-  if (tid < kHeadGroup) {
-    float* pml = L.part_ml + (static_cast<long long>(item) * kHeadGroup + tid) * 2;
-    pml[0] = s.ml[tid];
-    pml[1] = s.ml[kHeadGroup + tid];
-  }
-  __syncthreads();  // s.q and s.ml are reloaded by the next item
+    for (int h = 0; h < kHeadsPerThread; ++h) {
+      *reinterpret_cast<float4*>(po + (h0 + h) * kLora + cg * kColsPerThread) =
+          make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
+    }
+  });
 }
 
 // ------------------------------------------------------------------ phase 4: merge the chunks
@@ -1136,54 +1076,18 @@ __device__ __forceinline__ void slice_accumulate(const Smem& s, const unsigned s
 // Item = (batch row, head slice, chunk): stream the chunk's tiles once for the slice's heads; partials out.
 template <typename T>
 __device__ void slice_item(const Params& p, const Smem& s, const ScratchLayout& L, int item) {
-  const int tid = threadIdx.x, NCH = p.chunks;
-  const int chunk = item % NCH, sl = (item / NCH) % L.head_groups, b = item / (NCH * L.head_groups);
-  const int heads = min(kSliceHeads, p.num_heads - sl * kSliceHeads);
-  const int lo = s.range[2 * b], hi = s.range[2 * b + 1];
-  const int per = cf::ceil_div(max(hi - lo, 0), NCH);
-  const int cs = lo + chunk * per, ce = min(hi, cs + per);
-  const int ntiles = ce > cs ? cf::ceil_div(ce - cs, kTile) : 0;
-  const float* qsrc = L.q_lat + (static_cast<long long>(b) * p.num_heads + sl * kSliceHeads) * kLat;
-  for (int i = tid; i < kSliceHeads * kLat / 4; i += kThreads) {
-    const int h = i / (kLat / 4);
-    const float4 v = h < heads ? __ldcg(reinterpret_cast<const float4*>(qsrc) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-    reinterpret_cast<float4*>(s.q)[i] = v;
-  }
-  if (tid < kSliceHeads) {
-    s.ml[tid] = cf::neg_inf();
-    s.ml[kSliceHeads + tid] = 0.f;
-  }
   float o[kSliceHeads][kSliceCols] = {};
-  if (ntiles > 0) load_tile<T>(p, s.tiles, b, cs, min(kTile, ce - cs));
-  cp_async_commit();
-  for (int t = 0; t < ntiles; ++t) {
-    const int t0 = cs + t * kTile, rows = min(kTile, ce - t0);
-    if (t + 1 < ntiles) {
-      const int n0 = t0 + kTile;
-      load_tile<T>(p, s.tiles + ((t + 1) & 1) * kTile * kTileLd, b, n0, min(kTile, ce - n0));
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();  // tile t (and, first time, q and the running state) visible
-    const unsigned short* tile = s.tiles + (t & 1) * kTile * kTileLd;
+  stream_item<T, kSliceHeads>(p, s, L, item, [&](const unsigned short* tile, int b, int t0, int rows) {
     slice_scores<T>(p, s, tile, b, t0, rows);
     __syncthreads();
     slice_softmax(s);
     __syncthreads();
     slice_accumulate<T>(s, tile, rows, o);
-    __syncthreads();  // the buffer of tile t is refilled by the load issued in iteration t + 1
-  }
-  cp_async_wait<0>();
-  __syncthreads();
-  float* po = L.part_o + static_cast<long long>(item) * kSliceHeads * kLora + tid * kSliceCols;
+  }, [&] {
+    float* po = L.part_o + static_cast<long long>(item) * kSliceHeads * kLora + threadIdx.x * kSliceCols;
 #pragma unroll
-  for (int h = 0; h < kSliceHeads; ++h) *reinterpret_cast<float2*>(po + h * kLora) = make_float2(o[h][0], o[h][1]);
-  if (tid < kSliceHeads) {
-    float* pml = L.part_ml + (static_cast<long long>(item) * kSliceHeads + tid) * 2;
-    pml[0] = s.ml[tid];
-    pml[1] = s.ml[kSliceHeads + tid];
-  }
-  __syncthreads();  // s.q and s.ml are reloaded by the next item
+    for (int h = 0; h < kSliceHeads; ++h) *reinterpret_cast<float2*>(po + h * kLora) = make_float2(o[h][0], o[h][1]);
+  });
 }
 
 // One merge unit = (b, head, latent quarter), one warp, lane = float4 column. Per block of 32 chunks: lane c

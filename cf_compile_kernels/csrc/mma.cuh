@@ -13,6 +13,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "common.cuh"
+
 namespace cf {
 namespace mma {
 
@@ -88,6 +90,42 @@ template <typename T>
 __device__ __forceinline__ uint4 load_b8(const float* p) {
   const float4 a = reinterpret_cast<const float4*>(p)[0], c = reinterpret_cast<const float4*>(p)[1];
   return make_uint4(pack2<T>(a.x, a.y), pack2<T>(a.z, a.w), pack2<T>(c.x, c.y), pack2<T>(c.z, c.w));
+}
+
+// One warp's sum over k-steps [s0, s1) of a 16-row weight tile into acc (not zeroed here): lane (g, t) streams
+// rows r0+g and r0+g+8 (rows >= nrows read as zero), DEPTH steps of weight loads in flight before the first MMA,
+// and takes the batch operand of step s, N tile bt, at column k from frag(k, s, bt) (zero where it has none).
+// The steps go to the MMAs in increasing order: fixed sums. k_len: a multiple of 8.
+template <typename T, int BT, int DEPTH, typename RowPtr, typename Frag>
+__device__ __forceinline__ void tile_accumulate(float (&acc)[BT][4], RowPtr row_ptr, int r0, int nrows, int s0, int s1,
+                                                int k_len, Frag frag) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane / kLanesPerGroup, t = lane % kLanesPerGroup;
+  const int r_lo = r0 + g, r_hi = r_lo + kGroups;
+  const bool live_lo = r_lo < nrows, live_hi = r_hi < nrows;
+  const T* w_lo = static_cast<const T*>(row_ptr(live_lo ? r_lo : 0)) + t * kElemsPerLoad;
+  const T* w_hi = static_cast<const T*>(row_ptr(live_hi ? r_hi : 0)) + t * kElemsPerLoad;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int s = s0; s < s1; s += DEPTH) {
+    uint4 lo[DEPTH], hi[DEPTH];
+#pragma unroll
+    for (int d = 0; d < DEPTH; ++d) {
+      const int k = (s + d) * kStepK + t * kElemsPerLoad;
+      const bool in = s + d < s1 && k < k_len;
+      lo[d] = in && live_lo ? cf::ld_stream(w_lo + (s + d) * kStepK) : zero;
+      hi[d] = in && live_hi ? cf::ld_stream(w_hi + (s + d) * kStepK) : zero;
+    }
+#pragma unroll
+    for (int d = 0; d < DEPTH; ++d) {
+      if (s + d < s1) {
+        const int k = (s + d) * kStepK + t * kElemsPerLoad;
+        uint4 b[BT];
+#pragma unroll
+        for (int bt = 0; bt < BT; ++bt) b[bt] = frag(k, s + d, bt);
+        step<T, BT>(acc, lo[d], hi[d], b);
+      }
+    }
+  }
 }
 
 }  // namespace mma

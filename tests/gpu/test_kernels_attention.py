@@ -35,7 +35,7 @@ from cf_compile_kernels.attention import (
 # METHOD.md's band for 2-byte operands is 1e-3..1e-2.
 BANDS = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # spacing relative to the leading power of two
-# CF_ATTN_QUICK=1 (benchmarks/device/attn2.sh): a smaller sweep over batch buckets 1-2 in fp16 only, so the
+# CF_ATTN_QUICK=1 (device scripts that validate a batch-1/2 variant): a smaller sweep over batch buckets 1-2 in fp16 only, so the
 # cold compile on the device stays within its time budget; the full sweep is the default.
 # CF_ATTN_QUICK=mma (benchmarks/device/attn_mma.sh): the same size of sweep over the tensor-core buckets only
 # (batch 3/4 -> bucket 4, 11/16 -> bucket 16, so the MMA's padding rows in both N tiles are covered), fp16 and
