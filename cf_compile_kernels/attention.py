@@ -48,12 +48,13 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              batch = N) for batch buckets >= MMA_MIN_BUCKET; deterministic, not bitwise "tail" (sum order,
 #              o_proj inputs rounded to the model dtype as in eager). Waits for no other CTA: kept when the
 #              split is not one wave.
-#   v4_mma     v4 + mma (the default)
+#   v4_mma     v4 + mma
 #   v5         v4_mma + deep_kv: phase 4 issues every K/V and mask load of a token step before the first use
 #              (the mask byte was tested right after its load, so each token of a step waited one L2 latency
 #              in turn) and reduces the tokens' dot products with unrolled, branch-free shuffles. Same
 #              arithmetic in the same order: bitwise v4_mma. Waits for no other CTA: kept when the split is
-#              not one wave. NOT yet run on a GPU (benchmarks/NOTES-attention.md, "Round 4").
+#              not one wave. The default since round 5 (H100, 2026-11-23, fp16 B=1: Llama-2-7B 1024 cached
+#              86.1 -> 79.7 us, 4096 131.1 -> 122.9, Llama-3-8B 63.5 -> 61.6, Qwen2.5-0.5B 32.5 -> 31.4).
 # The L2 bulk-prefetch variants (stream_kv, stream, stream_mma; bits 4 and 8) measured slower than tail on
 # every row (H100, round 3) and were removed; bits 4 and 8 are unused.
 WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV = 1, 2, 16, 32  # attn::Variant bits
@@ -69,8 +70,9 @@ MMA_MIN_BUCKET = 4
 # graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1. Round 3 (same day):
 # "v4" (tail + the q/k/v hand-off, P > 1 only) Llama-3-8B 99.9 -> 64.5, Llama-3.2-1B 45.9 -> 36.0, Qwen2.5-0.5B
 # 38.9 -> 32.7; "mma" at batch 16 Llama-2-7B 474.8 -> 256.5, Llama-3-8B 703.7 -> 288.2; the L2 stream hints
-# (since removed) lost 1-15 us on every row. The default, "v4_mma", is v4 below batch bucket MMA_MIN_BUCKET and v4 + mma from it.
-DEFAULT_VARIANT = "v4_mma"
+# (since removed) lost 1-15 us on every row. Round 5: "v5" (v4_mma + deep K/V loads, bitwise v4_mma) faster on
+# every row timed. The default, "v5", is v4 + deep_kv below batch bucket MMA_MIN_BUCKET and + mma from it.
+DEFAULT_VARIANT = "v5"
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 

@@ -81,12 +81,13 @@ def test_split_keeps_every_cluster_in_one_wave():
     assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT
 
 
-def test_default_variant_is_the_measured_v4_with_mma_and_needs_one_wave():
-    """The default is v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
-    MMA_MIN_BUCKET. tail and the hand-off wait for other CTAs of the grid: allowed only when every cluster is
-    co-resident; otherwise version 3 (bits 0, MMA kept) runs."""
+def test_default_variant_is_the_measured_v5_and_needs_one_wave_for_its_grid_waits():
+    """The default is v5: v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
+    MMA_MIN_BUCKET plus the deep K/V loads. tail and the hand-off wait for other CTAs of the grid: allowed only
+    when every cluster is co-resident; otherwise version 3 (bits 0, the local bits kept) runs."""
     v = attention.VARIANTS
-    assert attention.DEFAULT_VARIANT == "v4_mma" and v["v4_mma"] == v["v4"] | attention.MMA
+    assert attention.DEFAULT_VARIANT == "v5" and v["v4_mma"] == v["v4"] | attention.MMA
+    assert v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
     assert attention.VARIANTS["v4"] == attention.VARIANTS["tail"] | attention.VARIANTS["qkv"]
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
@@ -245,7 +246,7 @@ def test_v5_is_v4_mma_plus_deep_kv_and_kept_off_one_wave():
     assert attention.DEEP_KV == 32 and v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert not attention.DEEP_KV & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT | attention.MMA)
     assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV
-    assert attention.DEFAULT_VARIANT == "v4_mma"  # v5 is selectable by name until measured
+    assert attention.DEFAULT_VARIANT == "v5"  # measured faster than v4_mma on every row (round 5)
     h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
     llama2 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2,
                              num_sms=132, active=h100)
