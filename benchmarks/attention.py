@@ -13,8 +13,12 @@ row is timed out of L2; time per call = replay time / layers, median of REPEATS 
 Before timing, ours is checked against the eager block in fp32 (relative error inside the dtype band).
 
     PYTHONPATH=. python benchmarks/attention.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
-        [--variants v3 tail] [--phases] [--no-prefetch]
+        [--variants v3 tail] [--phases] [--no-prefetch] [--splits 8,1 4,1 ...] [--all-splits]
 With --variants, ours is timed once per work-split variant (attention.VARIANTS), one JSON row each.
+With --splits C,P ..., ours is also timed with each (cluster size, clusters per KV head) override
+(attention_decode's split=) beside the launcher's choice, one row each (config.split = "C,P" or "default");
+an override equal to the chosen split is not timed twice, one that is not one wave on this device (it would
+run version 3) is skipped unless --all-splits. CF_ATTN_SPLIT="C,P C,P" is the --splits default.
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
-from cf_compile_kernels.attention import DEFAULT_VARIANT, VARIANTS, attention_config, attention_decode  # noqa: E402
+from cf_compile_kernels.attention import (  # noqa: E402
+    DEFAULT_VARIANT,
+    VARIANTS,
+    attention_config,
+    attention_decode,
+    check_split,
+    device_plan,
+)
 
 MODELS = {  # hidden, q heads, kv heads, head_dim, qkv bias
     "llama-2-7b": (4096, 32, 32, 128, False),
@@ -119,12 +130,13 @@ def floor_bytes(model: str, batch: int, seq: int, esize: int) -> int:
     return weights + kv_read + activations
 
 
-def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0, variant: str | None = None) -> None:
+def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0, variant: str | None = None,
+         split: tuple[int, int] | None = None) -> None:
     attention_decode(layer["x"], layer["nw"], EPS, "weight", [layer["wq"], layer["wk"], layer["wv"]],
                      [layer["bq"], layer["bk"], layer["bv"]], None, None, 0.0, layer["cos"], layer["sin"],
                      layer["cache_position"], layer["k_cache"], layer["v_cache"], layer["mask"], layer["scale"],
                      layer["wo"], None, True, layer["out"], prefetch=prefetch,
-                     stop_after_phase=stop_after_phase, variant=variant)
+                     stop_after_phase=stop_after_phase, variant=variant, split=split)
 
 
 def hf_args(layer: dict) -> tuple:
@@ -138,13 +150,13 @@ def time_graph(fn, layers: list[dict]) -> float:
     return graph_time_us([functools.partial(fn, layer) for layer in layers], REPEATS)
 
 
-def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None) -> float:
+def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None, split=None) -> float:
     """Relative error of ours vs the eager block in fp32, on a fresh copy of the caches."""
     ref_layer = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in layer.items()}
     ref_layer["k_cache"], ref_layer["v_cache"] = layer["k_cache"].float(), layer["v_cache"].float()
     ref = hf_block(*hf_args(ref_layer))
     layer["out"].fill_(float("nan"))
-    ours(layer, variant=variant)
+    ours(layer, variant=variant, split=split)
     torch.cuda.synchronize()
     err = ((layer["out"].float() - ref).norm() / ref.norm()).item()
     if not err <= BANDS[dtype]:
@@ -152,17 +164,49 @@ def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None) -> f
     return err
 
 
-def time_variant(layers: list[dict], dtype: torch.dtype, variant: str, phases: bool, prefetch: bool):
-    """(us per call, us with the L2 prefetch or None, relative error, {phaseK_us}) of one variant of ours."""
-    err = check_ours(layers[0], dtype, variant)
-    t_ours = time_graph(lambda layer: ours(layer, variant=variant), layers)
-    t_pf = time_graph(lambda layer: ours(layer, prefetch=True, variant=variant), layers) if prefetch else None
+def time_variant(layers: list[dict], dtype: torch.dtype, variant: str, phases: bool, prefetch: bool, split=None):
+    """(us per call, us with the L2 prefetch or None, relative error, {phaseK_us}) of one variant of ours
+    (split: the (C, P) override, None for the launcher's choice)."""
+    err = check_ours(layers[0], dtype, variant, split)
+    t_ours = time_graph(lambda layer: ours(layer, variant=variant, split=split), layers)
+    t_pf = (time_graph(lambda layer: ours(layer, prefetch=True, variant=variant, split=split), layers)
+            if prefetch else None)
     cut = {}
     if phases:
         for k in range(1, PHASES + 1):
-            cut[f"phase{k}_us"] = round(
-                time_graph(lambda layer, k=k: ours(layer, stop_after_phase=k, variant=variant), layers), 2)
+            cut[f"phase{k}_us"] = round(time_graph(
+                lambda layer, k=k: ours(layer, stop_after_phase=k, variant=variant, split=split), layers), 2)
     return t_ours, t_pf, err, cut
+
+
+def parse_split(text: str) -> tuple[int, int]:
+    """'C,P' -> (C, P), validated as attention_decode's split= (argparse type)."""
+    try:
+        split = check_split(tuple(int(v) for v in text.split(",")))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert split is not None
+    return split
+
+
+def splits_to_time(dtype, model: str, batch: int, splits, all_splits: bool) -> list[tuple[tuple | None, dict]]:
+    """[(None, default plan), (override, its plan), ...] as launched on device 0: overrides equal to the default
+    and (without all_splits) those that are not one wave are left out, with a note."""
+    hidden, nh, kvh, d, _ = MODELS[model]
+    shape = dict(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch, device_index=0)
+    default = device_plan(dtype, **shape)
+    out = [(None, default)]
+    for split in splits:
+        plan = device_plan(dtype, **shape, split=split)
+        if (plan.cluster, plan.clusters_per_kv_head) == (default.cluster, default.clusters_per_kv_head):
+            print(f"  split {split[0]},{split[1]} is the default for {model} B={batch}: timed once")
+        elif not plan.one_wave and not all_splits:
+            print(f"  split {split[0]},{split[1]} is not one wave for {model} B={batch} "
+                  f"({kvh * split[1]} clusters of {split[0]}, {dict(plan.active_clusters)[split[0]]} co-resident): "
+                  "skipped (--all-splits times it: version 3)")
+        elif split not in [s for s, _ in out]:
+            out.append((split, plan))
+    return out
 
 
 def main() -> None:
@@ -178,6 +222,11 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=[DEFAULT_VARIANT], choices=sorted(VARIANTS),
                     help="work-split variants of ours to time side by side (one row each)")
     ap.add_argument("--no-prefetch", action="store_true", help="skip the L2-prefetch timing of ours")
+    ap.add_argument("--splits", nargs="*", type=parse_split,
+                    default=[parse_split(t) for t in os.environ.get("CF_ATTN_SPLIT", "").split()],
+                    help="(cluster,clusters_per_kv_head) overrides of ours to time beside the chosen split, e.g. "
+                         "8,1 4,1 (default: $CF_ATTN_SPLIT, else none)")
+    ap.add_argument("--all-splits", action="store_true", help="also time overrides that are not one wave")
     ap.add_argument("--inductor-budget", type=float, default=420.0, help="seconds of Inductor compiles, then skip")
     ap.add_argument("--record", action="store_true", help="append rows to results.jsonl / RESULTS.md")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_rows.json"))
@@ -202,8 +251,10 @@ def main() -> None:
         fb = floor_bytes(model, batch, seq, esize)
         n_layers = max(MIN_LAYERS, min(MAX_LAYERS, math.ceil(L2_MULTIPLE * l2 / fb)))
         layers = [make_layer(model, batch, seq, dtype, seed) for seed in range(n_layers)]
-        timed = {variant: time_variant(layers, dtype, variant, args.phases, not args.no_prefetch)
-                 for variant in args.variants}
+        plans = splits_to_time(dtype, model, batch, args.splits, args.all_splits)
+        timed = {(variant, split): time_variant(layers, dtype, variant, args.phases, not args.no_prefetch, split)
+                 for split, _ in plans for variant in args.variants}
+        plans = dict(plans)
         t_ind = None
         if not args.no_inductor and spent < args.inductor_budget:
             start = time.perf_counter()
@@ -218,11 +269,17 @@ def main() -> None:
         cfg = attention_config(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
                                dtype=dtype, num_sms=sms)
         floor_us = fb / bw * 1e6
-        for variant, (t_ours, t_pf, err, phases) in timed.items():
+        for (variant, split), (t_ours, t_pf, err, phases) in timed.items():
+            plan = plans[split]
             config = {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
                       "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"],
                       "shape": {"hidden": hidden, "heads": nh, "kv_heads": kvh, "head_dim": d}}
             config["variant"] = variant
+            if args.splits:  # the split actually launched (device_plan), and whether it was an override
+                config["cluster"], config["clusters_per_kv_head"] = plan.cluster, plan.clusters_per_kv_head
+                config["split"] = "default" if split is None else f"{split[0]},{split[1]}"
+                config["ctas"] = plan.grid[0] * plan.grid[1] * plan.grid[2]
+                config["one_wave"] = plan.one_wave
             row = results.make_row(
                 "attention", config, ours_us=round(t_ours, 2),
                 ours_l2_prefetch_us=None if t_pf is None else round(t_pf, 2),
@@ -231,8 +288,9 @@ def main() -> None:
             rows.append(row)
             Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
             pf = "-" if t_pf is None else f"{t_pf:7.1f}"
-            print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname} {variant:4s} [C{cfg['cluster']},"
-                  f"P{cfg['clusters_per_kv_head']}]: ours {t_ours:7.1f} (L2 prefetch {pf}) "
+            label = "" if not args.splits else (" default" if split is None else " split")
+            print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname} {variant:4s} [C{config['cluster']},"
+                  f"P{config['clusters_per_kv_head']}{label}]: ours {t_ours:7.1f} (L2 prefetch {pf}) "
                   f"inductor {'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} "
                   f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
             if phases:

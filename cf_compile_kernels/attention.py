@@ -48,20 +48,31 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              batch = N) for batch buckets >= MMA_MIN_BUCKET; deterministic, not bitwise "tail" (sum order,
 #              o_proj inputs rounded to the model dtype as in eager). Waits for no other CTA: kept when the
 #              split is not one wave.
-#   v4_mma     v4 + mma (the default)
+#   v4_mma     v4 + mma
+#   v5         v4_mma + deep_kv: phase 4 issues every K/V and mask load of a token step before the first use
+#              (the mask byte was tested right after its load, so each token of a step waited one L2 latency
+#              in turn) and reduces the tokens' dot products with unrolled, branch-free shuffles. Same
+#              arithmetic in the same order: bitwise v4_mma. Waits for no other CTA: kept when the split is
+#              not one wave. The default since round 5 (H100, 2026-11-23, fp16 B=1: Llama-2-7B 1024 cached
+#              86.1 -> 79.7 us, 4096 131.1 -> 122.9, Llama-3-8B 63.5 -> 61.6, Qwen2.5-0.5B 32.5 -> 31.4).
 # The L2 bulk-prefetch variants (stream_kv, stream, stream_mma; bits 4 and 8) measured slower than tail on
 # every row (H100, round 3) and were removed; bits 4 and 8 are unused.
-WIDE_TAIL, SPLIT_QKV_BIT, MMA = 1, 2, 16  # attn::Variant bits
+WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV = 1, 2, 16, 32  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
-            "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA}
+            "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA,
+            "v5": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV}
+# Bits that wait for no other CTA (only the schedule or the arithmetic of one CTA changes): kept on splits that
+# are not one wave.
+LOCAL_BITS = MMA | DEEP_KV
 # attn::kMmaMinBucket: below it an 8-column MMA is mostly padding, the kernel keeps the CUDA-core GEMV.
 MMA_MIN_BUCKET = 4
 # "tail" measured faster than v3 on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
 # graph): Llama-2-7B 96.5 -> 85.4 us, Llama-3-8B 134.0 -> 99.1, Qwen2.5-0.5B 40.4 -> 38.1. Round 3 (same day):
 # "v4" (tail + the q/k/v hand-off, P > 1 only) Llama-3-8B 99.9 -> 64.5, Llama-3.2-1B 45.9 -> 36.0, Qwen2.5-0.5B
 # 38.9 -> 32.7; "mma" at batch 16 Llama-2-7B 474.8 -> 256.5, Llama-3-8B 703.7 -> 288.2; the L2 stream hints
-# (since removed) lost 1-15 us on every row. The default, "v4_mma", is v4 below batch bucket MMA_MIN_BUCKET and v4 + mma from it.
-DEFAULT_VARIANT = "v4_mma"
+# (since removed) lost 1-15 us on every row. Round 5: "v5" (v4_mma + deep K/V loads, bitwise v4_mma) faster on
+# every row timed. The default, "v5", is v4 + deep_kv below batch bucket MMA_MIN_BUCKET and + mma from it.
+DEFAULT_VARIANT = "v5"
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -157,6 +168,28 @@ def choose_split(num_kv_heads: int, active: Callable[[int], int]) -> tuple[int, 
     return best
 
 
+def check_split(split: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A work-split override (cluster size C, clusters per KV head P) as a tuple of ints, or None (the
+    launcher's choice, choose_split). Raises ValueError unless C is one of CLUSTER_SIZES and
+    1 <= P <= MAX_SPLIT (the kernel merges at most MAX_SPLIT partials from registers and traps beyond).
+    Whether C-CTA clusters fit on the device, and whether the grid is one wave, is for _plan to say."""
+    if split is None:
+        return None
+    try:
+        c, p = split
+        ok = int(c) == c and int(p) == p
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"split {split!r}: expected (cluster, clusters_per_kv_head), two integers")
+    c, p = int(c), int(p)
+    if c not in CLUSTER_SIZES:
+        raise ValueError(f"split {split!r}: cluster size {c} is not one of {CLUSTER_SIZES}")
+    if not 1 <= p <= MAX_SPLIT:
+        raise ValueError(f"split {split!r}: clusters per KV head {p} outside 1..{MAX_SPLIT}")
+    return c, p
+
+
 def estimated_active_clusters(num_sms: int) -> Callable[[int], int]:
     """Without a device: every SM takes one CTA and any C SMs form a cluster (optimistic on real GPCs)."""
     return lambda c: num_sms // c
@@ -172,11 +205,25 @@ def _plan(
     esize: int,
     num_sms: int,
     active: Callable[[int], int] | None = None,
+    split: tuple[int, int] | None = None,
 ) -> AttentionConfig | str:
-    """The work split, or why none fits; memoised (every launch asks for it)."""
+    """The work split, or why none fits (the callers memoise: every launch asks for it).
+
+    split: override of (C, P) (check_split); None = choose_split's. The grid, the cluster dims, the
+    counters and the scratch all follow the plan, so an override changes every launch-side size with
+    it; an override that is not one wave on this device gets one_wave=False, and effective_variant
+    then falls back to version 3 exactly as for a chosen split that is not one wave. Raises ValueError
+    for an invalid override, or one whose C-CTA clusters the device cannot run at all."""
     group = num_heads // num_kv_heads
     active = active or estimated_active_clusters(num_sms)
-    cluster, per_head = choose_split(num_kv_heads, active)
+    split = check_split(split)
+    if split is None:
+        cluster, per_head = choose_split(num_kv_heads, active)
+    else:
+        cluster, per_head = split
+        if active(cluster) < 1:
+            raise ValueError(f"split {split}: the device runs no cluster of {cluster} CTAs at once "
+                             f"(co-resident clusters: {active(cluster)})")
     bucket, hg = batch_bucket(batch), heads_per_pass(group)
     fixed = _smem_bytes(
         batch=batch, bucket=bucket, group=group, head_dim=head_dim, k_chunk=0, hg=hg, esize=esize
@@ -241,10 +288,12 @@ def attention_config(
     batch: int,
     dtype: torch.dtype,
     num_sms: int,
+    split: tuple[int, int] | None = None,
 ) -> dict:
-    """The work split for the report (cluster size, clusters per KV head, chunks, shared memory)."""
+    """The work split for the report (cluster size, clusters per KV head, chunks, shared memory), from the
+    SM count (estimated_active_clusters); split overrides (C, P) as in attention_decode."""
     plan = _plan(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
-                 esize=dtype.itemsize, num_sms=num_sms)
+                 esize=dtype.itemsize, num_sms=num_sms, split=split)
     if isinstance(plan, str):
         raise ValueError(plan)
     return plan.as_dict()
@@ -259,9 +308,12 @@ def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None =
 def device_plan(
     dtype: torch.dtype, *, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int,
     device_index: int,
+    split: tuple[int, int] | None = None,
 ) -> AttentionConfig:
     """The launch plan on a real device: shared memory from the shape, the split from the driver's
-    count of co-resident clusters of each size (so the grid is one wave), memoised per shape."""
+    count of co-resident clusters of each size (so the grid is one wave), memoised per shape and split
+    override (split: see _plan; its one_wave also comes from the driver's counts)."""
+    split = check_split(split)
     shape = dict(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
                  esize=dtype.itemsize, num_sms=_num_sms(device_index))
     first = _plan(**shape)
@@ -273,7 +325,7 @@ def device_plan(
     for c in CLUSTER_SIZES:
         found = kernel.max_active_clusters(c, THREADS, first.smem_bytes)
         counts[c] = estimate(c) if found is None else found
-    plan = _plan(**shape, active=counts.__getitem__)
+    plan = _plan(**shape, active=counts.__getitem__, split=split)
     assert not isinstance(plan, str)
     return replace(plan, active_clusters=tuple(sorted(counts.items())))
 
@@ -282,6 +334,18 @@ def device_plan(
 
 _scratch: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _scratch_lock = threading.Lock()
+
+
+def _scratch_numel(kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int) -> tuple[int, ...]:
+    """Elements of (attn_partial fp32, o_partial fp32, arrivals int32, qkv_global fp32) for the plan's C and P:
+    the split-merge partials [KVH, C, P, B, G, D+2] and the q/k/v hand-off [KVH, B, G+2, D] exist for P > 1."""
+    c, p = cfg.cluster, cfg.clusters_per_kv_head
+    return (
+        max(1, kvh * c * p * batch * group * (head_dim + 2) if p > 1 else 1),
+        kvh * batch * hidden,
+        _counter_count(kvh, c, p),
+        kvh * batch * (group + 2) * head_dim if p > 1 else 1,
+    )
 
 
 def _counter_count(kvh: int, cluster: int, per_head: int) -> int:
@@ -302,17 +366,11 @@ def _scratch_for(
     with _scratch_lock:
         found = _scratch.get(key)
         if found is None:
-            c, p = cfg.cluster, cfg.clusters_per_kv_head
-            attn_partial = torch.empty(
-                max(1, kvh * c * p * batch * group * (head_dim + 2) if p > 1 else 1),
-                dtype=torch.float32,
-                device=device,
-            )
-            o_partial = torch.empty(kvh * batch * hidden, dtype=torch.float32, device=device)
-            arrivals = torch.zeros(_counter_count(kvh, c, p), dtype=torch.int32, device=device)
-            qkv_global = torch.empty(
-                kvh * batch * (group + 2) * head_dim if p > 1 else 1, dtype=torch.float32, device=device
-            )
+            n_attn, n_o, n_counters, n_qkv = _scratch_numel(kvh, cfg, batch, group, head_dim, hidden)
+            attn_partial = torch.empty(n_attn, dtype=torch.float32, device=device)
+            o_partial = torch.empty(n_o, dtype=torch.float32, device=device)
+            arrivals = torch.zeros(n_counters, dtype=torch.int32, device=device)
+            qkv_global = torch.empty(n_qkv, dtype=torch.float32, device=device)
             found = _scratch[key] = (attn_partial, o_partial, arrivals, qkv_global)
         return found
 
@@ -320,13 +378,13 @@ def _scratch_for(
 def effective_variant(plan: AttentionConfig, variant: str) -> int:
     """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
     variants wait for other CTAs of the grid, which is only safe when all of them are co-resident) --
-    except MMA, which only changes the arithmetic and is kept. The q/k/v split bit is dropped when P = 1,
+    except LOCAL_BITS (MMA, DEEP_KV), which change only one CTA's work and are kept. The q/k/v split bit is dropped when P = 1,
     MMA below batch bucket MMA_MIN_BUCKET (the kernel ignores them there as well)."""
     bits = VARIANTS[variant]
     if plan.batch_bucket < MMA_MIN_BUCKET:  # the kernel ignores the bit there: report what runs
         bits &= ~MMA
-    if not plan.one_wave:  # the MMA bit waits for nobody: it stays
-        return bits & MMA
+    if not plan.one_wave:  # the MMA and DEEP_KV bits wait for nobody: they stay
+        return bits & LOCAL_BITS
     if plan.clusters_per_kv_head == 1:  # nothing to split over: the DSMEM gather of version 3
         bits &= ~SPLIT_QKV_BIT
     return bits
@@ -345,15 +403,17 @@ _launches: dict[tuple, _Launch] = {}
 
 
 def _launch_for(
-    dtype: torch.dtype, hidden: int, num_heads: int, kvh: int, head_dim: int, batch: int, device: torch.device
+    dtype: torch.dtype, hidden: int, num_heads: int, kvh: int, head_dim: int, batch: int, device: torch.device,
+    split: tuple[int, int] | None = None,
 ) -> _Launch:
-    """Memoised per shape: a launch must not hash kernel sources or re-derive the split every call."""
-    key = (dtype, hidden, num_heads, kvh, head_dim, batch, device)
+    """Memoised per shape and split override: a launch must not hash kernel sources or re-derive the split
+    every call. The scratch is keyed by the plan's (C, P), so two overrides never share counters."""
+    key = (dtype, hidden, num_heads, kvh, head_dim, batch, device, split)
     found = _launches.get(key)
     if found is None:
         index = device.index if device.index is not None else torch.cuda.current_device()
         plan = device_plan(dtype, hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim,
-                           batch=batch, device_index=index)
+                           batch=batch, device_index=index, split=split)
         kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), device)
         scratch = _scratch_for(device, kvh, plan, batch, num_heads // kvh, head_dim, hidden)
         found = _launches[key] = _Launch(plan, kernel, scratch)
@@ -409,6 +469,7 @@ def attention_decode(
     stop_after_phase: int = 0,
     rows_parallel: int | None = None,
     variant: str | None = None,
+    split: tuple[int, int] | None = None,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
@@ -419,8 +480,14 @@ def attention_decode(
     stop_after_phase: measurement hook (benchmarks/attention.py --phases): k > 0 returns after the
     kernel's phase k, leaving `out` unwritten; 0 (the default) runs the whole block.
     variant: one of VARIANTS (default DEFAULT_VARIANT); a split that is not one wave runs "v3" (keeping only
-        the MMA bit, which waits for no other CTA)."""
+        LOCAL_BITS, which wait for no other CTA).
+    split: (cluster size C, clusters per KV head P) overriding the launcher's choice (default None: choose_split
+        over the driver's co-resident cluster counts). C in CLUSTER_SIZES, 1 <= P <= MAX_SPLIT, else ValueError.
+        Grid, cluster dims, counters and scratch follow it; if KVH*P clusters of C are not co-resident the
+        launch is not one wave and runs version 3 as above. Results stay inside the dtype band but are not
+        bitwise those of another split (P and C change the token chunks and the merge order)."""
     variant = DEFAULT_VARIANT if variant is None else variant
+    split = check_split(split)
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)}")
     if norm_kind not in ("weight", "unit_offset"):
@@ -484,7 +551,7 @@ def attention_decode(
         if attn_mask.stride(-1) != 1:
             attn_mask = attn_mask.contiguous()
         mask_stride = attn_mask.stride(0) if attn_mask.shape[0] == batch and batch > 1 else 0
-    launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev)
+    launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev, split)
     plan, kernel = launch.plan, launch.kernel
     attn_partial, o_partial, arrivals, qkv_global = launch.scratch
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64

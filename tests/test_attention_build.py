@@ -81,12 +81,13 @@ def test_split_keeps_every_cluster_in_one_wave():
     assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT
 
 
-def test_default_variant_is_the_measured_v4_with_mma_and_needs_one_wave():
-    """The default is v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
-    MMA_MIN_BUCKET. tail and the hand-off wait for other CTAs of the grid: allowed only when every cluster is
-    co-resident; otherwise version 3 (bits 0, MMA kept) runs."""
+def test_default_variant_is_the_measured_v5_and_needs_one_wave_for_its_grid_waits():
+    """The default is v5: v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
+    MMA_MIN_BUCKET plus the deep K/V loads. tail and the hand-off wait for other CTAs of the grid: allowed only
+    when every cluster is co-resident; otherwise version 3 (bits 0, the local bits kept) runs."""
     v = attention.VARIANTS
-    assert attention.DEFAULT_VARIANT == "v4_mma" and v["v4_mma"] == v["v4"] | attention.MMA
+    assert attention.DEFAULT_VARIANT == "v5" and v["v4_mma"] == v["v4"] | attention.MMA
+    assert v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
     assert attention.VARIANTS["v4"] == attention.VARIANTS["tail"] | attention.VARIANTS["qkv"]
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2, num_sms=132)
@@ -235,3 +236,166 @@ def test_mma_gemv_constants_are_named_and_used():
     assert '#include "mma.cuh"' in kernel and '"gated_ffn.cu"' not in kernel
     for name in ("kTileRows = 16", "kTileCols = 8", "kLanesPerGroup = 4", "kStepK ="):
         assert name in helpers
+
+
+def test_v5_is_v4_mma_plus_deep_kv_and_kept_off_one_wave():
+    """v5 = v4_mma + bit 32 (DEEP_KV: phase 4's loads all in flight before the first use). The bit changes one
+    CTA's schedule, never the arithmetic, and waits for no other CTA: like MMA it survives a split that is not
+    one wave, and it is never dropped for P = 1 or small batch buckets."""
+    v = attention.VARIANTS
+    assert attention.DEEP_KV == 32 and v["v5"] == v["v4_mma"] | attention.DEEP_KV
+    assert not attention.DEEP_KV & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT | attention.MMA)
+    assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV
+    assert attention.DEFAULT_VARIANT == "v5"  # measured faster than v4_mma on every row (round 5)
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    llama2 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2,
+                             num_sms=132, active=h100)
+    assert llama2.clusters_per_kv_head == 1 and llama2.one_wave
+    assert attention.effective_variant(llama2, "v5") == attention.WIDE_TAIL | attention.DEEP_KV
+    split = attention._plan(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=1, esize=2,
+                            num_sms=132, active=h100)
+    assert attention.effective_variant(split, "v5") == v["v4"] | attention.DEEP_KV
+    b16 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, batch=16, esize=2,
+                          num_sms=132, active=h100)
+    assert attention.effective_variant(b16, "v5") == v["v5"]
+    few = {8: 2, 4: 3, 2: 4, 1: 8}.__getitem__
+    for batch, want in ((1, attention.DEEP_KV), (16, attention.DEEP_KV | attention.MMA)):
+        two_waves = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=batch,
+                                    esize=2, num_sms=132, active=few)
+        assert not two_waves.one_wave
+        assert attention.effective_variant(two_waves, "v5") == want
+        assert attention.effective_variant(two_waves, "v4_mma") == want & attention.MMA
+
+
+def test_deep_kv_bit_matches_the_kernel_and_defers_the_mask_test():
+    """Source guard: the kernel's bit value is the launcher's, and the deep path tests the mask bytes only after
+    the loop that issues the step's loads (the schedule the bit exists for)."""
+    src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
+    assert f"kDeepKv = {attention.DEEP_KV}," in src
+    loop = src[src.index("__device__ __forceinline__ void attend_tokens("):]
+    loads = loop.index("vr[u] = *reinterpret_cast<const uint4*>")
+    test = loop.index("ok[u] = mk[u] != 0u;")
+    assert loads < test < loop.index("float sc[kTokenUnroll<HG>][HG];")
+    body = src[src.index("__device__ __forceinline__ void attention_decode_body("):]
+    assert "attend_tokens<true>(" in body and "attend_tokens<false>(" in body
+
+
+DEEP_BUILDS = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb in (1, 2, 4, 16) for hg in (1, 8)]
+
+
+@pytest.mark.parametrize("args", DEEP_BUILDS, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
+def test_v5_buckets_compile_without_spills(args):
+    """Both attention loops (with and without DEEP_KV) live in every instantiation: buckets 1/2/4/16 at the
+    fewest and most heads per pass stay within 255 registers with no spills."""
+    assert_clean_sass(compile_or_skip(attention.SOURCE, attention.KERNEL, [args])[args])
+
+# ------------------------------------------------------------------ work-split override (round 5)
+
+# The chosen split of the benchmark shapes on the H100 estimate (132 SMs): recorded so an override can never
+# move the default. (C, P) per model, the same at every batch and dtype.
+DEFAULT_SPLITS = {"llama-2-7b": (4, 1), "llama-3-8b": (8, 2), "llama-3.2-1b": (8, 2), "qwen2.5-0.5b": (8, 8)}
+OVERRIDES = [(8, 1), (4, 1), (8, 2), (4, 2), (2, 1), (1, 1), (8, 16)]
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("batch", [1, 4, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_default_split_unchanged_for_the_benchmark_shapes(model, batch, dtype):
+    hidden, heads, kv_heads, head_dim = MODELS[model]
+    shape = dict(hidden=hidden, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, batch=batch, dtype=dtype)
+    cfg = attention.attention_config(**shape, num_sms=H100_SMS)
+    assert (cfg["cluster"], cfg["clusters_per_kv_head"]) == DEFAULT_SPLITS[model]
+    assert attention.attention_config(**shape, num_sms=H100_SMS, split=None) == cfg
+
+
+@pytest.mark.parametrize("model", ["qwen2.5-0.5b", "llama-3.2-1b"])
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("split", OVERRIDES, ids=lambda s: f"C{s[0]}P{s[1]}")
+def test_split_override_sets_every_launch_size(model, batch, split):
+    """The override is the plan's (C, P); the grid (C, P, KVH), the cluster dims (C), the arrival counters
+    (attn::counters) and the split-merge / q/k/v scratch all follow it; shared memory and the K chunk do not
+    depend on the split."""
+    hidden, heads, kv_heads, head_dim = MODELS[model]
+    c, p = split
+    shape = dict(hidden=hidden, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, batch=batch, esize=2,
+                 num_sms=H100_SMS)
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    default = attention._plan(**shape, active=h100)
+    plan = attention._plan(**shape, active=h100, split=split)
+    assert (plan.cluster, plan.clusters_per_kv_head) == split
+    assert plan.grid == (c, p, kv_heads)
+    assert (plan.smem_bytes, plan.k_chunk, plan.batch_bucket, plan.heads_per_pass) == (
+        default.smem_bytes, default.k_chunk, default.batch_bucket, default.heads_per_pass)
+    assert plan.one_wave == (kv_heads * p <= h100(c))
+    group = heads // kv_heads
+    n_attn, n_o, n_counters, n_qkv = attention._scratch_numel(kv_heads, plan, batch, group, head_dim, hidden)
+    assert n_counters == 2 * kv_heads * c + 2 * p * c + 2 * kv_heads
+    assert n_o == kv_heads * batch * hidden
+    if p > 1:  # [KVH, C, P, B, G, D+2] partials of the split merge, [KVH, B, G+2, D] q/k/v hand-off
+        assert n_attn == kv_heads * c * p * batch * group * (head_dim + 2)
+        assert n_qkv == kv_heads * batch * (group + 2) * head_dim
+    else:  # P = 1 merges over DSMEM and gathers q/k/v over DSMEM: no global scratch
+        assert n_attn == 1 and n_qkv == 1
+    scratch = attention._scratch_for(torch.device("cpu"), kv_heads, plan, batch, group, head_dim, hidden)
+    assert [t.numel() for t in scratch] == [n_attn, n_o, n_counters, n_qkv]
+    assert int(scratch[2].abs().sum()) == 0  # counters start at zero
+    # every CTA of a KV head still gets whole float4 q/k/v rows and output columns (phase 2 / phase 6)
+    written, _ = _qkv_split_model(group, head_dim, c, p, batch, hidden) if p > 1 else ([1], 0)
+    assert set(written) == {1}
+    cfg = attention.attention_config(hidden=hidden, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                                     batch=batch, dtype=torch.float16, num_sms=H100_SMS, split=split)
+    assert (cfg["cluster"], cfg["clusters_per_kv_head"], cfg["ctas"]) == (c, p, c * p * kv_heads)
+
+
+def test_split_override_that_is_not_one_wave_falls_back_to_version_3():
+    """Llama-3.2-1B with C = 8, P = 8: 64 clusters of 8 where the H100 holds 16 -> not one wave; the variants'
+    grid-wide waits are dropped (MMA kept) exactly as for a chosen split that is not one wave."""
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    shape = dict(hidden=2048, num_heads=32, num_kv_heads=8, head_dim=64, esize=2, num_sms=H100_SMS, active=h100)
+    plan = attention._plan(**shape, batch=1, split=(8, 8))
+    assert not plan.one_wave and plan.grid == (8, 8, 8)
+    assert attention.effective_variant(plan, "v4_mma") == 0
+    b16 = attention._plan(**shape, batch=16, split=(8, 8))
+    assert attention.effective_variant(b16, "v4_mma") == attention.MMA
+    ok = attention._plan(**shape, batch=1, split=(8, 2))
+    assert ok.one_wave and attention.effective_variant(ok, "v4_mma") == attention.WIDE_TAIL | attention.SPLIT_QKV_BIT
+    assert attention.effective_variant(attention._plan(**shape, batch=1, split=(8, 1)), "v4_mma") == attention.WIDE_TAIL
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        ((3, 1), "cluster size 3 is not one of"),
+        ((16, 1), "cluster size 16 is not one of"),
+        ((8, 0), "clusters per KV head 0 outside 1..16"),
+        ((8, 17), "clusters per KV head 17 outside 1..16"),
+        ((8,), "two integers"),
+        ("8,1", "two integers"),
+        ((8.5, 1), "two integers"),
+    ],
+)
+def test_invalid_split_override_is_rejected(split, message):
+    shape = dict(hidden=896, num_heads=14, num_kv_heads=2, head_dim=64, batch=1, dtype=torch.float16)
+    with pytest.raises(ValueError, match=message):
+        attention.attention_config(**shape, num_sms=H100_SMS, split=split)
+    with pytest.raises(ValueError, match=message):
+        attention.check_split(split)
+
+
+def test_split_override_needs_clusters_the_device_can_run():
+    no_eights = {8: 0, 4: 33, 2: 66, 1: 132}.__getitem__
+    with pytest.raises(ValueError, match="runs no cluster of 8 CTAs"):
+        attention._plan(hidden=896, num_heads=14, num_kv_heads=2, head_dim=64, batch=1, esize=2, num_sms=132,
+                        active=no_eights, split=(8, 1))
+
+
+def test_split_override_is_part_of_every_memo_key():
+    """device_plan (functools.cache) takes split as an argument; _launch_for's key and the scratch key
+    (via the plan's C and P) include it, so an override never reuses the default's plan, kernel or counters."""
+    import inspect
+
+    assert "split" in inspect.signature(attention.device_plan).parameters
+    assert "split" in inspect.signature(attention.attention_decode).parameters
+    src = inspect.getsource(attention._launch_for)
+    assert "device, split)" in src and "split=split" in src
+    assert "cfg.cluster, cfg.clusters_per_kv_head" in inspect.getsource(attention._scratch_for)

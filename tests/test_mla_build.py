@@ -116,7 +116,7 @@ def test_tensor_core_variants_extend_split():
     split = dict(mla.VARIANTS["split"].defines)
     mma, every = dict(mla.VARIANTS["split_mma"].defines), dict(mla.VARIANTS["split_mma_all"].defines)
     assert mma == {**split, "CF_MLA_MMA": 1} and every == {**split, "CF_MLA_MMA": 2}
-    assert {"fast", "lastmerge"}.isdisjoint(mla.VARIANTS) and mla.DEFAULT_VARIANT == "split"
+    assert {"fast", "lastmerge"}.isdisjoint(mla.VARIANTS) and mla.DEFAULT_VARIANT == "split_mma"
 
 
 def _split_plan(batch: int, max_len: int, num_heads: int = 16, variant: str = "split") -> dict:

@@ -104,6 +104,12 @@ enum Variant : int {
   // are rounded to the model dtype, as eager rounds the attention output). Needs no other CTA: the
   // launcher keeps it on splits that are not one wave.
   kMma = 16,
+  // Phase 4 with every load of a token step in flight before the first use (arithmetic unchanged, so the
+  // outputs are bitwise those without the bit): the mask bytes are loaded beside the K/V vectors and
+  // tested only once all of the step's loads are issued. Without it the compiler packs each mask byte into
+  // a flag register right after its load, so every token of a step waits one L2 latency in turn
+  // (kTokenUnroll serial latencies per step: ~8 x 0.5-1 us on Llama-2-7B's two steps per warp).
+  kDeepKv = 32,
 };
 constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counter (one thread per CTA polls)
 
@@ -521,6 +527,95 @@ __device__ __forceinline__ TokenChunk token_chunk(const int* range, int b, int c
   return {cs, min(hi_pos, cs + per_chunk)};
 }
 
+// ------------------------------------------------------------------ phase 4 token loop
+
+// What one lane's token loop reads (phase 4): its batch row's K/V rows (this lane's 16-byte column slice),
+// the new token's K/V in shared memory, the mask row, and its place in the warp.
+template <typename T>
+struct TokenStream {
+  const T *kb, *vb, *knew, *vnew;  // cache rows at token 0 / the new token's row, offset to this lane's vector
+  const unsigned char* mrow;       // mask row of the batch row (nullptr: no mask)
+  int first, end, stride;          // tokens first, first + stride, ... below end (step starts)
+  int pos, D, lanes_per_token, token_slots, slot;
+  bool own_row;                    // false: the warp group recomputes row B-1 and attends nothing
+};
+
+// The token loop of phase 4, one instantiation per kDeepKv value: kDeep differs only in when the mask bytes
+// are tested and in the shuffle loop's form (unrolled, branch-free, same offsets and order), not in any
+// arithmetic. A template rather than a generic lambda: NVRTC 13.0 treats a generic lambda's call operator
+// as a host function ("host functions are not allowed in JIT mode"); 13.5 accepts it.
+template <bool kDeep, typename T, int HG>
+__device__ __forceinline__ void attend_tokens(const TokenStream<T>& ts, const float (&q)[HG][kVec],
+                                              float (&o)[HG][kVec], float (&m)[HG], float (&l)[HG]) {
+  for (int t0 = ts.first; ts.own_row && t0 < ts.end; t0 += ts.stride) {
+    uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
+    bool ok[kTokenUnroll<HG>];
+    unsigned mk[kTokenUnroll<HG>];  // kDeep: the mask byte (0: masked), tested after every load is issued
+#pragma unroll
+    for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+      // K/V loads do not wait for the mask byte: inside [first, last True] a masked token is loaded
+      // and dropped (fully masked tiles outside that range are never read).
+      const int j = t0 + u * ts.token_slots + ts.slot;
+      const bool in = j < ts.end;
+      if constexpr (kDeep) {
+        mk[u] = in ? 1u : 0u;
+      } else {
+        ok[u] = in && (ts.mrow == nullptr || ts.mrow[j] != 0);
+      }
+      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      if (in) {
+        const bool cur = j == ts.pos;
+        if constexpr (kDeep) {
+          if (ts.mrow != nullptr) mk[u] = __ldg(ts.mrow + j);
+        }
+        kr[u] = *reinterpret_cast<const uint4*>(cur ? ts.knew : ts.kb + static_cast<long long>(j) * ts.D);
+        vr[u] = *reinterpret_cast<const uint4*>(cur ? ts.vnew : ts.vb + static_cast<long long>(j) * ts.D);
+      }
+    }
+    if constexpr (kDeep) {
+#pragma unroll
+      for (int u = 0; u < kTokenUnroll<HG>; ++u) ok[u] = mk[u] != 0u;
+    }
+    float sc[kTokenUnroll<HG>][HG];
+#pragma unroll
+    for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+      float kf[kVec];
+      unpack8<T>(kr[u], kf);
+#pragma unroll
+      for (int h = 0; h < HG; ++h) {
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) d = fmaf(q[h][e], kf[e], d);
+        if constexpr (kDeep) {  // unrolled, no branch (same offsets, same order): the tokens' chains interleave
+#pragma unroll
+          for (int off = 16; off; off >>= 1) {
+            const float other = __shfl_xor_sync(0xffffffffu, d, off);
+            if (off < ts.lanes_per_token) d += other;
+          }
+        } else {
+          for (int off = ts.lanes_per_token / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+        }
+        sc[u][h] = ok[u] ? d : kNegInf;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kTokenUnroll<HG>; ++u) {
+      float vf[kVec];
+      unpack8<T>(vr[u], vf);
+#pragma unroll
+      for (int h = 0; h < HG; ++h) {
+        const float mx = fmaxf(m[h], sc[u][h]);
+        if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
+        const float corr = softmax_rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
+        l[h] = fmaf(l[h], corr, pr);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
+        m[h] = mx;
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ the kernel
 
 template <typename T, int BB, int HG>
@@ -543,6 +638,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const bool wide_tail = (p.variant & kWideTail) != 0;
   const bool split_qkv = (p.variant & kSplitQkv) != 0 && P > 1;
   const bool use_mma = (p.variant & kMma) != 0;  // acted on for BB >= kMmaMinBucket only
+  const bool deep_kv = (p.variant & kDeepKv) != 0;
   const Counters ctr = counters(p.arrivals, KVH, C, P);
 
   // Output column slice of this CTA (o_proj and the final fix-up): one of C per KV head, done by the last
@@ -795,53 +891,23 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
         }
       }
-      for (int t0 = cs + wig * step_tokens; own_row && t0 < ce; t0 += warps_per_row * step_tokens) {
-        uint4 kr[kTokenUnroll<HG>], vr[kTokenUnroll<HG>];
-        bool ok[kTokenUnroll<HG>];
-#pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          // K/V loads do not wait for the mask byte: inside [first, last True] a masked token is loaded
-          // and dropped (fully masked tiles outside that range are never read).
-          const int j = t0 + u * token_slots + slot;
-          const bool in = j < ce;
-          ok[u] = in && (mrow == nullptr || mrow[j] != 0);
-          kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-          if (in) {
-            const bool cur = j == pos;
-            kr[u] = *reinterpret_cast<const uint4*>(cur ? knew : kb + static_cast<long long>(j) * D);
-            vr[u] = *reinterpret_cast<const uint4*>(cur ? vnew : vb + static_cast<long long>(j) * D);
-          }
-        }
-        float sc[kTokenUnroll<HG>][HG];
-#pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          float kf[kVec];
-          unpack8<T>(kr[u], kf);
-#pragma unroll
-          for (int h = 0; h < HG; ++h) {
-            float d = 0.f;
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) d = fmaf(q[h][e], kf[e], d);
-            for (int off = lanes_per_token / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-            sc[u][h] = ok[u] ? d : kNegInf;
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kTokenUnroll<HG>; ++u) {
-          float vf[kVec];
-          unpack8<T>(vr[u], vf);
-#pragma unroll
-          for (int h = 0; h < HG; ++h) {
-            const float mx = fmaxf(m[h], sc[u][h]);
-            if (mx == kNegInf) continue;  // nothing live yet for this head in this slot
-            const float corr = softmax_rescale(m[h], mx), pr = exp2f(sc[u][h] - mx);
-            l[h] = fmaf(l[h], corr, pr);
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[e]);
-            m[h] = mx;
-          }
-        }
-      }
+      TokenStream<T> ts;
+      ts.kb = kb;
+      ts.vb = vb;
+      ts.knew = knew;
+      ts.vnew = vnew;
+      ts.mrow = mrow;
+      ts.first = cs + wig * step_tokens;
+      ts.end = ce;
+      ts.stride = warps_per_row * step_tokens;
+      ts.pos = pos;
+      ts.D = D;
+      ts.lanes_per_token = lanes_per_token;
+      ts.token_slots = token_slots;
+      ts.slot = slot;
+      ts.own_row = own_row;
+      if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
+      else attend_tokens<false>(ts, q, o, m, l);
       // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
       for (int off = lanes_per_token; off < 32; off <<= 1) {
 #pragma unroll

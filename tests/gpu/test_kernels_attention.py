@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from cf_compile_kernels.attention import (
+    DEEP_KV,
     MMA,
     MMA_MIN_BUCKET,
     VARIANTS,
@@ -41,6 +42,9 @@ ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # spacing relative to 
 # bf16, named cases at batch >= 3.
 QUICK = os.environ.get("CF_ATTN_QUICK") == "1"
 QUICK_MMA = os.environ.get("CF_ATTN_QUICK") == "mma"
+# CF_ATTN_QUICK=split (benchmarks/device/attn_splits.sh, run with -k split_override): the module fixture compiles
+# only the instantiations of the split-override cases (SPLIT_CASES), not the random sweep's.
+QUICK_SPLIT = os.environ.get("CF_ATTN_QUICK") == "split"
 N_RANDOM = 48 if QUICK or QUICK_MMA else 216
 MASK_KINDS = ("none", "causal", "left_pad", "holes", "beyond_pos")
 HEAD_SHAPES = (
@@ -66,6 +70,7 @@ CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
 # all of attention.VARIANTS by default.
 TESTED_VARIANTS = sorted(os.environ.get("CF_ATTN_VARIANTS", "").split() or VARIANTS)
 MMA_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & MMA]
+DEEP_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & DEEP_KV]
 
 
 @dataclass(frozen=True)
@@ -334,10 +339,11 @@ def _cases() -> tuple[list[Case], list[tuple[Case, str]]]:
 @pytest.fixture(scope="module", autouse=True)
 def precompiled():
     """Compile every instantiation the sweep needs in parallel (NVRTC releases the GIL), once."""
-    cases, _ = _cases()
-    named = [NAMED[n] for n in _named(NAMED)]
+    cases, named = ([], []) if QUICK_SPLIT else (_cases()[0], [NAMED[n] for n in _named(NAMED)])
+    split_cases = list(SPLIT_CASES.values()) if QUICK_SPLIT or not (QUICK or QUICK_MMA) else []
     needed = sorted(
-        {(c.dtype, batch_bucket(c.batch), heads_per_pass(c.num_heads // c.kv_heads)) for c in [*cases, *named]},
+        {(c.dtype, batch_bucket(c.batch), heads_per_pass(c.num_heads // c.kv_heads))
+         for c in [*cases, *named, *split_cases]},
         key=str,
     )
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -522,6 +528,28 @@ def test_qkv_hand_off_is_bitwise_equal_to_the_dsmem_gather(variant, base):
     assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
 
 
+def _deep_base(variant: str) -> str:
+    return next(v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~DEEP_KV)
+
+
+@pytest.mark.parametrize("variant", DEEP_VARIANTS)
+def test_deep_kv_is_bitwise_equal_to_its_base(variant):
+    """Bit 32 (v5 = v4_mma + deep_kv) only moves the mask-byte tests of the attention loop after the step's
+    K/V loads and unrolls the dot products' shuffle reduction (same offsets, same order): `out` and the cache
+    slots must equal the variant without the bit bit for bit -- on the sweep's first 24 cases (every mask kind,
+    holes included, MHA/GQA/MQA, head_dim 64-256) and on the named models of this run."""
+    base = _deep_base(variant)
+    cases, _ = _cases()
+    named = [NAMED[n] for n in _named(["llama2_7b", "small_gqa_split", "small_mqa_d256", "small_mha",
+                                      "llama3_8b_b4", "qwen25_05b_b16"])]
+    mismatches = []
+    for case in cases[:24] + named:
+        got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
+        if not (torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)):
+            mismatches.append(str(case))
+    assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
+
+
 @pytest.mark.skipif(QUICK or QUICK_MMA, reason="batch 16 bf16 x 4 heads per pass: not compiled in the quick device runs")
 @pytest.mark.parametrize("rows", [1, 2, 4])
 def test_batch_rows_attended_in_turn_or_in_parallel(rows):
@@ -550,7 +578,8 @@ def test_mma_bit_is_ignored_below_its_batch_bucket(name, variant):
     """Batch 1-2 keep the CUDA-core GEMV under the MMA bit: the outputs equal those without it bit for bit."""
     case = NAMED[name]
     assert batch_bucket(case.batch) < MMA_MIN_BUCKET
-    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~MMA][0]
+    # DEEP_KV is bitwise neutral (test_deep_kv_is_bitwise_equal_to_its_base): compare without it as well
+    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~(MMA | DEEP_KV)][0]
     got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
     assert torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
 
@@ -636,3 +665,77 @@ def test_unsupported_shapes_have_reasons():
     assert "bool" in attention_unsupported_reason(**common | {"mask_dtype": torch.float16})
     big = common | {"num_heads": 8, "num_kv_heads": 1, "head_dim": 256, "batch": 16, "hidden": 2048}
     assert "shared memory" in attention_unsupported_reason(**big)
+
+
+# ------------------------------------------------------------------ work-split overrides (split=, round 5)
+# Qwen2.5-0.5B (KVH 2: default C8 P8 on the H100) and Llama-3.2-1B (KVH 8: C8 P2) at batch 1 (CUDA-core
+# GEMVs) and 4 (tensor-core GEMVs under v4_mma), 1024 cached, causal mask on the last slot, fp16 and bf16.
+SPLIT_OVERRIDES = [(8, 1), (4, 1), (8, 2), (4, 2)]
+SPLIT_CASES = {
+    f"{name}_b{batch}_{str(dtype).split('.')[-1]}": Case(
+        dtype, batch, hidden, nh, kvh, 64, 1024, 1023, "causal", bias, False, "weight", True, False, False,
+        torch.float32, 40 + batch + 2 * nh)
+    for name, (hidden, nh, kvh, bias) in {"qwen25_05b": (896, 14, 2, True), "llama32_1b": (2048, 32, 8, False)}.items()
+    for batch in (1, 4)
+    for dtype in (torch.float16, torch.bfloat16)
+}
+
+
+def _launched_split(case: Case, split) -> tuple[int, int, bool]:
+    """(C, P, one wave) of the plan a launch of this case uses on device 0 (split None: the launcher's)."""
+    from cf_compile_kernels.attention import device_plan
+
+    plan = device_plan(case.dtype, hidden=case.hidden, num_heads=case.num_heads, num_kv_heads=case.kv_heads,
+                       head_dim=case.head_dim, batch=case.batch, device_index=0, split=split)
+    return plan.cluster, plan.clusters_per_kv_head, plan.one_wave
+
+
+@pytest.mark.parametrize("split", SPLIT_OVERRIDES, ids=lambda s: f"C{s[0]}P{s[1]}")
+@pytest.mark.parametrize("name", sorted(SPLIT_CASES))
+def test_split_override_matches_fp64_reference_and_the_default(name, split):
+    """Every (C, P) override of the default variant: `out` inside the dtype band of the fp64 reference, the
+    cache slot within its ulp bound, counters left at zero, repeated launches bitwise identical; and `out`
+    inside the band of the default split's `out` on the same inputs. Not bitwise across splits in general:
+    P*C changes the token chunks of the attention phase and P the order of the global merge (C the DSMEM
+    merge), so the fp32 sums are reassociated; only where the override launches the default's (C, P) (same
+    grid, same arithmetic order) must the outputs be bitwise equal, and that is asserted."""
+    from cf_compile_kernels import attention
+
+    case = SPLIT_CASES[name]
+    c, p, one_wave = _launched_split(case, split)
+    assert (c, p) == split
+    check_case(case, split=split)
+    inp = make_inputs(case)
+    k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
+    outs, slots = {}, {}
+    for label, opt in (("default", None), ("split", split), ("again", split)):
+        inp["k_cache"].copy_(k0)
+        inp["v_cache"].copy_(v0)
+        out = torch.full_like(inp["x"], float("nan"))
+        run_kernel(case, inp, out, split=opt)
+        torch.cuda.synchronize()
+        outs[label] = out
+        slots[label] = (inp["k_cache"][:, :, case.pos].clone(), inp["v_cache"][:, :, case.pos].clone())
+    for scratch in attention._scratch.values():
+        assert int(scratch[2].abs().sum()) == 0, f"{split}: counters left non-zero"
+    assert torch.equal(outs["split"], outs["again"]), f"{split}: not deterministic"
+    ref = outs["default"].double()
+    diff = ((outs["split"].double() - ref).norm() / ref.norm()).item()
+    assert diff <= BANDS[case.dtype], f"{split} vs default: relative difference {diff:.2e}"
+    for got, want in zip(slots["split"], slots["default"], strict=True):
+        assert slot_matches(got, want, case.dtype), f"{split} vs default: cache slot"
+    default_cp = _launched_split(case, None)[:2]
+    if (c, p) == default_cp:
+        assert torch.equal(outs["split"], outs["default"]), f"{split} is the default split yet differs bitwise"
+    print(f"\n{name} C{c}P{p} (one wave {one_wave}; default C{default_cp[0]}P{default_cp[1]}): "
+          f"vs default {diff:.2e}, bitwise out {torch.equal(outs['split'], outs['default'])}, "
+          f"slots {all(torch.equal(a, b) for a, b in zip(slots['split'], slots['default'], strict=True))}")
+
+
+def test_split_override_rejects_invalid_splits():
+    case = SPLIT_CASES["qwen25_05b_b1_float16"]
+    inp = make_inputs(case)
+    out = torch.empty_like(inp["x"])
+    for bad, message in (((3, 1), "cluster size 3"), ((8, 17), "clusters per KV head 17"), ((8,), "two integers")):
+        with pytest.raises(ValueError, match=message):
+            run_kernel(case, inp, out, split=bad)
