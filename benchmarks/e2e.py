@@ -193,6 +193,12 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     cfg = build_config(name, "full")
     session = Session(model, cfg, args.batch, args.prompt, args.prompt + 64 + args.agree + 8 * args.steps)
     log = {}
+    import time
+    t_start = time.perf_counter()
+
+    def stage(what: str, value: object = "") -> None:
+        """One line per finished stage (a run cut by its time limit still shows how far it got and what it saw)."""
+        print(f"[{name} {time.perf_counter() - t_start:6.0f} s] {what} {value}", flush=True)
 
     def compiled(**kw):
         torch._dynamo.reset()
@@ -200,15 +206,19 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
 
     eager_us = session.time_step(model.forward, max(4, args.steps // 8), 3)
     ro = compiled(mode="reduce-overhead")
+    stage("eager_us", f"{eager_us:.0f}")
     reduce_overhead_us = session.time_step(ro, args.steps, args.repeats)
+    stage("reduce_overhead_us", f"{reduce_overhead_us:.0f}")
     ma = compiled(mode="max-autotune-no-cudagraphs")
     inductor_times: dict = {}
     inductor_kernels = sum(step_kernels(ma, session, inductor_times).values())
     log["inductor_time"] = time_breakdown(inductor_times)
     inductor_us = session.time_step(plain_graph_step(ma, session), args.steps, args.repeats)
+    stage("inductor_us", f"{inductor_us:.0f} ({inductor_kernels} kernels)")
     agree_inductor_tokens = session.greedy(ma, args.agree)
     ours_fn = compiled(backend="clusterfusion", options={"mode": args.ours_mode} if args.ours_mode else None)
     ours_us = session.time_step(ours_fn, args.steps, args.repeats)
+    stage("ours_us", f"{ours_us:.0f}")
     rep = last_report()
     log["coverage"] = rep.coverage() if rep else "?"
     log["implementations"] = sorted({r.implementation for r in rep.records}) if rep else []
@@ -219,6 +229,8 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     ours_kernels = sum(step_kernels(no_graph, session, ours_times).values())
     log["ours_time"] = time_breakdown(ours_times)
     eager_tokens = session.greedy(model.forward, args.agree)
+    stage("agreement", f"ours {agreement(agree_ours_tokens, eager_tokens)}, "
+                       f"Inductor {agreement(agree_inductor_tokens, eager_tokens)}; ours {ours_kernels} kernels")
     if args.kernels_all:   # the fused kernels on every matched block, whatever the auto policy says
         try:
             all_fn = compiled(backend="clusterfusion", options={"kernels": "all", "mode": args.ours_mode})
@@ -244,6 +256,8 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
             log["accuracy_ok"] = acc.ok
         except Exception as exc:  # keep the row
             log["accuracy"] = f"failed: {type(exc).__name__}: {exc}"[:300]
+    if args.accuracy_steps:
+        stage("accuracy", log.get("accuracy"))
     if args.generate:
         log["generate_inductor_ms_per_token"] = generate_ms_per_token(session, "inductor", args.generate)
         log["generate_ours_ms_per_token"] = generate_ms_per_token(session, "clusterfusion", args.generate)
