@@ -1160,24 +1160,24 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
   const int q_rows = L.r1 - kLat;
   const T* wq = static_cast<const T*>(p.wq);
   const T* wkv_a = static_cast<const T*>(p.wkv_a);
+  // h = RMSNorm(x) in fp32 (not rounded: the CUDA-core GEMV's activations, as split has always used them)
+  const auto act_h = [&](int, int b, int k, float (&a)[kVec]) {
+    if (b >= B) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) a[e] = 0.f;
+      return;
+    }
+    float xf[kVec], wf[kVec];
+    unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k)), xf);
+    unpack8<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.norm_w) + k)), wf);
+    const float r = s.rstd[b];
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) a[e] = xf[e] * r * (p.unit_offset ? 1.f + wf[e] : wf[e]);
+  };
+  const auto sink_s1 = [&](int r, int b, float v) {
+    if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
+  };
   if constexpr (kMmaProj<BB>) {
-    // h = RMSNorm(x) in fp32 (not rounded: the CUDA-core GEMV's activations, as split has always used them)
-    const auto act_h = [&](int, int b, int k, float (&a)[kVec]) {
-      if (b >= B) {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) a[e] = 0.f;
-        return;
-      }
-      float xf[kVec], wf[kVec];
-      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k)), xf);
-      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.norm_w) + k)), wf);
-      const float r = s.rstd[b];
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) a[e] = xf[e] * r * (p.unit_offset ? 1.f + wf[e] : wf[e]);
-    };
-    const auto sink_s1 = [&](int r, int b, float v) {
-      if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
-    };
     // The [q | q_a] rows on the tensor cores (h rounded to T, as eager's linear takes it). The kv_a rows feed
     // the cache slot (kv_a_layernorm of c_kv, RoPE of k_pe, rounded once): they stay on the CUDA cores with h in
     // fp32 and the same per-row lane order as split, so the slot is bitwise split's (an fp16 h moved c_kv by up
@@ -1194,27 +1194,9 @@ __device__ __forceinline__ void mla_decode_body(const Params& p, unsigned char* 
           [&](int r, int b, float v) { sink_s1(q_rows + r, b, v); });
     }
   } else {
-    // (split's code as it was, lambdas in place: its cubin stays bitwise the same)
     grid_gemv_any<T, BB, kMmaLongDepth>(
         [&](int r) { return r < q_rows ? wq + static_cast<long long>(r) * H : wkv_a + static_cast<long long>(r - q_rows) * H; },
-        L.r1, H,
-        [&](int, int b, int k, float (&a)[kVec]) {
-          if (b >= B) {
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) a[e] = 0.f;
-            return;
-          }
-          float xf[kVec], wf[kVec];
-          unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<long long>(b) * H + k)), xf);
-          unpack8<T>(__ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(p.norm_w) + k)), wf);
-          const float r = s.rstd[b];
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) a[e] = xf[e] * r * (p.unit_offset ? 1.f + wf[e] : wf[e]);
-        },
-        [&](int r, int b, float v) {
-          if (b < B) L.s1[static_cast<long long>(b) * L.r1 + r] = v;
-        },
-        s.q);
+        L.r1, H, act_h, sink_s1, s.q);
   }
   stamp(p.stamps, kPhProj);
   grid_sync(p.barrier);
