@@ -42,7 +42,7 @@ ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # spacing relative to 
 # bf16, named cases at batch >= 3.
 QUICK = os.environ.get("CF_ATTN_QUICK") == "1"
 QUICK_MMA = os.environ.get("CF_ATTN_QUICK") == "mma"
-# CF_ATTN_QUICK=split (benchmarks/device/attn_splits.sh, run with -k split_override): the module fixture compiles
+# CF_ATTN_QUICK=split (device runs of the split-override tests alone, -k split_override): the module fixture compiles
 # only the instantiations of the split-override cases (SPLIT_CASES), not the random sweep's.
 QUICK_SPLIT = os.environ.get("CF_ATTN_QUICK") == "split"
 N_RANDOM = 48 if QUICK or QUICK_MMA else 216
