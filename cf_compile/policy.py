@@ -3,9 +3,9 @@
 A fused kernel is not faster everywhere (a launch-bound small block may lose to Inductor's two GEMVs, a
 wide one may win), and no cost model predicts that reliably yet. So the decision is evidence: the table
 ``measured.json`` beside this file holds, per block family, device, block shape, element width and batch,
-our kernel's time and Inductor's (``max-autotune-no-cudagraphs`` in a CUDA graph) from one benchmark run
-(``benchmarks/{attention,ffn,mla}.py``; ``benchmarks/policy_table.py`` rebuilds the table from
-``benchmarks/results.jsonl``). The kernel runs when every measured row of its shape at the nearest
+our default kernel's latest time and Inductor's best (``max-autotune-no-cudagraphs`` in a CUDA graph), each
+timed beside the other (``benchmarks/{attention,ffn,mla}.py``; ``benchmarks/policy_table.py`` rebuilds the
+table from ``benchmarks/results.jsonl``). The kernel runs when every measured row of its shape at the nearest
 measured batch (and every cached length measured there) was faster; a shape or device never measured
 runs Inductor and the report says so. ``kernels="all"`` runs the kernels regardless.
 """
@@ -29,7 +29,7 @@ SHAPE_KEYS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Measured:
-    """One benchmark row: our kernel and Inductor on the same block, same run."""
+    """One table row: our kernel's latest time and Inductor's best on the same block shape."""
 
     block: str
     device: str

@@ -81,9 +81,9 @@ VARIANTS = {
 # split_mma (tensor-core GEMVs from batch bucket 4) measured B=4 59.4 -> 50.5 us, B=16 172.8 -> 105.5 (round 4,
 # same day) but FAILED the cache-slot test (fp16 B=4: the kv_a rows written to the cache differed from the fp64
 # reference by more than an ulp: h = RMSNorm(x) rounded to fp16 for the MMA, and cancellation in the 1024-term
-# kv_a sums leaves that rounding on small latents). Round 5 fix, UNVALIDATED ON A GPU: the kv_a rows (c_kv + k_pe)
-# stay on the CUDA-core GEMV with fp32 h in split's per-row order (the slot is bitwise split's); the q / q_b /
-# W_UV / o_proj GEMVs stay on the tensor cores. Round 5 (H100, same day; 69/69 GPU tests incl. the cache slot):
+# kv_a sums leaves that rounding on small latents). Round 5 fix: the kv_a rows (c_kv + k_pe) stay on the
+# CUDA-core GEMV with fp32 h in split's per-row order (the slot is bitwise split's); the q / q_b / W_UV / o_proj
+# GEMVs stay on the tensor cores. Measured (H100, same day; 69/69 GPU tests incl. the cache slot):
 # B=1 36.0 -> 35.8 us (same code below bucket 4), B=4 57.8 -> 54.8, B=16 177.1 -> 144.0: the default.
 DEFAULT_VARIANT = "split_mma"
 # Per-CTA phase timeline (-DCF_MLA_PHASES=1): one %globaltimer stamp per phase, kernel enum Phase.
