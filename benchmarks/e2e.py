@@ -72,13 +72,19 @@ class Session:
             logits = self.model(self.ids, past_key_values=cache, use_cache=True).logits
         return cache, logits[:, -1:].argmax(-1)
 
-    def time_step(self, step, steps: int, repeats: int) -> float:
-        """Every variant walks the same positions: prompt + 3 warm-up steps, then repeats x steps."""
+    def warmed(self, step, calls: int = 3):
+        """A fresh cache at the prompt position, then ``calls`` steps (compiles, captures) and a sync."""
         cache, tok = self.fresh()
         with torch.no_grad():
-            for _ in range(3):
+            for _ in range(calls):
                 step(tok, past_key_values=cache, use_cache=True)
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        return cache, tok
+
+    def time_step(self, step, steps: int, repeats: int) -> float:
+        """Every variant walks the same positions: prompt + 3 warm-up steps, then repeats x steps."""
+        cache, tok = self.warmed(step)
+        with torch.no_grad():
             times = []
             for _ in range(repeats):
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -137,13 +143,10 @@ def plain_graph_step(step, session: Session):
 def step_kernels(step, session: Session, times: dict | None = None) -> Counter:
     """Device activities (kernels, memcpy, memset) of one un-graphed decode step, by name; ``times``, when
     given, receives each name's summed device time in microseconds (where the step's time goes)."""
-    cache, tok = session.fresh()
-    with torch.no_grad():
+    cache, tok = session.warmed(step, calls=1)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         step(tok, past_key_values=cache, use_cache=True)
         torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            step(tok, past_key_values=cache, use_cache=True)
-            torch.cuda.synchronize()
     names: Counter = Counter()
     for e in prof.events():
         if e.device_type != torch.autograd.DeviceType.CUDA:

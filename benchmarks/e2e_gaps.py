@@ -36,11 +36,8 @@ STEP_SEPARATION_S = 0.005  # idle between profiled steps, far longer than any ga
 
 def host_us(step, session: Session, calls: int) -> float:
     """Mean host time per call of ``calls`` back-to-back calls, no synchronisation inside the loop."""
-    cache, tok = session.fresh()
+    cache, tok = session.warmed(step)
     with torch.no_grad():
-        for _ in range(3):
-            step(tok, past_key_values=cache, use_cache=True)
-        torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(calls):
             step(tok, past_key_values=cache, use_cache=True)
@@ -79,16 +76,12 @@ def step_stats(evs: list[tuple[float, float, str]]) -> dict:
 
 def timeline(step, session: Session) -> dict:
     """Kernel intervals of PROFILED_STEPS calls: the median step's span, busy time and largest gaps."""
-    cache, tok = session.fresh()
-    with torch.no_grad():
-        for _ in range(3):
+    cache, tok = session.warmed(step)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(PROFILED_STEPS):
             step(tok, past_key_values=cache, use_cache=True)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(PROFILED_STEPS):
-                step(tok, past_key_values=cache, use_cache=True)
-                torch.cuda.synchronize()
-                time.sleep(STEP_SEPARATION_S)
+            torch.cuda.synchronize()
+            time.sleep(STEP_SEPARATION_S)
     events = sorted((e.time_range.start, e.time_range.end, e.name[:70]) for e in prof.events()
                     if e.device_type == torch.autograd.DeviceType.CUDA)
     if len(events) < PROFILED_STEPS:
