@@ -41,7 +41,6 @@ from cf_compile.patterns.common import (
 BLOCK = "attention"
 
 
-
 def _identity_slice(node: fx.Node) -> bool:
     """``t[:, :, :, :n]`` (operator.getitem with slices only) that keeps every element of ``t``."""
     if not (is_op(node, "getitem") and isinstance(node.args[0], fx.Node)):
@@ -61,6 +60,7 @@ def _layer_independent(node: fx.Node) -> fx.Node:
     if is_op(node, "unsqueeze") and arg(node, 1, "dim") == 1 and len(shape(node.args[0]) or ()) == 3:
         return node.args[0]
     return node
+
 
 def anchors(graph: fx.Graph) -> list[fx.Node]:
     """SDPA calls, and softmaxes over attention scores (eager attention: reported as near-misses,
