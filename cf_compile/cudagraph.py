@@ -9,9 +9,13 @@ than fusion wins. A decode step's inputs are of two kinds:
   graph would otherwise read stale memory).
 * per-step: token ids, positions, masks. They are copied into the graph's own input buffers.
 
-Per call the host work is one ``data_ptr`` comparison per static input, a copy per per-step input
-and one ``replay``. The first call of a layout runs the compiled step directly (it warms up lazy
-initialisation: kernel compiles, scratch buffers, cuBLAS handles) and the second one captures.
+Per call the host work is, in the steady state, one identity and one ``data_ptr`` comparison per static
+input against the previous call (two list comparisons in C), a copy per per-step input and one ``replay``.
+Shapes, dtypes and strides of every input are Dynamo's guards: a call that reaches this runner has the
+shapes it was compiled for, so only addresses can move (a new cache from generate(), parameters moved by
+``load_state_dict(assign=True)``); any change of object or address falls back to the full layout check.
+The first call of a layout runs the compiled step directly (it warms up lazy initialisation: kernel
+compiles, scratch buffers, cuBLAS handles) and the second one captures.
 
 Outputs are copied out of the graph's buffers (a few microseconds for the logits), so results kept
 across steps stay valid. Limits (README): at most ``MAX_LAYOUTS`` layouts are kept per compiled
@@ -21,6 +25,7 @@ graph (oldest dropped); capture requires every tensor input on one CUDA device.
 from __future__ import annotations
 
 import logging
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,6 +59,14 @@ class LeanCUDAGraph:
         self.layouts: OrderedDict[tuple, _Captured | None] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
         self.warmed: set[tuple] = set()
+        # the previous call's static inputs, by object id and address, and the graph it replayed: the
+        # steady-state decode loop passes the same tensors every step (ids only: no reference is kept)
+        self.last_ids: list[int] = []
+        self.last_ptrs: list[int] = []
+        self.last: _Captured | None = None
+        self._pick_static = operator.itemgetter(*self.static) if len(self.static) > 1 else (
+            lambda args: tuple(args[i] for i in self.static))
+        self._static_all_tensors: bool | None = None
 
     def _layout(self, args: Sequence[Any]) -> tuple[tuple, tuple]:
         """(addresses of the static inputs, every input's shape/dtype/stride or value): a graph is valid
@@ -71,7 +84,20 @@ class LeanCUDAGraph:
             shapes.append((a.shape, a.dtype, a.stride()) if isinstance(a, torch.Tensor) else a)
         return tuple(addresses), tuple(shapes)
 
+    def _static_identity(self, args: Sequence[Any]) -> tuple[list[int], list[int]]:
+        """Ids and addresses (values, for non-tensors) of the static inputs: C-level maps, no per-input
+        Python bytecode, because this runs on every decode step."""
+        statics = self._pick_static(args)
+        if self._static_all_tensors:
+            return list(map(id, statics)), list(map(torch.Tensor.data_ptr, statics))
+        return list(map(id, statics)), [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in statics]
+
     def __call__(self, *args: Any) -> Any:
+        if self._static_all_tensors is None:
+            self._static_all_tensors = all(isinstance(args[i], torch.Tensor) for i in self.static)
+        ids, ptrs = self._static_identity(args)
+        if self.last is not None and ids == self.last_ids and ptrs == self.last_ptrs:
+            return self._replay(self.last, args)
         key = self._layout(args)
         if key not in self.layouts:
             self.layouts[key] = None
@@ -88,6 +114,10 @@ class LeanCUDAGraph:
         if captured is None:
             captured = self.layouts[key] = self._capture(args)
         self.layouts.move_to_end(key)
+        self.last, self.last_ids, self.last_ptrs = captured, ids, ptrs
+        return self._replay(captured, args)
+
+    def _replay(self, captured: _Captured, args: Sequence[Any]) -> Any:
         for i in self.copied:
             dst = captured.inputs[i]
             if isinstance(dst, torch.Tensor):
