@@ -84,3 +84,37 @@ def test_an_inductor_outlier_cannot_hand_a_block_to_the_kernel():
     rows.append(dict(base, config=dict(cfg, variant="other"), ours_us=1.0, inductor_us=33.0))
     (e,) = mod.entries(rows, {"attention": None, "mla": None, "ffn": None})
     assert (e["ours_us"], e["inductor_us"]) == (34.6, 33.0)
+
+
+QWEN_FFN = dict(hidden=896, intermediate=4864)
+
+
+def ffn_row(scope, ours, inductor, batch=1):
+    return policy.Measured(block="ffn", device=H100 + " (132 SMs)", shape=policy.shape_key("ffn", QWEN_FFN),
+                           element_bytes=2, batch=batch, seq=0, ours_us=ours, inductor_us=inductor,
+                           date="2026-11-23", scope=scope)
+
+
+def test_a_decode_step_row_outranks_the_block_row_at_its_shape_and_batch():
+    """Alone the block loses (Inductor compiles it alone); in the step it wins (Inductor's real code there)."""
+    table = (ffn_row("block", 20.9, 18.4), ffn_row("step", 1559.2, 1703.4))
+    use, why = policy.verdict("ffn", QWEN_FFN, 2, 1, H100, table)
+    assert use and "decode step with vs without the kernel" in why and "1559.2 vs 1703.4" in why
+    table = (ffn_row("block", 18.0, 18.4), ffn_row("step", 1848.4, 1442.4))
+    assert not policy.verdict("ffn", QWEN_FFN, 2, 1, H100, table)[0]
+    # a step row at another batch does not speak for this one: the nearest batch's rows decide
+    table = (ffn_row("block", 20.9, 18.4), ffn_row("step", 1559.2, 1703.4, batch=16))
+    assert not policy.verdict("ffn", QWEN_FFN, 2, 1, H100, table)[0]
+
+
+def test_table_builder_turns_an_e2e_row_that_isolates_the_ffn_into_a_step_row():
+    mod = _policy_table()
+    base = dict(bench="e2e", device=H100 + " (132 SMs)", date="2026-11-23", ours_us=1703.4, inductor_us=1705.8,
+                config=dict(model="qwen2.5-0.5b", batch=1, seq=512, dtype="bf16"))
+    ffn_only = ["ffn kernel measured slower than Inductor (...); kernels='all' runs it anyway"]
+    rows = [dict(base, reasons=ffn_only, ours_kernels_all_us=1559.24),
+            dict(base, reasons=ffn_only),                                                  # kernels=all not timed
+            dict(base, reasons=ffn_only + ["attention kernel measured slower"], ours_kernels_all_us=1.0),
+            dict(base, reasons=[], ours_kernels_all_us=1.0)]                                # auto used every kernel
+    (e,) = mod.step_entries(rows)
+    assert e["shape"] == QWEN_FFN and e["scope"] == "step" and (e["ours_us"], e["inductor_us"]) == (1559.2, 1703.4)
