@@ -235,15 +235,23 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     inductor_us = session.time_step(inductor_graph, args.steps, args.repeats)
     stage("inductor_us", f"{inductor_us:.0f} ({inductor_kernels} kernels)")
     agree_inductor_tokens = session.greedy(ma, args.agree)
+    timed = {"inductor": inductor_graph}
+    if args.kernels_all:  # the fused kernels on every matched block, whatever the auto policy says; a plain graph
+        # (compiled before ours_fn: a later compile's dynamo reset would make ours_fn recompile mid-timing)
+        timed["ours_kernels_all"] = plain_graph_step(
+            compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False, "mode": args.ours_mode}),
+            session)
     ours_fn = compiled(backend="clusterfusion", options={"mode": args.ours_mode} if args.ours_mode else None)
     ours_us = session.time_step(ours_fn, args.steps, args.repeats)
     stage("ours_us", f"{ours_us:.0f}")
     # the row's figures: both again in alternating rounds (no compile in between: torch._dynamo.reset() before a
     # later compile would make ours_fn recompile on its next call; the plain graph never calls dynamo)
     log["sequential_us"] = {"inductor": inductor_us, "ours": ours_us}
-    both = session.time_interleaved({"inductor": inductor_graph, "ours": ours_fn}, args.steps, max(2, args.repeats))
+    both = session.time_interleaved({**timed, "ours": ours_fn}, args.steps, max(2, args.repeats))
     inductor_us, ours_us = both["inductor"], both["ours"]
-    stage("interleaved", f"inductor_us {inductor_us:.0f}, ours_us {ours_us:.0f}")
+    if "ours_kernels_all" in both:
+        log["ours_kernels_all_us"] = both["ours_kernels_all"]
+    stage("interleaved", ", ".join(f"{k}_us {v:.0f}" for k, v in both.items()))
     rep = last_report()
     log["coverage"] = rep.coverage() if rep else "?"
     log["implementations"] = sorted({r.implementation for r in rep.records}) if rep else []
@@ -259,7 +267,6 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     if args.kernels_all:   # the fused kernels on every matched block, whatever the auto policy says
         try:
             all_fn = compiled(backend="clusterfusion", options={"kernels": "all", "mode": args.ours_mode})
-            log["ours_kernels_all_us"] = session.time_step(all_fn, args.steps, args.repeats)
             log["agree_ours_kernels_all"] = agreement(session.greedy(all_fn, args.agree), eager_tokens)
             all_times: dict = {}
             names = step_kernels(compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False,

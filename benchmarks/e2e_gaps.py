@@ -102,6 +102,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mode", default="max-autotune-no-cudagraphs")
     p.add_argument("--inductor", action="store_true", help="also Inductor in a plain CUDA graph")
+    p.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "all"],
+                   help="clusterfusion's kernels option; each value gets both ours variants")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -112,11 +114,13 @@ def main() -> None:
         torch._dynamo.reset()
         return torch.compile(model.forward, fullgraph=True, **kw)
 
-    variants = {
-        "ours (lean runner)": lambda: compiled(backend="clusterfusion", options={"mode": args.mode}),
-        "ours (plain graph)": lambda: plain_graph_step(
-            compiled(backend="clusterfusion", options={"mode": args.mode, "cudagraphs": False}), session),
-    }
+    variants = {}
+    for kernels in args.kernels:
+        opts = {"mode": args.mode, "kernels": kernels}
+        tag = "" if kernels == "auto" else f", kernels={kernels}"
+        variants[f"ours (lean runner{tag})"] = lambda o=opts: compiled(backend="clusterfusion", options=o)
+        variants[f"ours (plain graph{tag})"] = lambda o=opts: plain_graph_step(
+            compiled(backend="clusterfusion", options={**o, "cudagraphs": False}), session)
     if args.inductor:
         variants["inductor (plain graph)"] = lambda: plain_graph_step(compiled(mode=args.mode), session)
     rows = []
