@@ -8,10 +8,9 @@ the fastest Inductor time of any row at that key. Timing noise only ever adds ti
 not change with our variant, so its best figure is its truest; an outlier (Llama-3.2-1B attention: 37.8 us in
 one run, 99.6 in the next) then cannot hand a block to the kernel.
 
-Step rows (cf_compile/policy.py): an e2e row with ``ours_kernels_all_us`` whose auto run left only FFN blocks to
-Inductor (every fallback reason names the ffn kernel) times the step with the FFN kernel on every layer against
-the same step with Inductor's FFN: one "step" row for that model's FFN shape (hidden, intermediate), the latest
-such row per key.
+Step rows (cf_compile/policy.py, ``step_entries``): whole decode steps with and without a family's kernel, from
+benchmarks/e2e_families.py (one family fused vs all Inductor) or benchmarks/e2e.py --kernels-all (when its auto run
+left only the FFN to Inductor); the latest such row per key.
 
     python benchmarks/policy_table.py            # rewrite cf_compile/measured.json, print the verdicts
 """
@@ -55,29 +54,50 @@ def entries(rows: list[dict], defaults: dict[str, str | None]) -> list[dict]:
     return sorted(table, key=lambda e: (e["block"], e["model"] or "", e["batch"], e["seq"], e.get("scope", "")))
 
 
-def ffn_shape(model: str) -> dict[str, int]:
-    """FFN block shape of an e2e model name (cf_compile.models' full-size configs)."""
+def block_shape(model: str, family: str) -> dict[str, int] | None:
+    """A family's block shape (policy.SHAPE_KEYS) for an e2e model name, from cf_compile.models' full configs."""
     from cf_compile.models import build_config
 
     cfg = build_config(model, "full")
-    return {"hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size}
+    if family == "ffn":
+        return {"hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size}
+    if family == "attention":
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return {"hidden": cfg.hidden_size, "heads": heads, "kv_heads": cfg.num_key_value_heads, "head_dim": head_dim}
+    return None   # MLA: no e2e model measured yet
+
+
+def _step_row(r: dict, family: str, ours_us: float, inductor_us: float) -> tuple[tuple, dict] | None:
+    c = r["config"]
+    shape = block_shape(c["model"], family)
+    if shape is None:
+        return None
+    key = (family, r["device"], json.dumps(shape, sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"])
+    return key, dict(block=family, device=r["device"], shape=shape, element_bytes=key[3], batch=c["batch"], seq=0,
+                     ours_us=round(ours_us, 1), date=r["date"], model=c["model"], dtype=c["dtype"],
+                     inductor_us=round(inductor_us, 1), scope="step")
 
 
 def step_entries(rows: list[dict]) -> list[dict]:
-    """One step-scope FFN row per (device, shape, width, batch): the latest e2e row that isolates the FFN."""
+    """Step-scope rows, the latest per (family, device, shape, width, batch), from two kinds of e2e rows:
+    - e2e_families: the step with only one family fused (the rest Inductor's own code) vs all Inductor;
+    - e2e with ``ours_kernels_all_us`` whose auto run left only FFN blocks to Inductor: kernels=all vs auto
+      isolates the FFN kernel (Inductor's FFN code beside our attention kernel)."""
     latest: dict[tuple, dict] = {}
     for r in rows:
-        c = r.get("config", {})
-        if r.get("bench") != "e2e" or r.get("ours_kernels_all_us") is None or r.get("ours_us") is None:
-            continue
-        reasons = r.get("reasons") or []
-        if not reasons or not all(why.startswith("ffn kernel") for why in reasons):
-            continue   # auto also left attention/MLA to Inductor, or used every kernel: not the FFN alone
-        shape = ffn_shape(c["model"])
-        key = (r["device"], json.dumps(shape, sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"])
-        latest[key] = dict(block="ffn", device=r["device"], shape=shape, element_bytes=key[2], batch=c["batch"],
-                           seq=0, ours_us=round(r["ours_kernels_all_us"], 1), date=r["date"], model=c["model"],
-                           dtype=c["dtype"], inductor_us=round(r["ours_us"], 1), scope="step")
+        found = []
+        if r.get("bench") == "e2e_families" and r.get("step_us") and r.get("inductor_us"):
+            for name, us in r["step_us"].items():
+                if name.endswith(" only"):
+                    found.append(_step_row(r, name[: -len(" only")], us, r["inductor_us"]))
+        elif r.get("bench") == "e2e" and r.get("ours_kernels_all_us") is not None and r.get("ours_us") is not None:
+            reasons = r.get("reasons") or []
+            if reasons and all(why.startswith("ffn kernel") for why in reasons):
+                found.append(_step_row(r, "ffn", r["ours_kernels_all_us"], r["ours_us"]))
+        for item in found:
+            if item is not None:
+                latest[item[0]] = item[1]
     return list(latest.values())
 
 

@@ -118,3 +118,16 @@ def test_table_builder_turns_an_e2e_row_that_isolates_the_ffn_into_a_step_row():
             dict(base, reasons=[], ours_kernels_all_us=1.0)]                                # auto used every kernel
     (e,) = mod.step_entries(rows)
     assert e["shape"] == QWEN_FFN and e["scope"] == "step" and (e["ours_us"], e["inductor_us"]) == (1559.2, 1703.4)
+
+
+def test_table_builder_turns_each_family_of_an_e2e_families_row_into_a_step_row():
+    """benchmarks/e2e_families.py: the step with one family fused (the rest Inductor's) against all Inductor."""
+    mod = _policy_table()
+    row = dict(bench="e2e_families", device=H100 + " (132 SMs)", date="2026-11-24", ours_us=1560.0, inductor_us=1500.0,
+               config=dict(model="qwen2.5-0.5b", batch=1, seq=512, dtype="bf16"),
+               step_us={"inductor": 1500.0, "all": 1560.0, "attention only": 1600.0, "ffn only": 1450.0})
+    by_block = {e["block"]: e for e in mod.step_entries([row])}
+    assert by_block["attention"]["shape"] == dict(hidden=896, heads=14, kv_heads=2, head_dim=64)
+    assert (by_block["attention"]["ours_us"], by_block["attention"]["inductor_us"]) == (1600.0, 1500.0)
+    assert by_block["ffn"]["shape"] == QWEN_FFN and by_block["ffn"]["ours_us"] == 1450.0
+    assert all(e["scope"] == "step" for e in by_block.values())
