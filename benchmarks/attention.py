@@ -13,12 +13,17 @@ row is timed out of L2; time per call = replay time / layers, median of REPEATS 
 Before timing, ours is checked against the eager block in fp32 (relative error inside the dtype band).
 
     PYTHONPATH=. python benchmarks/attention.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
-        [--variants v3 tail] [--phases] [--no-prefetch] [--splits 8,1 4,1 ...] [--all-splits]
+        [--variants v3 tail] [--phases] [--timeline] [--no-prefetch] [--splits 8,1 4,1 ...] [--all-splits]
 With --variants, ours is timed once per work-split variant (attention.VARIANTS), one JSON row each.
 With --splits C,P ..., ours is also timed with each (cluster size, clusters per KV head) override
 (attention_decode's split=) beside the launcher's choice, one row each (config.split = "C,P" or "default");
 an override equal to the chosen split is not timed twice, one that is not one wave on this device (it would
 run version 3) is skipped unless --all-splits. CF_ATTN_SPLIT="C,P C,P" is the --splits default.
+--phases times the kernel cut after each phase (stop_after_phase 1..5, CUDA graphs). --timeline, after the normal
+timing, rebuilds the variant with its per-CTA %globaltimer stamps (-DCF_ATTN_TIMELINE, attention.TIMELINE) and
+runs TIMELINE_RUNS single launches (after one warm-up): per stamp the median over the CTAs that set it of (stamp -
+the launch's earliest start), median over launches, the step from the previous stamp, and the last CTA's end
+(rows carry timeline_us; benchmarks/NOTES-attention.md, "Timeline build (CF_ATTN_TIMELINE)").
 """
 
 from __future__ import annotations
@@ -37,15 +42,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
+from cta_timeline import format_timeline, reduce_stamps  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
 from cf_compile_kernels.attention import (  # noqa: E402
     DEFAULT_VARIANT,
+    TIMELINE,
     VARIANTS,
     attention_config,
     attention_decode,
     check_split,
     device_plan,
+    timeline_elems,
 )
 
 MODELS = {  # hidden, q heads, kv heads, head_dim, qkv bias
@@ -66,6 +74,7 @@ MAX_LAYERS = 32
 # every row, not only where 2 x L2 needs many copies (Llama-2-7B needed one: phase 1 read 21 us there).
 MIN_LAYERS = 8
 PHASES = 5  # the kernel's stop_after_phase cut points (attention_decode.cu)
+TIMELINE_RUNS = 5  # single timeline launches per row and variant (after one warm-up; medians over them)
 
 
 def rotate_half(t: torch.Tensor) -> torch.Tensor:
@@ -131,12 +140,25 @@ def floor_bytes(model: str, batch: int, seq: int, esize: int) -> int:
 
 
 def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0, variant: str | None = None,
-         split: tuple[int, int] | None = None) -> None:
+         split: tuple[int, int] | None = None, timeline: torch.Tensor | None = None) -> None:
     attention_decode(layer["x"], layer["nw"], EPS, "weight", [layer["wq"], layer["wk"], layer["wv"]],
                      [layer["bq"], layer["bk"], layer["bv"]], None, None, 0.0, layer["cos"], layer["sin"],
                      layer["cache_position"], layer["k_cache"], layer["v_cache"], layer["mask"], layer["scale"],
                      layer["wo"], None, True, layer["out"], prefetch=prefetch,
-                     stop_after_phase=stop_after_phase, variant=variant, split=split)
+                     stop_after_phase=stop_after_phase, variant=variant, split=split, timeline=timeline)
+
+
+def cta_timeline(layers: list[dict], variant: str, split, ctas: int) -> tuple[dict, dict]:
+    """(timeline_us, CTAs that set each stamp) of the CF_ATTN_TIMELINE build: TIMELINE_RUNS single launches after
+    one warm-up (rotating the layers so weights come from HBM), reduced by cta_timeline.reduce_stamps."""
+    stamps = torch.zeros(timeline_elems(ctas), dtype=torch.int64, device="cuda")
+    runs = []
+    for r in range(TIMELINE_RUNS + 1):  # the first launch loads the kernel and warms up: not counted
+        ours(layers[r % len(layers)], variant=variant, split=split, timeline=stamps)
+        torch.cuda.synchronize()
+        if r:
+            runs.append(stamps.view(ctas, len(TIMELINE)).cpu())
+    return reduce_stamps(runs, TIMELINE)
 
 
 def hf_args(layer: dict) -> tuple:
@@ -219,6 +241,8 @@ def main() -> None:
     ap.add_argument("--seqs", nargs="*", type=int, default=list(SEQS))
     ap.add_argument("--phases", action="store_true",
                     help="also time the kernel cut after each phase (stop_after_phase 1..PHASES)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="after the timing, print each variant's per-CTA stamp timeline (CF_ATTN_TIMELINE build)")
     ap.add_argument("--variants", nargs="*", default=[DEFAULT_VARIANT], choices=sorted(VARIANTS),
                     help="work-split variants of ours to time side by side (one row each)")
     ap.add_argument("--no-prefetch", action="store_true", help="skip the L2-prefetch timing of ours")
@@ -254,6 +278,11 @@ def main() -> None:
         plans = splits_to_time(dtype, model, batch, args.splits, args.all_splits)
         timed = {(variant, split): time_variant(layers, dtype, variant, args.phases, not args.no_prefetch, split)
                  for split, _ in plans for variant in args.variants}
+        timelines = {}  # after every timing of the row: the timeline launches never share a graph with them
+        if args.timeline:
+            for split, plan in plans:
+                for variant in args.variants:
+                    timelines[(variant, split)] = cta_timeline(layers, variant, split, math.prod(plan.grid))
         plans = dict(plans)
         t_ind = None
         if not args.no_inductor and spent < args.inductor_budget:
@@ -284,7 +313,8 @@ def main() -> None:
                 "attention", config, ours_us=round(t_ours, 2),
                 ours_l2_prefetch_us=None if t_pf is None else round(t_pf, 2),
                 inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
-                floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"), **phases)
+                floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"), **phases,
+                **({"timeline_us": timelines[(variant, split)][0]} if args.timeline else {}))
             rows.append(row)
             Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
             pf = "-" if t_pf is None else f"{t_pf:7.1f}"
@@ -295,6 +325,10 @@ def main() -> None:
                   f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
             if phases:
                 print("  cumulative time after each phase (us): " + " ".join(f"{v:.1f}" for v in phases.values()))
+            if args.timeline:
+                tl, set_ctas = timelines[(variant, split)]
+                print(format_timeline(f"{model} B={batch} S={seq} {dtname} {variant}{label}", tl, TIMELINE,
+                                      kind="timeline", set_ctas=set_ctas, ctas=math.prod(plan.grid)), flush=True)
         del layers
         torch.cuda.empty_cache()
     Path(args.json).write_text(json.dumps(rows, indent=1))

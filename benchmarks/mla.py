@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
+from cta_timeline import format_timeline, reduce_stamps  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
 from cf_compile.ops.mla import mla_decode_reference  # noqa: E402
@@ -55,7 +56,6 @@ MAX_LAYERS = 32
 QH = NOPE + ROPE_DIM
 LAT = KV_LORA_RANK + ROPE_DIM
 PHASE_RUNS = 20  # instrumented single launches per timeline (medians over them)
-NS_PER_US = 1e3
 
 
 def make_layer(batch: int, seq: int, dtype: torch.dtype, seed: int) -> dict:
@@ -114,32 +114,16 @@ def phase_timeline(layers: list[dict], variant: str) -> dict:
         ours(layers[r % len(layers)], variant, stamps)
         torch.cuda.synchronize()
         if r:
-            st = stamps.view(ctas, len(mla_kernels.PHASES)).cpu()
-            # int64 differences first: globaltimer counts ns since an epoch (~1e18), past double precision
-            runs.append((st - st[:, 0].min()).double() / NS_PER_US)
-    stacked = torch.stack(runs)
-    med = stacked.median(dim=1).values.median(dim=0).values
-    timeline = {name: round(float(med[i]), 2) for i, name in enumerate(mla_kernels.PHASES)}
+            runs.append(stamps.view(ctas, len(mla_kernels.PHASES)).cpu())
     # The medians over CTAs hide the stragglers: the kernel ends with its LAST CTA (run 3: o_proj rows only on
-    # CTAs 0-63, so the median CTA's `end` came 0.2 us after the W_UV barrier). Max over CTAs, median over runs:
-    last = stacked.max(dim=1).values.median(dim=0).values
-    timeline["start_last"] = round(float(last[0]), 2)  # CTA launch skew
-    timeline["end_last"] = round(float(last[len(mla_kernels.PHASES) - 1]), 2)  # first CTA start -> last CTA end
-    return timeline
+    # CTAs 0-63, so the median CTA's `end` came 0.2 us after the W_UV barrier). reduce_stamps also gives the last
+    # CTA's start and end (max over CTAs, median over runs): start_last, end_last.
+    return reduce_stamps(runs, mla_kernels.PHASES)[0]
 
 
 def format_phases(label: str, timeline: dict) -> str:
     """One line per phase: us since the launch's first CTA start (median over CTAs) and the step."""
-    lines = [f"phases {label} (us since launch start, median over CTAs; +step)"]
-    prev = 0.0
-    for name in mla_kernels.PHASES:
-        t = timeline[name]
-        lines.append(f"  {name:12s} {t:8.2f}  +{t - prev:6.2f}")
-        prev = t
-    if "end_last" in timeline:
-        lines.append(f"  last CTA: start {timeline['start_last']:.2f}, end {timeline['end_last']:.2f} "
-                     f"(+{timeline['end_last'] - timeline['end']:.2f} after the median CTA's end)")
-    return "\n".join(lines)
+    return format_timeline(label, timeline, mla_kernels.PHASES, kind="phases")
 
 
 def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None) -> float:

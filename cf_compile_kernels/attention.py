@@ -73,6 +73,12 @@ MMA_MIN_BUCKET = 4
 # (since removed) lost 1-15 us on every row. Round 5: "v5" (v4_mma + deep K/V loads, bitwise v4_mma) faster on
 # every row timed. The default, "v5", is v4 + deep_kv below batch bucket MMA_MIN_BUCKET and + mma from it.
 DEFAULT_VARIANT = "v5"
+# Per-CTA timeline (-DCF_ATTN_TIMELINE=1, benchmarks only): one %globaltimer stamp (ns) per entry, in the order
+# of the kernel's enum TimelineStamp (kTlStart ... kTlEnd; a CPU test checks the two agree). Thread 0 of each CTA
+# writes them into the int64 tail of o_partial (past its KVH*B*H floats), which timeline launches enlarge and
+# zero; a stamp the CTA never reaches stays 0 (see the kernel's comment for which).
+TIMELINE = ("start", "norm", "qkv", "qkv_arrive", "qkv_wait", "rope", "attn", "attn_sync", "merge_arrive",
+            "merge_wait", "merge", "oproj", "slice_wait", "end")
 _COS_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -299,9 +305,19 @@ def attention_config(
     return plan.as_dict()
 
 
-def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None = None) -> CompiledKernel:
-    """attention_decode<T, BB, HG> as a cubin (disk-cached)."""
-    return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket, hg), arch=arch)
+def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None = None,
+                    timeline: bool = False) -> CompiledKernel:
+    """attention_decode<T, BB, HG> as a cubin (disk-cached). timeline: the -DCF_ATTN_TIMELINE=1 build (its own
+    cache entry), which stamps TIMELINE into o_partial's tail; benchmarks only."""
+    defines = {"CF_ATTN_TIMELINE": 1} if timeline else None
+    return compile_kernel(SOURCE, KERNEL, template_args=(SUPPORTED_DTYPES[dtype], bucket, hg), defines=defines,
+                          arch=arch)
+
+
+def timeline_elems(ctas: int) -> int:
+    """int64 elements of one launch's timeline: [ctas][len(TIMELINE)] globaltimer ns, CTA index
+    blockIdx.x + C * (blockIdx.y + P * blockIdx.z)."""
+    return ctas * len(TIMELINE)
 
 
 @functools.cache
@@ -336,13 +352,16 @@ _scratch: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _scratch_lock = threading.Lock()
 
 
-def _scratch_numel(kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int) -> tuple[int, ...]:
+def _scratch_numel(kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int,
+                   timeline: bool = False) -> tuple[int, ...]:
     """Elements of (attn_partial fp32, o_partial fp32, arrivals int32, qkv_global fp32) for the plan's C and P:
-    the split-merge partials [KVH, C, P, B, G, D+2] and the q/k/v hand-off [KVH, B, G+2, D] exist for P > 1."""
+    the split-merge partials [KVH, C, P, B, G, D+2] and the q/k/v hand-off [KVH, B, G+2, D] exist for P > 1.
+    timeline: o_partial also holds the int64 stamps (timeline_elems, 2 floats each) past its KVH*B*H floats."""
     c, p = cfg.cluster, cfg.clusters_per_kv_head
+    stamps = 2 * timeline_elems(cfg.grid[0] * cfg.grid[1] * cfg.grid[2]) if timeline else 0
     return (
         max(1, kvh * c * p * batch * group * (head_dim + 2) if p > 1 else 1),
-        kvh * batch * hidden,
+        kvh * batch * hidden + stamps,
         _counter_count(kvh, c, p),
         kvh * batch * (group + 2) * head_dim if p > 1 else 1,
     )
@@ -355,7 +374,8 @@ def _counter_count(kvh: int, cluster: int, per_head: int) -> int:
 
 
 def _scratch_for(
-    device: torch.device, kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int
+    device: torch.device, kvh: int, cfg: AttentionConfig, batch: int, group: int, head_dim: int, hidden: int,
+    timeline: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """fp32 partials, the q/k/v hand-off buffer and arrival counters; counters start at zero and every
     launch leaves them at zero.
@@ -363,10 +383,11 @@ def _scratch_for(
     Shared by every launch of this shape on this device, so launches of one shape must be ordered
     (one stream, or a graph): two concurrent streams would share the counters."""
     key = (device, kvh, cfg.cluster, cfg.clusters_per_kv_head, batch, group, head_dim, hidden)
+    key += (True,) if timeline else ()  # timeline launches: their own set, o_partial enlarged
     with _scratch_lock:
         found = _scratch.get(key)
         if found is None:
-            n_attn, n_o, n_counters, n_qkv = _scratch_numel(kvh, cfg, batch, group, head_dim, hidden)
+            n_attn, n_o, n_counters, n_qkv = _scratch_numel(kvh, cfg, batch, group, head_dim, hidden, timeline)
             attn_partial = torch.empty(n_attn, dtype=torch.float32, device=device)
             o_partial = torch.empty(n_o, dtype=torch.float32, device=device)
             arrivals = torch.zeros(n_counters, dtype=torch.int32, device=device)
@@ -405,17 +426,21 @@ _launches: dict[tuple, _Launch] = {}
 def _launch_for(
     dtype: torch.dtype, hidden: int, num_heads: int, kvh: int, head_dim: int, batch: int, device: torch.device,
     split: tuple[int, int] | None = None,
+    timeline: bool = False,
 ) -> _Launch:
     """Memoised per shape and split override: a launch must not hash kernel sources or re-derive the split
-    every call. The scratch is keyed by the plan's (C, P), so two overrides never share counters."""
+    every call. The scratch is keyed by the plan's (C, P), so two overrides never share counters.
+    timeline: the CF_ATTN_TIMELINE build with its own scratch (benchmarks only)."""
     key = (dtype, hidden, num_heads, kvh, head_dim, batch, device, split)
+    key += (True,) if timeline else ()
     found = _launches.get(key)
     if found is None:
         index = device.index if device.index is not None else torch.cuda.current_device()
         plan = device_plan(dtype, hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim,
                            batch=batch, device_index=index, split=split)
-        kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass), device)
-        scratch = _scratch_for(device, kvh, plan, batch, num_heads // kvh, head_dim, hidden)
+        kernel = load_kernel(compiled_kernel(dtype, plan.batch_bucket, plan.heads_per_pass, timeline=timeline),
+                             device)
+        scratch = _scratch_for(device, kvh, plan, batch, num_heads // kvh, head_dim, hidden, timeline)
         found = _launches[key] = _Launch(plan, kernel, scratch)
     return found
 
@@ -470,6 +495,7 @@ def attention_decode(
     rows_parallel: int | None = None,
     variant: str | None = None,
     split: tuple[int, int] | None = None,
+    timeline: torch.Tensor | None = None,
 ) -> None:
     """out = [x +] o_proj(attention(rope(qkv(rmsnorm(x))))), writing k/v into the caches at cache_position.
 
@@ -485,7 +511,11 @@ def attention_decode(
         over the driver's co-resident cluster counts). C in CLUSTER_SIZES, 1 <= P <= MAX_SPLIT, else ValueError.
         Grid, cluster dims, counters and scratch follow it; if KVH*P clusters of C are not co-resident the
         launch is not one wave and runs version 3 as above. Results stay inside the dtype band but are not
-        bitwise those of another split (P and C change the token chunks and the merge order)."""
+        bitwise those of another split (P and C change the token chunks and the merge order).
+    timeline: benchmarks only (the custom op and the backend never pass it). An int64 tensor on x's device with
+        at least timeline_elems(CTAs of the plan) elements selects the CF_ATTN_TIMELINE build: the launch
+        zeroes the stamp tail of its own (enlarged) o_partial, runs, and copies the tail into timeline[:n] as
+        [CTAs][len(TIMELINE)] %globaltimer ns (0: stamp not reached). Same outputs as without it."""
     variant = DEFAULT_VARIANT if variant is None else variant
     split = check_split(split)
     if variant not in VARIANTS:
@@ -551,7 +581,7 @@ def attention_decode(
         if attn_mask.stride(-1) != 1:
             attn_mask = attn_mask.contiguous()
         mask_stride = attn_mask.stride(0) if attn_mask.shape[0] == batch and batch > 1 else 0
-    launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev, split)
+    launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev, split, timeline is not None)
     plan, kernel = launch.plan, launch.kernel
     attn_partial, o_partial, arrivals, qkv_global = launch.scratch
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
@@ -599,9 +629,18 @@ def attention_decode(
         i32(stop_after_phase),
         i32(effective_variant(plan, variant)),
     ]
+    stamps = None
+    if timeline is not None:
+        n_stamps = timeline_elems(plan.grid[0] * plan.grid[1] * plan.grid[2])
+        if timeline.dtype != torch.int64 or timeline.device != dev or timeline.numel() < n_stamps:
+            raise ValueError(f"attention_decode: timeline must be int64 on {dev} with >= {n_stamps} elements")
+        stamps = o_partial[kvh * batch * hidden:].view(torch.int64)  # the kernel's timeline_row
+        stamps.zero_()
     kernel.launch(
         plan.grid, (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes, cluster=(plan.cluster, 1, 1)
     )
+    if stamps is not None:
+        timeline.view(-1)[:n_stamps].copy_(stamps[:n_stamps])
 
 
 # Representative instantiations for `python -m cf_compile_kernels check`:

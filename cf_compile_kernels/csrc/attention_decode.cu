@@ -138,6 +138,61 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
 }
 
+// ------------------------------------------------------------------ optional per-CTA timeline
+// -DCF_ATTN_TIMELINE=1 (benchmarks/attention.py --timeline; attention.py TIMELINE mirrors this enum): thread 0
+// of every CTA writes %globaltimer (ns, u64) at each phase boundary and before/after each wait on other CTAs,
+// into stamps[cta][kTl*] where cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z) and
+// stamps = the u64 tail of o_partial past its KVH*B*H floats (the launcher enlarges o_partial, and zeroes the
+// tail, for timeline launches only; no extra kernel parameter). "End of phase" stamps are CTA-wide: a
+// __syncthreads() first (timeline build only), so they mark the CTA's slowest warp. A stamp a CTA never
+// reaches stays 0 (the reduction skips zeros): the split-merge wait without P > 1 or off the last arriver,
+// the slice wait off the last arriver (version 3); every CTA stamps kTlEnd when it leaves, early or not
+// (stop_after cuts excepted). Off (default): no code is emitted, the kernel is byte-identical.
+enum TimelineStamp : int {
+  kTlStart = 0,    // kernel entry
+  kTlNorm,         // phase 1 done: mask live ranges and row RMS in shared memory
+  kTlQkv,          // phase 2 done: this CTA's q/k/v GEMV rows (and the optional L2 prefetch issued)
+  kTlQkvArrive,    // before the q/k/v hand-off wait (rows published to global with kSplitQkv; else = kTlQkv)
+  kTlQkvWait,      // after it (arrive_and_wait of gather_global, or the first cluster.sync of the DSMEM gather)
+  kTlRope,         // phase 3 done: gather copied in, bias / q,k-norm / RoPE, cache slot written
+  kTlAttn,         // phase 4 done: attention over this CTA's token chunk, warps merged
+  kTlAttnSync,     // after phase 5's first cluster.sync (the cluster's slowest CTA finished phase 4)
+  kTlMergeArrive,  // P > 1: before the split-merge wait (partial written to global, cluster synced)
+  kTlMergeWait,    // P > 1: after it (kWideTail: every CTA; version 3: the last arriver only)
+  kTlMerge,        // phase 5 done: attention output in shared memory (P == 1: after the cluster merge)
+  kTlOproj,        // o_proj GEMV of the slice done (= arrival at the slice hand-off)
+  kTlSliceWait,    // after the slice wait (kWideTail: arrive_and_wait; version 3: the last arriver only)
+  kTlEnd,          // the CTA leaves (after the fix-up, or at an early return)
+  kTlCount
+};
+#ifndef CF_ATTN_TIMELINE
+#define CF_ATTN_TIMELINE 0
+#endif
+constexpr bool kTimeline = CF_ATTN_TIMELINE != 0;
+
+// This CTA's stamp row (nullptr without the timeline): past o_partial's [KVH, B, H] floats, 8-byte aligned
+// (H is a multiple of 8).
+__device__ __forceinline__ unsigned long long* timeline_row(float* o_partial, int KVH, int B, int H) {
+  if constexpr (kTimeline) {
+    const size_t cta = blockIdx.x + static_cast<size_t>(gridDim.x) * (blockIdx.y + static_cast<size_t>(gridDim.y) * blockIdx.z);
+    return reinterpret_cast<unsigned long long*>(o_partial + static_cast<size_t>(KVH) * B * H) + cta * kTlCount;
+  } else {
+    return nullptr;
+  }
+}
+
+// Thread 0 stamps `which` (the timeline build only). cta_wide: every thread of the CTA gets here first.
+__device__ __forceinline__ void stamp(unsigned long long* row, int which, bool cta_wide = false) {
+  if constexpr (kTimeline) {
+    if (cta_wide) __syncthreads();
+    if (threadIdx.x == 0) {
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t) :: "memory");
+      row[which] = t;
+    }
+  }
+}
+
 // ------------------------------------------------------------------ grid-level hand-offs
 // Arrival counters, all zero between launches. Layout (ints), mirrored by attention.py `_counter_count`:
 // [KVH*C] split-merge arrivals, [KVH*C] their departures, [P*C] output-slice arrivals, [P*C] their
@@ -449,14 +504,16 @@ __device__ __forceinline__ void gemv_mma(RowPtr row_ptr, int nrows, const XT* xs
 // Without it (attn3: the v4 run 1 failures) a thread copied rows another warp had not finished: the
 // shared memory of the previous kernel on that SM went out as q/k/v (relative errors, NaN).
 __device__ __forceinline__ void gather_global(float* sq, float* g, int B, int rows, int row0, int nrows,
-                                              int* arrive, int* departed, int expected) {
+                                              int* arrive, int* departed, int expected, unsigned long long* tl) {
   __syncthreads();  // every warp's GEMV sums are in sq before any thread publishes them
   const int n4 = nrows / 4;
   for (int idx = threadIdx.x; idx < B * n4; idx += kThreads) {
     const int off = (idx / n4) * rows + row0 + 4 * (idx % n4);
     __stcg(reinterpret_cast<float4*>(g + off), *reinterpret_cast<const float4*>(sq + off));
   }
+  stamp(tl, kTlQkvArrive, true);
   arrive_and_wait(arrive, expected);
+  stamp(tl, kTlQkvWait);
   const int all4 = B * rows / 4;
   for (int idx = threadIdx.x; idx < all4; idx += kThreads)
     reinterpret_cast<float4*>(sq)[idx] = __ldcg(reinterpret_cast<const float4*>(g) + idx);
@@ -628,6 +685,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const int G = p.num_heads / KVH;
   const int QKV_ROWS = (G + 2) * D, GD = G * D;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  unsigned long long* const tl = timeline_row(p.o_partial, KVH, B, H);  // nullptr without CF_ATTN_TIMELINE
+  stamp(tl, kTlStart);
   Smem s = plan_smem<T, BB, HG>(smem_raw, B, G, D, p.k_chunk);
   if (P > kMaxSplit || C > kMaxCluster || p.rows_parallel < 1 || kWarps % p.rows_parallel) __trap();  // the launcher's split exceeds the register merges
   if (tid == 0 && dynamic_smem_size() < static_cast<unsigned>((reinterpret_cast<unsigned char*>(s.flag) + 16) - smem_raw))
@@ -695,6 +754,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     ss = warp_sum(ss);
     if (lane == 0) s.rstd[b] = rsqrtf(ss / H + p.eps);
   }
+  stamp(tl, kTlNorm, true);
   if (p.stop_after == 1) return;
 
   // ---- 2. q/k/v rows [row0, row0+nrows) of this rank (of this CTA among the P*C of the KV head with
@@ -765,15 +825,18 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
   }
 
+  stamp(tl, kTlQkv, true);
   if (p.stop_after == 2) return;
 
   // ---- 3. Gather of the fp32 projections (ClusterGather over DSMEM, or through global memory from all
   //         P*C CTAs of the KV head with kSplitQkv), then bias / q,k-norm / RoPE in every CTA
   if (split_qkv) {
     gather_global(s.qkv, p.qkv_global + static_cast<long long>(kvh) * B * QKV_ROWS, B, QKV_ROWS, row0, nrows,
-                  ctr.qkv_arrive + kvh, ctr.qkv_depart + kvh, P * C);
+                  ctr.qkv_arrive + kvh, ctr.qkv_depart + kvh, P * C, tl);
   } else {
+    stamp(tl, kTlQkvArrive);
     cluster.sync();
+    stamp(tl, kTlQkvWait);
     for (int c = 0; c < C; ++c) {
       if (c == rank) continue;
       const int r0 = min(QKV_ROWS, c * RC), r1 = min(QKV_ROWS, r0 + RC);
@@ -854,6 +917,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   }
   __syncthreads();
   if (p.stop_after == 3) return;
+
+  stamp(tl, kTlRope, true);
 
   // ---- 4. attention over this CTA's token chunk, per batch row and group of HG query heads
   const int lanes_per_token = D / kVec;          // one 16-byte vector of K/V per lane
@@ -963,10 +1028,12 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
   }
 
+  stamp(tl, kTlAttn);  // the loop above ends on a CTA barrier
   if (p.stop_after == 4) return;
 
   // ---- 5. cluster merge in rank order (same bits in every CTA); attention output into s.qkv's q rows
   cluster.sync();
+  stamp(tl, kTlAttnSync);
   float* attn_out = s.qkv;  // [B, QKV_ROWS] layout, columns [0, G*D)
   for (int idx = tid; idx < B * G * D; idx += kThreads) {
     const int bg = idx / D, d = idx % D;
@@ -1008,8 +1075,13 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
 
   if (P > 1) {  // the last of the P clusters of this KV head (per rank) merges them in p order; kWideTail: all
     int* arrive = ctr.merge_arrive + kvh * C + rank;
+    stamp(tl, kTlMergeArrive);
     if (wide_tail) arrive_and_wait(arrive, P);
-    else if (!last_to_arrive(arrive, P, s.flag)) return;
+    else if (!last_to_arrive(arrive, P, s.flag)) {
+      stamp(tl, kTlEnd);
+      return;
+    }
+    stamp(tl, kTlMergeWait);
     const float* all = p.attn_partial + (static_cast<long long>(kvh) * C + rank) * P * B * G * (D + 2);
     for (int idx = tid; idx < B * G * D; idx += kThreads) {
       const int bg = idx / D, d = idx % D;
@@ -1040,11 +1112,15 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     if (wide_tail) depart(arrive, ctr.merge_depart + kvh * C + rank, P);
   }
   __syncthreads();
+  stamp(tl, kTlMerge);
 
   // ---- 6. o_proj slice: columns [col0, col0+ncols) over this group's G*D inputs, then fix-up
   const T* wo = static_cast<const T*>(p.wo) + static_cast<long long>(kvh) * GD;
   float* opart = p.o_partial;
-  if (wide_tail && ncols == 0) return;  // an empty slice is empty for every KV head: nobody waits on it
+  if (wide_tail && ncols == 0) {  // an empty slice is empty for every KV head: nobody waits on it
+    stamp(tl, kTlEnd);
+    return;
+  }
   auto wo_row = [&](int i) -> const T* { return wo + (col0 + i) * wo_ld; };
   bool o_done = false;
   if constexpr (BB >= kMmaMinBucket) {
@@ -1065,16 +1141,23 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           if (b < B) opart[(static_cast<long long>(kvh) * B + b) * H + col0 + i] = v;
         });
   }
+  stamp(tl, kTlOproj, true);
   if (wide_tail) {  // the KVH CTAs of this slice each finalise 1/KVH of its columns once all have landed
     int* arrive = ctr.slice_arrive + slice;
     arrive_and_wait(arrive, KVH);
+    stamp(tl, kTlSliceWait);
     const int tile = cf::ceil_div(ncols / 4, KVH) * 4;
     const int t0 = min(ncols, kvh * tile), tn = min(ncols, t0 + tile) - t0;
     fixup_tile<T>(p, x, opart, col0 + t0, tn, s.reduce);
     depart(arrive, ctr.slice_depart + slice, KVH);
+    stamp(tl, kTlEnd);  // depart's CTA barrier follows the fix-up; thread 0 stamps after its atomics
     return;
   }
-  if (!last_to_arrive(ctr.slice_arrive + rank, KVH, s.flag)) return;
+  if (!last_to_arrive(ctr.slice_arrive + rank, KVH, s.flag)) {
+    stamp(tl, kTlEnd);
+    return;
+  }
+  stamp(tl, kTlSliceWait);
   const int n4 = ncols / 4;
   for (int idx = tid; idx < B * n4; idx += kThreads) {  // 4 columns per thread, KV heads in fixed order
     const int b = idx / n4, n = col0 + 4 * (idx % n4);
@@ -1087,6 +1170,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     }
     finish_columns<T>(p, x, b, n, acc);
   }
+  stamp(tl, kTlEnd, true);
 }
 
 }  // namespace attn
