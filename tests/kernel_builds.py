@@ -3,7 +3,7 @@ the SASS properties every fused kernel must have."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,11 +15,12 @@ ARCH = "sm_90a"
 PARALLEL_COMPILES = 4
 
 
-def compile_or_skip(source: Path, kernel: str, instantiations: Sequence[tuple]) -> dict[tuple, CompiledKernel]:
-    """Every instantiation compiled (in parallel); the calling test module is skipped where this machine
-    has no NVRTC or headers (nothing to specify then), any other failure is an error."""
+def compile_or_skip(source: Path, kernel: str, instantiations: Sequence[tuple],
+                    defines: Mapping[str, str | int] | None = None) -> dict[tuple, CompiledKernel]:
+    """Every instantiation compiled (in parallel; with `defines`, e.g. a timeline build); the calling test module
+    is skipped where this machine has no NVRTC or headers (nothing to specify then), any other failure is an error."""
     def one(args: tuple) -> CompiledKernel:
-        return compile_kernel(source, kernel, template_args=args, arch=ARCH)
+        return compile_kernel(source, kernel, template_args=args, arch=ARCH, defines=defines)
 
     try:
         with ThreadPoolExecutor(max_workers=PARALLEL_COMPILES) as pool:

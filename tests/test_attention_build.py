@@ -391,3 +391,44 @@ def test_split_override_is_part_of_every_memo_key():
     src = inspect.getsource(attention._launch_for)
     assert "device, split)" in src and "split=split" in src
     assert "cfg.cluster, cfg.clusters_per_kv_head" in inspect.getsource(attention._scratch_for)
+
+
+# ------------------------------------------------------------------ timeline build (-DCF_ATTN_TIMELINE=1)
+
+TIMELINE_BUILDS = [("__half", 1, 1), ("__nv_bfloat16", 16, 4)]
+
+
+@pytest.mark.parametrize("args", TIMELINE_BUILDS, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
+def test_timeline_build_compiles_without_spills(args):
+    """The per-CTA timeline build (benchmarks/attention.py --timeline) keeps the plan: no spills, no stack, only
+    dynamic shared memory, and it is a build of its own (the define enters the options, hence the cache key)."""
+    kernel = compile_or_skip(attention.SOURCE, attention.KERNEL, [args], defines={"CF_ATTN_TIMELINE": 1})[args]
+    assert_clean_sass(kernel)
+    assert "-DCF_ATTN_TIMELINE=1" in kernel.options
+
+
+def test_timeline_stamps_match_the_kernel_enum_and_live_in_o_partials_tail():
+    """Source guard: attention.TIMELINE lists the kernel's enum TimelineStamp in order (kTlQkvArrive ->
+    "qkv_arrive"), every stamp is written somewhere in the kernel, the default build defines CF_ATTN_TIMELINE 0,
+    and the stamps live where the launcher reads them: past o_partial's KVH*B*H floats, which only timeline
+    launches enlarge (by the int64 stamps, 2 floats each)."""
+    import re
+
+    src = KERNEL_SRC.read_text()
+    enum = src[src.index("enum TimelineStamp : int {"):src.index("kTlCount")]
+    names = re.findall(r"^\s*kTl(\w+?)(?: = 0)?,", enum, flags=re.M)
+    snake = tuple(re.sub(r"(?<!^)([A-Z])", r"_\1", n).lower() for n in names)
+    assert snake == attention.TIMELINE
+    body = src[src.index("__device__ __forceinline__ void gather_global("):]
+    for n in names:
+        assert re.search(rf"stamp\(tl, kTl{n}[,)]", body), f"kTl{n} is never stamped"
+    assert "#define CF_ATTN_TIMELINE 0" in src
+    assert "o_partial + static_cast<size_t>(KVH) * B * H" in src
+    plan, shape = _v6_plan("llama-3-8b", 1)
+    ctas = math.prod(plan.grid)
+    args = (8, plan, 1, shape["group"], shape["head_dim"], shape["hidden"])
+    plain, timed = attention._scratch_numel(*args), attention._scratch_numel(*args, timeline=True)
+    assert timed[1] == plain[1] + 2 * attention.timeline_elems(ctas) and timed[1] - plain[1] == 2 * ctas * 14
+    assert timed[:1] + timed[2:] == plain[:1] + plain[2:]
+    launcher = Path(attention.__file__).read_text()
+    assert "o_partial[kvh * batch * hidden:].view(torch.int64)" in launcher

@@ -739,3 +739,54 @@ def test_split_override_rejects_invalid_splits():
     for bad, message in (((3, 1), "cluster size 3"), ((8, 17), "clusters per KV head 17"), ((8,), "two integers")):
         with pytest.raises(ValueError, match=message):
             run_kernel(case, inp, out, split=bad)
+
+
+# ------------------------------------------------------------------ timeline build (CF_ATTN_TIMELINE)
+# Stamps every CTA sets on a whole run (phases 1-4 and the cluster barrier of phase 5 have no early return);
+# the others may stay 0: the split-merge wait (P == 1, or off version 3's last arriver), the merge and o_proj
+# stamps of version 3's non-last arrivers, the slice wait off its last arriver.
+TIMELINE_ALWAYS = ("start", "norm", "qkv", "qkv_arrive", "qkv_wait", "rope", "attn", "attn_sync", "end")
+
+
+@pytest.mark.parametrize("variant", TESTED_VARIANTS)
+@pytest.mark.parametrize("split", [None, (8, 8)], ids=lambda s: "default" if s is None else f"C{s[0]}P{s[1]}")
+@pytest.mark.parametrize("name", _named(["llama2_7b", "small_gqa_split"]))
+def test_timeline_build_is_bitwise_the_normal_build_and_stamps_in_order(name, split, variant):
+    """The -DCF_ATTN_TIMELINE=1 build (attention_decode(timeline=...)) only adds %globaltimer stores by thread 0
+    and CTA barriers: `out` and the cache slots equal the normal launch's bit for bit, on the launcher's split and
+    on (8, 8) (Llama-2-7B: 256 clusters of 8, not one wave, so version 3's last-arriver hand-offs and early exits;
+    small_gqa_split: P = 8 under the variant itself, and under "v3" the last arrivers).
+    Per CTA the stamps that are set (non-zero) are non-decreasing in attention.TIMELINE order, TIMELINE_ALWAYS
+    are set by every CTA, and the counters are left at zero."""
+    from cf_compile_kernels import attention
+
+    case = NAMED[name]
+    plan = attention.device_plan(case.dtype, hidden=case.hidden, num_heads=case.num_heads,
+                                 num_kv_heads=case.kv_heads, head_dim=case.head_dim, batch=case.batch,
+                                 device_index=0, split=split)
+    ctas = math.prod(plan.grid)
+    inp = make_inputs(case)
+    k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
+    stamps = torch.full((attention.timeline_elems(ctas),), -1, dtype=torch.int64, device="cuda")
+    results = []
+    for timeline in (None, stamps):
+        inp["k_cache"].copy_(k0)
+        inp["v_cache"].copy_(v0)
+        out = torch.full_like(inp["x"], float("nan"))
+        run_kernel(case, inp, out, variant=variant, split=split, timeline=timeline)
+        torch.cuda.synchronize()
+        results.append((out, inp["k_cache"][:, :, case.pos].clone(), inp["v_cache"][:, :, case.pos].clone()))
+    (got, got_k, got_v), (want, want_k, want_v) = results[1], results[0]
+    assert torch.equal(got, want) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v), (
+        f"{name} {variant} split {split}: timeline build != normal build")
+    st = stamps.view(ctas, len(attention.TIMELINE)).cpu()
+    assert (st >= 0).all(), "the launch did not overwrite the caller's tensor"
+    for i, stamp_name in enumerate(attention.TIMELINE):
+        if stamp_name in TIMELINE_ALWAYS:
+            assert (st[:, i] > 0).all(), f"{stamp_name}: not set by every CTA"
+    for cta in range(ctas):
+        row = st[cta][st[cta] > 0]
+        assert (row[1:] >= row[:-1]).all(), f"CTA {cta}: stamps out of order {st[cta].tolist()}"
+    assert int(st[:, -1].max() - st[:, 0].min()) < 10**9, "kernel span over a second: stamps from another launch?"
+    for scratch in attention._scratch.values():
+        assert int(scratch[2].abs().sum()) == 0, f"{variant}: counters left non-zero"
