@@ -7,6 +7,7 @@ benchmark models fills the SMs with one CTA each inside the shared-memory limit.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -396,6 +397,7 @@ def test_split_override_is_part_of_every_memo_key():
 # ------------------------------------------------------------------ timeline build (-DCF_ATTN_TIMELINE=1)
 
 TIMELINE_BUILDS = [("__half", 1, 1), ("__nv_bfloat16", 16, 4)]
+KERNEL_SRC = Path(attention.__file__).parent / "csrc" / attention.SOURCE
 
 
 @pytest.mark.parametrize("args", TIMELINE_BUILDS, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
@@ -424,9 +426,11 @@ def test_timeline_stamps_match_the_kernel_enum_and_live_in_o_partials_tail():
         assert re.search(rf"stamp\(tl, kTl{n}[,)]", body), f"kTl{n} is never stamped"
     assert "#define CF_ATTN_TIMELINE 0" in src
     assert "o_partial + static_cast<size_t>(KVH) * B * H" in src
-    plan, shape = _v6_plan("llama-3-8b", 1)
+    hidden, heads, kv_heads, head_dim = MODELS["llama-3-8b"]
+    plan = attention._plan(hidden=hidden, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, batch=1,
+                           esize=2, num_sms=H100_SMS, active=attention.estimated_active_clusters(H100_SMS))
     ctas = math.prod(plan.grid)
-    args = (8, plan, 1, shape["group"], shape["head_dim"], shape["hidden"])
+    args = (kv_heads, plan, 1, heads // kv_heads, head_dim, hidden)
     plain, timed = attention._scratch_numel(*args), attention._scratch_numel(*args, timeline=True)
     assert timed[1] == plain[1] + 2 * attention.timeline_elems(ctas) and timed[1] - plain[1] == 2 * ctas * 14
     assert timed[:1] + timed[2:] == plain[:1] + plain[2:]
