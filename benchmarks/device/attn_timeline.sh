@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call (H100, hard wall budget 100 s): per-CTA phase timelines of attention variants v5 and v6 (the
+# Device call (H100, hard wall budget 100 s): per-CTA phase timelines of the default attention kernel (the
 # -DCF_ATTN_TIMELINE=1 build: thread 0 of every CTA stamps %globaltimer at each phase boundary and before/after
 # each wait on other CTAs; cf_compile_kernels/attention.py TIMELINE, benchmarks/NOTES-attention.md "Timeline
 # build (CF_ATTN_TIMELINE)") -- how much of each phase is work and how much is waiting for other CTAs.
@@ -7,10 +7,10 @@
 # Steps (each under `timeout`; a step that runs out leaves what it wrote):
 #   1. compile, in parallel, the 6 instantiations step 2 uses: fp16 bucket 1 x 1/4/8 heads per pass (Llama-2-7B,
 #      Llama-3-8B, Qwen2.5-0.5B), each as the normal and the timeline build                        <= 40 s
-#   2. benchmarks/attention.py --no-inductor --no-prefetch --timeline --variants v5 v6, fp16 B=1, S=1024:
+#   2. benchmarks/attention.py --no-inductor --no-prefetch --timeline, fp16 B=1, S=1024:
 #      Llama-2-7B, Llama-3-8B, Qwen2.5-0.5B (graph timing as usual, then 1 warm-up + 5 single timeline launches
-#      per row and variant; JSON after every row, rows carry timeline_us)                            <= 50 s
-#   3. compact summary: per stamp the median-CTA time since the launch's first start, per row and variant <= 5 s
+#      per row; JSON after every row, rows carry timeline_us)                            <= 50 s
+#   3. compact summary: per stamp the median-CTA time since the launch's first start, per row <= 5 s
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/cf-out}; D="$OUT/attn_timeline"; mkdir -p "$D"
@@ -35,7 +35,7 @@ stamp "compile done"
 
 left=$((BUDGET - (SECONDS - t0) - 5)); [ "$left" -lt 10 ] && left=10
 timeout "$left" "$PY" benchmarks/attention.py --no-inductor --no-prefetch --timeline --dtypes fp16 --batches 1 \
-  --variants v5 v6 --models llama-2-7b llama-3-8b qwen2.5-0.5b --seqs 1024 --json "$D/rows.json" 2>&1 \
+  --models llama-2-7b llama-3-8b qwen2.5-0.5b --seqs 1024 --json "$D/rows.json" 2>&1 \
   | tee "$D/bench.log"
 stamp "bench done"
 
