@@ -64,37 +64,29 @@ class LeanCUDAGraph:
         self.last_ids: list[int] = []
         self.last_ptrs: list[int] = []
         self.last: _Captured | None = None
-        self._pick_static = operator.itemgetter(*self.static) if len(self.static) > 1 else (
-            lambda args: tuple(args[i] for i in self.static))
-        self._static_all_tensors: bool | None = None
+        # the static inputs as a tuple in one C call (itemgetter of a single index returns the bare item)
+        self._pick_static = (operator.itemgetter(*self.static) if len(self.static) > 1
+                             else lambda args: tuple(args[i] for i in self.static))
 
     def _layout(self, args: Sequence[Any]) -> tuple[tuple, tuple]:
         """(addresses of the static inputs, every input's shape/dtype/stride or value): a graph is valid
         for one layout; the second part alone is what a warm-up depends on."""
         addresses, shapes = [], []
         for i in self.static:
-            a = args[i]
-            if isinstance(a, torch.Tensor):
-                addresses.append(a.data_ptr())
-                shapes.append((a.shape, a.dtype))
-            else:
-                shapes.append(a)
+            addresses.append(args[i].data_ptr())
+            shapes.append((args[i].shape, args[i].dtype))
         for i in self.copied:
             a = args[i]
             shapes.append((a.shape, a.dtype, a.stride()) if isinstance(a, torch.Tensor) else a)
         return tuple(addresses), tuple(shapes)
 
     def _static_identity(self, args: Sequence[Any]) -> tuple[list[int], list[int]]:
-        """Ids and addresses (values, for non-tensors) of the static inputs: C-level maps, no per-input
-        Python bytecode, because this runs on every decode step."""
+        """Ids and addresses of the static inputs (all tensors): C-level maps, no per-input Python bytecode,
+        because this runs on every decode step."""
         statics = self._pick_static(args)
-        if self._static_all_tensors:
-            return list(map(id, statics)), list(map(torch.Tensor.data_ptr, statics))
-        return list(map(id, statics)), [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in statics]
+        return list(map(id, statics)), list(map(torch.Tensor.data_ptr, statics))
 
     def __call__(self, *args: Any) -> Any:
-        if self._static_all_tensors is None:
-            self._static_all_tensors = all(isinstance(args[i], torch.Tensor) for i in self.static)
         ids, ptrs = self._static_identity(args)
         if self.last is not None and ids == self.last_ids and ptrs == self.last_ptrs:
             return self._replay(self.last, args)
@@ -149,7 +141,7 @@ def static_input_positions(example_inputs: Sequence[Any], mutated: set[int]) -> 
     for i, t in enumerate(example_inputs):
         if isinstance(t, torch.nn.Parameter) or getattr(t, "_dynamo_static_input_type", None) is not None:
             static.add(i)
-    return static
+    return {i for i in static if isinstance(example_inputs[i], torch.Tensor)}  # an address to keep
 
 
 def can_capture(example_inputs: Sequence[Any]) -> tuple[bool, str]:
