@@ -66,6 +66,20 @@ class Session:
         g = torch.Generator().manual_seed(0)
         self.ids = torch.randint(0, cfg.vocab_size, (batch, prompt), generator=g).cuda()
 
+    @classmethod
+    def for_model(cls, name: str, dtype: torch.dtype, batch: int, prompt: int, max_cache_len: int) -> Session:
+        """A full-size model of cf_compile.models (random weights, built on the GPU) and its session."""
+        from cf_compile.models import build_config, build_model
+
+        model = build_model(name, "full", dtype=dtype, device="cuda")
+        return cls(model, build_config(name, "full"), batch, prompt, max_cache_len)
+
+    def compile(self, **kw):
+        """torch.compile of the model's forward from a clean Dynamo state (each variant compiles its own graph;
+        a step compiled earlier through Dynamo would recompile on its next call, a plain graph never does)."""
+        torch._dynamo.reset()
+        return torch.compile(self.model.forward, fullgraph=True, **kw)
+
     def fresh(self):
         cache = self.transformers.StaticCache(config=self.cfg, max_cache_len=self.max_cache_len)
         with torch.no_grad():
@@ -203,13 +217,11 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
 
 
 def bench_model(name: str, args, bandwidth: float) -> dict:
-    from cf_compile.models import build_config, build_model
     from cf_compile.report import last_report
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model = build_model(name, "full", dtype=dtype, device="cuda")
-    cfg = build_config(name, "full")
-    session = Session(model, cfg, args.batch, args.prompt, args.prompt + 64 + args.agree + 8 * args.steps)
+    session = Session.for_model(name, dtype, args.batch, args.prompt, args.prompt + 64 + args.agree + 8 * args.steps)
+    model, cfg, compiled = session.model, session.cfg, session.compile
     log = {}
     import time
     t_start = time.perf_counter()
@@ -217,10 +229,6 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     def stage(what: str, value: object = "") -> None:
         """One line per finished stage (a run cut by its time limit still shows how far it got and what it saw)."""
         print(f"[{name} {time.perf_counter() - t_start:6.0f} s] {what} {value}", flush=True)
-
-    def compiled(**kw):
-        torch._dynamo.reset()
-        return torch.compile(model.forward, fullgraph=True, **kw)
 
     eager_us = session.time_step(model.forward, max(4, args.steps // 8), 3)
     ro = compiled(mode="reduce-overhead")

@@ -36,8 +36,6 @@ def record(row: dict) -> None:
 
 
 def main() -> None:
-    from cf_compile.models import build_config, build_model
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="qwen2.5-0.5b")
     p.add_argument("--families", nargs="+", default=["attention", "ffn"])
@@ -51,13 +49,11 @@ def main() -> None:
     if args.append:
         record(json.loads(args.append.read_text()))
         return
-    model = build_model(args.model, "full", dtype=torch.bfloat16, device="cuda")
-    session = Session(model, build_config(args.model, "full"), 1, args.prompt, args.prompt + 64 + 8 * args.steps)
+    session = Session.for_model(args.model, torch.bfloat16, 1, args.prompt, args.prompt + 64 + 8 * args.steps)
     t0 = time.perf_counter()
 
     def graphed(**kw):
-        torch._dynamo.reset()
-        return plain_graph_step(torch.compile(model.forward, fullgraph=True, **kw), session)
+        return plain_graph_step(session.compile(**kw), session)
 
     steps = {"inductor": graphed(mode=args.mode)}
     print(f"[{time.perf_counter() - t0:5.0f} s] inductor compiled", flush=True)

@@ -92,8 +92,6 @@ def timeline(step, session: Session) -> dict:
 
 
 def main() -> None:
-    from cf_compile.models import build_config, build_model
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="llama3-8b")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
@@ -107,12 +105,8 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model = build_model(args.model, "full", dtype=dtype, device="cuda")
-    session = Session(model, build_config(args.model, "full"), 1, args.prompt, args.prompt + 64 + 8 * args.steps)
-
-    def compiled(**kw):
-        torch._dynamo.reset()
-        return torch.compile(model.forward, fullgraph=True, **kw)
+    session = Session.for_model(args.model, dtype, 1, args.prompt, args.prompt + 64 + 8 * args.steps)
+    compiled = session.compile
 
     variants = {}
     for kernels in args.kernels:
