@@ -49,8 +49,9 @@ def floor_bytes(model, cfg, batch: int, position: int) -> int:
     params += batch * emb.shape[1] * emb.element_size()
     if model.get_output_embeddings().weight is emb:        # tied: the LM head reads it in full
         params += emb.numel() * emb.element_size()
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * head_dim * position * emb.element_size()
+    from cf_compile.models import head_dim
+
+    kv = 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * head_dim(cfg) * position * emb.element_size()
     return params + kv
 
 

@@ -56,48 +56,45 @@ def entries(rows: list[dict], defaults: dict[str, str | None]) -> list[dict]:
 
 def block_shape(model: str, family: str) -> dict[str, int] | None:
     """A family's block shape (policy.SHAPE_KEYS) for an e2e model name, from cf_compile.models' full configs."""
-    from cf_compile.models import build_config
+    from cf_compile.models import build_config, head_dim
 
     cfg = build_config(model, "full")
     if family == "ffn":
         return {"hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size}
     if family == "attention":
-        heads = cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        return {"hidden": cfg.hidden_size, "heads": heads, "kv_heads": cfg.num_key_value_heads, "head_dim": head_dim}
+        return {"hidden": cfg.hidden_size, "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
+                "head_dim": head_dim(cfg)}
     return None   # MLA: no e2e model measured yet
 
 
-def _step_row(r: dict, family: str, ours_us: float, inductor_us: float) -> tuple[tuple, dict] | None:
-    c = r["config"]
-    shape = block_shape(c["model"], family)
-    if shape is None:
-        return None
-    key = (family, r["device"], json.dumps(shape, sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"])
-    return key, dict(block=family, device=r["device"], shape=shape, element_bytes=key[3], batch=c["batch"], seq=0,
-                     ours_us=round(ours_us, 1), date=r["date"], model=c["model"], dtype=c["dtype"],
-                     inductor_us=round(inductor_us, 1), scope="step")
+def step_times(r: dict) -> list[tuple[str, float, float]]:
+    """(family, step with its kernel, step without) that one results row measured, if any:
+    - e2e_families: the step with only that family fused (the rest Inductor's own code) vs all Inductor;
+    - e2e with ``ours_kernels_all_us`` whose auto run left only FFN blocks to Inductor: kernels=all vs auto
+      isolates the FFN kernel (Inductor's FFN code beside our attention kernel)."""
+    if r.get("bench") == "e2e_families" and r.get("step_us") and r.get("inductor_us"):
+        return [(name.removesuffix(" only"), us, r["inductor_us"]) for name, us in r["step_us"].items()
+                if name.endswith(" only")]
+    reasons = r.get("reasons") or []
+    if (r.get("bench") == "e2e" and r.get("ours_kernels_all_us") is not None and r.get("ours_us") is not None
+            and reasons and all(why.startswith("ffn kernel") for why in reasons)):
+        return [("ffn", r["ours_kernels_all_us"], r["ours_us"])]
+    return []
 
 
 def step_entries(rows: list[dict]) -> list[dict]:
-    """Step-scope rows, the latest per (family, device, shape, width, batch), from two kinds of e2e rows:
-    - e2e_families: the step with only one family fused (the rest Inductor's own code) vs all Inductor;
-    - e2e with ``ours_kernels_all_us`` whose auto run left only FFN blocks to Inductor: kernels=all vs auto
-      isolates the FFN kernel (Inductor's FFN code beside our attention kernel)."""
+    """Step-scope rows (step_times), the latest per (family, device, shape, element width, batch)."""
     latest: dict[tuple, dict] = {}
     for r in rows:
-        found = []
-        if r.get("bench") == "e2e_families" and r.get("step_us") and r.get("inductor_us"):
-            for name, us in r["step_us"].items():
-                if name.endswith(" only"):
-                    found.append(_step_row(r, name[: -len(" only")], us, r["inductor_us"]))
-        elif r.get("bench") == "e2e" and r.get("ours_kernels_all_us") is not None and r.get("ours_us") is not None:
-            reasons = r.get("reasons") or []
-            if reasons and all(why.startswith("ffn kernel") for why in reasons):
-                found.append(_step_row(r, "ffn", r["ours_kernels_all_us"], r["ours_us"]))
-        for item in found:
-            if item is not None:
-                latest[item[0]] = item[1]
+        c = r.get("config", {})
+        for family, ours_us, inductor_us in step_times(r):
+            shape = block_shape(c["model"], family)
+            if shape is None:
+                continue
+            key = (family, r["device"], json.dumps(shape, sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"])
+            latest[key] = dict(block=family, device=r["device"], shape=shape, element_bytes=key[3], batch=c["batch"],
+                               seq=0, ours_us=round(ours_us, 1), date=r["date"], model=c["model"], dtype=c["dtype"],
+                               inductor_us=round(inductor_us, 1), scope="step")
     return list(latest.values())
 
 

@@ -126,7 +126,7 @@ def _models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cf_compile.models import ALIASES, SPECS, build_model
+    from cf_compile.models import ALIASES, SPECS, build_model, head_dim
 
     rows = []
     for name, spec in SPECS.items():
@@ -137,7 +137,7 @@ def _models(args: argparse.Namespace) -> int:
             name=name, aliases=sorted(a for a, n in ALIASES.items() if n == name), checkpoint=spec.checkpoint,
             config=spec.config_class, layers=config.num_hidden_layers, hidden=config.hidden_size, heads=heads,
             kv_heads=config.num_key_value_heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            head_dim=head_dim(config),
             intermediate=config.intermediate_size, vocab=config.vocab_size,
             params=sum(p.numel() for p in model.parameters())))
     table = Table(title=f"cf_compile.models ({args.size}; random weights, nothing downloaded)")

@@ -153,6 +153,11 @@ def build_config(name: str, size: Size = "tiny") -> Any:
     return getattr(transformers, spec.config_class)(**config_kwargs(name, size))
 
 
+def head_dim(config: Any) -> int:
+    """Attention head width of an HF config: its ``head_dim`` when set, else hidden / heads (Qwen2, Phi-3)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def build_model(name: str, size: Size = "tiny", dtype: torch.dtype | str = torch.float32,
                 device: torch.device | str = "cpu", seed: int = 0) -> Any:
     """A causal LM with random weights (seeded), in eval mode, on ``device`` in ``dtype``; ``size`` is
