@@ -245,11 +245,10 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     stage("inductor_us", f"{inductor_us:.0f} ({inductor_kernels} kernels)")
     agree_inductor_tokens = session.greedy(ma, args.agree)
     timed = {"inductor": inductor_graph}
-    if args.kernels_all:  # the fused kernels on every matched block, whatever the auto policy says; a plain graph
-        # (compiled before ours_fn: a later compile's dynamo reset would make ours_fn recompile mid-timing)
-        timed["ours_kernels_all"] = plain_graph_step(
-            compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False, "mode": args.ours_mode}),
-            session)
+    # the fused kernels on every matched block, whatever the auto policy says; un-graphed (a plain graph times it)
+    all_options = {"kernels": "all", "cudagraphs": False, "mode": args.ours_mode}
+    if args.kernels_all:  # compiled before ours_fn: a later compile's dynamo reset would make ours_fn recompile
+        timed["ours_kernels_all"] = plain_graph_step(compiled(backend="clusterfusion", options=all_options), session)
     ours_fn = compiled(backend="clusterfusion", options={"mode": args.ours_mode} if args.ours_mode else None)
     ours_us = session.time_step(ours_fn, args.steps, args.repeats)
     stage("ours_us", f"{ours_us:.0f}")
@@ -273,14 +272,12 @@ def bench_model(name: str, args, bandwidth: float) -> dict:
     eager_tokens = session.greedy(model.forward, args.agree)
     stage("agreement", f"ours {agreement(agree_ours_tokens, eager_tokens)}, "
                        f"Inductor {agreement(agree_inductor_tokens, eager_tokens)}; ours {ours_kernels} kernels")
-    if args.kernels_all:   # the fused kernels on every matched block, whatever the auto policy says
-        try:
-            all_fn = compiled(backend="clusterfusion", options={"kernels": "all", "mode": args.ours_mode})
+    if args.kernels_all:
+        try:  # one un-graphed compile gives the greedy tokens and the kernel profile
+            all_fn = compiled(backend="clusterfusion", options=all_options)
             log["agree_ours_kernels_all"] = agreement(session.greedy(all_fn, args.agree), eager_tokens)
             all_times: dict = {}
-            names = step_kernels(compiled(backend="clusterfusion", options={"kernels": "all", "cudagraphs": False,
-                                                                       "mode": args.ours_mode}),
-                                 session, all_times)
+            names = step_kernels(all_fn, session, all_times)
             log["ours_kernels_all_time"] = time_breakdown(all_times)
             log["ours_kernels_all_kernels"] = sum(names.values())
             log["ours_kernels_all_copies"] = copies(names)
