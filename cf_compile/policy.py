@@ -13,8 +13,8 @@ Two scopes of evidence. A *block* row times the fused block alone against Induct
 alone. A *step* row times a whole decode step (``benchmarks/e2e.py --kernels-all``) with the kernel on every
 block of its family against the same step without it, so Inductor's side is the code it really generates for
 that block among its neighbours (it fuses across the block's edges, which the block benchmark cannot show:
-Qwen2.5-0.5B's FFN loses 20.9 vs 18.4 us alone and wins ~9 us per layer in the step). Where a step row exists
-at the shape and nearest batch, it decides; block rows decide elsewhere.
+Llama-3-8B's attention wins 63.0 vs 64.1 us alone at batch 1 and loses the step, 7140 vs 6508 us, H100
+2026-11-23). Where a step row exists at the shape and nearest batch, it decides; block rows decide elsewhere.
 """
 
 from __future__ import annotations
