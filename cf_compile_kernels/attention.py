@@ -57,13 +57,20 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              86.1 -> 79.7 us, 4096 131.1 -> 122.9, Llama-3-8B 63.5 -> 61.6, Qwen2.5-0.5B 32.5 -> 31.4).
 # The L2 bulk-prefetch variants (stream_kv, stream, stream_mma; bits 4 and 8) measured slower than tail on
 # every row (H100, round 3) and were removed; bits 4 and 8 are unused.
-WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV = 1, 2, 16, 32  # attn::Variant bits
+#   v5_ring    v5 + kv_ring: at batch 1, phase 4's K/V token chunk streams through a
+#              shared-memory ring filled by bulk copies (attn::kKvRing); each warp reads the tokens it read
+#              before, in the same order: bitwise v5. Needs RING_BYTES more shared memory (the launcher adds
+#              them, or drops the bit where they do not fit or rows run in parallel).
+WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV, KV_RING = 1, 2, 16, 32, 64  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
             "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA,
-            "v5": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV}
+            "v5": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV,
+            "v5_ring": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV | KV_RING}
 # Bits that wait for no other CTA (only the schedule or the arithmetic of one CTA changes): kept on splits that
 # are not one wave.
-LOCAL_BITS = MMA | DEEP_KV
+LOCAL_BITS = MMA | DEEP_KV | KV_RING
+RING_BYTES = 128 + 128 * 1024  # attn::kRingBytes: mbarriers + kRingDataBytes of K/V stages
+RING_ALIGN = 128  # the ring starts at the plan's end rounded up to this
 # attn::kMmaMinBucket: below it an 8-column MMA is mostly padding, the kernel keeps the CUDA-core GEMV.
 MMA_MIN_BUCKET = 4
 # "tail" measured faster than v3 on every row timed (H100, 2026-11-23, fp16 batch 1, 1024 cached, 8 layers per
@@ -396,6 +403,24 @@ def _scratch_for(
         return found
 
 
+def ring_shared_bytes(plan_bytes: int) -> int:
+    """Dynamic shared memory with the K/V ring after a plan of ``plan_bytes`` (attn::kKvRing)."""
+    return (plan_bytes + RING_ALIGN - 1) // RING_ALIGN * RING_ALIGN + RING_BYTES
+
+
+def launch_bits(plan: AttentionConfig, variant: str, rows_parallel: int) -> tuple[int, int]:
+    """(variant bits, dynamic shared bytes) of one launch: effective_variant, and the K/V ring's bit kept only at
+    batch bucket 1 (the only instantiation with the ring path), one row at a time, where the ring fits beside
+    the plan (it then gets its bytes)."""
+    bits = effective_variant(plan, variant)
+    if not bits & KV_RING:
+        return bits, plan.smem_bytes
+    with_ring = ring_shared_bytes(plan.smem_bytes)
+    if plan.batch_bucket != 1 or rows_parallel != 1 or with_ring > SMEM_LIMIT:
+        return bits & ~KV_RING, plan.smem_bytes
+    return bits, with_ring
+
+
 def effective_variant(plan: AttentionConfig, variant: str) -> int:
     """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
     variants wait for other CTAs of the grid, which is only safe when all of them are co-resident) --
@@ -584,6 +609,8 @@ def attention_decode(
     launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev, split, timeline is not None)
     plan, kernel = launch.plan, launch.kernel
     attn_partial, o_partial, arrivals, qkv_global = launch.scratch
+    rows = rows_parallel or rows_in_parallel(batch)
+    bits, shared_bytes = launch_bits(plan, variant, rows)
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
     args = [
         x,
@@ -625,9 +652,9 @@ def attention_decode(
         i32(bool(add_residual)),
         i32(plan.k_chunk),
         i32(bool(prefetch)),
-        i32(rows_parallel or rows_in_parallel(batch)),
+        i32(rows),
         i32(stop_after_phase),
-        i32(effective_variant(plan, variant)),
+        i32(bits),
     ]
     stamps = None
     if timeline is not None:
@@ -637,7 +664,7 @@ def attention_decode(
         stamps = o_partial[kvh * batch * hidden:].view(torch.int64)  # the kernel's timeline_row
         stamps.zero_()
     kernel.launch(
-        plan.grid, (THREADS, 1, 1), args, shared_bytes=plan.smem_bytes, cluster=(plan.cluster, 1, 1)
+        plan.grid, (THREADS, 1, 1), args, shared_bytes=shared_bytes, cluster=(plan.cluster, 1, 1)
     )
     if stamps is not None:
         timeline.view(-1)[:n_stamps].copy_(stamps[:n_stamps])

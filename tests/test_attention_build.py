@@ -7,7 +7,9 @@ benchmark models fills the SMs with one CTA each inside the shared-memory limit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -251,7 +253,7 @@ def test_v5_is_v4_mma_plus_deep_kv_and_kept_off_one_wave():
     v = attention.VARIANTS
     assert attention.DEEP_KV == 32 and v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert not attention.DEEP_KV & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT | attention.MMA)
-    assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV
+    assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV | attention.KV_RING
     assert attention.DEFAULT_VARIANT == "v5"  # measured faster than v4_mma on every row (round 5)
     h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
     llama2 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2,
@@ -284,6 +286,50 @@ def test_deep_kv_bit_matches_the_kernel_and_defers_the_mask_test():
     assert loads < test < loop.index("float sc[kTokenUnroll<HG>][HG];")
     body = src[src.index("__device__ __forceinline__ void attention_decode_body("):]
     assert "attend_tokens<true>(" in body and "attend_tokens<false>(" in body
+
+
+def test_v5_ring_is_v5_plus_the_kv_ring_kept_only_where_its_ring_fits_at_batch_1():
+    """v5_ring = v5 + bit 64 (KV_RING: phase 4's K/V through a shared-memory ring of bulk copies). Only the
+    batch-bucket-1 build has the ring path and only one row at a time uses it: elsewhere the launcher drops the
+    bit and launches with the plan's shared memory; where it keeps the bit it adds RING_BYTES after the plan,
+    128-byte aligned, as the kernel places the ring."""
+    v = attention.VARIANTS
+    assert attention.KV_RING == 64 and v["v5_ring"] == v["v5"] | attention.KV_RING
+    assert not attention.KV_RING & (v["v5"] | 4 | 8 | 128)  # no bit in use or retired
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, esize=2, num_sms=132, active=h100)
+    b1 = attention._plan(**shape, batch=1)
+    bits, shared = attention.launch_bits(b1, "v5_ring", rows_parallel=1)
+    assert bits == attention.effective_variant(b1, "v5") | attention.KV_RING
+    assert shared == attention.ring_shared_bytes(b1.smem_bytes) <= attention.SMEM_LIMIT
+    assert shared % 16 == 0 and shared - attention.RING_BYTES >= b1.smem_bytes
+    assert (shared - attention.RING_BYTES) % attention.RING_ALIGN == 0
+    assert attention.launch_bits(b1, "v5", rows_parallel=1) == (attention.effective_variant(b1, "v5"), b1.smem_bytes)
+    for batch in (2, 4, 16):  # rows run in parallel and the bucket has no ring path
+        plan = attention._plan(**shape, batch=batch)
+        assert attention.launch_bits(plan, "v5_ring", attention.rows_in_parallel(batch)) == (
+            attention.effective_variant(plan, "v5"), plan.smem_bytes)
+    assert attention.launch_bits(b1, "v5_ring", rows_parallel=2)[0] & attention.KV_RING == 0
+    big = dataclasses.replace(b1, smem_bytes=attention.SMEM_LIMIT - attention.RING_BYTES + 1)
+    assert attention.launch_bits(big, "v5_ring", rows_parallel=1) == (
+        attention.effective_variant(b1, "v5"), big.smem_bytes)
+
+
+def test_kv_ring_constants_and_schedule_match_the_kernel():
+    """Source guard: the ring's size is the launcher's, it starts at the plan's end rounded to RING_ALIGN, only
+    the bucket-1 build has it, and warp w reads step block w of each stage (one step block per warp per stage:
+    the tokens and order of the loop without the ring, hence bitwise v5)."""
+    src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
+    assert f"kKvRing = {attention.KV_RING}," in src
+    data = int(re.search(r"kRingDataBytes = (\d+) \* 1024;", src).group(1)) * 1024
+    barriers = int(re.search(r"kRingBarrierBytes = (\d+);", src).group(1))
+    assert attention.RING_BYTES == barriers + data
+    assert f"+ {attention.RING_ALIGN - 1}) & ~{attention.RING_ALIGN - 1})" in src
+    assert "constexpr bool kRingBuild = BB == 1;" in src
+    assert "const int ring_tokens = kWarps * step_tokens;" in src
+    assert "ts.first = t_first + wig * step_tokens;" in src
+    pipe = (Path(attention.__file__).parent / "csrc" / "pipeline.cuh").read_text()
+    assert "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes" in pipe
 
 
 DEEP_BUILDS = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb in (1, 2, 4, 16) for hg in (1, 8)]

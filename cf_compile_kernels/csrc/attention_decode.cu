@@ -36,6 +36,7 @@
 
 #include "common.cuh"
 #include "mma.cuh"
+#include "pipeline.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -110,7 +111,23 @@ enum Variant : int {
   // a flag register right after its load, so every token of a step waits one L2 latency in turn
   // (kTokenUnroll serial latencies per step: ~8 x 0.5-1 us on Llama-2-7B's two steps per warp).
   kDeepKv = 32,
+  // Phase 4 at batch 1 (bucket 1, one row at a time): the CTA's K/V token chunk streams through a
+  // shared-memory ring, each stage a run of kWarps x step tokens copied by two bulk copies (the K and the V
+  // rows of one (row, KV head) are contiguous in the cache) and awaited on the stage's mbarrier; warp w
+  // reads step block w of every stage -- the same tokens, in the same order, as without the bit, so the
+  // output is bitwise the same. The loads no longer wait in each lane's registers (the K/V stream ran at
+  // 1.3-1.8 TB/s). Needs no other CTA. Used only when the launcher sized shared memory for the ring
+  // (kRingBytes) and at least two stages fit; otherwise phase 4 runs as without the bit.
+  kKvRing = 64,
 };
+// kKvRing: kRingDataBytes of stages (K then V of each), as many as fit up to kRingMaxStages: D = 128 at one
+// head per pass (16-token steps, 64 KB stages) double-buffers, four heads per pass (8-token steps) 4 stages.
+// Either keeps >= 64 KB per CTA in flight, ~3x one SM's share of the copy bandwidth x latency (~23 KB/us x
+// ~1 us). The region follows the plan's last field (Smem::flag), 128-byte aligned.
+constexpr int kRingMaxStages = 8;
+constexpr int kRingDataBytes = 128 * 1024;
+constexpr int kRingBarrierBytes = 128;  // kRingMaxStages mbarriers (64 bytes), padded to keep stages aligned
+constexpr int kRingBytes = kRingBarrierBytes + kRingDataBytes;  // attention.py RING_BYTES
 constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counter (one thread per CTA polls)
 
 // ------------------------------------------------------------------ small helpers
@@ -933,6 +950,24 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   // batch does not walk its rows one after another.
   const int R = p.rows_parallel, warps_per_row = kWarps / R;
   const int row_grp = warp / warps_per_row, wig = warp % warps_per_row;
+  // kKvRing: the ring region after the plan, if the launcher sized shared memory for it (uniform per CTA)
+  unsigned char* const ring_base =
+      smem_raw + ((reinterpret_cast<unsigned char*>(s.flag) + 16 - smem_raw + 127) & ~127);
+  const int ring_tokens = kWarps * step_tokens;  // tokens per stage: one step block per warp
+  const int ring_stages = min(kRingMaxStages, kRingDataBytes / (2 * ring_tokens * D * static_cast<int>(sizeof(T))));
+  constexpr bool kRingBuild = BB == 1;  // batch 1 only: other buckets compile without the ring path
+  const bool kv_ring = kRingBuild && (p.variant & kKvRing) != 0 && R == 1 && ring_stages >= 2 &&
+                       dynamic_smem_size() >= static_cast<unsigned>(ring_base + kRingBytes - smem_raw);
+  unsigned long long* const ring_bar = reinterpret_cast<unsigned long long*>(ring_base);
+  T* const ring_data = reinterpret_cast<T*>(ring_base + kRingBarrierBytes);
+  unsigned ring_seq = 0;  // stages used so far (stage = seq % ring_stages, parity = seq / ring_stages & 1)
+  if (kv_ring) {
+    if (tid == 0) {
+      for (int st = 0; st < ring_stages; ++st) cf::pipe::mbarrier_init(ring_bar + st, 1);
+      cf::pipe::fence_barrier_init();
+    }
+    __syncthreads();
+  }
   for (int b0 = 0; b0 < B; b0 += R) {
     const int b = min(b0 + row_grp, B - 1);  // groups past the batch recompute row B-1 and drop it
     const bool own_row = b0 + row_grp < B;
@@ -971,8 +1006,45 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       ts.token_slots = token_slots;
       ts.slot = slot;
       ts.own_row = own_row;
-      if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
-      else attend_tokens<false>(ts, q, o, m, l);
+      if (kRingBuild && kv_ring) {
+        // Stream [cs, ce) through the ring: block i = tokens [cs + i*ring_tokens, +ring_tokens) in stage
+        // (ring_seq + i) % ring_stages; thread 0 issues, warp wig takes step block wig of the stage.
+        const int blocks = cf::ceil_div(max(ce - cs, 0), ring_tokens);
+        const T* k_row = kc_base + head_base * D;
+        const T* v_row = vc_base + head_base * D;
+        auto issue = [&](int i) {
+          const unsigned seq = ring_seq + i, st = seq % ring_stages;
+          const int t_first = cs + i * ring_tokens, n = min(ring_tokens, ce - t_first);
+          const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
+          T* k_dst = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
+          cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
+          cf::pipe::bulk_load(k_dst, k_row + static_cast<long long>(t_first) * D, bytes, ring_bar + st);
+          cf::pipe::bulk_load(k_dst + ring_tokens * D, v_row + static_cast<long long>(t_first) * D, bytes,
+                              ring_bar + st);
+        };
+        if (tid == 0) {
+          for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
+        }
+        for (int i = 0; i < blocks; ++i) {
+          const unsigned seq = ring_seq + i, st = seq % ring_stages;
+          const int t_first = cs + i * ring_tokens;
+          cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
+          const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
+          ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
+          ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
+          ts.first = t_first + wig * step_tokens;
+          ts.end = min(ce, t_first + ring_tokens);
+          if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
+          else attend_tokens<false>(ts, q, o, m, l);
+          __syncthreads();  // every warp is done with the stage before it is refilled
+          if (tid == 0 && i + ring_stages < blocks) issue(i + ring_stages);
+        }
+        ring_seq += blocks;
+      } else if (deep_kv) {
+        attend_tokens<true>(ts, q, o, m, l);
+      } else {
+        attend_tokens<false>(ts, q, o, m, l);
+      }
       // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
       for (int off = lanes_per_token; off < 32; off <<= 1) {
 #pragma unroll

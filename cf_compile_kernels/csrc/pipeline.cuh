@@ -54,6 +54,15 @@ __device__ __forceinline__ void wait_parity(unsigned long long* bar, unsigned ph
   }
 }
 
+/// @brief One bulk copy of `bytes` contiguous bytes from global to this CTA's shared memory, completing `bytes` of
+/// transaction on `bar` (announce them first with arrive_expect_tx). `bytes` a multiple of 16, both addresses
+/// 16-byte aligned. No tensor map: for ranges that are contiguous in global memory (a run of cache rows).
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+}
+
 /// @brief Prefetch a tensor map (a __grid_constant__ parameter) into the descriptor cache.
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<unsigned long long>(map)) : "memory");

@@ -21,6 +21,7 @@ import torch
 
 from cf_compile_kernels.attention import (
     DEEP_KV,
+    KV_RING,
     MMA,
     MMA_MIN_BUCKET,
     VARIANTS,
@@ -70,7 +71,8 @@ CACHE_LENS = (17, 64, 300, 777, 1024, 2048, 4100)
 # all of attention.VARIANTS by default.
 TESTED_VARIANTS = sorted(os.environ.get("CF_ATTN_VARIANTS", "").split() or VARIANTS)
 MMA_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & MMA]
-DEEP_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & DEEP_KV]
+DEEP_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & DEEP_KV and not VARIANTS[v] & KV_RING]
+RING_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & KV_RING]
 
 
 @dataclass(frozen=True)
@@ -572,14 +574,48 @@ def _run_pair(case: Case, variants: tuple[str, str]) -> tuple[torch.Tensor, ...]
     return tuple(results)
 
 
+def _ring_cases() -> list[Case]:
+    """Batch-1 cases for the K/V ring: the sweep's batch-1 cases plus long caches (many stages, every stage
+    slot reused: parity flips), several passes over the heads (G > 8), and chunks that end mid-stage."""
+    sweep = [c for c in _cases()[0] if c.batch == 1][:24]
+    base = NAMED["llama2_7b"]
+    extra = [
+        replace(base, max_len=4096, pos=4095),
+        replace(base, max_len=4096, pos=2999, mask="holes", seed=5),
+        replace(base, hidden=2048, num_heads=32, kv_heads=2, max_len=2000, pos=1234, seed=6),  # G=16
+        replace(base, hidden=896, num_heads=14, kv_heads=2, head_dim=64, max_len=1024, pos=700,
+                            dtype=torch.bfloat16, mask="left_pad", seed=7),
+        replace(base, num_heads=8, kv_heads=1, head_dim=256, max_len=777, pos=776, seed=8),
+        replace(base, max_len=64, pos=3, seed=9),  # a chunk shorter than one stage
+    ]
+    return sweep + [c for c in extra if c.unsupported() is None]
+
+
+@pytest.mark.parametrize("variant", RING_VARIANTS)
+def test_kv_ring_is_bitwise_equal_to_its_base(variant):
+    """Bit 64 (v5_ring = v5 + kv_ring) streams phase 4's K/V through a shared-memory ring of bulk copies; each
+    warp still reads the tokens it read before, in the same order, so `out` and the cache slots equal v5's bit
+    for bit -- and stay so over repeated launches (the ring's mbarrier phases restart per launch)."""
+    base = next(v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~KV_RING)
+    mismatches = []
+    for case in _ring_cases():
+        a = _run_pair(case, (variant, base))
+        again = _run_pair(case, (variant, variant))
+        for i, label in enumerate(("out", "k slot", "v slot")):
+            if not torch.equal(a[i], a[i + 3]) or not torch.equal(again[i], a[i]):
+                mismatches.append(f"{case}: {label}")
+    assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
+
+
 @pytest.mark.parametrize("variant", MMA_VARIANTS)
 @pytest.mark.parametrize("name", _named(["llama2_7b", "small_mha", "small_mqa_d256", "mqa_d256"]))
 def test_mma_bit_is_ignored_below_its_batch_bucket(name, variant):
     """Batch 1-2 keep the CUDA-core GEMV under the MMA bit: the outputs equal those without it bit for bit."""
     case = NAMED[name]
     assert batch_bucket(case.batch) < MMA_MIN_BUCKET
-    # DEEP_KV is bitwise neutral (test_deep_kv_is_bitwise_equal_to_its_base): compare without it as well
-    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~(MMA | DEEP_KV)][0]
+    # DEEP_KV and KV_RING are bitwise neutral (test_deep_kv_/test_kv_ring_is_bitwise_equal_to_its_base): compare
+    # without them as well
+    base = [v for v, bits in VARIANTS.items() if bits == VARIANTS[variant] & ~(MMA | DEEP_KV | KV_RING)][0]
     got_out, got_k, got_v, want_out, want_k, want_v = _run_pair(case, (variant, base))
     assert torch.equal(got_out, want_out) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
 
