@@ -148,7 +148,7 @@ def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0, variant
                      stop_after_phase=stop_after_phase, variant=variant, split=split, timeline=timeline)
 
 
-def cta_timeline(layers: list[dict], variant: str, split, ctas: int) -> tuple[dict, dict]:
+def timeline_of(layers: list[dict], variant: str, split, ctas: int) -> tuple[dict, dict]:
     """(timeline_us, CTAs that set each stamp) of the CF_ATTN_TIMELINE build: TIMELINE_RUNS single launches after
     one warm-up (rotating the layers so weights come from HBM), reduced by cta_timeline.reduce_stamps."""
     stamps = torch.zeros(timeline_elems(ctas), dtype=torch.int64, device="cuda")
@@ -282,7 +282,7 @@ def main() -> None:
         if args.timeline:
             for split, plan in plans:
                 for variant in args.variants:
-                    timelines[(variant, split)] = cta_timeline(layers, variant, split, math.prod(plan.grid))
+                    timelines[(variant, split)] = timeline_of(layers, variant, split, math.prod(plan.grid))
         plans = dict(plans)
         t_ind = None
         if not args.no_inductor and spent < args.inductor_budget:

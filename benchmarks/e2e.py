@@ -30,6 +30,7 @@ import json
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -186,31 +187,41 @@ def copies(names: Counter) -> int:
     return sum(n for name, n in names.items() if "memcpy" in name.lower() or "copy" in name.lower())
 
 
-def generate_ms_per_token(session: Session, backend: str, tokens: int) -> float:
-    """``model.generate`` with HF's own compile (``compile_config``), decode time per new token: the
-    time of a generation of ``tokens`` new tokens minus one of 1 (prefill and first step), over tokens - 1.
-    The caller owns one StaticCache, reset between calls, as a serving loop would: HF's internal static
-    cache re-allocates its tensors on every generate() call, and a CUDA graph (ours or Inductor's) must
-    then be captured again per call."""
+def generate_runner(model, ids: torch.Tensor, cache, compile_config) -> Callable[[int], float]:
+    """run(n): seconds of one ``model.generate`` of exactly n new tokens (greedy, HF's ``compile_config``) from
+    ``cache`` reset in place -- a caller-owned StaticCache, as a serving loop keeps one: HF's internal static
+    cache re-allocates its tensors on every generate() call, and a CUDA graph (ours or Inductor's) must then be
+    captured again per call."""
     import time
-
-    cc = session.transformers.CompileConfig(backend=backend, fullgraph=True,
-                                            mode="reduce-overhead" if backend == "inductor" else None)
-    cache = session.transformers.StaticCache(config=session.cfg, max_cache_len=session.max_cache_len)
-    kw = dict(do_sample=False, past_key_values=cache, compile_config=cc)
-    torch._dynamo.reset()
 
     def run(n: int) -> float:
         cache.reset()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        session.model.generate(session.ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, past_key_values=cache,
+                       compile_config=compile_config)
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    run(tokens)                        # compile and capture
-    long, short = min(run(tokens) for _ in range(2)), min(run(1) for _ in range(2))
+    return run
+
+
+def ms_per_new_token(run: Callable[[int], float], tokens: int, tries: int) -> float:
+    """Decode time per new token: the best generation of ``tokens`` new tokens minus the best of 1 (prefill
+    and first step), over tokens - 1 (after one untimed generation: compile and capture)."""
+    run(tokens)
+    long, short = min(run(tokens) for _ in range(tries)), min(run(1) for _ in range(tries))
     return (long - short) / (tokens - 1) * 1e3
+
+
+def generate_ms_per_token(session: Session, backend: str, tokens: int) -> float:
+    """``model.generate`` with HF's own compile (``compile_config``; Inductor: its reduce-overhead) through
+    generate_runner, per new token (ms_per_new_token)."""
+    cc = session.transformers.CompileConfig(backend=backend, fullgraph=True,
+                                            mode="reduce-overhead" if backend == "inductor" else None)
+    cache = session.transformers.StaticCache(config=session.cfg, max_cache_len=session.max_cache_len)
+    torch._dynamo.reset()
+    return ms_per_new_token(generate_runner(session.model, session.ids, cache, cc), tokens, tries=2)
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     import transformers
 
+    from benchmarks.e2e import generate_runner, ms_per_new_token
     from cf_compile import backend as cf_backend
     from cf_compile.cudagraph import captures
     from cf_compile.models import build_model
@@ -51,23 +51,13 @@ def main() -> None:
         graphs.clear()
         cache = transformers.StaticCache(config=cfg, max_cache_len=args.prompt + args.tokens + 8)
         cc = transformers.CompileConfig(backend=backend, fullgraph=True, mode=mode)
-        kw = dict(do_sample=False, past_key_values=cache, compile_config=cc)
-
-        def run(n: int, cache=cache, kw=kw) -> float:
-            cache.reset()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-            torch.cuda.synchronize()
-            return time.perf_counter() - t0
-
+        run = generate_runner(model, ids, cache, cc)
         c0 = captures()
-        run(args.tokens)
-        long, short = min(run(args.tokens) for _ in range(3)), min(run(1) for _ in range(3))
+        ms = ms_per_new_token(run, args.tokens, tries=3)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             run(args.tokens)
         busy = sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-        row = {"backend": label, "ms_per_token": round((long - short) / (args.tokens - 1) * 1e3, 3),
+        row = {"backend": label, "ms_per_token": round(ms, 3),
                "gpu_busy_ms_per_token": round(busy / 1e3 / args.tokens, 3),
                "graphs": len(graphs), "captures": captures() - c0}
         if label == "ours":

@@ -68,17 +68,15 @@ class LeanCUDAGraph:
         self._pick_static = (operator.itemgetter(*self.static) if len(self.static) > 1
                              else lambda args: tuple(args[i] for i in self.static))
 
-    def _layout(self, args: Sequence[Any]) -> tuple[tuple, tuple]:
-        """(addresses of the static inputs, every input's shape/dtype/stride or value): a graph is valid
-        for one layout; the second part alone is what a warm-up depends on."""
-        addresses, shapes = [], []
-        for i in self.static:
-            addresses.append(args[i].data_ptr())
-            shapes.append((args[i].shape, args[i].dtype))
+    def _layout(self, args: Sequence[Any], static_ptrs: list[int]) -> tuple[tuple, tuple]:
+        """(addresses of the static inputs -- ``static_ptrs``, from _static_identity --, every input's
+        shape/dtype/stride or value): a graph is valid for one layout; the second part alone is what a
+        warm-up depends on."""
+        shapes = [(args[i].shape, args[i].dtype) for i in self.static]
         for i in self.copied:
             a = args[i]
             shapes.append((a.shape, a.dtype, a.stride()) if isinstance(a, torch.Tensor) else a)
-        return tuple(addresses), tuple(shapes)
+        return tuple(static_ptrs), tuple(shapes)
 
     def _static_identity(self, args: Sequence[Any]) -> tuple[list[int], list[int]]:
         """Ids and addresses of the static inputs (all tensors): C-level maps, no per-input Python bytecode,
@@ -90,7 +88,7 @@ class LeanCUDAGraph:
         ids, ptrs = self._static_identity(args)
         if self.last is not None and ids == self.last_ids and ptrs == self.last_ptrs:
             return self._replay(self.last, args)
-        key = self._layout(args)
+        key = self._layout(args, ptrs)
         if key not in self.layouts:
             self.layouts[key] = None
             while len(self.layouts) > MAX_LAYOUTS:

@@ -389,8 +389,8 @@ def _scratch_for(
 
     Shared by every launch of this shape on this device, so launches of one shape must be ordered
     (one stream, or a graph): two concurrent streams would share the counters."""
-    key = (device, kvh, cfg.cluster, cfg.clusters_per_kv_head, batch, group, head_dim, hidden)
-    key += (True,) if timeline else ()  # timeline launches: their own set, o_partial enlarged
+    # timeline launches get their own set (o_partial enlarged)
+    key = (device, kvh, cfg.cluster, cfg.clusters_per_kv_head, batch, group, head_dim, hidden, timeline)
     with _scratch_lock:
         found = _scratch.get(key)
         if found is None:
@@ -456,8 +456,7 @@ def _launch_for(
     """Memoised per shape and split override: a launch must not hash kernel sources or re-derive the split
     every call. The scratch is keyed by the plan's (C, P), so two overrides never share counters.
     timeline: the CF_ATTN_TIMELINE build with its own scratch (benchmarks only)."""
-    key = (dtype, hidden, num_heads, kvh, head_dim, batch, device, split)
-    key += (True,) if timeline else ()
+    key = (timeline, dtype, hidden, num_heads, kvh, head_dim, batch, device, split)
     found = _launches.get(key)
     if found is None:
         index = device.index if device.index is not None else torch.cuda.current_device()

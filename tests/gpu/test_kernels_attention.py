@@ -559,19 +559,25 @@ def test_batch_rows_attended_in_turn_or_in_parallel(rows):
     check_case(NAMED["qwen25_05b_b16"], rows_parallel=rows)
 
 
-def _run_pair(case: Case, variants: tuple[str, str]) -> tuple[torch.Tensor, ...]:
-    """Outputs and cache slots of two variants from the same inputs (the cache restored in between)."""
+def _run_each(case: Case, launches: list[dict]) -> tuple[torch.Tensor, ...]:
+    """(out, k slot, v slot) of each launch (attention_decode options) from the same inputs, the caches restored
+    in between, flattened in launch order."""
     inp = make_inputs(case)
     k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
     results = []
-    for variant in variants:
+    for options in launches:
         inp["k_cache"].copy_(k0)
         inp["v_cache"].copy_(v0)
         out = torch.full_like(inp["x"], float("nan"))
-        run_kernel(case, inp, out, variant=variant)
+        run_kernel(case, inp, out, **options)
         torch.cuda.synchronize()
         results += [out, inp["k_cache"][:, :, case.pos].clone(), inp["v_cache"][:, :, case.pos].clone()]
     return tuple(results)
+
+
+def _run_pair(case: Case, variants: tuple[str, str]) -> tuple[torch.Tensor, ...]:
+    """Outputs and cache slots of two variants from the same inputs (the cache restored in between)."""
+    return _run_each(case, [dict(variant=v) for v in variants])
 
 
 def _ring_cases() -> list[Case]:
@@ -801,18 +807,9 @@ def test_timeline_build_is_bitwise_the_normal_build_and_stamps_in_order(name, sp
                                  num_kv_heads=case.kv_heads, head_dim=case.head_dim, batch=case.batch,
                                  device_index=0, split=split)
     ctas = math.prod(plan.grid)
-    inp = make_inputs(case)
-    k0, v0 = inp["k_cache"].clone(), inp["v_cache"].clone()
     stamps = torch.full((attention.timeline_elems(ctas),), -1, dtype=torch.int64, device="cuda")
-    results = []
-    for timeline in (None, stamps):
-        inp["k_cache"].copy_(k0)
-        inp["v_cache"].copy_(v0)
-        out = torch.full_like(inp["x"], float("nan"))
-        run_kernel(case, inp, out, variant=variant, split=split, timeline=timeline)
-        torch.cuda.synchronize()
-        results.append((out, inp["k_cache"][:, :, case.pos].clone(), inp["v_cache"][:, :, case.pos].clone()))
-    (got, got_k, got_v), (want, want_k, want_v) = results[1], results[0]
+    want, want_k, want_v, got, got_k, got_v = _run_each(
+        case, [dict(variant=variant, split=split), dict(variant=variant, split=split, timeline=stamps)])
     assert torch.equal(got, want) and torch.equal(got_k, want_k) and torch.equal(got_v, want_v), (
         f"{name} {variant} split {split}: timeline build != normal build")
     st = stamps.view(ctas, len(attention.TIMELINE)).cpu()
