@@ -34,6 +34,22 @@ def default_variants() -> dict[str, str | None]:
     return {"attention": attention.DEFAULT_VARIANT, "mla": mla.DEFAULT_VARIANT, "ffn": None}
 
 
+def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bool:
+    """Whether a row timed the family's default kernel: its variant is the default, or (attention) it is the
+    default less the K/V ring at a shape where the default's launcher drops the ring (launch_bits)."""
+    variant = config.get("variant", defaults[block])
+    if variant == defaults[block]:
+        return True
+    if block != "attention":
+        return False
+    from cf_compile_kernels import attention
+
+    shape = config["shape"]
+    hg = attention.heads_per_pass(shape["heads"] // shape["kv_heads"])
+    return (variant == attention.DEFAULT_WITHOUT_RING
+            and not attention.keeps_ring(attention.batch_bucket(config["batch"]), hg))
+
+
 def entries(rows: list[dict], defaults: dict[str, str | None]) -> list[dict]:
     latest: dict[tuple, dict] = {}
     inductor_best: dict[tuple, float] = {}
@@ -44,7 +60,7 @@ def entries(rows: list[dict], defaults: dict[str, str | None]) -> list[dict]:
         key = (block, r["device"], json.dumps(c["shape"], sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"],
                c.get("seq", 0))
         inductor_best[key] = min(inductor_best.get(key, float("inf")), r["inductor_us"])
-        if r.get("ours_us") is None or c.get("variant", defaults[block]) != defaults[block]:
+        if r.get("ours_us") is None or not ran_default(block, c, defaults):
             continue   # no time of ours, or a variant timed beside the default
         latest[key] = dict(block=block, device=r["device"], shape=c["shape"], element_bytes=key[3],
                            batch=c["batch"], seq=key[5], ours_us=r["ours_us"], date=r["date"],

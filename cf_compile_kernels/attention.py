@@ -57,10 +57,13 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              86.1 -> 79.7 us, 4096 131.1 -> 122.9, Llama-3-8B 63.5 -> 61.6, Qwen2.5-0.5B 32.5 -> 31.4).
 # The L2 bulk-prefetch variants (stream_kv, stream, stream_mma; bits 4 and 8) measured slower than tail on
 # every row (H100, round 3) and were removed; bits 4 and 8 are unused.
-#   v5_ring    v5 + kv_ring: at batch 1, phase 4's K/V token chunk streams through a
-#              shared-memory ring filled by bulk copies (attn::kKvRing); each warp reads the tokens it read
-#              before, in the same order: bitwise v5. Needs RING_BYTES more shared memory (the launcher adds
-#              them, or drops the bit where they do not fit or rows run in parallel).
+#   v5_ring    v5 + kv_ring: at batch 1 with one query head per K/V head (MHA), phase 4's K/V token chunk
+#              streams through a shared-memory ring filled by bulk copies (attn::kKvRing); each warp reads the
+#              tokens it read before, in the same order: bitwise v5. Needs RING_BYTES more shared memory (the
+#              launcher adds them, or drops the bit where they do not fit, rows run in parallel or a pass
+#              holds several heads). The default since round 10 (H100, 2026-11-24, fp16 B=1, Llama-2-7B
+#              4096 cached 123.0 -> 110.9 us, 1024 81.3 -> 79.9; with G >= 4 it was no faster: Llama-3-8B 4096
+#              74.3 -> 74.8, Qwen2.5-0.5B 1024 32.3 -> 34.4, so only MHA keeps the bit).
 WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV, KV_RING = 1, 2, 16, 32, 64  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
             "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA,
@@ -78,8 +81,12 @@ MMA_MIN_BUCKET = 4
 # "v4" (tail + the q/k/v hand-off, P > 1 only) Llama-3-8B 99.9 -> 64.5, Llama-3.2-1B 45.9 -> 36.0, Qwen2.5-0.5B
 # 38.9 -> 32.7; "mma" at batch 16 Llama-2-7B 474.8 -> 256.5, Llama-3-8B 703.7 -> 288.2; the L2 stream hints
 # (since removed) lost 1-15 us on every row. Round 5: "v5" (v4_mma + deep K/V loads, bitwise v4_mma) faster on
-# every row timed. The default, "v5", is v4 + deep_kv below batch bucket MMA_MIN_BUCKET and + mma from it.
-DEFAULT_VARIANT = "v5"
+# every row timed. "v5" is v4 + deep_kv below batch bucket MMA_MIN_BUCKET and + mma from it. Round 10: the
+# default, "v5_ring", is v5 + the K/V ring where it applies (batch 1, MHA) and v5 bit for bit elsewhere.
+DEFAULT_VARIANT = "v5_ring"
+# Variants whose launches equal the default's wherever the default's launcher drops KV_RING (see launch_bits):
+# their benchmark rows stand for the default there (benchmarks/policy_table.py).
+DEFAULT_WITHOUT_RING = "v5"
 # Per-CTA timeline (-DCF_ATTN_TIMELINE=1, benchmarks only): one %globaltimer stamp (ns) per entry, in the order
 # of the kernel's enum TimelineStamp (kTlStart ... kTlEnd; a CPU test checks the two agree). Thread 0 of each CTA
 # writes them into the int64 tail of o_partial (past its KVH*B*H floats), which timeline launches enlarge and
@@ -408,15 +415,20 @@ def ring_shared_bytes(plan_bytes: int) -> int:
     return (plan_bytes + RING_ALIGN - 1) // RING_ALIGN * RING_ALIGN + RING_BYTES
 
 
+def keeps_ring(bucket: int, hg: int) -> bool:
+    """Whether a build has the K/V ring path (attn kRingBuild): batch bucket 1, one query head per pass."""
+    return bucket == 1 and hg == 1
+
+
 def launch_bits(plan: AttentionConfig, variant: str, rows_parallel: int) -> tuple[int, int]:
     """(variant bits, dynamic shared bytes) of one launch: effective_variant, and the K/V ring's bit kept only at
-    batch bucket 1 (the only instantiation with the ring path), one row at a time, where the ring fits beside
-    the plan (it then gets its bytes)."""
+    batch bucket 1 with one head per pass (the only instantiation with the ring path), one row at a time, where
+    the ring fits beside the plan (it then gets its bytes)."""
     bits = effective_variant(plan, variant)
     if not bits & KV_RING:
         return bits, plan.smem_bytes
     with_ring = ring_shared_bytes(plan.smem_bytes)
-    if plan.batch_bucket != 1 or rows_parallel != 1 or with_ring > SMEM_LIMIT:
+    if not keeps_ring(plan.batch_bucket, plan.heads_per_pass) or rows_parallel != 1 or with_ring > SMEM_LIMIT:
         return bits & ~KV_RING, plan.smem_bytes
     return bits, with_ring
 

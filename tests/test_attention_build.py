@@ -89,12 +89,14 @@ def test_split_keeps_every_cluster_in_one_wave():
     assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT
 
 
-def test_default_variant_is_the_measured_v5_and_needs_one_wave_for_its_grid_waits():
-    """The default is v5: v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
-    MMA_MIN_BUCKET plus the deep K/V loads. tail and the hand-off wait for other CTAs of the grid: allowed only
-    when every cluster is co-resident; otherwise version 3 (bits 0, the local bits kept) runs."""
+def test_default_variant_is_the_measured_v5_ring_and_needs_one_wave_for_its_grid_waits():
+    """The default is v5_ring: v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
+    MMA_MIN_BUCKET plus the deep K/V loads, plus the K/V ring where it applies (v5 elsewhere). tail and the
+    hand-off wait for other CTAs of the grid: allowed only when every cluster is co-resident; otherwise version
+    3 (bits 0, the local bits kept) runs."""
     v = attention.VARIANTS
-    assert attention.DEFAULT_VARIANT == "v5" and v["v4_mma"] == v["v4"] | attention.MMA
+    assert attention.DEFAULT_VARIANT == "v5_ring" and attention.DEFAULT_WITHOUT_RING == "v5"
+    assert v["v4_mma"] == v["v4"] | attention.MMA
     assert v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
     assert attention.VARIANTS["v4"] == attention.VARIANTS["tail"] | attention.VARIANTS["qkv"]
@@ -254,7 +256,6 @@ def test_v5_is_v4_mma_plus_deep_kv_and_kept_off_one_wave():
     assert attention.DEEP_KV == 32 and v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert not attention.DEEP_KV & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT | attention.MMA)
     assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV | attention.KV_RING
-    assert attention.DEFAULT_VARIANT == "v5"  # measured faster than v4_mma on every row (round 5)
     h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
     llama2 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2,
                              num_sms=132, active=h100)
@@ -288,11 +289,11 @@ def test_deep_kv_bit_matches_the_kernel_and_defers_the_mask_test():
     assert "attend_tokens<true>(" in body and "attend_tokens<false>(" in body
 
 
-def test_v5_ring_is_v5_plus_the_kv_ring_kept_only_where_its_ring_fits_at_batch_1():
+def test_v5_ring_is_v5_plus_the_kv_ring_kept_only_where_its_ring_fits_at_batch_1_mha():
     """v5_ring = v5 + bit 64 (KV_RING: phase 4's K/V through a shared-memory ring of bulk copies). Only the
-    batch-bucket-1 build has the ring path and only one row at a time uses it: elsewhere the launcher drops the
-    bit and launches with the plan's shared memory; where it keeps the bit it adds RING_BYTES after the plan,
-    128-byte aligned, as the kernel places the ring."""
+    batch-bucket-1 build with one head per pass (MHA) has the ring path and only one row at a time uses it:
+    elsewhere the launcher drops the bit and launches with the plan's shared memory; where it keeps the bit it
+    adds RING_BYTES after the plan, 128-byte aligned, as the kernel places the ring."""
     v = attention.VARIANTS
     assert attention.KV_RING == 64 and v["v5_ring"] == v["v5"] | attention.KV_RING
     assert not attention.KV_RING & (v["v5"] | 4 | 8 | 128)  # no bit in use or retired
@@ -310,6 +311,12 @@ def test_v5_ring_is_v5_plus_the_kv_ring_kept_only_where_its_ring_fits_at_batch_1
         assert attention.launch_bits(plan, "v5_ring", attention.rows_in_parallel(batch)) == (
             attention.effective_variant(plan, "v5"), plan.smem_bytes)
     assert attention.launch_bits(b1, "v5_ring", rows_parallel=2)[0] & attention.KV_RING == 0
+    for kv_heads in (8, 4, 1):  # GQA / MQA: several heads per pass, no ring path in the build
+        gqa = attention._plan(**dict(shape, num_kv_heads=kv_heads), batch=1)
+        assert gqa.heads_per_pass > 1 and not attention.keeps_ring(gqa.batch_bucket, gqa.heads_per_pass)
+        assert attention.launch_bits(gqa, "v5_ring", rows_parallel=1) == (
+            attention.effective_variant(gqa, "v5"), gqa.smem_bytes)
+    assert attention.keeps_ring(1, 1) and not attention.keeps_ring(2, 1)
     big = dataclasses.replace(b1, smem_bytes=attention.SMEM_LIMIT - attention.RING_BYTES + 1)
     assert attention.launch_bits(big, "v5_ring", rows_parallel=1) == (
         attention.effective_variant(b1, "v5"), big.smem_bytes)
@@ -325,7 +332,7 @@ def test_kv_ring_constants_and_schedule_match_the_kernel():
     barriers = int(re.search(r"kRingBarrierBytes = (\d+);", src).group(1))
     assert attention.RING_BYTES == barriers + data
     assert f"+ {attention.RING_ALIGN - 1}) & ~{attention.RING_ALIGN - 1})" in src
-    assert "constexpr bool kRingBuild = BB == 1;" in src
+    assert "constexpr bool kRingBuild = BB == 1 && HG == 1;" in src  # attention.keeps_ring
     assert "const int ring_tokens = kWarps * step_tokens;" in src
     assert "ts.first = t_first + wig * step_tokens;" in src
     pipe = (Path(attention.__file__).parent / "csrc" / "pipeline.cuh").read_text()

@@ -441,6 +441,9 @@ NAMED = {
                             True, False, torch.float32, 6),
     "small_mqa_d256": Case(torch.float16, 2, 512, 4, 1, 256, 64, 40, "beyond_pos", False, False, "unit_offset",
                            True, False, False, torch.float16, 7),
+    # batch 1 MHA: the K/V ring (several stages per CTA, stage slots reused, a last stage cut by the chunk)
+    "small_mha_b1_ring": Case(torch.bfloat16, 1, 1024, 8, 8, 128, 2048, 1900, "holes", True, False, "weight",
+                              True, False, True, torch.float32, 8),
     "mqa_d256": Case(
         torch.float16,
         2,
@@ -581,18 +584,22 @@ def _run_pair(case: Case, variants: tuple[str, str]) -> tuple[torch.Tensor, ...]
 
 
 def _ring_cases() -> list[Case]:
-    """Batch-1 cases for the K/V ring: the sweep's batch-1 cases plus long caches (many stages, every stage
-    slot reused: parity flips), several passes over the heads (G > 8), and chunks that end mid-stage."""
-    sweep = [c for c in _cases()[0] if c.batch == 1][:24]
+    """Batch-1 MHA cases for the K/V ring (the only launches that keep it): the sweep's, plus long caches (many
+    stages, every stage slot reused: parity flips), head_dim 64 and 256 (other stage sizes), masks with holes
+    and left padding, and a chunk that ends mid-stage; one GQA case checks the launcher drops the bit."""
+    sweep = [c for c in _cases()[0] if c.batch == 1 and c.kv_heads == c.num_heads][:24]
     base = NAMED["llama2_7b"]
     extra = [
         replace(base, max_len=4096, pos=4095),
         replace(base, max_len=4096, pos=2999, mask="holes", seed=5),
-        replace(base, hidden=2048, num_heads=32, kv_heads=2, max_len=2000, pos=1234, seed=6),  # G=16
-        replace(base, hidden=896, num_heads=14, kv_heads=2, head_dim=64, max_len=1024, pos=700,
-                            dtype=torch.bfloat16, mask="left_pad", seed=7),
-        replace(base, num_heads=8, kv_heads=1, head_dim=256, max_len=777, pos=776, seed=8),
+        replace(base, hidden=2048, num_heads=32, kv_heads=32, head_dim=64, max_len=2000, pos=1234, seed=6),
+        replace(base, hidden=1024, num_heads=16, kv_heads=16, head_dim=64, max_len=1024, pos=700,
+                dtype=torch.bfloat16, mask="left_pad", seed=7),
+        replace(base, hidden=2048, num_heads=8, kv_heads=8, head_dim=256, max_len=777, pos=776, seed=8),
         replace(base, max_len=64, pos=3, seed=9),  # a chunk shorter than one stage
+        replace(base, dtype=torch.bfloat16, bias=True, o_bias=True, max_len=2048, pos=2047, seed=11),
+        replace(base, qk_norm=True, add_residual=True, max_len=1500, pos=1100, seed=12),
+        replace(base, num_heads=32, kv_heads=8, max_len=1024, pos=900, seed=10),  # GQA: bit dropped, still v5
     ]
     return sweep + [c for c in extra if c.unsupported() is None]
 
