@@ -99,7 +99,8 @@ def step_times(r: dict) -> list[tuple[str, float, float]]:
 
 
 def step_entries(rows: list[dict]) -> list[dict]:
-    """Step-scope rows (step_times), the latest per (family, device, shape, element width, batch)."""
+    """Step-scope rows (step_times), the latest per (family, device, shape, element width, batch, prompt length:
+    the context the step decoded at)."""
     latest: dict[tuple, dict] = {}
     for r in rows:
         c = r.get("config", {})
@@ -107,9 +108,10 @@ def step_entries(rows: list[dict]) -> list[dict]:
             shape = block_shape(c["model"], family)
             if shape is None:
                 continue
-            key = (family, r["device"], json.dumps(shape, sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"])
+            key = (family, r["device"], json.dumps(shape, sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"],
+                   c.get("seq", c.get("prompt", 0)))
             latest[key] = dict(block=family, device=r["device"], shape=shape, element_bytes=key[3], batch=c["batch"],
-                               seq=0, ours_us=round(ours_us, 1), date=r["date"], model=c["model"], dtype=c["dtype"],
+                               seq=key[5], ours_us=round(ours_us, 1), date=r["date"], model=c["model"], dtype=c["dtype"],
                                inductor_us=round(inductor_us, 1), scope="step")
     return list(latest.values())
 

@@ -15,6 +15,9 @@ block of its family against the same step without it, so Inductor's side is the 
 that block among its neighbours (it fuses across the block's edges, which the block benchmark cannot show:
 Llama-3-8B's attention wins 63.0 vs 64.1 us alone at batch 1 and loses the step, 7140 vs 6508 us, H100
 2026-11-23). Where a step row exists at the shape and nearest batch, it decides; block rows decide elsewhere.
+Step rows carry the prompt length they decoded after, and the context changes the answer (Llama-3-8B's
+attention loses the step after a 512-token prompt and wins it after 3584, 6765 vs 7722 us, H100 2026-11-24):
+the row measured nearest the static cache's length speaks for the model being compiled.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class Measured:
     scope: str = "block"   # "block": the block alone; "step": a decode step with vs without the kernel
 
     def describe(self) -> str:
-        cached = f", {self.seq} cached" if self.seq else ""
+        context = "prompt" if self.scope == "step" else "cached"
+        cached = f", {self.seq} {context}" if self.seq else ""
         what = "decode step with vs without the kernel" if self.scope == "step" else "block"
         return f"{what} B={self.batch}{cached}: {self.ours_us:.1f} vs {self.inductor_us:.1f} us"
 
@@ -75,10 +79,22 @@ def _same_device(measured: str, device: str) -> bool:
     return measured.split(" (")[0] == device.split(" (")[0]
 
 
+def _nearest_context(rows: list[Measured], cached: int | None) -> list[Measured]:
+    """The step rows measured at the context nearest ``cached`` (by ratio); all of them when the context is
+    unknown or a row does not name its own (seq 0)."""
+    contexts = {r.seq for r in rows}
+    if cached is None or cached <= 0 or 0 in contexts:
+        return rows
+    nearest = min(contexts, key=lambda s: (abs(math.log2(s / cached)), s))
+    return [r for r in rows if r.seq == nearest]
+
+
 def verdict(block: str, shapes: dict, element_bytes: int, batch: int, device: str,
-            table: tuple[Measured, ...] | None = None) -> tuple[bool, str]:
+            table: tuple[Measured, ...] | None = None, cached: int | None = None) -> tuple[bool, str]:
     """(use the kernel, why): faster than Inductor on every measured row of this block shape and element
-    width on this device, at the measured batch nearest ``batch`` (by ratio); no such row: Inductor."""
+    width on this device, at the measured batch nearest ``batch`` (by ratio); no such row: Inductor.
+    ``cached``: the static cache's length, which bounds the context the step decodes at; step rows measured
+    at several contexts then speak only at the one nearest it (by ratio). Unknown: every context must win."""
     rows = load() if table is None else table
     key = shape_key(block, shapes)
     mine = [r for r in rows if r.block == block and r.shape == key and r.element_bytes == element_bytes
@@ -90,6 +106,7 @@ def verdict(block: str, shapes: dict, element_bytes: int, batch: int, device: st
     at = sorted((r for r in mine if r.batch == nearest), key=lambda r: r.seq)
     if any(r.scope == "step" for r in at):   # the block among its real neighbours decides
         at = [r for r in at if r.scope == "step"]
+        at = _nearest_context(at, cached)
     evidence = "; ".join(r.describe() for r in at)
     if all(r.ours_us < r.inductor_us for r in at):
         return True, f"measured faster than Inductor ({at[0].date}, {evidence})"

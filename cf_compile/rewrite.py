@@ -56,6 +56,16 @@ def _device_of(m: BlockMatch) -> torch.device:
     return v.device if isinstance(v, torch.Tensor) else torch.device("cpu")
 
 
+def _cache_len(m: BlockMatch) -> int | None:
+    """The static cache's length (max_cache_len; a symbolic one by its hint: the kernels read it at run time),
+    or None for a block without a cache."""
+    cache = m.op_args.get("k_cache")
+    if cache is None or not isinstance(val(cache), torch.Tensor):
+        return None
+    length = val(cache).shape[2]
+    return length.node.hint if isinstance(length, torch.SymInt) else int(length)
+
+
 def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, dict]:
     """(implementation, reason the kernel is not used or "", kernel config for the report)."""
     if options.kernels == "reference":
@@ -79,7 +89,7 @@ def choose_implementation(m: BlockMatch, options: Options) -> tuple[str, str, di
         return REFERENCE_INLINED, reason, {}
     if options.kernels == "auto":   # only where a benchmark measured it faster (cf_compile/policy.py)
         faster, evidence = policy.verdict(m.block, m.shapes, m.dtype.itemsize, m.batch,
-                                          torch.cuda.get_device_name(_device_of(m)))
+                                          torch.cuda.get_device_name(_device_of(m)), cached=_cache_len(m))
         if not faster:
             return REFERENCE_INLINED, evidence, config
         config = {**config, "evidence": evidence}
@@ -105,9 +115,7 @@ def _attention_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, 
     s, f = m.shapes, m.features
     if f["qk_norm"] and f["qk_norm_kind"] != "weight":
         return f"no kernel for a per-head {f['qk_norm_kind']} q/k norm (Gemma3's 1 + w)", {}
-    cache_len = val(m.op_args["k_cache"]).shape[2]
-    if isinstance(cache_len, torch.SymInt):     # symbolic max_cache_len: the kernel reads it at run time
-        cache_len = cache_len.node.hint
+    cache_len = _cache_len(m)
     shape = dict(hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
                  batch=m.batch, dtype=m.dtype, num_sms=num_sms)
     reason = k.attention_unsupported_reason(**shape, max_cache_len=cache_len, has_qk_norm=f["qk_norm"],
@@ -121,9 +129,7 @@ def _mla_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:
     from cf_compile_kernels import mla as k
 
     s, f = m.shapes, m.features
-    cache_len = val(m.op_args["k_cache"]).shape[2]
-    if isinstance(cache_len, torch.SymInt):     # symbolic max_cache_len: the kernel reads it at run time
-        cache_len = cache_len.node.hint
+    cache_len = _cache_len(m)
     mask = m.op_args["attn_mask"]
     reason = k.mla_unsupported_reason(
         hidden=s["hidden"], num_heads=s["heads"], q_lora_rank=s["q_lora_rank"], kv_lora_rank=s["kv_lora_rank"],

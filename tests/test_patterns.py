@@ -181,6 +181,18 @@ def test_toy_layer_is_a_valid_positive_control():
     assert_same_results(gm, new, inputs)
 
 
+def test_each_attention_match_knows_its_static_cache_length_for_the_policy():
+    """kernels="auto" weighs decode-step evidence by the context nearest the static cache's length
+    (cf_compile/policy.py); the attention match reads it from the cache the graph writes, the FFN has none."""
+    from cf_compile.rewrite import _cache_len
+
+    gm, inputs = toy_graph(ToyConfig())
+    _, _, matches = run_rewrite(gm)
+    lengths = {m.block: _cache_len(m) for m, _ in matches}
+    k_cache = next(t for t in inputs if t.dim() == 4)
+    assert lengths == {"attention": k_cache.shape[2], "ffn": None}
+
+
 @pytest.mark.parametrize("case", sorted(TOY_NEAR_MISSES))
 def test_near_miss_is_reported_with_its_reason_and_left_eager_identical(case):
     knobs, block, reason = TOY_NEAR_MISSES[case]

@@ -123,6 +123,36 @@ def test_a_decode_step_row_outranks_the_block_row_at_its_shape_and_batch():
     assert not policy.verdict("ffn", QWEN_FFN, 2, 1, H100, table)[0]
 
 
+def attention_step(prompt, ours, inductor):
+    return policy.Measured(block="attention", device=H100 + " (132 SMs)",
+                           shape=policy.shape_key("attention", LLAMA3_ATTN), element_bytes=2, batch=1, seq=prompt,
+                           ours_us=ours, inductor_us=inductor, date="2026-11-24", scope="step")
+
+
+def test_step_rows_at_several_contexts_speak_at_the_one_nearest_the_static_cache():
+    """Llama-3-8B's attention loses the step after a 512-token prompt and wins it after 3584: a model compiled
+    with a 4096-token cache gets the kernel, one with an 832-token cache does not, and an unknown cache length
+    needs every context to win."""
+    table = (attention_step(512, 7140.1, 6508.3), attention_step(3584, 6764.5, 7722.4))
+    use, why = policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table, cached=4096)
+    assert use and "3584 prompt: 6764.5 vs 7722.4" in why and "7140.1" not in why
+    use, why = policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table, cached=832)
+    assert not use and "512 prompt: 7140.1 vs 6508.3" in why
+    assert not policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table)[0]
+    assert not policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table, cached=1300)[0]  # nearer 512 by ratio (split at ~1355)
+    assert policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table, cached=1400)[0]
+
+
+def test_table_builder_keeps_one_step_row_per_context():
+    mod = _policy_table()
+    base = dict(bench="e2e_families", device=H100 + " (132 SMs)", date="2026-11-24", inductor_us=7722.4)
+    rows = [dict(base, config=dict(model="llama3-8b", batch=1, seq=seq, dtype="bf16"), inductor_us=ind,
+                 step_us={"inductor": ind, "attention only": ours})
+            for seq, ours, ind in ((512, 7140.1, 6508.3), (3584, 6764.5, 7722.4))]
+    steps = sorted((e["seq"], e["ours_us"]) for e in mod.step_entries(rows))
+    assert steps == [(512, 7140.1), (3584, 6764.5)]
+
+
 def test_table_builder_turns_an_e2e_row_that_isolates_the_ffn_into_a_step_row():
     mod = _policy_table()
     base = dict(bench="e2e", device=H100 + " (132 SMs)", date="2026-11-23", ours_us=1703.4, inductor_us=1705.8,
