@@ -5,7 +5,7 @@
 benchmarks/e2e.py times a step between two CUDA events around back-to-back calls; when that time exceeds the
 sum of the step's kernel times, the difference is idle GPU time, and this script says where it is. Per
 variant (ours through its lean CUDA-graph runner; ours compiled without it and captured in one plain graph,
-as e2e.py captures Inductor; optionally Inductor in that plain graph):
+as e2e.py captures Inductor; optionally ours with only attention matched, and Inductor, in that plain graph):
   step_us     e2e.py's measurement (median over repeats of --steps back-to-back calls)
   host_us     host time of one call without any synchronisation (what the CPU needs to enqueue a step);
               when it exceeds the GPU's time per step, the GPU waits for the host
@@ -102,6 +102,9 @@ def main() -> None:
     p.add_argument("--inductor", action="store_true", help="also Inductor in a plain CUDA graph")
     p.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "all"],
                    help="clusterfusion's kernels option; each value gets both ours variants")
+    p.add_argument("--attention-only", action="store_true",
+                   help="also ours with only the attention family matched (patterns=['attention']: the FFN stays "
+                        "Inductor's own code, not our reference), in a plain graph")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -115,6 +118,10 @@ def main() -> None:
         variants[f"ours (lean runner{tag})"] = lambda o=opts: compiled(backend="clusterfusion", options=o)
         variants[f"ours (plain graph{tag})"] = lambda o=opts: plain_graph_step(
             compiled(backend="clusterfusion", options={**o, "cudagraphs": False}), session)
+    if args.attention_only:
+        variants["ours attention only (plain graph)"] = lambda: plain_graph_step(compiled(
+            backend="clusterfusion", options={"mode": args.mode, "patterns": ["attention"], "cudagraphs": False}),
+            session)
     if args.inductor:
         variants["inductor (plain graph)"] = lambda: plain_graph_step(compiled(mode=args.mode), session)
     rows = []

@@ -24,7 +24,7 @@ class BlockRecord:
     shapes: dict[str, int] = field(default_factory=dict)
     dtype: str = ""
     batch: int | None = None
-    implementation: str = ""      # "kernel" | "reference (inlined)" | "reference (op)"
+    implementation: str = ""      # "kernel" | "reference (inlined)" | "reference (op)" | "Inductor (block as traced)"
     kernel_config: dict[str, Any] = field(default_factory=dict)
     features: dict[str, Any] = field(default_factory=dict)
 

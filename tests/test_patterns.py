@@ -193,6 +193,20 @@ def test_each_attention_match_knows_its_static_cache_length_for_the_policy():
     assert lengths == {"attention": k_cache.shape[2], "ffn": None}
 
 
+def test_on_a_gpu_a_block_without_its_kernel_is_left_to_inductor_as_traced(monkeypatch):
+    """Where the kernel is not used on a GPU (measured slower, unsupported, no sm_90), attention and FFN blocks
+    stay as traced for Inductor to fuse with their neighbours: matched and reported, not rewritten."""
+    from cf_compile import rewrite as rw
+
+    gm, inputs = toy_graph(ToyConfig())
+    monkeypatch.setattr(rw, "_device_of", lambda m: torch.device("cuda"))
+    new, rep, matches = run_rewrite(gm)
+    assert rep.coverage() == "1/1 attention, 1/1 FFN" and matches == []
+    assert {r.implementation for r in rep.records} == {rw.INDUCTOR_ORIGINAL}
+    assert all(r.reason for r in rep.records)   # why the kernel was not used
+    assert [n.format_node() for n in new.graph.nodes] == [n.format_node() for n in gm.graph.nodes]
+
+
 @pytest.mark.parametrize("case", sorted(TOY_NEAR_MISSES))
 def test_near_miss_is_reported_with_its_reason_and_left_eager_identical(case):
     knobs, block, reason = TOY_NEAR_MISSES[case]
