@@ -141,6 +141,9 @@ def test_step_rows_at_several_contexts_speak_at_the_one_nearest_the_static_cache
     assert not policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table)[0]
     assert not policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table, cached=1300)[0]  # nearer 512 by ratio (split at ~1355)
     assert policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, table, cached=1400)[0]
+    # a row that does not name its context (written before rows carried one) keeps every row in play
+    legacy = (*table, attention_step(0, 7000.0, 6900.0))
+    assert not policy.verdict("attention", LLAMA3_ATTN, 2, 1, H100, legacy, cached=4096)[0]
 
 
 def test_table_builder_keeps_one_step_row_per_context():
