@@ -16,12 +16,12 @@ Predictions (to test, not measured): guards ~40% of ours' host time, AOTAutograd
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
 import pstats
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,27 +29,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.e2e import Session  # noqa: E402
+from benchmarks.e2e_gaps import host_us  # noqa: E402
 
 TOP_ENTRIES = 25
 
 
-def host_per_call(step, tok, cache, calls: int) -> float:
-    """Mean host microseconds per call over ``calls`` back-to-back calls."""
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        step(tok, past_key_values=cache, use_cache=True)
-    us = (time.perf_counter() - t0) / calls * 1e6
-    torch.cuda.synchronize()
-    return us
-
-
-def profile(step, tok, cache, calls: int) -> list[str]:
-    """The top cProfile entries (own time) of ``calls`` calls, as pstats prints them."""
+def profile(step, session: Session, calls: int) -> list[str]:
+    """The top cProfile entries (own time) of ``calls`` back-to-back calls from a warmed cache, as pstats
+    prints them."""
+    cache, tok = session.warmed(step)
     prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(calls):
-        step(tok, past_key_values=cache, use_cache=True)
-    prof.disable()
+    with torch.no_grad():
+        prof.enable()
+        for _ in range(calls):
+            step(tok, past_key_values=cache, use_cache=True)
+        prof.disable()
     torch.cuda.synchronize()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(TOP_ENTRIES)
@@ -57,15 +51,13 @@ def profile(step, tok, cache, calls: int) -> list[str]:
 
 
 def measure(label: str, step, session: Session, calls: int, no_guards: bool = False) -> dict:
-    cache, tok = session.warmed(step)
-    with torch.no_grad():
-        if no_guards:
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                host = [host_per_call(step, tok, cache, calls) for _ in range(3)]
-                top = profile(step, tok, cache, calls)
-        else:
-            host = [host_per_call(step, tok, cache, calls) for _ in range(3)]
-            top = profile(step, tok, cache, calls)
+    """Host time per call (median of three e2e_gaps.host_us runs) and the profile, optionally with Dynamo's
+    guard evaluation skipped."""
+    stance = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if no_guards
+              else contextlib.nullcontext())
+    with stance:
+        host = [host_us(step, session, calls) for _ in range(3)]
+        top = profile(step, session, calls)
     row = {"variant": label, "host_us": round(sorted(host)[1], 1), "host_runs_us": [round(h, 1) for h in host],
            "top_by_own_time": top}
     print(json.dumps({k: v for k, v in row.items() if k != "top_by_own_time"}), flush=True)
@@ -81,7 +73,7 @@ def main() -> None:
     p.add_argument("--no-inductor", action="store_true", help="skip the reduce-overhead comparison")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    session = Session.for_model(args.model, torch.bfloat16, 1, args.prompt, args.prompt + 64 + 40 * args.calls)
+    session = Session.for_model(args.model, torch.bfloat16, 1, args.prompt, args.prompt + 8 + 2 * args.calls)
     rows = []
     ours = session.compile(backend="clusterfusion")
     rows.append(measure("ours", ours, session, args.calls))
