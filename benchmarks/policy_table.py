@@ -40,13 +40,14 @@ def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bo
     variant = config.get("variant", defaults[block])
     if variant == defaults[block]:
         return True
-    if block != "attention":
-        return False
     from cf_compile_kernels import attention
 
+    if block != "attention" or defaults[block] not in attention.VARIANTS:
+        return False
+    bits, default_bits = attention.VARIANTS.get(variant), attention.VARIANTS[defaults[block]]
     shape = config["shape"]
     hg = attention.heads_per_pass(shape["heads"] // shape["kv_heads"])
-    return (variant == attention.DEFAULT_WITHOUT_RING
+    return (bits == default_bits & ~attention.KV_RING
             and not attention.keeps_ring(attention.batch_bucket(config["batch"]), hg))
 
 

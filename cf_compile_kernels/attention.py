@@ -84,9 +84,6 @@ MMA_MIN_BUCKET = 4
 # every row timed. "v5" is v4 + deep_kv below batch bucket MMA_MIN_BUCKET and + mma from it. Round 10: the
 # default, "v5_ring", is v5 + the K/V ring where it applies (batch 1, MHA) and v5 bit for bit elsewhere.
 DEFAULT_VARIANT = "v5_ring"
-# Variants whose launches equal the default's wherever the default's launcher drops KV_RING (see launch_bits):
-# their benchmark rows stand for the default there (benchmarks/policy_table.py).
-DEFAULT_WITHOUT_RING = "v5"
 # Per-CTA timeline (-DCF_ATTN_TIMELINE=1, benchmarks only): one %globaltimer stamp (ns) per entry, in the order
 # of the kernel's enum TimelineStamp (kTlStart ... kTlEnd; a CPU test checks the two agree). Thread 0 of each CTA
 # writes them into the int64 tail of o_partial (past its KVH*B*H floats), which timeline launches enlarge and
