@@ -18,8 +18,19 @@ class FakeGraph:
         FakeGraph.replays += 1
 
 
-@pytest.fixture
-def runner(monkeypatch):
+def _ptrs_equal_in_python(tensors: list, ptrs: list, positions: list) -> bool:
+    """The contract of torch._C._tensors_data_ptrs_at_indices_equal (CUDA builds of torch only)."""
+    return all(tensors[i].data_ptr() == ptrs[i] for i in positions)
+
+
+# the steady-state address check: torch's C++ one where this torch has it (else a stand-in with its contract,
+# so the positions the runner hands it are checked on every build), and the Python fallback
+PTR_CHECKS = {"C++": getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", _ptrs_equal_in_python),
+              "python": None}
+
+
+@pytest.fixture(params=sorted(PTR_CHECKS))
+def runner(monkeypatch, request):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
@@ -31,7 +42,9 @@ def runner(monkeypatch):
         return w.sum() + tok
 
     FakeGraph.replays = 0
-    return cudagraph.LeanCUDAGraph(step, static={0, 1}, num_inputs=3), calls
+    run = cudagraph.LeanCUDAGraph(step, static={0, 1}, num_inputs=3)
+    run._ptrs_equal = PTR_CHECKS[request.param]
+    return run, calls
 
 
 def test_same_static_tensors_replay_without_a_new_capture(runner):
