@@ -14,6 +14,7 @@ Before timing, ours is checked against the eager block in fp32 (relative error i
 
     PYTHONPATH=. python benchmarks/attention.py [--quick] [--no-inductor] [--record] [--inductor-budget S]
         [--variants v3 tail] [--phases] [--timeline] [--no-prefetch] [--splits 8,1 4,1 ...] [--all-splits]
+        [--baseline-source path/to/earlier/attention_decode.cu]
 With --variants, ours is timed once per work-split variant (attention.VARIANTS), one JSON row each.
 With --splits C,P ..., ours is also timed with each (cluster size, clusters per KV head) override
 (attention_decode's split=) beside the launcher's choice, one row each (config.split = "C,P" or "default");
@@ -51,6 +52,7 @@ from cf_compile_kernels.attention import (  # noqa: E402
     VARIANTS,
     attention_config,
     attention_decode,
+    built_from,
     check_split,
     device_plan,
     timeline_elems,
@@ -253,6 +255,8 @@ def main() -> None:
     ap.add_argument("--all-splits", action="store_true", help="also time overrides that are not one wave")
     ap.add_argument("--inductor-budget", type=float, default=420.0, help="seconds of Inductor compiles, then skip")
     ap.add_argument("--record", action="store_true", help="append rows to results.jsonl / RESULTS.md")
+    ap.add_argument("--baseline-source", help="also time each variant built from this kernel source (an earlier "
+                                               "attention_decode.cu), right after ours: rows carry baseline_source_us")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_rows.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -278,6 +282,10 @@ def main() -> None:
         plans = splits_to_time(dtype, model, batch, args.splits, args.all_splits)
         timed = {(variant, split): time_variant(layers, dtype, variant, args.phases, not args.no_prefetch, split)
                  for split, _ in plans for variant in args.variants}
+        baseline = {}
+        if args.baseline_source:
+            with built_from(args.baseline_source):
+                baseline = {key: time_variant(layers, dtype, key[0], False, False, key[1])[0] for key in timed}
         timelines = {}  # after every timing of the row: the timeline launches never share a graph with them
         if args.timeline:
             for split, plan in plans:
@@ -314,6 +322,7 @@ def main() -> None:
                 ours_l2_prefetch_us=None if t_pf is None else round(t_pf, 2),
                 inductor_us=None if t_ind is None else round(t_ind, 2), floor_us=round(floor_us, 2),
                 floor_fraction=round(floor_us / t_ours, 3), rel_err=float(f"{err:.3g}"), **phases,
+                **({"baseline_source_us": round(baseline[(variant, split)], 2)} if baseline else {}),
                 **({"timeline_us": timelines[(variant, split)][0]} if args.timeline else {}))
             rows.append(row)
             Path(args.json).write_text(json.dumps(rows, indent=1))  # after every row: a timeout keeps what ran
@@ -322,7 +331,8 @@ def main() -> None:
             print(f"{model:13s} B={batch:2d} S={seq:4d} {dtname} {variant:4s} [C{config['cluster']},"
                   f"P{config['clusters_per_kv_head']}{label}]: ours {t_ours:7.1f} (L2 prefetch {pf}) "
                   f"inductor {'-' if t_ind is None else f'{t_ind:7.1f}'} floor {floor_us:6.1f} "
-                  f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}", flush=True)
+                  f"({floor_us / t_ours:.2f} of floor) err {err:.1e} layers {n_layers}"
+                  + (f" | baseline source {baseline[(variant, split)]:7.1f}" if baseline else ""), flush=True)
             if phases:
                 print("  cumulative time after each phase (us): " + " ".join(f"{v:.1f}" for v in phases.values()))
             if args.timeline:

@@ -7,11 +7,12 @@ passed to the kernel; the kernel hard-codes no model. Semantics: docs/kernel-con
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -455,6 +456,23 @@ class _Launch:
 
 
 _launches: dict[tuple, _Launch] = {}
+
+
+@contextlib.contextmanager
+def built_from(source: str) -> Iterator[None]:
+    """Launches inside use kernels compiled from ``source`` (e.g. an earlier revision of attention_decode.cu, out
+    of tree) instead of SOURCE: the A/B of a change, bit for bit and in time, in one process. The memo of launches
+    is set aside and restored, so no launch built from one source is reused for the other."""
+    global SOURCE
+    saved_source, saved_launches = SOURCE, dict(_launches)
+    SOURCE = source
+    _launches.clear()
+    try:
+        yield
+    finally:
+        SOURCE = saved_source
+        _launches.clear()
+        _launches.update(saved_launches)
 
 
 def _launch_for(

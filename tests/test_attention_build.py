@@ -489,3 +489,19 @@ def test_timeline_stamps_match_the_kernel_enum_and_live_in_o_partials_tail():
     assert timed[:1] + timed[2:] == plain[:1] + plain[2:]
     launcher = Path(attention.__file__).read_text()
     assert "o_partial[kvh * batch * hidden:].view(torch.int64)" in launcher
+
+
+def test_built_from_compiles_another_source_and_restores_the_launcher(monkeypatch, tmp_path):
+    """attention.built_from(path): kernels compiled inside come from that source (an earlier revision, for a
+    bitwise or timing A/B); on leaving -- by an exception too -- SOURCE and the memo of launches are as before."""
+    asked = []
+    monkeypatch.setattr(attention, "compile_kernel", lambda source, *a, **k: asked.append(source))
+    monkeypatch.setattr(attention, "_launches", {"kept": "launch"})
+    earlier = str(tmp_path / "attention_decode.cu")
+    with pytest.raises(RuntimeError), attention.built_from(earlier):
+        assert attention._launches == {}  # nothing built from SOURCE is launched inside
+        attention.compiled_kernel(torch.float16, 1, 1)
+        raise RuntimeError
+    attention.compiled_kernel(torch.float16, 1, 1)
+    assert asked == [earlier, "attention_decode.cu"] and attention.SOURCE == "attention_decode.cu"
+    assert attention._launches == {"kept": "launch"}

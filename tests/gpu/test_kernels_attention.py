@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from cf_compile_kernels import attention as attention_launcher
 from cf_compile_kernels.attention import (
     DEEP_KV,
     KV_RING,
@@ -46,6 +47,9 @@ QUICK_MMA = os.environ.get("CF_ATTN_QUICK") == "mma"
 # CF_ATTN_QUICK=split (device runs of the split-override tests alone, -k split_override): the module fixture compiles
 # only the instantiations of the split-override cases (SPLIT_CASES), not the random sweep's.
 QUICK_SPLIT = os.environ.get("CF_ATTN_QUICK") == "split"
+# CF_ATTN_BASELINE_SOURCE=/path/attention_decode.cu (device scripts): an earlier revision of the kernel source
+# (out of tree; its own folder is searched first for headers) that a change claims to be bitwise equal to.
+BASELINE_SOURCE = os.environ.get("CF_ATTN_BASELINE_SOURCE")
 N_RANDOM = 48 if QUICK or QUICK_MMA else 216
 MASK_KINDS = ("none", "causal", "left_pad", "holes", "beyond_pos")
 HEAD_SHAPES = (
@@ -618,6 +622,31 @@ def test_kv_ring_is_bitwise_equal_to_its_base(variant):
             if not torch.equal(a[i], a[i + 3]) or not torch.equal(again[i], a[i]):
                 mismatches.append(f"{case}: {label}")
     assert not mismatches, f"{variant} != {base} bitwise:\n" + "\n".join(mismatches)
+
+
+def _run_with_source(source: str, cases: list[Case], variant: str) -> list[tuple[torch.Tensor, ...]]:
+    """_run_each of every case, launched from kernels built from ``source``."""
+    with attention_launcher.built_from(source):
+        return [_run_each(case, [dict(variant=variant)]) for case in cases]
+
+
+@pytest.mark.skipif(not BASELINE_SOURCE, reason="CF_ATTN_BASELINE_SOURCE names no earlier kernel source")
+@pytest.mark.parametrize("variant", TESTED_VARIANTS)
+def test_bitwise_equal_to_the_baseline_source(variant):
+    """A change that keeps the arithmetic and its order (a new work mapping, wider loads) claims the outputs of
+    the source before it bit for bit: `out` and both cache slots, on the random sweep's cases and the named
+    models, built from both sources in one process."""
+    cases = _cases()[0] + [NAMED[n] for n in _named(NAMED)]
+    ours = _run_with_source(attention_launcher.SOURCE, cases, variant)
+    theirs = _run_with_source(BASELINE_SOURCE, cases, variant)
+    mismatches = [
+        f"{case}: {label}"
+        for case, a, b in zip(cases, ours, theirs, strict=True)
+        for label, x, y in zip(("out", "k slot", "v slot"), a, b, strict=True)
+        if not torch.equal(x, y)
+    ]
+    assert not mismatches, f"{len(mismatches)} of {3 * len(cases)} differ from {BASELINE_SOURCE}:\n" + "\n".join(
+        mismatches[:20])
 
 
 @pytest.mark.parametrize("variant", MMA_VARIANTS)
