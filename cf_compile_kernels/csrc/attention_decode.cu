@@ -59,6 +59,10 @@ constexpr int kMaskChunk = 16;              // mask bytes per thread per step (o
 // partials' row stride D + 2 is even, so pairs are 8-byte aligned; head_dim is a multiple of 64).
 constexpr int kMergeRun = 4;
 constexpr int kMergePairs = kMergeRun / 2;
+// The batch-16, 8-heads-per-pass build (255 registers) keeps the split merge's one-run loop: merge_split_runs's
+// code shape costs it 8 bytes of spill there (NVRTC 13.5), whatever kN and kItems.
+template <int BB, int HG>
+constexpr bool kDeepSplitMerge = !(BB >= 16 && HG >= 8);
 
 struct Params {
   const void* x;            // [B, H]
@@ -694,6 +698,69 @@ __device__ __forceinline__ void attend_tokens(const TokenStream<T>& ts, const fl
   }
 }
 
+// ------------------------------------------------------------------ phase 5 split merge
+// Merge the n <= kN partials of one (KV head, rank) -- slots slot0 .. slot0 + n - 1 of p.attn_partial, each
+// [B*G][D + 2] (o, then m at D and l at D + 1), written by other CTAs this launch, so read through L2 only --
+// into attn_out ([B, qkv_rows] rows, head h at columns h*D), in runs of kMergeRun elements with kItems runs'
+// loads in flight per thread (one run at a time spent 16 us of Llama-3-8B's batch-16 step in round 14). Per
+// element the operations and their order are the one-run loop's: M over the partials in order, then L and O
+// accumulated in order (slots beyond n add exact zeros, so kN and kItems change nothing but the sign of an
+// all-zero sum). Addresses come from p, not from pointers held across the merge (registers are at the limit).
+template <int kN, int kItems>
+__device__ __forceinline__ void merge_split_runs(const Params& p, int slot0, int n, int items, int bgs, int D, int G,
+                                                 int qkv_rows, float* attn_out) {
+  const int runs = D / kMergeRun;
+  const long long slot_elems = static_cast<long long>(bgs) * (D + 2);
+  for (int first = threadIdx.x; first < items; first += kThreads * kItems) {
+    float2 ml[kItems][kN], po[kItems][kN][kMergePairs];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int item = first + i * kThreads, bg = item / runs, d0 = (item % runs) * kMergeRun;
+#pragma unroll
+      for (int c = 0; c < kN; ++c) {
+        ml[i][c] = make_float2(kNegInf, 0.f);
+#pragma unroll
+        for (int e = 0; e < kMergePairs; ++e) po[i][c][e] = make_float2(0.f, 0.f);
+        if (item < items && c < n) {
+          const float2* src =
+              reinterpret_cast<const float2*>(p.attn_partial + (slot0 + c) * slot_elems + bg * (D + 2));
+          ml[i][c] = __ldcg(src + D / 2);
+#pragma unroll
+          for (int e = 0; e < kMergePairs; ++e) po[i][c][e] = __ldcg(src + d0 / 2 + e);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int item = first + i * kThreads, bg = item / runs, d0 = (item % runs) * kMergeRun;
+      if (item >= items) break;
+      float M = kNegInf;
+#pragma unroll
+      for (int c = 0; c < kN; ++c) M = fmaxf(M, ml[i][c].x);
+      float L = 0.f;
+      float2 O[kMergePairs];
+#pragma unroll
+      for (int e = 0; e < kMergePairs; ++e) O[e] = make_float2(0.f, 0.f);
+#pragma unroll
+      for (int c = 0; c < kN; ++c) {
+        const float w = softmax_rescale(ml[i][c].x, M);
+        L += ml[i][c].y * w;
+#pragma unroll
+        for (int e = 0; e < kMergePairs; ++e) {
+          O[e].x += po[i][c][e].x * w;
+          O[e].y += po[i][c][e].y * w;
+        }
+      }
+      float* dst = attn_out + (bg / G) * qkv_rows + (bg % G) * D + d0;
+#pragma unroll
+      for (int e = 0; e < kMergePairs; ++e) {
+        dst[2 * e] = O[e].x / L;
+        dst[2 * e + 1] = O[e].y / L;
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ the kernel
 
 template <typename T, int BB, int HG>
@@ -1175,41 +1242,50 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       return;
     }
     stamp(tl, kTlMergeWait);
-    const float* all = p.attn_partial + (static_cast<long long>(kvh) * C + rank) * P * B * G * (D + 2);
-    for (int item = tid; item < items; item += kThreads) {  // the same runs, over the P partials in global
-      const int bg = item / runs, d0 = (item % runs) * kMergeRun;
-      float2 ml[kMaxSplit], po[kMaxSplit][kMergePairs];  // all P partials in flight at once
+    const int slot0 = (kvh * C + rank) * P;
+    if constexpr (kDeepSplitMerge<BB, HG>) {  // runs in flight per thread: kN x kItems = 8 partials' loads
+      if (P <= 2) merge_split_runs<2, 4>(p, slot0, P, items, B * G, D, G, QKV_ROWS, attn_out);
+      else if (P <= 4) merge_split_runs<4, 2>(p, slot0, P, items, B * G, D, G, QKV_ROWS, attn_out);
+      else if (P <= 8) merge_split_runs<8, 1>(p, slot0, P, items, B * G, D, G, QKV_ROWS, attn_out);
+      else merge_split_runs<kMaxSplit, 1>(p, slot0, P, items, B * G, D, G, QKV_ROWS, attn_out);
+    } else {  // one run at a time (merge_split_runs<kMaxSplit, 1> by another code shape)
+      const float* all = p.attn_partial + static_cast<long long>(slot0) * B * G * (D + 2);
+      for (int item = tid; item < items; item += kThreads) {  // the same runs, over the P partials in global
+        const int bg = item / runs, d0 = (item % runs) * kMergeRun;
+        float2 ml[kMaxSplit], po[kMaxSplit][kMergePairs];  // all P partials in flight at once
 #pragma unroll
-      for (int q = 0; q < kMaxSplit; ++q) {
-        ml[q] = make_float2(kNegInf, 0.f);
+        for (int q = 0; q < kMaxSplit; ++q) {
+          ml[q] = make_float2(kNegInf, 0.f);
 #pragma unroll
-        for (int e = 0; e < kMergePairs; ++e) po[q][e] = make_float2(0.f, 0.f);
-        if (q < P) {
-          const float* src = all + (static_cast<long long>(q) * B * G + bg) * (D + 2);
-          ml[q] = __ldcg(reinterpret_cast<const float2*>(src + D));
+          for (int e = 0; e < kMergePairs; ++e) po[q][e] = make_float2(0.f, 0.f);
+          if (q < P) {
+            const float* src = all + (static_cast<long long>(q) * B * G + bg) * (D + 2);
+            ml[q] = __ldcg(reinterpret_cast<const float2*>(src + D));
 #pragma unroll
-          for (int e = 0; e < kMergePairs; ++e) po[q][e] = __ldcg(reinterpret_cast<const float2*>(src + d0 + 2 * e));
+            for (int e = 0; e < kMergePairs; ++e)
+              po[q][e] = __ldcg(reinterpret_cast<const float2*>(src + d0 + 2 * e));
+          }
         }
-      }
-      float M = kNegInf;
+        float M = kNegInf;
 #pragma unroll
-      for (int q = 0; q < kMaxSplit; ++q) M = fmaxf(M, ml[q].x);
-      float L = 0.f, O[kMergeRun];
+        for (int q = 0; q < kMaxSplit; ++q) M = fmaxf(M, ml[q].x);
+        float L = 0.f, O[kMergeRun];
 #pragma unroll
-      for (int e = 0; e < kMergeRun; ++e) O[e] = 0.f;
+        for (int e = 0; e < kMergeRun; ++e) O[e] = 0.f;
 #pragma unroll
-      for (int q = 0; q < kMaxSplit; ++q) {
-        const float w = softmax_rescale(ml[q].x, M);
-        L += ml[q].y * w;
+        for (int q = 0; q < kMaxSplit; ++q) {
+          const float w = softmax_rescale(ml[q].x, M);
+          L += ml[q].y * w;
 #pragma unroll
-        for (int e = 0; e < kMergePairs; ++e) {
-          O[2 * e] += po[q][e].x * w;
-          O[2 * e + 1] += po[q][e].y * w;
+          for (int e = 0; e < kMergePairs; ++e) {
+            O[2 * e] += po[q][e].x * w;
+            O[2 * e + 1] += po[q][e].y * w;
+          }
         }
-      }
-      float* dst = attn_out + (bg / G) * QKV_ROWS + (bg % G) * D + d0;
+        float* dst = attn_out + (bg / G) * QKV_ROWS + (bg % G) * D + d0;
 #pragma unroll
-      for (int e = 0; e < kMergeRun; ++e) dst[e] = O[e] / L;
+        for (int e = 0; e < kMergeRun; ++e) dst[e] = O[e] / L;
+      }
     }
     if (wide_tail) depart(arrive, ctr.merge_depart + kvh * C + rank, P);
   }
