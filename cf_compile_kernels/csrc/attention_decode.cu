@@ -59,10 +59,11 @@ constexpr int kMaskChunk = 16;              // mask bytes per thread per step (o
 // partials' row stride D + 2 is even, so pairs are 8-byte aligned; head_dim is a multiple of 64).
 constexpr int kMergeRun = 4;
 constexpr int kMergePairs = kMergeRun / 2;
-// The batch-16, 8-heads-per-pass build (255 registers) keeps the split merge's one-run loop: merge_split_runs's
-// code shape costs it 8 bytes of spill there (NVRTC 13.5), whatever kN and kItems.
+// The 8-heads-per-pass builds of batch bucket 4 and up (255 registers) keep the split merge's one-run loop:
+// merge_split_runs's code shape costs them 8-44 bytes of spill there (bucket 4: 36 B under NVRTC 13.5, bucket 8:
+// 20 B under 13.0, bucket 16: 8 B under 13.5), whatever kN and kItems.
 template <int BB, int HG>
-constexpr bool kDeepSplitMerge = !(BB >= 16 && HG >= 8);
+constexpr bool kDeepSplitMerge = !(BB >= 4 && HG >= 8);
 
 struct Params {
   const void* x;            // [B, H]
