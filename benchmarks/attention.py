@@ -50,7 +50,6 @@ from cf_compile_kernels.attention import (  # noqa: E402
     DEFAULT_VARIANT,
     TIMELINE,
     VARIANTS,
-    attention_config,
     attention_decode,
     built_from,
     check_split,
@@ -303,17 +302,14 @@ def main() -> None:
                 print(f"inductor failed on {model} {batch} {seq} {dtname}: {type(exc).__name__}: {exc}")
                 spent += time.perf_counter() - start
         hidden, nh, kvh, d, _ = MODELS[model]
-        cfg = attention_config(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
-                               dtype=dtype, num_sms=sms)
         floor_us = fb / bw * 1e6
         for (variant, split), (t_ours, t_pf, err, phases) in timed.items():
-            plan = plans[split]
+            plan = plans[split]  # the split actually launched: device_plan's, from the driver's cluster counts
             config = {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
-                      "cluster": cfg["cluster"], "clusters_per_kv_head": cfg["clusters_per_kv_head"],
+                      "cluster": plan.cluster, "clusters_per_kv_head": plan.clusters_per_kv_head,
                       "shape": {"hidden": hidden, "heads": nh, "kv_heads": kvh, "head_dim": d}}
             config["variant"] = variant
-            if args.splits:  # the split actually launched (device_plan), and whether it was an override
-                config["cluster"], config["clusters_per_kv_head"] = plan.cluster, plan.clusters_per_kv_head
+            if args.splits:  # whether it was an override
                 config["split"] = "default" if split is None else f"{split[0]},{split[1]}"
                 config["ctas"] = plan.grid[0] * plan.grid[1] * plan.grid[2]
                 config["one_wave"] = plan.one_wave

@@ -3,7 +3,8 @@ benchmark rows in benchmarks/results.jsonl.
 
 A row counts when it timed Inductor and names its block shape (config["shape"]; rows written before shapes
 were recorded are skipped). Per (block, device, shape, element width, batch, cached length): ours is the last
-row that timed the family's default kernel (a newer kernel's measurement replaces an older one's), Inductor is
+row that timed the family's default kernel (a newer kernel's measurement replaces an older one's; a row whose
+config names a `source` timed an experimental kernel source that did not land, and counts for Inductor only), Inductor is
 the fastest Inductor time of any row at that key. Timing noise only ever adds time, and Inductor's code does
 not change with our variant, so its best figure is its truest; an outlier (Llama-3.2-1B attention: 37.8 us in
 one run, 99.6 in the next) then cannot hand a block to the kernel.
@@ -61,8 +62,8 @@ def entries(rows: list[dict], defaults: dict[str, str | None]) -> list[dict]:
         key = (block, r["device"], json.dumps(c["shape"], sort_keys=True), ELEMENT_BYTES[c["dtype"]], c["batch"],
                c.get("seq", 0))
         inductor_best[key] = min(inductor_best.get(key, float("inf")), r["inductor_us"])
-        if r.get("ours_us") is None or not ran_default(block, c, defaults):
-            continue   # no time of ours, or a variant timed beside the default
+        if r.get("ours_us") is None or not ran_default(block, c, defaults) or "source" in c:
+            continue   # no time of ours, a variant timed beside the default, or a kernel source never merged
         latest[key] = dict(block=block, device=r["device"], shape=c["shape"], element_bytes=key[3],
                            batch=c["batch"], seq=key[5], ours_us=r["ours_us"], date=r["date"],
                            model=c.get("model"), dtype=c["dtype"])

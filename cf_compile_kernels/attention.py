@@ -58,13 +58,15 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              86.1 -> 79.7 us, 4096 131.1 -> 122.9, Llama-3-8B 63.5 -> 61.6, Qwen2.5-0.5B 32.5 -> 31.4).
 # The L2 bulk-prefetch variants (stream_kv, stream, stream_mma; bits 4 and 8) measured slower than tail on
 # every row (H100, round 3) and were removed; bits 4 and 8 are unused.
-#   v5_ring    v5 + kv_ring: at batch 1 with one query head per K/V head (MHA), phase 4's K/V token chunk
-#              streams through a shared-memory ring filled by bulk copies (attn::kKvRing); each warp reads the
-#              tokens it read before, in the same order: bitwise v5. Needs RING_BYTES more shared memory (the
-#              launcher adds them, or drops the bit where they do not fit, rows run in parallel or a pass
-#              holds several heads). The default since round 10 (H100, 2026-11-24, fp16 B=1, Llama-2-7B
-#              4096 cached 123.0 -> 110.9 us, 1024 81.3 -> 79.9; with G >= 4 it was no faster: Llama-3-8B 4096
-#              74.3 -> 74.8, Qwen2.5-0.5B 1024 32.3 -> 34.4, so only MHA keeps the bit).
+#   v5_ring    v5 + kv_ring: with one query head per K/V head (MHA) at batch buckets 1, 2 and 8, phase 4's
+#              K/V token chunks stream through a shared-memory ring filled by bulk copies (attn::kKvRing), one
+#              sub-block per row attended in parallel; each warp reads the tokens it read before, in the same
+#              order: bitwise v5. Needs RING_BYTES more shared memory (the launcher adds them, or drops the bit
+#              where they do not fit, at other buckets, or where a pass holds several heads). The default since
+#              round 10 (H100, 2026-11-24, fp16 B=1, Llama-2-7B 4096 cached 123.0 -> 110.9 us, 1024 81.3 ->
+#              79.9; with G >= 4 it was no faster: Llama-3-8B 4096 74.3 -> 74.8, Qwen2.5-0.5B 1024 32.3 -> 34.4,
+#              so only MHA keeps the bit). Batch 2 and 8 since round 21 (Llama-2-7B bf16 4096: B=2 172 -> 147,
+#              B=8 423 -> 286); bucket 4 is as fast without it (round 20).
 WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV, KV_RING = 1, 2, 16, 32, 64  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
             "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA,
@@ -413,20 +415,25 @@ def ring_shared_bytes(plan_bytes: int) -> int:
     return (plan_bytes + RING_ALIGN - 1) // RING_ALIGN * RING_ALIGN + RING_BYTES
 
 
+# attn kRingBuild: bucket 16's plan leaves no room for two stages at D = 128; bucket 4's build streams K/V as fast
+# without the ring and the ring path slows the rest of it (round 20)
+RING_BUCKETS = (1, 2, 8)
+
+
 def keeps_ring(bucket: int, hg: int) -> bool:
-    """Whether a build has the K/V ring path (attn kRingBuild): batch bucket 1, one query head per pass."""
-    return bucket == 1 and hg == 1
+    """Whether a build has the K/V ring path (attn kRingBuild): batch bucket 1, 2 or 8, one query head per pass."""
+    return bucket in RING_BUCKETS and hg == 1
 
 
-def launch_bits(plan: AttentionConfig, variant: str, rows_parallel: int) -> tuple[int, int]:
+def launch_bits(plan: AttentionConfig, variant: str) -> tuple[int, int]:
     """(variant bits, dynamic shared bytes) of one launch: effective_variant, and the K/V ring's bit kept only at
-    batch bucket 1 with one head per pass (the only instantiation with the ring path), one row at a time, where
-    the ring fits beside the plan (it then gets its bytes)."""
+    batch buckets 1, 2 and 8 with one head per pass (the instantiations with the ring path; any rows in parallel),
+    where the ring fits beside the plan (it then gets its bytes)."""
     bits = effective_variant(plan, variant)
     if not bits & KV_RING:
         return bits, plan.smem_bytes
     with_ring = ring_shared_bytes(plan.smem_bytes)
-    if not keeps_ring(plan.batch_bucket, plan.heads_per_pass) or rows_parallel != 1 or with_ring > SMEM_LIMIT:
+    if not keeps_ring(plan.batch_bucket, plan.heads_per_pass) or with_ring > SMEM_LIMIT:
         return bits & ~KV_RING, plan.smem_bytes
     return bits, with_ring
 
@@ -636,7 +643,7 @@ def attention_decode(
     plan, kernel = launch.plan, launch.kernel
     attn_partial, o_partial, arrivals, qkv_global = launch.scratch
     rows = rows_parallel or rows_in_parallel(batch)
-    bits, shared_bytes = launch_bits(plan, variant, rows)
+    bits, shared_bytes = launch_bits(plan, variant)
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
     args = [
         x,

@@ -289,50 +289,56 @@ def test_deep_kv_bit_matches_the_kernel_and_defers_the_mask_test():
     assert "attend_tokens<true>(" in body and "attend_tokens<false>(" in body
 
 
-def test_v5_ring_is_v5_plus_the_kv_ring_kept_only_where_its_ring_fits_at_batch_1_mha():
+def test_v5_ring_is_v5_plus_the_kv_ring_kept_only_for_mha_builds_where_its_ring_fits():
     """v5_ring = v5 + bit 64 (KV_RING: phase 4's K/V through a shared-memory ring of bulk copies). Only the
-    batch-bucket-1 build with one head per pass (MHA) has the ring path and only one row at a time uses it:
-    elsewhere the launcher drops the bit and launches with the plan's shared memory; where it keeps the bit it
-    adds RING_BYTES after the plan, 128-byte aligned, as the kernel places the ring."""
+    builds of batch buckets 1, 2 and 8 with one head per pass (MHA) have the ring path, with any number of rows
+    in parallel: elsewhere (bucket 4: its register path is as fast), or where the ring does not fit beside the
+    plan (Llama-2-7B at batch 16), the launcher
+    drops the bit and launches with the plan's shared memory; where it keeps the bit it adds RING_BYTES after
+    the plan, 128-byte aligned, as the kernel places the ring."""
     v = attention.VARIANTS
     assert attention.KV_RING == 64 and v["v5_ring"] == v["v5"] | attention.KV_RING
     assert not attention.KV_RING & (v["v5"] | 4 | 8 | 128)  # no bit in use or retired
     h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, esize=2, num_sms=132, active=h100)
-    b1 = attention._plan(**shape, batch=1)
-    bits, shared = attention.launch_bits(b1, "v5_ring", rows_parallel=1)
-    assert bits == attention.effective_variant(b1, "v5") | attention.KV_RING
-    assert shared == attention.ring_shared_bytes(b1.smem_bytes) <= attention.SMEM_LIMIT
-    assert shared % 16 == 0 and shared - attention.RING_BYTES >= b1.smem_bytes
-    assert (shared - attention.RING_BYTES) % attention.RING_ALIGN == 0
-    assert attention.launch_bits(b1, "v5", rows_parallel=1) == (attention.effective_variant(b1, "v5"), b1.smem_bytes)
-    for batch in (2, 4, 16):  # rows run in parallel and the bucket has no ring path
+    for batch in (1, 2, 5, 8):
         plan = attention._plan(**shape, batch=batch)
-        assert attention.launch_bits(plan, "v5_ring", attention.rows_in_parallel(batch)) == (
-            attention.effective_variant(plan, "v5"), plan.smem_bytes)
-    assert attention.launch_bits(b1, "v5_ring", rows_parallel=2)[0] & attention.KV_RING == 0
+        bits, shared = attention.launch_bits(plan, "v5_ring")
+        assert bits == attention.effective_variant(plan, "v5") | attention.KV_RING, batch
+        assert shared == attention.ring_shared_bytes(plan.smem_bytes) <= attention.SMEM_LIMIT
+        assert shared % 16 == 0 and shared - attention.RING_BYTES >= plan.smem_bytes
+        assert (shared - attention.RING_BYTES) % attention.RING_ALIGN == 0
+        assert attention.launch_bits(plan, "v5") == (attention.effective_variant(plan, "v5"), plan.smem_bytes)
+    b16 = attention._plan(**shape, batch=16)  # bucket 16: no ring path, and no room for it
+    assert attention.ring_shared_bytes(b16.smem_bytes) > attention.SMEM_LIMIT
+    assert attention.launch_bits(b16, "v5_ring") == (attention.effective_variant(b16, "v5"), b16.smem_bytes)
+    for batch in (3, 4):  # bucket 4: no ring path
+        plan = attention._plan(**shape, batch=batch)
+        assert attention.launch_bits(plan, "v5_ring") == (attention.effective_variant(plan, "v5"), plan.smem_bytes)
     for kv_heads in (8, 4, 1):  # GQA / MQA: several heads per pass, no ring path in the build
         gqa = attention._plan(**dict(shape, num_kv_heads=kv_heads), batch=1)
         assert gqa.heads_per_pass > 1 and not attention.keeps_ring(gqa.batch_bucket, gqa.heads_per_pass)
-        assert attention.launch_bits(gqa, "v5_ring", rows_parallel=1) == (
-            attention.effective_variant(gqa, "v5"), gqa.smem_bytes)
-    assert attention.keeps_ring(1, 1) and not attention.keeps_ring(2, 1)
+        assert attention.launch_bits(gqa, "v5_ring") == (attention.effective_variant(gqa, "v5"), gqa.smem_bytes)
+    assert [b for b in (1, 2, 4, 8, 16) if attention.keeps_ring(b, 1)] == [1, 2, 8]
+    b1 = attention._plan(**shape, batch=1)
     big = dataclasses.replace(b1, smem_bytes=attention.SMEM_LIMIT - attention.RING_BYTES + 1)
-    assert attention.launch_bits(big, "v5_ring", rows_parallel=1) == (
-        attention.effective_variant(b1, "v5"), big.smem_bytes)
+    assert attention.launch_bits(big, "v5_ring") == (attention.effective_variant(b1, "v5"), big.smem_bytes)
 
 
 def test_kv_ring_constants_and_schedule_match_the_kernel():
     """Source guard: the ring's size is the launcher's, it starts at the plan's end rounded to RING_ALIGN, only
-    the bucket-1 build has it, and warp w reads step block w of each stage (one step block per warp per stage:
-    the tokens and order of the loop without the ring, hence bitwise v5)."""
+    the MHA builds of buckets 1, 2 and 8 have it, and warp w of a row group reads step block w of its group's
+    sub-block of each stage (one step block per warp per stage: the tokens and order of the loop without the
+    ring, hence bitwise v5)."""
     src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
     assert f"kKvRing = {attention.KV_RING}," in src
     data = int(re.search(r"kRingDataBytes = (\d+) \* 1024;", src).group(1)) * 1024
     barriers = int(re.search(r"kRingBarrierBytes = (\d+);", src).group(1))
     assert attention.RING_BYTES == barriers + data
     assert f"+ {attention.RING_ALIGN - 1}) & ~{attention.RING_ALIGN - 1})" in src
-    assert "constexpr bool kRingBuild = BB == 1 && HG == 1;" in src  # attention.keeps_ring
+    buckets = " || ".join(f"BB == {b}" for b in attention.RING_BUCKETS)
+    assert f"constexpr bool kRingBuild = ({buckets}) && HG == 1;" in src  # attention.keeps_ring
+    assert "const int row_tokens = warps_per_row * step_tokens;" in src
     assert "const int ring_tokens = kWarps * step_tokens;" in src
     assert "ts.first = t_first + wig * step_tokens;" in src
     pipe = (Path(attention.__file__).parent / "csrc" / "pipeline.cuh").read_text()

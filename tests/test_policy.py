@@ -72,15 +72,16 @@ def test_table_builder_keeps_the_last_default_row_and_inductors_best_per_key():
 
 
 def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_the_ring():
-    """The default (v5_ring) launches exactly v5 except at batch 1 with one query head per K/V head (MHA), where
-    the K/V ring runs: a v5 row counts as the default's everywhere else and never at MHA batch 1."""
+    """The default (v5_ring) launches exactly v5 except where the K/V ring runs (one query head per K/V head
+    (MHA) at the batch buckets with the ring path, batch 1 among them): a v5 row counts as the default's
+    everywhere else (GQA; MHA at batch 16) and never at MHA batch 1."""
     mod = _policy_table()
     defaults = {"attention": "v5_ring", "mla": None, "ffn": None}
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-11-24", inductor_us=100.0)
     mha = dict(hidden=4096, heads=32, kv_heads=32, head_dim=128)
     cfg = dict(model="m", seq=1024, dtype="fp16", variant="v5")
     rows = [dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN), ours_us=60.0),   # GQA: the ring is dropped
-            dict(base, config=dict(cfg, batch=4, shape=mha), ours_us=110.0),          # batch 4: dropped
+            dict(base, config=dict(cfg, batch=16, shape=mha), ours_us=110.0),         # batch 16: dropped
             dict(base, config=dict(cfg, batch=1, shape=mha), ours_us=80.0)]           # MHA batch 1: the ring runs
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [60.0, 110.0]
     rows.append(dict(base, config=dict(cfg, batch=1, shape=mha, variant="v5_ring"), ours_us=79.0))

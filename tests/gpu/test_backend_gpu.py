@@ -142,6 +142,26 @@ def test_auto_runs_only_kernels_measured_faster_than_inductor():
             assert "slower than Inductor" in r.reason or "not benchmarked" in r.reason, r.reason
 
 
+def test_report_gives_the_split_the_launcher_uses():
+    """The report's attention config is the launched plan (the driver's co-resident cluster counts), not the
+    SM-count estimate: on the H100 they differ (Llama-3.2-1B: estimate C4/P8, launched C2/P8; round 17)."""
+    import cf_compile_kernels.attention as kernels
+    from cf_compile.report import last_report
+
+    model, cfg = _model("llama3.2-1b", torch.bfloat16)
+    torch._dynamo.reset()
+    step = torch.compile(model.forward, backend="clusterfusion", options={"cudagraphs": False, "kernels": "all"})
+    _greedy(model, cfg, step, tokens=2)
+    fused = [r for r in last_report().records if r.block == "attention" and r.implementation == "kernel"]
+    assert fused
+    for r in fused:
+        plan = kernels.device_plan(torch.bfloat16, hidden=r.shapes["hidden"], num_heads=r.shapes["heads"],
+                                   num_kv_heads=r.shapes["kv_heads"], head_dim=r.shapes["head_dim"],
+                                   batch=r.batch, device_index=torch.cuda.current_device())
+        assert (r.kernel_config["cluster"], r.kernel_config["clusters_per_kv_head"]) == (
+            plan.cluster, plan.clusters_per_kv_head), r.kernel_config
+
+
 def test_lean_graph_replays_match_ungraphed_steps_and_a_new_cache_recaptures():
     from cf_compile.cudagraph import captures
     from cf_compile.report import last_report

@@ -448,6 +448,10 @@ NAMED = {
     # batch 1 MHA: the K/V ring (several stages per CTA, stage slots reused, a last stage cut by the chunk)
     "small_mha_b1_ring": Case(torch.bfloat16, 1, 1024, 8, 8, 128, 2048, 1900, "holes", True, False, "weight",
                               True, False, True, torch.float32, 8),
+    # batch 5 MHA (bucket 8): the ring with four row groups per stage, the second pass with three groups past
+    # the batch, rows of different lengths
+    "small_mha_b5_ring": Case(torch.float16, 5, 1024, 8, 8, 128, 1024, 1000, "left_pad", False, False, "weight",
+                              True, False, False, torch.float32, 9),
     "mqa_d256": Case(
         torch.float16,
         2,
@@ -588,10 +592,12 @@ def _run_pair(case: Case, variants: tuple[str, str]) -> tuple[torch.Tensor, ...]
 
 
 def _ring_cases() -> list[Case]:
-    """Batch-1 MHA cases for the K/V ring (the only launches that keep it): the sweep's, plus long caches (many
-    stages, every stage slot reused: parity flips), head_dim 64 and 256 (other stage sizes), masks with holes
-    and left padding, and a chunk that ends mid-stage; one GQA case checks the launcher drops the bit."""
-    sweep = [c for c in _cases()[0] if c.batch == 1 and c.kv_heads == c.num_heads][:24]
+    """MHA cases of batch <= 8 for the K/V ring (launches at batch buckets 1, 2 and 8 keep it): the sweep's, plus
+    long caches (many stages, every stage slot reused: parity flips), head_dim 64 and 256 (other stage sizes),
+    masks with holes and left padding (rows of one pass with different token ranges), a chunk that ends
+    mid-stage, batches 2, 5 and 8 (R row groups per stage; batch 5 leaves groups without a row); one GQA case
+    and batches 3, 4 and 16 check the launcher drops the bit."""
+    sweep = [c for c in _cases()[0] if c.batch <= 8 and c.kv_heads == c.num_heads][:32]
     base = NAMED["llama2_7b"]
     extra = [
         replace(base, max_len=4096, pos=4095),
@@ -604,6 +610,15 @@ def _ring_cases() -> list[Case]:
         replace(base, dtype=torch.bfloat16, bias=True, o_bias=True, max_len=2048, pos=2047, seed=11),
         replace(base, qk_norm=True, add_residual=True, max_len=1500, pos=1100, seed=12),
         replace(base, num_heads=32, kv_heads=8, max_len=1024, pos=900, seed=10),  # GQA: bit dropped, still v5
+        replace(base, batch=2, max_len=2048, pos=2047, seed=13),
+        replace(base, batch=3, max_len=1024, pos=1000, mask="left_pad", seed=14),
+        replace(base, batch=4, max_len=4096, pos=3000, mask="holes", seed=15),
+        replace(base, batch=4, dtype=torch.bfloat16, max_len=1024, pos=1023, mask="left_pad", seed=16),
+        replace(base, batch=5, hidden=2048, num_heads=32, kv_heads=32, head_dim=64, max_len=1500, pos=1499,
+                seed=17),
+        replace(base, batch=8, max_len=1024, pos=1023, mask="left_pad", seed=18),
+        replace(base, batch=8, max_len=64, pos=20, seed=19),  # every row's chunk shorter than its sub-block
+        replace(base, batch=16, max_len=512, pos=511, seed=20),  # bucket 16: bit dropped, still v5
     ]
     return sweep + [c for c in extra if c.unsupported() is None]
 
