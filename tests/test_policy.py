@@ -71,6 +71,18 @@ def test_table_builder_keeps_the_last_default_row_and_inductors_best_per_key():
     assert (e["ours_us"], e["inductor_us"], e["element_bytes"]) == (64.5, 65.0, 2)
 
 
+def test_a_row_of_a_kernel_source_that_did_not_land_counts_for_inductor_only():
+    """An A/B row of an experimental source (config["source"], e.g. round 18's staging, rejected) never stands
+    for the shipped kernel; the Inductor time beside it is still Inductor's."""
+    mod = _policy_table()
+    base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07")
+    cfg = dict(model="llama-3-8b", batch=1, seq=1024, dtype="bf16", shape=LLAMA3_ATTN, variant="v5_ring")
+    rows = [dict(base, config=cfg, ours_us=62.0, inductor_us=66.0),
+            dict(base, config=dict(cfg, source="round 18 (not merged)"), ours_us=40.0, inductor_us=64.0)]
+    (e,) = mod.entries(rows, {"attention": "v5_ring", "mla": None, "ffn": None})
+    assert (e["ours_us"], e["inductor_us"]) == (62.0, 64.0)
+
+
 def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_the_ring():
     """The default (v5_ring) launches exactly v5 except where the K/V ring runs (one query head per K/V head
     (MHA) at the batch buckets with the ring path, batch 1 among them): a v5 row counts as the default's
