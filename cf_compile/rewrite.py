@@ -134,29 +134,33 @@ def _ffn_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:
 def _attention_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:
     from cf_compile_kernels import attention as k
 
-    s, f = m.shapes, m.features
+    f = m.features
     if f["qk_norm"] and f["qk_norm_kind"] != "weight":
         return f"no kernel for a per-head {f['qk_norm_kind']} q/k norm (Gemma3's 1 + w)", {}
-    cache_len = _cache_len(m)
-    shape = dict(hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
-                 batch=m.batch, dtype=m.dtype, num_sms=num_sms)
-    reason = k.attention_unsupported_reason(**shape, max_cache_len=cache_len, has_qk_norm=f["qk_norm"],
+    shape = dict(_attention_shape(m), dtype=m.dtype, num_sms=num_sms)
+    reason = k.attention_unsupported_reason(**shape, max_cache_len=_cache_len(m), has_qk_norm=f["qk_norm"],
                                             mask_dtype=val(m.op_args["attn_mask"]).dtype)
     if reason:
         return reason, {}
     return None, k.attention_config(**shape)
 
 
+def _attention_shape(m: BlockMatch) -> dict[str, int]:
+    """The attention kernels' shape arguments of a matched block."""
+    s = m.shapes
+    return dict(hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=s["head_dim"],
+                batch=m.batch)
+
+
 def _attention_launch_config(m: BlockMatch, config: dict) -> dict:
     """The split the launcher will use (device_plan: from the driver's co-resident cluster counts; round 17 found
-    the SM-count estimate reported C4/P8 where C2/P8 ran), kept beside the policy's evidence."""
+    the SM-count estimate reported C4/P8 where C2/P8 ran), kept beside the policy's evidence. device_plan, not
+    the launcher's memoised launch: that one allocates its scratch, which must not happen while compiling."""
     from cf_compile_kernels import attention as k
 
-    s, device = m.shapes, _device_of(m)
+    device = _device_of(m)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    plan = k.device_plan(m.dtype, hidden=s["hidden"], num_heads=s["heads"], num_kv_heads=s["kv_heads"],
-                         head_dim=s["head_dim"], batch=m.batch, device_index=index)
-    return {**config, **plan.as_dict()}
+    return {**config, **k.device_plan(m.dtype, **_attention_shape(m), device_index=index).as_dict()}
 
 
 def _mla_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:

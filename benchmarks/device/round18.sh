@@ -8,6 +8,7 @@
 # Predictions (bf16 1024, us): bitwise 3/3; Qwen2.5-0.5B B=16 110 -> ~97 (rope step 16.7 -> ~3), B=4 51 -> ~47;
 # Llama-3-8B B=16 186 -> ~178, Llama-3.2-1B B=16 108 -> ~100, Llama-2-7B B=16 274 -> ~270; batch 1 within +-0.5
 # (a warp had at most 1-2 jobs there; one more CTA barrier before the gather).
+# Since rewritten to call build_attention.py and sanitize.sh: the same builds and checks.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/cf-final}; W=/tmp/cf-out/round18; mkdir -p "$W" "$FINAL"
@@ -15,21 +16,7 @@ BASE=$PWD/benchmarks/device/baseline/attention_decode.cu
 t0=$SECONDS
 stamp() { echo "[$1 at $((SECONDS - t0)) s]"; }
 [ -f "$BASE" ] || { echo "no baseline source at $BASE"; exit 2; }
-timeout 200 python3 - "$BASE" <<'PY' 2>&1 | tail -3  # both sources' builds, in parallel, before the tests
-import sys
-from concurrent.futures import ThreadPoolExecutor
-import torch
-from cf_compile_kernels import attention
-from cf_compile_kernels.build import compile_kernel
-keys = [(dt, bb, hg) for dt in (torch.float16, torch.bfloat16) for bb in (1, 2, 4, 8, 16) for hg in (1, 2, 4, 8)]
-def build(key, source):
-    dt, bb, hg = key
-    return compile_kernel(source, attention.KERNEL, template_args=(attention.SUPPORTED_DTYPES[dt], bb, hg))
-with ThreadPoolExecutor(16) as pool:
-    new = list(pool.map(lambda k: build(k, attention.SOURCE), keys))
-    old = list(pool.map(lambda k: build(k, sys.argv[1]), keys))
-print("new spills", sum(k.spill_bytes for k in new), "old spills", sum(k.spill_bytes for k in old))
-PY
+timeout 200 python3 benchmarks/device/build_attention.py "$BASE" 2>&1 | tail -3
 stamp compiled
 CF_ATTN_BASELINE_SOURCE=$BASE CF_ATTN_VARIANTS="v3 v5 v5_ring" timeout 200 python3 -m pytest -q -p no:cacheprovider \
   tests/gpu/test_kernels_attention.py -k "baseline_source" > "$W/bitwise.log" 2>&1
@@ -38,12 +25,8 @@ stamp bitwise
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention.py -x \
   -k "random_sweep or deterministic or graph_capture or named_models_match or counters or rows_attended" > "$W/tests.log" 2>&1
 echo "tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|E )" "$W/tests.log" | head -6
-for tool in memcheck racecheck; do
-  CF_ATTN_VARIANTS=v5_ring timeout 80 compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 \
-    python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_kernels_attention.py \
-    -k "named_models and (small_gqa_split or qwen25_05b_b16)" > "$W/$tool.log" 2>&1
-  rc=$?; echo "$tool rc $rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$W/$tool.log" | tr '\n' ' ' | cut -c1-200)"
-done
+CF_ATTN_VARIANTS=v5_ring SANITIZE_KERNELS=attn SANITIZE_ATTN_K="named_models and (small_gqa_split or qwen25_05b_b16)" SANITIZE_DIR="$W/sanitize" \
+  bash benchmarks/device/sanitize.sh | grep -E "^attn"
 stamp tests
 timeout 200 python3 benchmarks/attention.py --no-inductor --no-prefetch --dtypes bf16 --batches 1 4 16 --seqs 1024 \
   --baseline-source "$BASE" --json "$W/rows.json" > "$W/bench.log" 2>&1

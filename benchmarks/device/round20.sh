@@ -8,6 +8,8 @@
 # Predictions (Llama-2-7B bf16, us): batch 4 1024 ~112 (round 16) -> ~106, 4096 178 -> ~165; batch 2 as round
 # 19 (108 / 148) or 1-3 us better; batch 8 4096 411 -> ~395; batch 1 within +-1 of round 16.
 # Falsified if batch 4 stays above round 16: then the issue was not the cause (look at the timeline's phase 4).
+# Since rewritten to call build_attention.py and sanitize.sh: the same builds and checks (as run it built only
+# the bf16 one-head builds of the two earlier sources, and the named ring case of bucket 4 was small_mha_b3_ring, since renamed small_mha_b5_ring at bucket 8).
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/cf-final}; W=/tmp/cf-out/round20; mkdir -p "$W" "$FINAL"
@@ -15,32 +17,13 @@ BASE=$PWD/benchmarks/device/baseline/attention_decode.cu
 SERIAL=$PWD/benchmarks/device/baseline/serial_issue.cu
 t0=$SECONDS
 stamp() { echo "[$1 at $((SECONDS - t0)) s]"; }
-timeout 150 python3 - "$BASE" "$SERIAL" <<'PY' 2>&1 | tail -3
-import sys
-from concurrent.futures import ThreadPoolExecutor
-import torch
-from cf_compile_kernels import attention
-from cf_compile_kernels.build import compile_kernel
-keys = [(dt, bb, hg) for dt in (torch.float16, torch.bfloat16) for bb in (1, 2, 4, 8, 16) for hg in (1, 2, 4, 8)]
-jobs = [(k, attention.SOURCE) for k in keys] + [((torch.bfloat16, bb, 1), src) for src in sys.argv[1:]
-                                                for bb in (1, 2, 4, 8)]
-def build(job):
-    (dt, bb, hg), source = job
-    return compile_kernel(source, attention.KERNEL, template_args=(attention.SUPPORTED_DTYPES[dt], bb, hg))
-with ThreadPoolExecutor(16) as pool:
-    built = list(pool.map(build, jobs))
-print("builds", len(built), "spills", sum(k.spill_bytes for k in built))
-PY
+timeout 150 python3 benchmarks/device/build_attention.py "$BASE" "$SERIAL" 2>&1 | tail -3
 stamp compiled
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention.py -x \
   -k "kv_ring or random_sweep or deterministic or graph_capture or named_models_match or counters" > "$W/tests.log" 2>&1
 echo "tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|E )" "$W/tests.log" | head -6
-for tool in memcheck racecheck synccheck; do
-  CF_ATTN_VARIANTS=v5_ring timeout 60 compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 \
-    python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_kernels_attention.py \
-    -k "named_models and (small_mha_b3_ring or small_mha_b1_ring)" > "$W/$tool.log" 2>&1
-  rc=$?; echo "$tool rc $rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$W/$tool.log" | tr '\n' ' ' | cut -c1-200)"
-done
+CF_ATTN_VARIANTS=v5_ring SANITIZE_KERNELS=attn SANITIZE_ATTN_K="named_models and (small_mha_b5_ring or small_mha_b1_ring)" SANITIZE_DIR="$W/sanitize" \
+  bash benchmarks/device/sanitize.sh | grep -E "^attn"
 stamp tests
 for pair in "r16:$BASE" "serial:$SERIAL"; do
   tag=${pair%%:*}; src=${pair#*:}

@@ -14,11 +14,7 @@ timeout 100 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_atte
   -k "named_models_match and (small_mha_b5_ring or small_mha_b1_ring or llama2_7b)" > "$W/tests.log" 2>&1
 echo "tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|E )" "$W/tests.log" | head -6
 stamp tests
-for tool in memcheck racecheck synccheck; do
-  CF_ATTN_VARIANTS=v5_ring timeout 60 compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 \
-    python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_kernels_attention.py \
-    -k "named_models and small_mha_b5_ring" > "$W/$tool.log" 2>&1
-  rc=$?; echo "$tool rc $rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$W/$tool.log" | tr '\n' ' ' | cut -c1-200)"
-done
+CF_ATTN_VARIANTS=v5_ring SANITIZE_KERNELS=attn SANITIZE_ATTN_K="named_models and small_mha_b5_ring" SANITIZE_DIR="$W/sanitize" \
+  bash benchmarks/device/sanitize.sh | grep -E "^attn"
 stamp sanitizers
 tar czf "$FINAL/round21.tgz" -C "$W" .

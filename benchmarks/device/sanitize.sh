@@ -4,17 +4,22 @@
 # and MLA split_mma on V2-Lite / many-chunk cases (split merge). Each run is the test itself, so every launch is
 # also checked against its fp64 reference. The cubins are compiled once without the sanitizer (disk cache).
 #   bash benchmarks/device/sanitize.sh     -> $OUT/sanitize.tgz (one log per tool and kernel, summary.txt)
+# A round's script narrows it: SANITIZE_KERNELS="attn" SANITIZE_ATTN_K="named_models and small_mha_b5_ring"
+# CF_ATTN_VARIANTS=v5_ring SANITIZE_DIR=<the round's folder> (logs there, no tarball).
 set -uo pipefail
-export PYTHONPATH=. PYTHONUNBUFFERED=1 CF_ATTN_VARIANTS=v5 CF_MLA_TEST_VARIANTS=split_mma
-FINAL=${OUT:-/tmp/cf-final}; W=/tmp/cf-out/sanitize; mkdir -p "$W" "$FINAL"
+export PYTHONPATH=. PYTHONUNBUFFERED=1 CF_ATTN_VARIANTS=${CF_ATTN_VARIANTS:-v5} CF_MLA_TEST_VARIANTS=split_mma
+FINAL=${OUT:-/tmp/cf-final}; W=${SANITIZE_DIR:-/tmp/cf-out/sanitize}; mkdir -p "$W" "$FINAL"
 t0=$SECONDS
-ATTN=(tests/gpu/test_kernels_attention.py -k "named_models and small")
+ATTN=(tests/gpu/test_kernels_attention.py -k "${SANITIZE_ATTN_K:-named_models and small}")
 MLA=(tests/gpu/test_kernels_mla.py -k "split_merge_is_bitwise")
-timeout 120 python3 -m pytest -q -p no:cacheprovider "${ATTN[@]}" > "$W/attn_plain.log" 2>&1
-timeout 120 python3 -m pytest -q -p no:cacheprovider "${MLA[@]}" > "$W/mla_plain.log" 2>&1
-echo "plain runs done at $((SECONDS - t0)) s: $(tail -1 "$W/attn_plain.log") | $(tail -1 "$W/mla_plain.log")"
+KERNELS=${SANITIZE_KERNELS:-attn mla}
+for k in $KERNELS; do
+  if [ "$k" = attn ]; then args=("${ATTN[@]}"); else args=("${MLA[@]}"); fi
+  timeout 120 python3 -m pytest -q -p no:cacheprovider "${args[@]}" > "$W/${k}_plain.log" 2>&1
+  echo "$k plain run done at $((SECONDS - t0)) s: $(tail -1 "$W/${k}_plain.log")"
+done
 for tool in memcheck racecheck synccheck; do
-  for k in attn mla; do
+  for k in $KERNELS; do
     if [ "$k" = attn ]; then args=("${ATTN[@]}"); else args=("${MLA[@]}"); fi
     timeout 70 compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 \
       python3 -m pytest -q -p no:cacheprovider -x "${args[@]}" > "$W/${k}_${tool}.log" 2>&1
@@ -25,4 +30,4 @@ for tool in memcheck racecheck synccheck; do
   done
 done
 echo "done at $((SECONDS - t0)) s"
-tar czf "$FINAL/sanitize.tgz" -C "$W" .
+[ -n "${SANITIZE_DIR:-}" ] || tar czf "$FINAL/sanitize.tgz" -C "$W" .

@@ -120,7 +120,7 @@ enum Variant : int {
   // a flag register right after its load, so every token of a step waits one L2 latency in turn
   // (kTokenUnroll serial latencies per step: ~8 x 0.5-1 us on Llama-2-7B's two steps per warp).
   kDeepKv = 32,
-  // Phase 4 of one-head-per-pass (MHA) builds of batch bucket <= 8: the CTA's K/V token chunks stream
+  // Phase 4 of one-head-per-pass (MHA) builds of batch buckets 1, 2 and 8: the CTA's K/V token chunks stream
   // through a shared-memory ring. A stage holds kWarps x step tokens: with R batch rows in parallel, R
   // sub-blocks of (kWarps / R) x step tokens, one per row group, each copied by two bulk copies (the K and
   // the V rows of one (row, KV head) are contiguous in the cache) and awaited on the stage's mbarrier; warp
@@ -1109,7 +1109,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
           if (n == 0) return;
           const long long row_base =
               ((static_cast<long long>(b0 + lane) * KVH + kvh) * p.max_cache_len + t_first) * D;
-          T* k_dst = ring_data + (static_cast<size_t>(st) * 2 * ring_tokens + static_cast<size_t>(lane) * row_tokens) * D;
+          T* k_dst =
+              ring_data + (static_cast<size_t>(st) * 2 * ring_tokens + static_cast<size_t>(lane) * row_tokens) * D;
           cf::pipe::bulk_load(k_dst, kc_base + row_base, bytes, ring_bar + st);
           cf::pipe::bulk_load(k_dst + ring_tokens * D, vc_base + row_base, bytes, ring_bar + st);
         };
