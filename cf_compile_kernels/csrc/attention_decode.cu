@@ -1035,7 +1035,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   // the ring path in the build slows the rest (round 20, Llama-2-7B bf16 B=4 4096: 178.6 us without, 186.6 with).
   constexpr bool kRingBuild = (BB == 1 || BB == 2 || BB == 8) && HG == 1;
   const int row_tokens = warps_per_row * step_tokens;  // tokens of one row group's sub-block of a stage
-  const bool kv_ring = kRingBuild && (p.variant & kKvRing) != 0 && ring_stages >= 2 &&
+  const bool kv_ring = kRingBuild && (p.variant & kKvRing) != 0 && (BB != 1 || R == 1) && ring_stages >= 2 &&
                        dynamic_smem_size() >= static_cast<unsigned>(ring_base + kRingBytes - smem_raw);
   unsigned long long* const ring_bar = reinterpret_cast<unsigned long long*>(ring_base);
   T* const ring_data = reinterpret_cast<T*>(ring_base + kRingBarrierBytes);
@@ -1043,7 +1043,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   if (kv_ring) {
     if (tid == 0) {
       // one issuer per row group arrives on each stage
-      for (int st = 0; st < ring_stages; ++st) cf::pipe::mbarrier_init(ring_bar + st, R);
+      for (int st = 0; st < ring_stages; ++st) cf::pipe::mbarrier_init(ring_bar + st, BB == 1 ? 1 : R);
       cf::pipe::fence_barrier_init();
     }
     __syncthreads();
@@ -1087,52 +1087,90 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
       ts.slot = slot;
       ts.own_row = own_row;
       if (kRingBuild && kv_ring) {
-        // Stream each row group's [cs, ce) through the ring: block i of row group r = its tokens
-        // [cs + i*row_tokens, +row_tokens), sub-block r of stage (ring_seq + i) % ring_stages; lane r of warp 0
-        // issues row group r's copies (the R issuers in parallel, each arriving once on the stage's barrier of
-        // count R, with its own byte count), warp wig of the group takes step block wig of its sub-block. Every
-        // warp walks the most blocks of any row of the pass (the per-stage CTA barrier); a shorter row's warps
-        // attend nothing there.
-        int blocks = 0;
-        for (int r = 0; r < R && b0 + r < B; ++r) {
-          const TokenChunk rc = token_chunk(s.range, b0 + r, chunks, chunk_idx);
-          blocks = max(blocks, cf::ceil_div(max(rc.end - rc.begin, 0), row_tokens));
+        if constexpr (BB == 1) {
+          // Batch bucket 1 keeps round 16's code for its one row (thread 0 issues, one sub-block per stage): the
+          // general form below compiled to other SASS there and ran 3.5 us slower at Llama-2-7B 4096 (round 20).
+          // Stream [cs, ce) through the ring: block i = tokens [cs + i*ring_tokens, +ring_tokens) in stage
+          // (ring_seq + i) % ring_stages; thread 0 issues, warp wig takes step block wig of the stage.
+          const int blocks = cf::ceil_div(max(ce - cs, 0), ring_tokens);
+          const T* k_row = kc_base + head_base * D;
+          const T* v_row = vc_base + head_base * D;
+          auto issue = [&](int i) {
+            const unsigned seq = ring_seq + i, st = seq % ring_stages;
+            const int t_first = cs + i * ring_tokens, n = min(ring_tokens, ce - t_first);
+            const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
+            T* k_dst = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
+            cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
+            cf::pipe::bulk_load(k_dst, k_row + static_cast<long long>(t_first) * D, bytes, ring_bar + st);
+            cf::pipe::bulk_load(k_dst + ring_tokens * D, v_row + static_cast<long long>(t_first) * D, bytes,
+                                ring_bar + st);
+          };
+          if (tid == 0) {
+            for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
+          }
+          for (int i = 0; i < blocks; ++i) {
+            const unsigned seq = ring_seq + i, st = seq % ring_stages;
+            const int t_first = cs + i * ring_tokens;
+            cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
+            const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
+            ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
+            ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
+            ts.first = t_first + wig * step_tokens;
+            ts.end = min(ce, t_first + ring_tokens);
+            if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
+            else attend_tokens<false>(ts, q, o, m, l);
+            __syncthreads();  // every warp is done with the stage before it is refilled
+            if (tid == 0 && i + ring_stages < blocks) issue(i + ring_stages);
+          }
+          ring_seq += blocks;
+        } else {
+          // Stream each row group's [cs, ce) through the ring: block i of row group r = its tokens
+          // [cs + i*row_tokens, +row_tokens), sub-block r of stage (ring_seq + i) % ring_stages; lane r of warp 0
+          // issues row group r's copies (the R issuers in parallel, each arriving once on the stage's barrier of
+          // count R, with its own byte count), warp wig of the group takes step block wig of its sub-block. Every
+          // warp walks the most blocks of any row of the pass (the per-stage CTA barrier); a shorter row's warps
+          // attend nothing there.
+          int blocks = 0;
+          for (int r = 0; r < R && b0 + r < B; ++r) {
+            const TokenChunk rc = token_chunk(s.range, b0 + r, chunks, chunk_idx);
+            blocks = max(blocks, cf::ceil_div(max(rc.end - rc.begin, 0), row_tokens));
+          }
+          const bool issuer = warp == 0 && lane < R;
+          TokenChunk ic{0, 0};  // the issuer's row's chunk (none past the batch: it arrives with no bytes)
+          if (issuer && b0 + lane < B) ic = token_chunk(s.range, b0 + lane, chunks, chunk_idx);
+          auto issue = [&](int i) {
+            const unsigned st = (ring_seq + i) % ring_stages;
+            const int t_first = ic.begin + i * row_tokens, n = max(min(row_tokens, ic.end - t_first), 0);
+            const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
+            cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
+            if (n == 0) return;
+            const long long row_base =
+                ((static_cast<long long>(b0 + lane) * KVH + kvh) * p.max_cache_len + t_first) * D;
+            T* k_dst =
+                ring_data + (static_cast<size_t>(st) * 2 * ring_tokens + static_cast<size_t>(lane) * row_tokens) * D;
+            cf::pipe::bulk_load(k_dst, kc_base + row_base, bytes, ring_bar + st);
+            cf::pipe::bulk_load(k_dst + ring_tokens * D, vc_base + row_base, bytes, ring_bar + st);
+          };
+          if (issuer) {
+            for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
+          }
+          for (int i = 0; i < blocks; ++i) {
+            const unsigned seq = ring_seq + i, st = seq % ring_stages;
+            const int t_first = cs + i * row_tokens;
+            cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
+            const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D +
+                               static_cast<size_t>(row_grp) * row_tokens * D;
+            ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
+            ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
+            ts.first = t_first + wig * step_tokens;
+            ts.end = min(ce, t_first + row_tokens);
+            if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
+            else attend_tokens<false>(ts, q, o, m, l);
+            __syncthreads();  // every warp is done with the stage before it is refilled
+            if (issuer && i + ring_stages < blocks) issue(i + ring_stages);
+          }
+          ring_seq += blocks;
         }
-        const bool issuer = warp == 0 && lane < R;
-        TokenChunk ic{0, 0};  // the issuer's row's chunk (none past the batch: it arrives with no bytes)
-        if (issuer && b0 + lane < B) ic = token_chunk(s.range, b0 + lane, chunks, chunk_idx);
-        auto issue = [&](int i) {
-          const unsigned st = (ring_seq + i) % ring_stages;
-          const int t_first = ic.begin + i * row_tokens, n = max(min(row_tokens, ic.end - t_first), 0);
-          const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
-          cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
-          if (n == 0) return;
-          const long long row_base =
-              ((static_cast<long long>(b0 + lane) * KVH + kvh) * p.max_cache_len + t_first) * D;
-          T* k_dst =
-              ring_data + (static_cast<size_t>(st) * 2 * ring_tokens + static_cast<size_t>(lane) * row_tokens) * D;
-          cf::pipe::bulk_load(k_dst, kc_base + row_base, bytes, ring_bar + st);
-          cf::pipe::bulk_load(k_dst + ring_tokens * D, vc_base + row_base, bytes, ring_bar + st);
-        };
-        if (issuer) {
-          for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
-        }
-        for (int i = 0; i < blocks; ++i) {
-          const unsigned seq = ring_seq + i, st = seq % ring_stages;
-          const int t_first = cs + i * row_tokens;
-          cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
-          const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D +
-                             static_cast<size_t>(row_grp) * row_tokens * D;
-          ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
-          ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
-          ts.first = t_first + wig * step_tokens;
-          ts.end = min(ce, t_first + row_tokens);
-          if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
-          else attend_tokens<false>(ts, q, o, m, l);
-          __syncthreads();  // every warp is done with the stage before it is refilled
-          if (issuer && i + ring_stages < blocks) issue(i + ring_stages);
-        }
-        ring_seq += blocks;
       } else if (deep_kv) {
         attend_tokens<true>(ts, q, o, m, l);
       } else {
