@@ -67,14 +67,20 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              79.9; with G >= 4 it was no faster: Llama-3-8B 4096 74.3 -> 74.8, Qwen2.5-0.5B 1024 32.3 -> 34.4,
 #              so only MHA keeps the bit). Batch 2 and 8 since round 21 (Llama-2-7B bf16 4096: B=2 172 -> 147,
 #              B=8 423 -> 286); bucket 4 is as fast without it (round 20).
-WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV, KV_RING = 1, 2, 16, 32, 64  # attn::Variant bits
+#   v5_heads   v5_ring + head_lanes: the GQA builds of batch bucket 1 (several query heads per pass) at head_dim 64
+#              and 128 run phase 4 with the warp's lanes as (query head, slice of D) -- one rolled token loop for
+#              every head -- instead of (token slot, 16-byte vector) with the heads unrolled (~1,100 instructions a
+#              small model's warp ran once, fetch-bound: round 22). A new summation order, held to the fp64 band.
+#              Other builds and head dims ignore the bit (launch_bits drops it there).
+WIDE_TAIL, SPLIT_QKV_BIT, MMA, DEEP_KV, KV_RING, HEAD_LANES = 1, 2, 16, 32, 64, 128  # attn::Variant bits
 VARIANTS = {"v3": 0, "tail": WIDE_TAIL, "qkv": SPLIT_QKV_BIT, "v4": WIDE_TAIL | SPLIT_QKV_BIT,
             "mma": WIDE_TAIL | MMA, "v4_mma": WIDE_TAIL | SPLIT_QKV_BIT | MMA,
             "v5": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV,
-            "v5_ring": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV | KV_RING}
+            "v5_ring": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV | KV_RING,
+            "v5_heads": WIDE_TAIL | SPLIT_QKV_BIT | MMA | DEEP_KV | KV_RING | HEAD_LANES}
 # Bits that wait for no other CTA (only the schedule or the arithmetic of one CTA changes): kept on splits that
 # are not one wave.
-LOCAL_BITS = MMA | DEEP_KV | KV_RING
+LOCAL_BITS = MMA | DEEP_KV | KV_RING | HEAD_LANES
 RING_BYTES = 128 + 128 * 1024  # attn::kRingBytes: mbarriers + kRingDataBytes of K/V stages
 RING_ALIGN = 128  # the ring starts at the plan's end rounded up to this
 # attn::kMmaMinBucket: below it an 8-column MMA is mostly padding, the kernel keeps the CUDA-core GEMV.
@@ -425,11 +431,24 @@ def keeps_ring(bucket: int, hg: int) -> bool:
     return bucket in RING_BUCKETS and hg == 1
 
 
-def launch_bits(plan: AttentionConfig, variant: str) -> tuple[int, int]:
-    """(variant bits, dynamic shared bytes) of one launch: effective_variant, and the K/V ring's bit kept only at
-    batch buckets 1, 2 and 8 with one head per pass (the instantiations with the ring path; any rows in parallel),
-    where the ring fits beside the plan (it then gets its bytes)."""
+# attn kHeadLanesBuild and the head dims attend_heads is instantiated for
+HEAD_LANES_DIMS = (64, 128)
+
+
+def keeps_head_lanes(bucket: int, hg: int, head_dim: int) -> bool:
+    """Whether a launch runs the head-lane token loop (attn::kHeadLanes): batch bucket 1, several query heads per
+    pass, head_dim 64 or 128."""
+    return bucket == 1 and hg >= 4 and head_dim in HEAD_LANES_DIMS
+
+
+def launch_bits(plan: AttentionConfig, variant: str, head_dim: int) -> tuple[int, int]:
+    """(variant bits, dynamic shared bytes) of one launch: effective_variant; the head-lane bit kept only where
+    the build and head dim have that loop (keeps_head_lanes); the K/V ring's bit kept only at batch buckets 1, 2
+    and 8 with one head per pass (the instantiations with the ring path; any rows in parallel), where the ring
+    fits beside the plan (it then gets its bytes)."""
     bits = effective_variant(plan, variant)
+    if not keeps_head_lanes(plan.batch_bucket, plan.heads_per_pass, head_dim):
+        bits &= ~HEAD_LANES
     if not bits & KV_RING:
         return bits, plan.smem_bytes
     with_ring = ring_shared_bytes(plan.smem_bytes)
@@ -643,7 +662,7 @@ def attention_decode(
     plan, kernel = launch.plan, launch.kernel
     attn_partial, o_partial, arrivals, qkv_global = launch.scratch
     rows = rows_parallel or rows_in_parallel(batch)
-    bits, shared_bytes = launch_bits(plan, variant)
+    bits, shared_bytes = launch_bits(plan, variant, head_dim)
     i32, f32, i64 = ctypes.c_int32, ctypes.c_float, ctypes.c_int64
     args = [
         x,

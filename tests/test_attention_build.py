@@ -255,7 +255,7 @@ def test_v5_is_v4_mma_plus_deep_kv_and_kept_off_one_wave():
     v = attention.VARIANTS
     assert attention.DEEP_KV == 32 and v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert not attention.DEEP_KV & (attention.WIDE_TAIL | attention.SPLIT_QKV_BIT | attention.MMA)
-    assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV | attention.KV_RING
+    assert attention.LOCAL_BITS == attention.MMA | attention.DEEP_KV | attention.KV_RING | attention.HEAD_LANES
     h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
     llama2 = attention._plan(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, batch=1, esize=2,
                              num_sms=132, active=h100)
@@ -303,26 +303,59 @@ def test_v5_ring_is_v5_plus_the_kv_ring_kept_only_for_mha_builds_where_its_ring_
     shape = dict(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, esize=2, num_sms=132, active=h100)
     for batch in (1, 2, 5, 8):
         plan = attention._plan(**shape, batch=batch)
-        bits, shared = attention.launch_bits(plan, "v5_ring")
+        bits, shared = attention.launch_bits(plan, "v5_ring", 128)
         assert bits == attention.effective_variant(plan, "v5") | attention.KV_RING, batch
         assert shared == attention.ring_shared_bytes(plan.smem_bytes) <= attention.SMEM_LIMIT
         assert shared % 16 == 0 and shared - attention.RING_BYTES >= plan.smem_bytes
         assert (shared - attention.RING_BYTES) % attention.RING_ALIGN == 0
-        assert attention.launch_bits(plan, "v5") == (attention.effective_variant(plan, "v5"), plan.smem_bytes)
+        assert attention.launch_bits(plan, "v5", 128) == (attention.effective_variant(plan, "v5"), plan.smem_bytes)
     b16 = attention._plan(**shape, batch=16)  # bucket 16: no ring path, and no room for it
     assert attention.ring_shared_bytes(b16.smem_bytes) > attention.SMEM_LIMIT
-    assert attention.launch_bits(b16, "v5_ring") == (attention.effective_variant(b16, "v5"), b16.smem_bytes)
+    assert attention.launch_bits(b16, "v5_ring", 128) == (attention.effective_variant(b16, "v5"), b16.smem_bytes)
     for batch in (3, 4):  # bucket 4: no ring path
         plan = attention._plan(**shape, batch=batch)
-        assert attention.launch_bits(plan, "v5_ring") == (attention.effective_variant(plan, "v5"), plan.smem_bytes)
+        assert attention.launch_bits(plan, "v5_ring", 128) == (attention.effective_variant(plan, "v5"), plan.smem_bytes)
     for kv_heads in (8, 4, 1):  # GQA / MQA: several heads per pass, no ring path in the build
         gqa = attention._plan(**dict(shape, num_kv_heads=kv_heads), batch=1)
         assert gqa.heads_per_pass > 1 and not attention.keeps_ring(gqa.batch_bucket, gqa.heads_per_pass)
-        assert attention.launch_bits(gqa, "v5_ring") == (attention.effective_variant(gqa, "v5"), gqa.smem_bytes)
+        assert attention.launch_bits(gqa, "v5_ring", 128) == (attention.effective_variant(gqa, "v5"), gqa.smem_bytes)
     assert [b for b in (1, 2, 4, 8, 16) if attention.keeps_ring(b, 1)] == [1, 2, 8]
     b1 = attention._plan(**shape, batch=1)
     big = dataclasses.replace(b1, smem_bytes=attention.SMEM_LIMIT - attention.RING_BYTES + 1)
-    assert attention.launch_bits(big, "v5_ring") == (attention.effective_variant(b1, "v5"), big.smem_bytes)
+    assert attention.launch_bits(big, "v5_ring", 128) == (attention.effective_variant(b1, "v5"), big.smem_bytes)
+
+
+def test_v5_heads_is_v5_ring_plus_the_head_lane_loop_kept_only_where_built():
+    """v5_heads = v5_ring + bit 128 (HEAD_LANES: phase 4 with lanes as (query head, slice of D)). Only the batch-1
+    builds with several heads per pass (HG >= 4) have the loop, at head_dim 64 and 128: the launcher keeps the
+    bit there and drops it elsewhere (MHA, G = 2, batch 2+, head_dim 256), so what the report and the rows say
+    ran is what ran."""
+    v = attention.VARIANTS
+    assert attention.HEAD_LANES == 128 and v["v5_heads"] == v["v5_ring"] | attention.HEAD_LANES
+    assert attention.HEAD_LANES & attention.LOCAL_BITS  # waits for no other CTA: kept on splits of two waves
+    h100 = {8: 16, 4: 33, 2: 66, 1: 132}.__getitem__
+    base = dict(hidden=2048, num_heads=32, esize=2, num_sms=132, active=h100)
+    for kvh, d, batch, kept in [(8, 64, 1, True), (8, 128, 1, True), (1, 128, 1, True), (2, 64, 1, True),
+                                (8, 256, 1, False), (16, 128, 1, False), (32, 128, 1, False),
+                                (8, 64, 2, False), (8, 128, 16, False)]:
+        plan = attention._plan(**base, num_kv_heads=kvh, head_dim=d, batch=batch)
+        bits, shared = attention.launch_bits(plan, "v5_heads", d)
+        assert bool(bits & attention.HEAD_LANES) == kept, (kvh, d, batch)
+        assert kept == attention.keeps_head_lanes(plan.batch_bucket, plan.heads_per_pass, d)
+        ring_bits, ring_shared = attention.launch_bits(plan, "v5_ring", d)
+        assert (bits & ~attention.HEAD_LANES, shared) == (ring_bits, ring_shared)
+
+
+def test_head_lane_loop_in_the_kernel_matches_the_launcher():
+    """Source guard: the bit's value, the builds that have the loop and the head dims it runs at are the launcher's
+    (keeps_head_lanes), and every lane of a warp attends the same token (runs of consecutive tokens per warp)."""
+    src = (Path(attention.__file__).parent / "csrc" / attention.SOURCE).read_text()
+    assert f"kHeadLanes = {attention.HEAD_LANES}," in src
+    assert "constexpr bool kHeadLanesBuild = BB == 1 && HG >= 4;" in src
+    dims = " || ".join(f"D == {d}" for d in attention.HEAD_LANES_DIMS)
+    assert f"(p.variant & kHeadLanes) != 0 && ({dims});" in src
+    assert "const int first = cs + wig * run, stride = warps_per_row * run;" in src
+    assert all(f"attend_heads<T, HG, {d} * HG / 32>(" in src for d in attention.HEAD_LANES_DIMS)
 
 
 def test_kv_ring_constants_and_schedule_match_the_kernel():

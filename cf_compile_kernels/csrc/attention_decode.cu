@@ -129,6 +129,14 @@ enum Variant : int {
   // stream ran at 1.3-1.8 TB/s). Needs no other CTA. Used only when the launcher sized shared memory for
   // the ring (kRingBytes) and at least two stages fit; otherwise phase 4 runs as without the bit.
   kKvRing = 64,
+  // Phase 4 of the several-heads-per-pass (GQA) builds of batch bucket 1 at head_dim 64 and 128: the warp's
+  // lanes laid out as (query head, slice of D) instead of (token slot, 16-byte vector), so every lane works on
+  // the same token and one rolled loop covers all HG heads (attend_heads). The slot layout unrolls HG heads x
+  // kTokenUnroll tokens into ~1,100 instructions that the small models run once per warp, fetch-bound at ~13
+  // cycles per instruction (round 22), then merges the slots by shuffles. A new summation order (each lane sums
+  // D*HG/32 products, then kLph lanes by butterfly; a warp takes runs of consecutive tokens): held to the fp64
+  // band, not bitwise the slot layout. Needs no other CTA. Ignored by other builds and head dims.
+  kHeadLanes = 128,
 };
 // kKvRing: kRingDataBytes of stages (K then V of each), as many as fit up to kRingMaxStages: D = 128 at one
 // head per pass (16-token steps, 64 KB stages) double-buffers, four heads per pass (8-token steps) 4 stages.
@@ -700,6 +708,98 @@ __device__ __forceinline__ void attend_tokens(const TokenStream<T>& ts, const fl
   }
 }
 
+// ------------------------------------------------------------------ phase 4 token loop, head lanes (kHeadLanes)
+
+// Lanes per query head and the run of consecutive tokens a warp takes per step, for EL = D * HG / 32 elements of
+// q, o, K and V per lane: kU * EL = 32 elements of K and of V (64 bytes each) in flight per lane per step.
+template <int HG>
+constexpr int kLanesPerHead = 32 / HG;
+template <int EL>
+constexpr int kHeadLaneRun = EL >= 32 ? 1 : 32 / EL;
+
+// The token loop of phase 4 with lanes = (query head h, slice `part` of D): lane h * kLph + part holds head g0 + h's
+// scaled q and its o on dims (part + c * kLph) * kVec + i (c < EL / kVec, i < kVec: each 16-byte load of a slice's
+// kLph lanes is one contiguous run of the row). All lanes attend the same token at a time. Tokens first, first +
+// 1, ... of each run of kU, runs `stride` apart, below end; the new token (pos) from shared memory (rounded
+// k/v); masked tokens are loaded and dropped as in attend_tokens. Writes the warp's (o, m, l) per head into w
+// ([HG][D + 2]: o, then m at D and l at D + 1), the layout the CTA merge reads, for heads < `heads`.
+template <typename T, int HG, int EL>
+__device__ __forceinline__ void attend_heads(const float* q_src, const T* kb, const T* vb, const T* knew,
+                                             const T* vnew, const unsigned char* mrow, int first, int end,
+                                             int stride, long long pos, int D, bool own_row, int heads, float* w) {
+  constexpr int kLph = kLanesPerHead<HG>, kChunks = EL / kVec, kU = kHeadLaneRun<EL>;
+  static_assert(kChunks * kVec == EL && kLph * HG == 32, "head lanes: EL a multiple of 8, HG divides 32");
+  const int lane = threadIdx.x & 31, h = lane / kLph, part = lane % kLph;
+  float q[EL], o[EL], m = kNegInf, l = 0.f;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      q[c * kVec + i] = h < heads ? q_src[h * D + (part + c * kLph) * kVec + i] : 0.f;
+      o[c * kVec + i] = 0.f;
+    }
+  }
+  for (int t0 = first; own_row && t0 < end; t0 += stride) {
+    uint4 kr[kU][kChunks], vr[kU][kChunks];
+    unsigned mk[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {  // every load of the run in flight before the first use
+      const int j = t0 + u;
+      const bool in = j < end;
+      mk[u] = in ? 1u : 0u;
+      const T* kt = j == pos ? knew : kb + static_cast<long long>(j) * D;
+      const T* vt = j == pos ? vnew : vb + static_cast<long long>(j) * D;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        kr[u][c] = vr[u][c] = make_uint4(0, 0, 0, 0);
+        if (in) {
+          kr[u][c] = *reinterpret_cast<const uint4*>(kt + (part + c * kLph) * kVec);
+          vr[u][c] = *reinterpret_cast<const uint4*>(vt + (part + c * kLph) * kVec);
+        }
+      }
+      if (in && mrow != nullptr) mk[u] = __ldg(mrow + j);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      float d = 0.f;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        float kf[kVec];
+        unpack8<T>(kr[u][c], kf);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) d = fmaf(q[c * kVec + i], kf[i], d);
+      }
+#pragma unroll
+      for (int off = kLph / 2; off; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+      const float sc = mk[u] != 0u ? d : kNegInf;
+      const float mx = fmaxf(m, sc);
+      if (mx == kNegInf) continue;  // nothing live yet
+      const float corr = softmax_rescale(m, mx), pr = exp2f(sc - mx);
+      l = fmaf(l, corr, pr);
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        float vf[kVec];
+        unpack8<T>(vr[u][c], vf);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) o[c * kVec + i] = fmaf(o[c * kVec + i], corr, pr * vf[i]);
+      }
+      m = mx;
+    }
+  }
+  if (h < heads) {
+    float* wh = w + h * (D + 2);
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) wh[(part + c * kLph) * kVec + i] = o[c * kVec + i];
+    }
+    if (part == 0) {
+      wh[D] = m;
+      wh[D + 1] = l;
+    }
+  }
+}
+
 // ------------------------------------------------------------------ phase 5 split merge
 // Merge the n <= kN partials of one (KV head, rank) -- slots slot0 .. slot0 + n - 1 of p.attn_partial, each
 // [B*G][D + 2] (o, then m at D and l at D + 1), written by other CTAs this launch, so read through L2 only --
@@ -788,6 +888,9 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const bool split_qkv = (p.variant & kSplitQkv) != 0 && P > 1;
   const bool use_mma = (p.variant & kMma) != 0;  // acted on for BB >= kMmaMinBucket only
   const bool deep_kv = (p.variant & kDeepKv) != 0;
+  // kHeadLanes: the GQA builds of batch bucket 1 have the head-lane token loop (attention.keeps_head_lanes)
+  constexpr bool kHeadLanesBuild = BB == 1 && HG >= 4;
+  const bool head_lanes = kHeadLanesBuild && (p.variant & kHeadLanes) != 0 && (D == 64 || D == 128);
   const Counters ctr = counters(p.arrivals, KVH, C, P);
 
   // Output column slice of this CTA (o_proj and the final fix-up): one of C per KV head, done by the last
@@ -1060,148 +1163,173 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     const T* vnew = static_cast<const T*>(s.vnew) + b * D + dl * kVec;
     const unsigned char* mrow = p.mask != nullptr ? p.mask + b * p.mask_stride : nullptr;
     for (int g0 = 0; g0 < G; g0 += HG) {
-      float q[HG][kVec], o[HG][kVec], m[HG], l[HG];
-#pragma unroll
-      for (int h = 0; h < HG; ++h) {
-        m[h] = kNegInf;
-        l[h] = 0.f;
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          o[h][e] = 0.f;
-          q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
+      bool attended = false;  // by the head-lane loop (kHeadLanes); else by the token-slot loop below
+      if constexpr (kHeadLanesBuild) {
+        if (head_lanes) {
+          const float* q_src = s.qkv + b * QKV_ROWS + g0 * D;
+          const T* krow = kc_base + head_base * D;
+          const T* vrow = vc_base + head_base * D;
+          const T* kn = static_cast<const T*>(s.knew) + b * D;
+          const T* vn = static_cast<const T*>(s.vnew) + b * D;
+          constexpr int kRun64 = kHeadLaneRun<64 * HG / 32>, kRun128 = kHeadLaneRun<128 * HG / 32>;
+          const int run = D == 64 ? kRun64 : kRun128;
+          const int first = cs + wig * run, stride = warps_per_row * run;
+          float* w = s.wscratch + warp * HG * (D + 2);
+          const int heads = min(HG, G - g0);
+          if (D == 64) {
+            attend_heads<T, HG, 64 * HG / 32>(q_src, krow, vrow, kn, vn, mrow, first, ce, stride, pos, D, own_row,
+                                              heads, w);
+          } else {
+            attend_heads<T, HG, 128 * HG / 32>(q_src, krow, vrow, kn, vn, mrow, first, ce, stride, pos, D, own_row,
+                                               heads, w);
+          }
+          attended = true;
         }
       }
-      TokenStream<T> ts;
-      ts.kb = kb;
-      ts.vb = vb;
-      ts.knew = knew;
-      ts.vnew = vnew;
-      ts.mrow = mrow;
-      ts.first = cs + wig * step_tokens;
-      ts.end = ce;
-      ts.stride = warps_per_row * step_tokens;
-      ts.pos = pos;
-      ts.D = D;
-      ts.lanes_per_token = lanes_per_token;
-      ts.token_slots = token_slots;
-      ts.slot = slot;
-      ts.own_row = own_row;
-      if (kRingBuild && kv_ring) {
-        if constexpr (BB == 1) {
-          // Batch bucket 1 keeps round 16's code for its one row (thread 0 issues, one sub-block per stage): the
-          // general form below compiled to other SASS there and ran 3.5 us slower at Llama-2-7B 4096 (round 20).
-          // Stream [cs, ce) through the ring: block i = tokens [cs + i*ring_tokens, +ring_tokens) in stage
-          // (ring_seq + i) % ring_stages; thread 0 issues, warp wig takes step block wig of the stage.
-          const int blocks = cf::ceil_div(max(ce - cs, 0), ring_tokens);
-          const T* k_row = kc_base + head_base * D;
-          const T* v_row = vc_base + head_base * D;
-          auto issue = [&](int i) {
-            const unsigned seq = ring_seq + i, st = seq % ring_stages;
-            const int t_first = cs + i * ring_tokens, n = min(ring_tokens, ce - t_first);
-            const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
-            T* k_dst = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
-            cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
-            cf::pipe::bulk_load(k_dst, k_row + static_cast<long long>(t_first) * D, bytes, ring_bar + st);
-            cf::pipe::bulk_load(k_dst + ring_tokens * D, v_row + static_cast<long long>(t_first) * D, bytes,
-                                ring_bar + st);
-          };
-          if (tid == 0) {
-            for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
-          }
-          for (int i = 0; i < blocks; ++i) {
-            const unsigned seq = ring_seq + i, st = seq % ring_stages;
-            const int t_first = cs + i * ring_tokens;
-            cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
-            const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
-            ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
-            ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
-            ts.first = t_first + wig * step_tokens;
-            ts.end = min(ce, t_first + ring_tokens);
-            if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
-            else attend_tokens<false>(ts, q, o, m, l);
-            __syncthreads();  // every warp is done with the stage before it is refilled
-            if (tid == 0 && i + ring_stages < blocks) issue(i + ring_stages);
-          }
-          ring_seq += blocks;
-        } else {
-          // Stream each row group's [cs, ce) through the ring: block i of row group r = its tokens
-          // [cs + i*row_tokens, +row_tokens), sub-block r of stage (ring_seq + i) % ring_stages; lane r of warp 0
-          // issues row group r's copies (the R issuers in parallel, each arriving once on the stage's barrier of
-          // count R, with its own byte count), warp wig of the group takes step block wig of its sub-block. Every
-          // warp walks the most blocks of any row of the pass (the per-stage CTA barrier); a shorter row's warps
-          // attend nothing there.
-          int blocks = 0;
-          for (int r = 0; r < R && b0 + r < B; ++r) {
-            const TokenChunk rc = token_chunk(s.range, b0 + r, chunks, chunk_idx);
-            blocks = max(blocks, cf::ceil_div(max(rc.end - rc.begin, 0), row_tokens));
-          }
-          const bool issuer = warp == 0 && lane < R;
-          TokenChunk ic{0, 0};  // the issuer's row's chunk (none past the batch: it arrives with no bytes)
-          if (issuer && b0 + lane < B) ic = token_chunk(s.range, b0 + lane, chunks, chunk_idx);
-          auto issue = [&](int i) {
-            const unsigned st = (ring_seq + i) % ring_stages;
-            const int t_first = ic.begin + i * row_tokens, n = max(min(row_tokens, ic.end - t_first), 0);
-            const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
-            cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
-            if (n == 0) return;
-            const long long row_base =
-                ((static_cast<long long>(b0 + lane) * KVH + kvh) * p.max_cache_len + t_first) * D;
-            T* k_dst =
-                ring_data + (static_cast<size_t>(st) * 2 * ring_tokens + static_cast<size_t>(lane) * row_tokens) * D;
-            cf::pipe::bulk_load(k_dst, kc_base + row_base, bytes, ring_bar + st);
-            cf::pipe::bulk_load(k_dst + ring_tokens * D, vc_base + row_base, bytes, ring_bar + st);
-          };
-          if (issuer) {
-            for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
-          }
-          for (int i = 0; i < blocks; ++i) {
-            const unsigned seq = ring_seq + i, st = seq % ring_stages;
-            const int t_first = cs + i * row_tokens;
-            cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
-            const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D +
-                               static_cast<size_t>(row_grp) * row_tokens * D;
-            ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
-            ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
-            ts.first = t_first + wig * step_tokens;
-            ts.end = min(ce, t_first + row_tokens);
-            if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
-            else attend_tokens<false>(ts, q, o, m, l);
-            __syncthreads();  // every warp is done with the stage before it is refilled
-            if (issuer && i + ring_stages < blocks) issue(i + ring_stages);
-          }
-          ring_seq += blocks;
-        }
-      } else if (deep_kv) {
-        attend_tokens<true>(ts, q, o, m, l);
-      } else {
-        attend_tokens<false>(ts, q, o, m, l);
-      }
-      // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
-      for (int off = lanes_per_token; off < 32; off <<= 1) {
+      if (!attended) {
+        float q[HG][kVec], o[HG][kVec], m[HG], l[HG];
 #pragma unroll
         for (int h = 0; h < HG; ++h) {
-          const float m2 = __shfl_xor_sync(0xffffffffu, m[h], off);
-          const float l2 = __shfl_xor_sync(0xffffffffu, l[h], off);
-          const float M = fmaxf(m[h], m2);
-          const float c1 = softmax_rescale(m[h], M), c2 = softmax_rescale(m2, M);
-          l[h] = l[h] * c1 + l2 * c2;
+          m[h] = kNegInf;
+          l[h] = 0.f;
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
-            const float o2 = __shfl_xor_sync(0xffffffffu, o[h][e], off);
-            o[h][e] = o[h][e] * c1 + o2 * c2;
+            o[h][e] = 0.f;
+            q[h][e] = g0 + h < G ? s.qkv[b * QKV_ROWS + (g0 + h) * D + dl * kVec + e] : 0.f;
           }
-          m[h] = M;
         }
-      }
-      if (slot == 0) {
+        TokenStream<T> ts;
+        ts.kb = kb;
+        ts.vb = vb;
+        ts.knew = knew;
+        ts.vnew = vnew;
+        ts.mrow = mrow;
+        ts.first = cs + wig * step_tokens;
+        ts.end = ce;
+        ts.stride = warps_per_row * step_tokens;
+        ts.pos = pos;
+        ts.D = D;
+        ts.lanes_per_token = lanes_per_token;
+        ts.token_slots = token_slots;
+        ts.slot = slot;
+        ts.own_row = own_row;
+        if (kRingBuild && kv_ring) {
+          if constexpr (BB == 1) {
+            // Batch bucket 1 keeps round 16's code for its one row (thread 0 issues, one sub-block per stage): the
+            // general form below compiled to other SASS there and ran 3.5 us slower at Llama-2-7B 4096 (round 20).
+            // Stream [cs, ce) through the ring: block i = tokens [cs + i*ring_tokens, +ring_tokens) in stage
+            // (ring_seq + i) % ring_stages; thread 0 issues, warp wig takes step block wig of the stage.
+            const int blocks = cf::ceil_div(max(ce - cs, 0), ring_tokens);
+            const T* k_row = kc_base + head_base * D;
+            const T* v_row = vc_base + head_base * D;
+            auto issue = [&](int i) {
+              const unsigned seq = ring_seq + i, st = seq % ring_stages;
+              const int t_first = cs + i * ring_tokens, n = min(ring_tokens, ce - t_first);
+              const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
+              T* k_dst = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
+              cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
+              cf::pipe::bulk_load(k_dst, k_row + static_cast<long long>(t_first) * D, bytes, ring_bar + st);
+              cf::pipe::bulk_load(k_dst + ring_tokens * D, v_row + static_cast<long long>(t_first) * D, bytes,
+                                  ring_bar + st);
+            };
+            if (tid == 0) {
+              for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
+            }
+            for (int i = 0; i < blocks; ++i) {
+              const unsigned seq = ring_seq + i, st = seq % ring_stages;
+              const int t_first = cs + i * ring_tokens;
+              cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
+              const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
+              ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
+              ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
+              ts.first = t_first + wig * step_tokens;
+              ts.end = min(ce, t_first + ring_tokens);
+              if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
+              else attend_tokens<false>(ts, q, o, m, l);
+              __syncthreads();  // every warp is done with the stage before it is refilled
+              if (tid == 0 && i + ring_stages < blocks) issue(i + ring_stages);
+            }
+            ring_seq += blocks;
+          } else {
+            // Stream each row group's [cs, ce) through the ring: block i of row group r = its tokens
+            // [cs + i*row_tokens, +row_tokens), sub-block r of stage (ring_seq + i) % ring_stages; lane r of warp 0
+            // issues row group r's copies (the R issuers in parallel, each arriving once on the stage's barrier of
+            // count R, with its own byte count), warp wig of the group takes step block wig of its sub-block. Every
+            // warp walks the most blocks of any row of the pass (the per-stage CTA barrier); a shorter row's warps
+            // attend nothing there.
+            int blocks = 0;
+            for (int r = 0; r < R && b0 + r < B; ++r) {
+              const TokenChunk rc = token_chunk(s.range, b0 + r, chunks, chunk_idx);
+              blocks = max(blocks, cf::ceil_div(max(rc.end - rc.begin, 0), row_tokens));
+            }
+            const bool issuer = warp == 0 && lane < R;
+            TokenChunk ic{0, 0};  // the issuer's row's chunk (none past the batch: it arrives with no bytes)
+            if (issuer && b0 + lane < B) ic = token_chunk(s.range, b0 + lane, chunks, chunk_idx);
+            auto issue = [&](int i) {
+              const unsigned st = (ring_seq + i) % ring_stages;
+              const int t_first = ic.begin + i * row_tokens, n = max(min(row_tokens, ic.end - t_first), 0);
+              const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
+              cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
+              if (n == 0) return;
+              const long long row_base =
+                  ((static_cast<long long>(b0 + lane) * KVH + kvh) * p.max_cache_len + t_first) * D;
+              T* k_dst =
+                  ring_data + (static_cast<size_t>(st) * 2 * ring_tokens + static_cast<size_t>(lane) * row_tokens) * D;
+              cf::pipe::bulk_load(k_dst, kc_base + row_base, bytes, ring_bar + st);
+              cf::pipe::bulk_load(k_dst + ring_tokens * D, vc_base + row_base, bytes, ring_bar + st);
+            };
+            if (issuer) {
+              for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
+            }
+            for (int i = 0; i < blocks; ++i) {
+              const unsigned seq = ring_seq + i, st = seq % ring_stages;
+              const int t_first = cs + i * row_tokens;
+              cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
+              const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D +
+                                 static_cast<size_t>(row_grp) * row_tokens * D;
+              ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
+              ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
+              ts.first = t_first + wig * step_tokens;
+              ts.end = min(ce, t_first + row_tokens);
+              if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
+              else attend_tokens<false>(ts, q, o, m, l);
+              __syncthreads();  // every warp is done with the stage before it is refilled
+              if (issuer && i + ring_stages < blocks) issue(i + ring_stages);
+            }
+            ring_seq += blocks;
+          }
+        } else if (deep_kv) {
+          attend_tokens<true>(ts, q, o, m, l);
+        } else {
+          attend_tokens<false>(ts, q, o, m, l);
+        }
+        // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
+        for (int off = lanes_per_token; off < 32; off <<= 1) {
 #pragma unroll
-        for (int h = 0; h < HG; ++h) {
-          float* w = s.wscratch + (warp * HG + h) * (D + 2);
+          for (int h = 0; h < HG; ++h) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m[h], off);
+            const float l2 = __shfl_xor_sync(0xffffffffu, l[h], off);
+            const float M = fmaxf(m[h], m2);
+            const float c1 = softmax_rescale(m[h], M), c2 = softmax_rescale(m2, M);
+            l[h] = l[h] * c1 + l2 * c2;
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) w[dl * kVec + e] = o[h][e];
-          if (dl == 0) {
-            w[D] = m[h];
-            w[D + 1] = l[h];
+            for (int e = 0; e < kVec; ++e) {
+              const float o2 = __shfl_xor_sync(0xffffffffu, o[h][e], off);
+              o[h][e] = o[h][e] * c1 + o2 * c2;
+            }
+            m[h] = M;
+          }
+        }
+        if (slot == 0) {
+#pragma unroll
+          for (int h = 0; h < HG; ++h) {
+            float* w = s.wscratch + (warp * HG + h) * (D + 2);
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) w[dl * kVec + e] = o[h][e];
+            if (dl == 0) {
+              w[D] = m[h];
+              w[D + 1] = l[h];
+            }
           }
         }
       }
