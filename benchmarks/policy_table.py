@@ -36,20 +36,25 @@ def default_variants() -> dict[str, str | None]:
 
 
 def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bool:
-    """Whether a row timed the family's default kernel: its variant is the default, or (attention) it is the
-    default less the K/V ring at a shape where the default's launcher drops the ring (launch_bits)."""
+    """Whether a row timed the family's default kernel: its variant is the default, or (attention) it differs from
+    the default only in bits the default's launcher drops at the row's shape (launch_bits: the K/V ring outside
+    the MHA builds of buckets 1, 2 and 8; the head-lane loop outside the batch-1 GQA builds at head_dim 64/128)."""
     variant = config.get("variant", defaults[block])
     if variant == defaults[block]:
         return True
     from cf_compile_kernels import attention
 
-    if block != "attention" or defaults[block] not in attention.VARIANTS:
+    if block != "attention" or defaults[block] not in attention.VARIANTS or variant not in attention.VARIANTS:
         return False
-    bits, default_bits = attention.VARIANTS.get(variant), attention.VARIANTS[defaults[block]]
     shape = config["shape"]
+    bucket = attention.batch_bucket(config["batch"])
     hg = attention.heads_per_pass(shape["heads"] // shape["kv_heads"])
-    return (bits == default_bits & ~attention.KV_RING
-            and not attention.keeps_ring(attention.batch_bucket(config["batch"]), hg))
+    dropped = 0
+    if not attention.keeps_ring(bucket, hg):
+        dropped |= attention.KV_RING
+    if not attention.keeps_head_lanes(bucket, hg, shape["head_dim"]):
+        dropped |= attention.HEAD_LANES
+    return attention.VARIANTS[variant] & ~dropped == attention.VARIANTS[defaults[block]] & ~dropped
 
 
 def entries(rows: list[dict], defaults: dict[str, str | None]) -> list[dict]:

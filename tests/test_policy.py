@@ -100,6 +100,23 @@ def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [60.0, 79.0, 110.0]
 
 
+def test_a_row_without_the_head_lane_bit_stands_for_a_head_lane_default_only_where_that_loop_never_runs():
+    """Were the default v5_heads (v5_ring + the head-lane loop of the batch-1 GQA builds at head_dim 64/128), a
+    v5_ring row would count as the default's at MHA (where the ring runs and the loop does not) and at batch 4,
+    never at batch-1 GQA, where the two launch different code."""
+    mod = _policy_table()
+    defaults = {"attention": "v5_heads", "mla": None, "ffn": None}
+    base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07", inductor_us=100.0)
+    mha = dict(hidden=4096, heads=32, kv_heads=32, head_dim=128)
+    cfg = dict(model="m", seq=1024, dtype="bf16", variant="v5_ring")
+    rows = [dict(base, config=dict(cfg, batch=1, shape=mha), ours_us=80.0),            # MHA: no head lanes
+            dict(base, config=dict(cfg, batch=4, shape=LLAMA3_ATTN), ours_us=83.0),    # batch 4: no head lanes
+            dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN), ours_us=61.0)]    # batch-1 GQA: they run
+    assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [80.0, 83.0]
+    rows.append(dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN, variant="v5_heads"), ours_us=58.0))
+    assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [58.0, 80.0, 83.0]
+
+
 def test_an_inductor_outlier_cannot_hand_a_block_to_the_kernel():
     """Timing noise only adds time: a slow Inductor sample (99.6 us after 37.8 at the same key) is ignored, so
     the verdict compares ours with Inductor's best, and a later, faster Inductor figure lowers it further."""
