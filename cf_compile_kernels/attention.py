@@ -91,8 +91,11 @@ MMA_MIN_BUCKET = 4
 # 38.9 -> 32.7; "mma" at batch 16 Llama-2-7B 474.8 -> 256.5, Llama-3-8B 703.7 -> 288.2; the L2 stream hints
 # (since removed) lost 1-15 us on every row. Round 5: "v5" (v4_mma + deep K/V loads, bitwise v4_mma) faster on
 # every row timed. "v5" is v4 + deep_kv below batch bucket MMA_MIN_BUCKET and + mma from it. Round 10: the
-# default, "v5_ring", is v5 + the K/V ring where it applies (batch 1, MHA) and v5 bit for bit elsewhere.
-DEFAULT_VARIANT = "v5_ring"
+# default, "v5_ring", is v5 + the K/V ring where it applies (batch 1, MHA) and v5 bit for bit elsewhere. Round 24
+# (H100, 2026-12-07, bf16 B=1, one process): "v5_heads" (v5_ring + the head-lane loop of the batch-1 GQA builds)
+# Qwen2.5-0.5B 1024 cached 31.3 -> 26.8 us, 4096 35.4 -> 31.0; Llama-3.2-1B 34.0 -> 31.3, 40.7 -> 40.8; Llama-3-8B
+# 61.5 -> 58.4, 73.5 -> 70.3. It launches v5_ring's code everywhere else.
+DEFAULT_VARIANT = "v5_heads"
 # Per-CTA timeline (-DCF_ATTN_TIMELINE=1, benchmarks only): one %globaltimer stamp (ns) per entry, in the order
 # of the kernel's enum TimelineStamp (kTlStart ... kTlEnd; a CPU test checks the two agree). Thread 0 of each CTA
 # writes them into the int64 tail of o_partial (past its KVH*B*H floats), which timeline launches enlarge and

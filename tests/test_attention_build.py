@@ -89,13 +89,14 @@ def test_split_keeps_every_cluster_in_one_wave():
     assert attention.choose_split(1, attention.estimated_active_clusters(132))[1] <= attention.MAX_SPLIT
 
 
-def test_default_variant_is_the_measured_v5_ring_and_needs_one_wave_for_its_grid_waits():
-    """The default is v5_ring: v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
-    MMA_MIN_BUCKET plus the deep K/V loads, plus the K/V ring where it applies (v5 elsewhere). tail and the
-    hand-off wait for other CTAs of the grid: allowed only when every cluster is co-resident; otherwise version
-    3 (bits 0, the local bits kept) runs."""
+def test_default_variant_is_the_measured_v5_heads_and_needs_one_wave_for_its_grid_waits():
+    """The default is v5_heads: v4 (tail + the q/k/v hand-off) plus the tensor-core GEMVs from batch bucket
+    MMA_MIN_BUCKET plus the deep K/V loads, plus the K/V ring and the head-lane loop where they apply (v5
+    elsewhere). tail and the hand-off wait for other CTAs of the grid: allowed only when every cluster is
+    co-resident; otherwise version 3 (bits 0, the local bits kept) runs."""
     v = attention.VARIANTS
-    assert attention.DEFAULT_VARIANT == "v5_ring" and v["v5_ring"] & ~attention.KV_RING == v["v5"]
+    assert attention.DEFAULT_VARIANT == "v5_heads" and v["v5_heads"] & ~attention.HEAD_LANES == v["v5_ring"]
+    assert v["v5_ring"] & ~attention.KV_RING == v["v5"]
     assert v["v4_mma"] == v["v4"] | attention.MMA
     assert v["v5"] == v["v4_mma"] | attention.DEEP_KV
     assert attention.VARIANTS["tail"] == 1 and attention.VARIANTS["v3"] == 0
