@@ -160,7 +160,10 @@ def _attention_launch_config(m: BlockMatch, config: dict) -> dict:
 
     device = _device_of(m)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return {**config, **k.device_plan(m.dtype, **_attention_shape(m), device_index=index).as_dict()}
+    shape = _attention_shape(m)
+    plan = k.device_plan(m.dtype, **shape, device_index=index)
+    return {**config, **plan.as_dict(), "variant": k.DEFAULT_VARIANT,
+            "phase4": k.phase4_loop(plan, k.DEFAULT_VARIANT, shape["head_dim"])}
 
 
 def _mla_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, dict]:

@@ -460,6 +460,16 @@ def launch_bits(plan: AttentionConfig, variant: str, head_dim: int) -> tuple[int
     return bits, with_ring
 
 
+def phase4_loop(plan: AttentionConfig, variant: str, head_dim: int) -> str:
+    """Which token loop phase 4 of a launch runs, from the bits launch_bits keeps: "head-lanes" (lanes as query
+    head x slice of head_dim, batch-1 GQA), "kv-ring" (bulk copies into a shared-memory ring, MHA) or "token-slots"
+    (lanes as token slot x 16-byte vector, every head unrolled). The report shows it beside the split."""
+    bits, _ = launch_bits(plan, variant, head_dim)
+    if bits & HEAD_LANES:
+        return "head-lanes"
+    return "kv-ring" if bits & KV_RING else "token-slots"
+
+
 def effective_variant(plan: AttentionConfig, variant: str) -> int:
     """The kernel's variant bits: the requested ones on a one-wave split, 0 (version 3) otherwise (the
     variants wait for other CTAs of the grid, which is only safe when all of them are co-resident) --

@@ -345,6 +345,11 @@ def test_v5_heads_is_v5_ring_plus_the_head_lane_loop_kept_only_where_built():
         assert kept == attention.keeps_head_lanes(plan.batch_bucket, plan.heads_per_pass, d)
         ring_bits, ring_shared = attention.launch_bits(plan, "v5_ring", d)
         assert (bits & ~attention.HEAD_LANES, shared) == (ring_bits, ring_shared)
+        loop = attention.phase4_loop(plan, "v5_heads", d)
+        assert loop == ("head-lanes" if kept else "kv-ring" if ring_bits & attention.KV_RING else "token-slots")
+    mha = attention._plan(**base, num_kv_heads=32, head_dim=64, batch=1)
+    assert attention.phase4_loop(mha, "v5_heads", 64) == "kv-ring"
+    assert attention.phase4_loop(mha, "v5", 64) == "token-slots"
 
 
 def test_head_lane_loop_in_the_kernel_matches_the_launcher():

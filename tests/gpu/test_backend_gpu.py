@@ -160,6 +160,8 @@ def test_report_gives_the_split_the_launcher_uses():
                                    batch=r.batch, device_index=torch.cuda.current_device())
         assert (r.kernel_config["cluster"], r.kernel_config["clusters_per_kv_head"]) == (
             plan.cluster, plan.clusters_per_kv_head), r.kernel_config
+        # batch 1, group 4, head_dim 64: the default's head-lane loop runs, and the report says so
+        assert (r.kernel_config["variant"], r.kernel_config["phase4"]) == (kernels.DEFAULT_VARIANT, "head-lanes")
 
 
 def test_lean_graph_replays_match_ungraphed_steps_and_a_new_cache_recaptures():
