@@ -385,12 +385,14 @@ def test_kv_ring_constants_and_schedule_match_the_kernel():
 
 
 DEEP_BUILDS = [(dt, bb, hg) for dt in ("__half", "__nv_bfloat16") for bb in (1, 2, 4, 16) for hg in (1, 8)]
+DEEP_BUILDS += [(dt, 1, 4) for dt in ("__half", "__nv_bfloat16")]  # the head-lane loop at 4 heads per pass
 
 
 @pytest.mark.parametrize("args", DEEP_BUILDS, ids=lambda a: f"{a[0]}-B{a[1]}-G{a[2]}")
 def test_v5_buckets_compile_without_spills(args):
-    """Both attention loops (with and without DEEP_KV) live in every instantiation: buckets 1/2/4/16 at the
-    fewest and most heads per pass stay within 255 registers with no spills."""
+    """Both attention loops (with and without DEEP_KV) live in every instantiation, and the head-lane loop in the
+    batch-1 ones with several heads per pass: buckets 1/2/4/16 at the fewest and most heads per pass (and bucket 1
+    at four) stay within 255 registers with no spills."""
     assert_clean_sass(compile_or_skip(attention.SOURCE, attention.KERNEL, [args])[args])
 
 
