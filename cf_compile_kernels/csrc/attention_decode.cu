@@ -1214,59 +1214,41 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
         ts.slot = slot;
         ts.own_row = own_row;
         if (kRingBuild && kv_ring) {
-          if constexpr (BB == 1) {
-            // Batch bucket 1 keeps round 16's code for its one row (thread 0 issues, one sub-block per stage): the
-            // general form below compiled to other SASS there and ran 3.5 us slower at Llama-2-7B 4096 (round 20).
-            // Stream [cs, ce) through the ring: block i = tokens [cs + i*ring_tokens, +ring_tokens) in stage
-            // (ring_seq + i) % ring_stages; thread 0 issues, warp wig takes step block wig of the stage.
-            const int blocks = cf::ceil_div(max(ce - cs, 0), ring_tokens);
-            const T* k_row = kc_base + head_base * D;
-            const T* v_row = vc_base + head_base * D;
-            auto issue = [&](int i) {
-              const unsigned seq = ring_seq + i, st = seq % ring_stages;
-              const int t_first = cs + i * ring_tokens, n = min(ring_tokens, ce - t_first);
-              const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
-              T* k_dst = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
-              cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
-              cf::pipe::bulk_load(k_dst, k_row + static_cast<long long>(t_first) * D, bytes, ring_bar + st);
-              cf::pipe::bulk_load(k_dst + ring_tokens * D, v_row + static_cast<long long>(t_first) * D, bytes,
-                                  ring_bar + st);
-            };
-            if (tid == 0) {
-              for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
-            }
-            for (int i = 0; i < blocks; ++i) {
-              const unsigned seq = ring_seq + i, st = seq % ring_stages;
-              const int t_first = cs + i * ring_tokens;
-              cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
-              const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
-              ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
-              ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
-              ts.first = t_first + wig * step_tokens;
-              ts.end = min(ce, t_first + ring_tokens);
-              if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
-              else attend_tokens<false>(ts, q, o, m, l);
-              __syncthreads();  // every warp is done with the stage before it is refilled
-              if (tid == 0 && i + ring_stages < blocks) issue(i + ring_stages);
-            }
-            ring_seq += blocks;
+          // Stream each row group's [cs, ce) through the ring: block i of row group r = its tokens
+          // [cs + i*sub_tokens, +sub_tokens), sub-block r of stage (ring_seq + i) % ring_stages; warp wig of the
+          // group takes step block wig of its sub-block. Every warp walks the most blocks of any row of the pass
+          // (the per-stage CTA barrier); a shorter row's warps attend nothing there. Batch bucket 1 (one row, the
+          // whole stage) keeps round 16's issue: thread 0 copies from [cs, ce) directly -- a form that folds R = 1
+          // into the general one compiled to other SASS there and ran 3.5 us slower at Llama-2-7B 4096 (round 20).
+          // Otherwise lane r of warp 0 issues row group r's copies (the R issuers in parallel, each arriving once
+          // on the stage's barrier of count R, with its own byte count).
+          constexpr bool kOneRow = BB == 1;
+          const int sub_tokens = kOneRow ? ring_tokens : row_tokens;
+          int blocks = 0;
+          TokenChunk ic{0, 0};  // the issuer's row's chunk (none past the batch: it arrives with no bytes)
+          if constexpr (kOneRow) {
+            blocks = cf::ceil_div(max(ce - cs, 0), ring_tokens);
           } else {
-            // Stream each row group's [cs, ce) through the ring: block i of row group r = its tokens
-            // [cs + i*row_tokens, +row_tokens), sub-block r of stage (ring_seq + i) % ring_stages; lane r of warp 0
-            // issues row group r's copies (the R issuers in parallel, each arriving once on the stage's barrier of
-            // count R, with its own byte count), warp wig of the group takes step block wig of its sub-block. Every
-            // warp walks the most blocks of any row of the pass (the per-stage CTA barrier); a shorter row's warps
-            // attend nothing there.
-            int blocks = 0;
             for (int r = 0; r < R && b0 + r < B; ++r) {
               const TokenChunk rc = token_chunk(s.range, b0 + r, chunks, chunk_idx);
               blocks = max(blocks, cf::ceil_div(max(rc.end - rc.begin, 0), row_tokens));
             }
-            const bool issuer = warp == 0 && lane < R;
-            TokenChunk ic{0, 0};  // the issuer's row's chunk (none past the batch: it arrives with no bytes)
-            if (issuer && b0 + lane < B) ic = token_chunk(s.range, b0 + lane, chunks, chunk_idx);
-            auto issue = [&](int i) {
-              const unsigned st = (ring_seq + i) % ring_stages;
+            if (warp == 0 && lane < R && b0 + lane < B) ic = token_chunk(s.range, b0 + lane, chunks, chunk_idx);
+          }
+          const bool issuer = kOneRow ? tid == 0 : warp == 0 && lane < R;
+          auto issue = [&](int i) {
+            const unsigned st = (ring_seq + i) % ring_stages;
+            if constexpr (kOneRow) {
+              const int t_first = cs + i * ring_tokens, n = min(ring_tokens, ce - t_first);
+              const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
+              T* k_dst = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D;
+              cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
+              const T* k_row = kc_base + head_base * D;
+              const T* v_row = vc_base + head_base * D;
+              cf::pipe::bulk_load(k_dst, k_row + static_cast<long long>(t_first) * D, bytes, ring_bar + st);
+              cf::pipe::bulk_load(k_dst + ring_tokens * D, v_row + static_cast<long long>(t_first) * D, bytes,
+                                  ring_bar + st);
+            } else {
               const int t_first = ic.begin + i * row_tokens, n = max(min(row_tokens, ic.end - t_first), 0);
               const unsigned bytes = static_cast<unsigned>(n * D) * sizeof(T);
               cf::pipe::arrive_expect_tx(ring_bar + st, 2 * bytes);
@@ -1277,27 +1259,27 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
                   ring_data + (static_cast<size_t>(st) * 2 * ring_tokens + static_cast<size_t>(lane) * row_tokens) * D;
               cf::pipe::bulk_load(k_dst, kc_base + row_base, bytes, ring_bar + st);
               cf::pipe::bulk_load(k_dst + ring_tokens * D, vc_base + row_base, bytes, ring_bar + st);
-            };
-            if (issuer) {
-              for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
             }
-            for (int i = 0; i < blocks; ++i) {
-              const unsigned seq = ring_seq + i, st = seq % ring_stages;
-              const int t_first = cs + i * row_tokens;
-              cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
-              const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D +
-                                 static_cast<size_t>(row_grp) * row_tokens * D;
-              ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
-              ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
-              ts.first = t_first + wig * step_tokens;
-              ts.end = min(ce, t_first + row_tokens);
-              if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
-              else attend_tokens<false>(ts, q, o, m, l);
-              __syncthreads();  // every warp is done with the stage before it is refilled
-              if (issuer && i + ring_stages < blocks) issue(i + ring_stages);
-            }
-            ring_seq += blocks;
+          };
+          if (issuer) {
+            for (int i = 0; i < min(blocks, ring_stages); ++i) issue(i);
           }
+          for (int i = 0; i < blocks; ++i) {
+            const unsigned seq = ring_seq + i, st = seq % ring_stages;
+            const int t_first = cs + i * sub_tokens;
+            cf::pipe::wait_parity(ring_bar + st, (seq / ring_stages) & 1u);
+            const T* k_stage = ring_data + static_cast<size_t>(st) * 2 * ring_tokens * D +
+                               (kOneRow ? 0 : static_cast<size_t>(row_grp) * row_tokens * D);
+            ts.kb = k_stage - static_cast<long long>(t_first) * D + dl * kVec;  // indexed by absolute token j
+            ts.vb = k_stage + ring_tokens * D - static_cast<long long>(t_first) * D + dl * kVec;
+            ts.first = t_first + wig * step_tokens;
+            ts.end = min(ce, t_first + sub_tokens);
+            if (deep_kv) attend_tokens<true>(ts, q, o, m, l);
+            else attend_tokens<false>(ts, q, o, m, l);
+            __syncthreads();  // every warp is done with the stage before it is refilled
+            if (issuer && i + ring_stages < blocks) issue(i + ring_stages);
+          }
+          ring_seq += blocks;
         } else if (deep_kv) {
           attend_tokens<true>(ts, q, o, m, l);
         } else {
