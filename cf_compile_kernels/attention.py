@@ -436,12 +436,13 @@ def keeps_ring(bucket: int, hg: int) -> bool:
 
 # attn kHeadLanesBuild and the head dims attend_heads is instantiated for
 HEAD_LANES_DIMS = (64, 128)
+HEAD_LANES_BUCKETS = (1, 2)  # attn::kHeadLanesBuild (bucket 4 and up: round 25, H100)
 
 
 def keeps_head_lanes(bucket: int, hg: int, head_dim: int) -> bool:
-    """Whether a launch runs the head-lane token loop (attn::kHeadLanes): batch bucket 1, several query heads per
-    pass, head_dim 64 or 128."""
-    return bucket == 1 and hg >= 4 and head_dim in HEAD_LANES_DIMS
+    """Whether a launch runs the head-lane token loop (attn::kHeadLanes): batch buckets 1 and 2, several query
+    heads per pass, head_dim 64 or 128."""
+    return bucket in HEAD_LANES_BUCKETS and hg >= 4 and head_dim in HEAD_LANES_DIMS
 
 
 def launch_bits(plan: AttentionConfig, variant: str, head_dim: int) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Round 25 (NOT yet run; ~9 min on an H100, two calls if the call limit bites): evidence for the policy under the
+# Round 25 (part 1 run 2026-12-07 as two e2e_families.sh calls, rows recorded; part 2 not run: round25b.sh took
+# the device time; ~9 min on an H100): evidence for the policy under the
 # default v5_heads (round 24 timed it against v5_ring only, and the session's device time ran out).
 #   1. The decode step with only the attention family fused vs Inductor (e2e_families.py, alternating rounds,
 #      prompt 512), Qwen2.5-0.5B and Llama-3.2-1B: the step rows that decide kernels="auto" at batch 1.

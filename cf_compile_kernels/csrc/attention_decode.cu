@@ -729,7 +729,13 @@ __device__ __forceinline__ void attend_heads(const float* q_src, const T* kb, co
                                              int stride, long long pos, int D, bool own_row, int heads, float* w) {
   constexpr int kLph = kLanesPerHead<HG>, kChunks = EL / kVec, kU = kHeadLaneRun<EL>;
   static_assert(kChunks * kVec == EL && kLph * HG == 32, "head lanes: EL a multiple of 8, HG divides 32");
-  const int lane = threadIdx.x & 31, h = lane / kLph, part = lane % kLph;
+  // The lane index read by a volatile mov (%laneid == threadIdx.x & 31: one-dimensional CTAs), so the compiler
+  // cannot hoist the lane's q/K/V/w offsets out of phase 4's row and head loops, where they stayed live through
+  // the token-slot loop of the same build (the fp16 bucket-4 8-heads-per-pass build spilled 16 B under NVRTC
+  // 13.5 with threadIdx.x & 31). Index arithmetic only: the float operations and their order are unchanged.
+  unsigned lane_id;
+  asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane_id));
+  const int lane = static_cast<int>(lane_id), h = lane / kLph, part = lane % kLph;
   float q[EL], o[EL], m = kNegInf, l = 0.f;
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
@@ -888,8 +894,12 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
   const bool split_qkv = (p.variant & kSplitQkv) != 0 && P > 1;
   const bool use_mma = (p.variant & kMma) != 0;  // acted on for BB >= kMmaMinBucket only
   const bool deep_kv = (p.variant & kDeepKv) != 0;
-  // kHeadLanes: the GQA builds of batch bucket 1 have the head-lane token loop (attention.keeps_head_lanes)
-  constexpr bool kHeadLanesBuild = BB == 1 && HG >= 4;
+  // kHeadLanes: the GQA builds (several heads per pass) of batch buckets 1 and 2 have the head-lane token loop
+  // (attention.keeps_head_lanes). From bucket 4 on, a row has 2 warps or fewer, so each warp walks 2-4x the
+  // tokens, and there the token-slot loop's deeper K/V stream wins more often than not (round 25, bf16: head
+  // lanes at bucket 4/8/16 lost 2-36 us on 8 of 12 rows, Llama-3.2-1B at every batch; at bucket 2 they won 5 of
+  // 6 rows, -0.2..-5.1 us)
+  constexpr bool kHeadLanesBuild = BB <= 2 && HG >= 4;
   const bool head_lanes = kHeadLanesBuild && (p.variant & kHeadLanes) != 0 && (D == 64 || D == 128);
   const Counters ctr = counters(p.arrivals, KVH, C, P);
 

@@ -648,12 +648,13 @@ def test_kv_ring_is_bitwise_equal_to_its_base(variant):
 
 
 def _head_lane_cases() -> list[Case]:
-    """Batch-1 cases with several query heads per pass at head_dim 64 and 128 (the head-lane loop runs): the
-    sweep's, the small models' shapes (Qwen2.5-0.5B G = 7 with q/k/v bias, Llama-3.2-1B G = 4 at D = 64,
+    """Batch-1 and batch-2 cases with several query heads per pass at head_dim 64 and 128 (the head-lane loop
+    runs): the sweep's, the small models' shapes (Qwen2.5-0.5B G = 7 with q/k/v bias, Llama-3.2-1B G = 4 at D = 64,
     Llama-3-8B at D = 128 over 4096 cached), MQA with two passes of eight heads, a padded group (G = 3), masks
     with holes and left padding, a live range shorter than one run per warp; and cases where it must not run
-    (MHA, G = 2, batch 2, head_dim 256), whose outputs must then be the variant's without the bit, bit for bit."""
-    sweep = [c for c in _cases()[0] if c.batch == 1 and c.num_heads // c.kv_heads >= 3][:24]
+    (MHA, G = 2, batch 5 and 16, head_dim 256), whose outputs must then be the variant's without the bit, bit for
+    bit."""
+    sweep = [c for c in _cases()[0] if c.num_heads // c.kv_heads >= 3][:32]
     base = NAMED["llama2_7b"]
     extra = [
         replace(base, dtype=torch.bfloat16, hidden=896, num_heads=14, kv_heads=2, head_dim=64, bias=True,
@@ -668,7 +669,11 @@ def _head_lane_cases() -> list[Case]:
         replace(base, seed=37),  # MHA
         replace(base, hidden=2048, num_heads=16, kv_heads=8, max_len=1024, pos=900, seed=38),  # G = 2
         replace(base, batch=2, hidden=896, num_heads=14, kv_heads=2, head_dim=64, max_len=1024, pos=1000,
-                seed=39),  # bucket 2
+                seed=39),
+        replace(base, batch=5, dtype=torch.bfloat16, hidden=2048, num_heads=32, kv_heads=8, head_dim=64,
+                max_len=1024, pos=1000, mask="left_pad", seed=41),
+        replace(base, batch=16, dtype=torch.bfloat16, hidden=896, num_heads=14, kv_heads=2, head_dim=64, bias=True,
+                max_len=2048, pos=1500, mask="holes", seed=42),
         replace(base, hidden=2048, num_heads=8, kv_heads=2, head_dim=256, max_len=777, pos=776, seed=40),
     ]
     return sweep + [c for c in extra if c.unsupported() is None]
@@ -676,8 +681,8 @@ def _head_lane_cases() -> list[Case]:
 
 @pytest.mark.parametrize("variant", HEAD_LANE_VARIANTS)
 def test_head_lanes_match_the_reference_and_run_only_where_built(variant):
-    """Bit 128 (v5_heads = v5_ring + head_lanes) gives phase 4 of the batch-1, several-heads-per-pass builds at
-    head_dim 64/128 another lane layout and summation order: there `out` is inside the fp64 band (and differs from
+    """Bit 128 (v5_heads = v5_ring + head_lanes) gives phase 4 of the bucket-1 and bucket-2, several-heads-per-pass
+    builds at head_dim 64/128 another lane layout and summation order: there `out` is inside the fp64 band (and differs from
     the variant without the bit somewhere: the loop ran), the cache slots (written before phase 4) are that
     variant's bit for bit, and repeated launches agree bit for bit; everywhere else all three are the variant's
     without the bit."""
