@@ -38,7 +38,7 @@ def default_variants() -> dict[str, str | None]:
 def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bool:
     """Whether a row timed the family's default kernel: its variant is the default, or (attention) it differs from
     the default only in bits the default's launcher drops at the row's shape (launch_bits: the K/V ring outside
-    the MHA builds of buckets 1, 2 and 8; the head-lane loop outside the batch-1 GQA builds at head_dim 64/128)."""
+    the MHA builds of buckets 1, 2 and 8; the head-lane loop outside keeps_head_lanes' GQA builds)."""
     variant = config.get("variant", defaults[block])
     if variant == defaults[block]:
         return True

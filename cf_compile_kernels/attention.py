@@ -67,8 +67,8 @@ FIXUP_REDUCE_BYTES = THREADS * 16  # one float4 partial column sum per thread (a
 #              79.9; with G >= 4 it was no faster: Llama-3-8B 4096 74.3 -> 74.8, Qwen2.5-0.5B 1024 32.3 -> 34.4,
 #              so only MHA keeps the bit). Batch 2 and 8 since round 21 (Llama-2-7B bf16 4096: B=2 172 -> 147,
 #              B=8 423 -> 286); bucket 4 is as fast without it (round 20).
-#   v5_heads   v5_ring + head_lanes: the GQA builds of batch bucket 1 (several query heads per pass) at head_dim 64
-#              and 128 run phase 4 with the warp's lanes as (query head, slice of D) -- one rolled token loop for
+#   v5_heads   v5_ring + head_lanes: the GQA builds of batch buckets 1-2 (several query heads per pass) at head_dim
+#              64 and 128 (keeps_head_lanes) run phase 4 with the warp's lanes as (query head, slice of D) -- one rolled token loop for
 #              every head -- instead of (token slot, 16-byte vector) with the heads unrolled (~1,100 instructions a
 #              small model's warp ran once, fetch-bound: round 22). A new summation order, held to the fp64 band.
 #              Other builds and head dims ignore the bit (launch_bits drops it there).
@@ -463,7 +463,7 @@ def launch_bits(plan: AttentionConfig, variant: str, head_dim: int) -> tuple[int
 
 def phase4_loop(plan: AttentionConfig, variant: str, head_dim: int) -> str:
     """Which token loop phase 4 of a launch runs, from the bits launch_bits keeps: "head-lanes" (lanes as query
-    head x slice of head_dim, batch-1 GQA), "kv-ring" (bulk copies into a shared-memory ring, MHA) or "token-slots"
+    head x slice of head_dim, GQA at batch 1-2), "kv-ring" (bulk copies into a shared-memory ring, MHA) or "token-slots"
     (lanes as token slot x 16-byte vector, every head unrolled). The report shows it beside the split."""
     bits, _ = launch_bits(plan, variant, head_dim)
     if bits & HEAD_LANES:

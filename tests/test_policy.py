@@ -101,7 +101,7 @@ def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_
 
 
 def test_a_row_without_the_head_lane_bit_stands_for_a_head_lane_default_only_where_that_loop_never_runs():
-    """Were the default v5_heads (v5_ring + the head-lane loop of the batch-1 GQA builds at head_dim 64/128), a
+    """Were the default v5_heads (v5_ring + the head-lane loop of the batch-1/2 GQA builds at head_dim 64/128), a
     v5_ring row would count as the default's at MHA (where the ring runs and the loop does not) and at batch 4,
     never at batch-1 GQA, where the two launch different code."""
     mod = _policy_table()

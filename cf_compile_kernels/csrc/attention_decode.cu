@@ -129,7 +129,7 @@ enum Variant : int {
   // stream ran at 1.3-1.8 TB/s). Needs no other CTA. Used only when the launcher sized shared memory for
   // the ring (kRingBytes) and at least two stages fit; otherwise phase 4 runs as without the bit.
   kKvRing = 64,
-  // Phase 4 of the several-heads-per-pass (GQA) builds of batch bucket 1 at head_dim 64 and 128: the warp's
+  // Phase 4 of the several-heads-per-pass (GQA) builds of batch buckets 1-2 at head_dim 64 and 128: the warp's
   // lanes laid out as (query head, slice of D) instead of (token slot, 16-byte vector), so every lane works on
   // the same token and one rolled loop covers all HG heads (attend_heads). The slot layout unrolls HG heads x
   // kTokenUnroll tokens into ~1,100 instructions that the small models run once per warp, fetch-bound at ~13

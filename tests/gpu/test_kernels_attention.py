@@ -79,7 +79,7 @@ TESTED_VARIANTS = sorted(os.environ.get("CF_ATTN_VARIANTS", "").split() or VARIA
 MMA_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & MMA]
 DEEP_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & DEEP_KV and not VARIANTS[v] & KV_RING]
 # the ring's bitwise claim is against the same bits without it: variants with the head-lane loop (a new summation
-# order at batch-1 GQA shapes) are held to the band by their own test instead
+# order at batch-1/2 GQA shapes) are held to the band by their own test instead
 RING_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & KV_RING and not VARIANTS[v] & HEAD_LANES]
 HEAD_LANE_VARIANTS = [v for v in TESTED_VARIANTS if VARIANTS[v] & HEAD_LANES]
 
