@@ -248,12 +248,15 @@ def format_phases(label: str, timeline: dict) -> str:
     return "\n".join(lines)
 
 
-VARIANT_KEYS = {"cluster": "cluster", "warps": "warps", "depth": "depth", "stages": "stages", "l2": "l2_hint"}
+VARIANT_KEYS = {
+    "cluster": "cluster", "warps": "warps", "depth": "depth", "stages": "stages", "l2": "l2_hint",
+    "rpw": "rpw", "gu": "gu_wpr", "down": "down_wpr", "per_sm": "ctas_per_sm",  # claimed-tile kernel
+}
 
 
 def parse_variant(spec: str) -> ffn.Tuning:
-    """'mode=whole,stages=0' (keys: mode, cluster, warps, depth, stages, l2, and flags=early_x+defer_fix_up)
-    or the older positional
+    """'mode=whole,stages=0' (keys: mode, cluster, warps, depth, stages, l2, and flags=early_x+defer_fix_up;
+    kernel=flow|cluster, and for the claimed-tile kernel rpw, gu, down, per_sm) or the older positional
     'cluster:warps:depth[:stages[:l2_hint]]'; 'default' is the launcher's own choice."""
     if spec == "default":
         return ffn.Tuning()
@@ -267,6 +270,8 @@ def parse_variant(spec: str) -> ffn.Tuning:
             fields["mode"] = ffn.MODES[value] if value in ffn.MODES else int(value)
         elif key == "flags":
             fields["flags"] = ffn.parse_flags(value)
+        elif key == "kernel":
+            fields["kernel"] = value
         else:
             fields[VARIANT_KEYS[key]] = int(value)
     return ffn.Tuning(**fields)

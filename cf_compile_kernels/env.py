@@ -10,6 +10,7 @@ Reading on each call (not at import) lets tests and tools point one process at a
 | CF_NVRTC_EXTRA_OPTIONS | "" | extra NVRTC options, split on whitespace (e.g. "-lineinfo") |
 | CF_INCLUDE_DIRS | "" | extra header directories, os.pathsep-separated, searched after the wheels' |
 | CF_VERBOSE | 0 | 1: log every compile and cache hit at INFO |
+| CF_FFN_KERNEL | "" (ffn.DEFAULT_KERNEL) | "cluster" or "flow": the gated-FFN kernel where both take the shape |
 """
 
 from __future__ import annotations
@@ -53,3 +54,8 @@ def extra_include_dirs() -> tuple[str, ...]:
 
 def verbose() -> bool:
     return _flag("CF_VERBOSE")
+
+
+def ffn_kernel() -> str | None:
+    value = os.environ.get("CF_FFN_KERNEL", "").strip()
+    return value or None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import env, ffn_flow
 from .launch import check_tensor
 from .registry import register_check
 
@@ -333,6 +334,14 @@ class Tuning:
     mode: int | None = None  # MODES: how gate/up is cut inside the cluster; None: default_mode(shape)
     phases: bool = False  # build with the per-phase timeline (gated_ffn then needs `stamps`)
     flags: int | None = None  # FLAGS bit set: early x loads, deferred fix-ups; None: DEFAULT_FLAGS
+    kernel: str | None = None  # KERNEL_KINDS: "cluster" (this module's kernel) or "flow"; None: default_kernel
+    rpw: int = ffn_flow.DEFAULT_RPW  # flow kernel: weight rows per warp
+    gu_wpr: int | None = None  # flow kernel: warps per row group of the gate/up tiles; None: from the shape
+    down_wpr: int | None = None  # flow kernel: the same for the down tiles
+    ctas_per_sm: int | None = None  # flow kernel: cap on resident CTAs per SM; None: the occupancy API's
+
+    def flow(self) -> ffn_flow.FlowTuning:
+        return ffn_flow.FlowTuning(self.rpw, self.gu_wpr, self.down_wpr, self.ctas_per_sm)
 
 
 def _plan(
@@ -410,6 +419,29 @@ def _plan(
         return plan
 
 
+# The two kernels of the block: the cluster kernel above (batch 1..16) and the claimed-tile kernel of
+# csrc/gated_ffn_flow.cu (batch 1..8; ffn_flow.py).
+KERNEL_KINDS = ("cluster", "flow")
+DEFAULT_KERNEL = "cluster"
+
+
+def kernel_kind(hidden: int, intermediate: int, batch: int, tuning: Tuning = Tuning()) -> str:
+    """Which kernel runs this launch: tuning.kernel if given (ValueError if it cannot), else CF_FFN_KERNEL or
+    DEFAULT_KERNEL where it supports the shape, else the cluster kernel."""
+    kind = tuning.kernel or env.ffn_kernel() or DEFAULT_KERNEL
+    if kind not in KERNEL_KINDS:
+        raise ValueError(f"gated_ffn: kernel {kind!r} (known: {', '.join(KERNEL_KINDS)})")
+    if kind == "flow":
+        reason = ffn_flow.flow_unsupported_reason(
+            hidden=hidden, intermediate=intermediate, batch=batch, rpw=tuning.rpw
+        )
+        if reason is None:
+            return "flow"
+        if tuning.kernel == "flow":
+            raise ValueError(f"gated_ffn: the claimed-tile kernel does not take this shape: {reason}")
+    return "cluster"
+
+
 def plan_info(
     hidden: int,
     intermediate: int,
@@ -420,6 +452,9 @@ def plan_info(
 ) -> dict:
     """The launch actually used on `device` (clusters after the occupancy query), for benchmarks/reports."""
     device = torch.device(device or torch.device("cuda", torch.cuda.current_device()))
+    if kernel_kind(hidden, intermediate, batch, tuning) == "flow":
+        flow_plan = ffn_flow.plan(hidden, intermediate, dtype, batch, device, tuning.flow())
+        return flow_plan.info(hidden, intermediate, tuning.rpw)
     plan = _plan(hidden, intermediate, dtype, batch_tiles(batch), device, tuning)
     compiled = plan.kernel.compiled
     return {
@@ -509,6 +544,15 @@ def gated_ffn(
     if abs(out.data_ptr() - x.data_ptr()) < span:
         raise ValueError("out overlaps x: the residual is read while other CTAs write out")
 
+    up_ptr = (
+        w_up.data_ptr() if w_up is not None else w_gate.data_ptr() + intermediate * hidden * x.element_size()
+    )
+    if kernel_kind(hidden, intermediate, batch, tuning) == "flow":
+        if tuning.phases:
+            raise ValueError("gated_ffn: the phase timeline is a cluster-kernel build")
+        ffn_flow.launch(x, norm_weight, eps, NORM_KINDS[norm_kind], w_gate, up_ptr, down_weight,
+                        _activation_code(activation), add_residual, out, tuning.flow())
+        return
     plan = _plan(hidden, intermediate, x.dtype, batch_tiles(batch), x.device, tuning)
     stamps_ptr = 0
     if tuning.phases:
@@ -521,9 +565,6 @@ def gated_ffn(
         ):
             raise ValueError(f"tuning.phases needs `stamps`: int64, {need} elements on {x.device}")
         stamps_ptr = stamps.data_ptr()
-    up_ptr = (
-        w_up.data_ptr() if w_up is not None else w_gate.data_ptr() + intermediate * hidden * x.element_size()
-    )
     args = [
         x,
         norm_weight,

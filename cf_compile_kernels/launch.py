@@ -166,6 +166,20 @@ class LoadedKernel:
             return None
         return int(count) if err == driver.CUresult.CUDA_SUCCESS and count > 0 else None
 
+    def max_active_blocks(self, threads: int, shared_bytes: int) -> int | None:
+        """CTAs of ``threads`` threads and ``shared_bytes`` of dynamic shared memory one SM runs at once
+        (cuOccupancyMaxActiveBlocksPerMultiprocessor), or None where the driver cannot say."""
+        driver = _driver()
+        try:
+            self._ensure_attributes(shared_bytes, 1)
+            with _current(self._ctx, self._ctx_int):
+                err, count = driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                    self._function, threads, shared_bytes
+                )
+        except Exception:  # an older binding without the call: the caller estimates
+            return None
+        return int(count) if err == driver.CUresult.CUDA_SUCCESS and count > 0 else None
+
     # ---------------------------------------------------------------- launch
 
     def _config(self, grid, block, shared_bytes, cluster, stream: int):

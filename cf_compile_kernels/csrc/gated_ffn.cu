@@ -40,6 +40,7 @@
 // (one stream), as decoder layers are.
 #include "cluster.cuh"
 #include "common.cuh"
+#include "ffn_math.cuh"
 #include "mma.cuh"
 
 namespace cf {
@@ -64,9 +65,6 @@ constexpr int kChunkK = 2 * kStepK;                // staged path: 64 columns = 
 constexpr int kChunkBytes = kMmaRows * kChunkK * 2;  // one ring slot: 16 rows x 128 B
 constexpr int kPiecesPerRow = kChunkK / kElemsPerLoad;  // 8 16-byte pieces per row of a slot
 constexpr int kMmaK = 16;
-
-enum Activation : int { kSilu = 0, kGeluTanh = 1, kGeluErf = 2 };
-enum NormKind : int { kNormWeight = 0, kNormUnitOffset = 1 };
 
 /// @brief How the gate/up work is cut inside a cluster (template MODE; the benchmark times them side by side).
 ///   kSplitK:           every rank reads H/N columns of all the cluster's units; RMS statistics summed over
@@ -320,15 +318,6 @@ __device__ __forceinline__ void store_tile_smem(float* dst, const float (&acc)[B
     *reinterpret_cast<float2*>(dst + g * bp + col) = make_float2(acc[bt][0], acc[bt][1]);
     *reinterpret_cast<float2*>(dst + (g + kUnitRows) * bp + col) = make_float2(acc[bt][2], acc[bt][3]);
   }
-}
-
-__device__ __forceinline__ float activate(float v, int activation) {
-  constexpr float kSqrt2OverPi = 0.7978845608028654f;  // tanh-GELU: sqrt(2 / pi)
-  constexpr float kGeluCubic = 0.044715f;              // tanh-GELU cubic coefficient
-  constexpr float kInvSqrt2 = 0.7071067811865476f;     // erf-GELU: 1 / sqrt(2)
-  if (activation == kSilu) return v / (1.f + expf(-v));
-  if (activation == kGeluTanh) return 0.5f * v * (1.f + tanhf(kSqrt2OverPi * (v + kGeluCubic * v * v * v)));
-  return 0.5f * v * (1.f + erff(v * kInvSqrt2));
 }
 
 constexpr int kFixUpFloatsPerVec = 4;  // float4 loads of the partials

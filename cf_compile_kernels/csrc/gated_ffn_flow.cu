@@ -1,0 +1,318 @@
+// gated_ffn_flow.cu -- one launch per gated-FFN block per decode step, as claimed tiles (batch 1..8):
+//
+//   n   = rmsnorm(x)                    (weight, or 1 + weight; statistics in fp32; n rounded to T once)
+//   h   = act(n W_gate^T) * (n W_up^T)  (fp32; rounded to T once, as the cluster kernel does)
+//   out = (x if add_residual) + h W_down^T   (fp32 accumulation, one rounding)
+//
+// Why a second FFN kernel. The cluster kernel (gated_ffn.cu) splits the weights statically over one wave
+// of clusters. Its timeline on the H100 (benchmarks/NOTES-ffn.md, runs 4-7) streams each phase at the copy
+// bandwidth but loses ~25 us of a 116 us Llama-2-7B launch to fixed costs no static split removes: CTAs of
+// one wave stream the same bytes at different speeds (the last ends ~10 us after the median), the cluster
+// waits for its slowest CTA at every exchange, and HBM idles while a cluster finishes one phase. Here the
+// work is a queue of tiles, claimed in order from one counter, so fast SMs take more tiles and the grid
+// ends within about one tile of the bytes:
+//   * gate/up tile  = kUnits consecutive intermediate units i: gate row i and up row i, all H columns,
+//                     so act(gate) * up is local to the tile. Writes h[:, units] (T) to a scratch buffer.
+//   * down tile     = consecutive output rows j of W_down, all I columns, finished in the tile: out[:, j].
+//   All gate/up tiles come first in the queue. A CTA whose claim is a down tile first issues that tile's
+//   first weight loads, then waits until every gate/up tile has published its h (one counter), so HBM
+//   stays busy across the hand-off. No co-residency is assumed: a down tile is claimed only after every
+//   gate/up tile has been claimed by a running CTA, and gate/up tiles never wait, so every wait ends.
+// Inside a tile, warp w takes row group w / WPR (RPW rows) and k-slice w % WPR of WPR equal slices of the
+// row (WPR, warps per row group, is a run-time choice of the host per phase: smaller tiles for shapes
+// with few rows). Each lane streams 16-byte weight vectors (kVecsInFlight per chunk, all loads of a chunk
+// issued before its FMAs), the batch rows read the activation vector at the same k (n from shared memory,
+// h from L1/L2), fp32 FMA; lanes meet in a fixed xor tree, slices in slice order: every output has one
+// summation order whatever CTA computes it (bitwise deterministic, no float atomics).
+// Scratch (host-allocated once per (I, device)): h [kMaxBatch][I] (T) and kCtrlWords counters, zero before
+// the first launch; the last CTA to finish zeroes them (CUDA-graph replay safe). Launches that share them
+// must be ordered (one stream), as decoder layers are.
+#include "common.cuh"
+#include "ffn_math.cuh"
+
+namespace cf {
+namespace ffn_flow {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarps = 8;                     // per CTA; tiles are cut in row groups of warps
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kMinBlocksPerSm = 2;            // two CTAs per SM: one streams while the other claims or reduces
+constexpr int kElems = 8;                     // fp16/bf16 values per 16-byte vector
+constexpr int kVecsInFlight = 16;             // weight vectors per lane issued before their FMAs (all rows)
+constexpr int kMaxBatch = 8;                  // the h scratch rows; batch 9..16 stays on the cluster kernel
+constexpr unsigned kSpinSleepNs = 64;         // back-off of the hand-off wait
+
+/// @brief Words of the control block (int32 each); all zero between launches.
+enum Ctrl : int { kTicket = 0, kDone = 1, kFinished = 2, kCtrlWords = 4 };
+
+__device__ __forceinline__ int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+/// @brief Tile geometry of one phase: rows per tile and the k-slice of this warp.
+struct TileCut {
+  int rows;       // weight rows per tile: RPW * (kWarps / wpr)
+  int row_group;  // this warp's first row in the tile = row_group * RPW
+  int vec_begin;  // this warp's 16-byte vectors of each row: [vec_begin, vec_end)
+  int vec_end;
+  __device__ TileCut(int rpw, int wpr, int row_vecs, int warp) {
+    rows = rpw * (kWarps / wpr);
+    row_group = warp / wpr;
+    const int slice = warp % wpr;
+    vec_begin = slice * row_vecs / wpr;
+    vec_end = (slice + 1) * row_vecs / wpr;
+  }
+};
+
+/// @brief RPW weight rows x a k-slice, dotted with BB activation rows: each lane's chunk of kVecsInFlight
+/// 16-byte weight vectors is issued before any of its FMAs.
+template <typename T, int RPW, int BB>
+struct RowDot {
+  static constexpr int kU = kVecsInFlight / RPW;  // vectors per row per chunk
+  static constexpr int kChunkVecs = kU * kWarpSize;
+  uint4 w[RPW][kU];
+  float acc[RPW][BB];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+      for (int b = 0; b < BB; ++b) acc[r][b] = 0.f;
+  }
+
+  __device__ __forceinline__ void load(const T* const (&rows)[RPW], int c, int end, int lane) {
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int v = c + u * kWarpSize + lane;
+#pragma unroll
+      for (int r = 0; r < RPW; ++r)
+        w[r][u] = v < end ? ld_stream(rows[r] + static_cast<size_t>(v) * kElems) : make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  /// @brief acc[r][b] += w[r] . act(b) over this chunk; `act(b, v)` gives the 16-byte activation vector v.
+  template <typename Act>
+  __device__ __forceinline__ void consume(int c, int end, int lane, int batch, const Act& act) {
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int v = c + u * kWarpSize + lane;
+      if (v >= end) continue;
+      float wf[RPW][kElems];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) unpack8<T>(w[r][u], wf[r]);
+#pragma unroll
+      for (int b = 0; b < BB; ++b) {
+        if (b >= batch) continue;
+        float a[kElems];
+        unpack8<T>(act(b, v), a);
+#pragma unroll
+        for (int r = 0; r < RPW; ++r)
+#pragma unroll
+          for (int e = 0; e < kElems; ++e) acc[r][b] = fmaf(wf[r][e], a[e], acc[r][b]);
+      }
+    }
+  }
+
+  /// @brief The whole slice: first chunk issued, then `before_first()` (the norm or the hand-off wait, with
+  /// CTA barriers: every warp calls this once per tile), then chunk after chunk.
+  template <typename Act, typename Before>
+  __device__ __forceinline__ void run(const T* const (&rows)[RPW], const TileCut& cut, int lane, int batch,
+                                      const Act& act, const Before& before_first) {
+    zero();
+    int c = cut.vec_begin;
+    load(rows, c, cut.vec_end, lane);
+    before_first();
+    for (;;) {
+      consume(c, cut.vec_end, lane, batch, act);
+      c += kChunkVecs;
+      if (c >= cut.vec_end) break;
+      load(rows, c, cut.vec_end, lane);
+    }
+  }
+
+  /// @brief Lane sums (xor tree), written by lane 0 to red[warp][r][b].
+  __device__ __forceinline__ void publish(float* red, int warp, int lane) {
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+      for (int b = 0; b < BB; ++b) {
+        const float s = warp_sum(acc[r][b]);
+        if (lane == 0) red[(warp * RPW + r) * BB + b] = s;
+      }
+  }
+};
+
+/// @brief Sum of row `row` (tile-local) for batch row b over the WPR slices, in slice order.
+template <int RPW, int BB>
+__device__ __forceinline__ float slice_sum(const float* red, int row, int b, int wpr) {
+  const int first_warp = (row / RPW) * wpr, r = row % RPW;
+  float s = 0.f;
+  for (int k = 0; k < wpr; ++k) s += red[((first_warp + k) * RPW + r) * BB + b];
+  return s;
+}
+
+/// @brief n[b][:] = rmsnorm(x[b][:]) rounded to T into shared memory (rows >= batch zero). Whole CTA.
+template <typename T, int BB>
+__device__ __forceinline__ void normalise_rows(T* n_s, const T* __restrict__ x, const T* __restrict__ norm_w,
+                                               float* ss_s, float* rstd_s, int hidden, int batch, float eps,
+                                               int norm_kind) {
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int row_vecs = hidden / kElems;
+#pragma unroll
+  for (int b = 0; b < BB; ++b) {
+    float s = 0.f;
+    if (b < batch) {
+      for (int v = tid; v < row_vecs; v += kThreads) {
+        float f[kElems];
+        unpack8<T>(*reinterpret_cast<const uint4*>(x + static_cast<size_t>(b) * hidden + v * kElems), f);
+#pragma unroll
+        for (int e = 0; e < kElems; ++e) s = fmaf(f[e], f[e], s);
+      }
+    }
+    s = warp_sum(s);
+    if (lane == 0) ss_s[warp * BB + b] = s;
+  }
+  __syncthreads();
+  if (tid < BB) {
+    float s = 0.f;
+    for (int k = 0; k < kWarps; ++k) s += ss_s[k * BB + tid];
+    rstd_s[tid] = rsqrtf(s / static_cast<float>(hidden) + eps);
+  }
+  __syncthreads();
+  const float offset = norm_kind == ffn::kNormUnitOffset ? 1.f : 0.f;
+  for (int i = tid; i < BB * row_vecs; i += kThreads) {
+    const int b = i / row_vecs, v = i % row_vecs;
+    float f[kElems];
+    if (b < batch) {
+      float w[kElems];
+      unpack8<T>(*reinterpret_cast<const uint4*>(x + static_cast<size_t>(b) * hidden + v * kElems), f);
+      unpack8<T>(*reinterpret_cast<const uint4*>(norm_w + v * kElems), w);
+#pragma unroll
+      for (int e = 0; e < kElems; ++e) f[e] = (offset + w[e]) * (f[e] * rstd_s[b]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kElems; ++e) f[e] = 0.f;
+    }
+    store_vec_f32(n_s + static_cast<size_t>(b) * hidden + v * kElems, f);
+  }
+  __syncthreads();
+}
+
+/// @brief Fused gated FFN as a queue of tiles. Grid: any number of CTAs of kThreads (the host launches the
+/// resident count); dynamic shared memory BB * H * sizeof(T) (n).
+/// @tparam T    __half or __nv_bfloat16
+/// @tparam RPW  weight rows per warp (2 or 4; kVecsInFlight / RPW vectors per row per chunk); even, so a
+///              warp's rows pair gate and up of one unit
+/// @tparam BB   batch rows computed (1, 2, 4, 8); batch <= BB at run time
+/// gu_wpr / down_wpr: warps per row group in each phase (1, 2, 4, 8): tile rows RPW * 8 / wpr; the host
+/// guarantees I % (gate/up tile rows / 2) == 0 and H % (down tile rows) == 0.
+template <typename T, int RPW, int BB>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    gated_ffn_flow_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
+                          const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
+                          T* h_buf, int* ctrl, int hidden, int inter, int batch, float eps, int norm_kind,
+                          int activation, int add_residual, int gu_wpr, int down_wpr) {
+  static_assert(sizeof(T) == 2, "fp16 / bf16 only");
+  static_assert(RPW % 2 == 0 && kVecsInFlight % RPW == 0, "rows per warp pair gate and up");
+  static_assert(BB >= 1 && BB <= kMaxBatch, "batch bucket 1..8");
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float red_s[kWarps * RPW * BB];
+  __shared__ float ss_s[kWarps * BB];
+  __shared__ float rstd_s[BB];
+  __shared__ int ticket_s;
+  T* n_s = reinterpret_cast<T*>(smem);
+
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const TileCut gu(RPW, gu_wpr, hidden / kElems, warp);
+  const TileCut dn(RPW, down_wpr, inter / kElems, warp);
+  const int gu_units = gu.rows / 2;
+  const int gu_tiles = inter / gu_units;
+  const int total = gu_tiles + hidden / dn.rows;
+
+  if (tid == 0) ticket_s = atomicAdd(ctrl + kTicket, 1);
+  __syncthreads();
+  int t = ticket_s;
+  bool normed = false, handed_off = false;
+  RowDot<T, RPW, BB> dot;
+  while (t < total) {
+    int next = 0;
+    if (tid == 0) next = atomicAdd(ctrl + kTicket, 1);  // claimed now; its round trip hides behind the tile
+    if (t < gu_tiles) {
+      // ---- gate/up tile: units [unit0, unit0 + gu_units); row 2j = gate of unit j, row 2j + 1 = up
+      const int unit0 = t * gu_units;
+      const T* rows[RPW];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) {
+        const int row = gu.row_group * RPW + r;
+        rows[r] = ((row & 1) ? w_up : w_gate) + static_cast<size_t>(unit0 + row / 2) * hidden;
+      }
+      const auto act = [&](int b, int v) {
+        return *reinterpret_cast<const uint4*>(n_s + static_cast<size_t>(b) * hidden + v * kElems);
+      };
+      dot.run(rows, gu, lane, batch, act, [&] {
+        if (!normed) normalise_rows<T, BB>(n_s, x, norm_w, ss_s, rstd_s, hidden, batch, eps, norm_kind);
+      });
+      normed = true;
+      dot.publish(red_s, warp, lane);
+      __syncthreads();
+      for (int i = tid; i < gu_units * batch; i += kThreads) {
+        const int j = i / batch, b = i % batch;
+        const float gate = slice_sum<RPW, BB>(red_s, 2 * j, b, gu_wpr);
+        const float up = slice_sum<RPW, BB>(red_s, 2 * j + 1, b, gu_wpr);
+        h_buf[static_cast<size_t>(b) * inter + unit0 + j] = from_float<T>(ffn::activate(gate, activation) * up);
+        __threadfence();
+      }
+      __syncthreads();
+      if (tid == 0) {  // the CTA's h stores are ordered before the count (fences on both sides of the barrier)
+        __threadfence();
+        atomicAdd(ctrl + kDone, 1);
+      }
+    } else {
+      // ---- down tile: output rows [row0, row0 + dn.rows), all I columns
+      const int row0 = (t - gu_tiles) * dn.rows;
+      const T* rows[RPW];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r)
+        rows[r] = w_down + static_cast<size_t>(row0 + dn.row_group * RPW + r) * inter;
+      const T* h = h_buf;  // written by other CTAs of this launch: plain loads after the acquire below
+      const auto act = [&](int b, int v) {
+        return *reinterpret_cast<const uint4*>(h + static_cast<size_t>(b) * inter + v * kElems);
+      };
+      dot.run(rows, dn, lane, batch, act, [&] {
+        if (!handed_off) {
+          if (tid == 0)
+            while (load_acquire(ctrl + kDone) < gu_tiles) __nanosleep(kSpinSleepNs);
+          __syncthreads();
+        }
+      });
+      handed_off = true;
+      dot.publish(red_s, warp, lane);
+      __syncthreads();
+      for (int i = tid; i < dn.rows * batch; i += kThreads) {
+        const int j = i / batch, b = i % batch;
+        const float s = slice_sum<RPW, BB>(red_s, j, b, down_wpr);
+        const size_t o = static_cast<size_t>(b) * hidden + row0 + j;
+        out[o] = from_float<T>(add_residual ? s + to_float(x[o]) : s);
+      }
+    }
+    if (tid == 0) ticket_s = next;
+    __syncthreads();
+    t = ticket_s;
+  }
+  // Every claim of this launch has been made once all CTAs got here: the last one resets the counters.
+  if (tid == 0) {
+    __threadfence();
+    if (atomicAdd(ctrl + kFinished, 1) == static_cast<int>(gridDim.x) - 1) {
+      ctrl[kTicket] = 0;
+      ctrl[kDone] = 0;
+      ctrl[kFinished] = 0;
+    }
+  }
+}
+
+}  // namespace ffn_flow
+}  // namespace cf
+
+using cf::ffn_flow::gated_ffn_flow_kernel;

@@ -1,0 +1,211 @@
+"""Launcher of the claimed-tile gated-FFN kernel (csrc/gated_ffn_flow.cu), batch 1..8.
+
+The kernel is a queue of tiles (gate/up tiles first, then down tiles) claimed from one counter, so the
+split adapts to how fast each SM streams at run time; the host only cuts the tiles. Tile rows come from
+the shape and the number of CTAs resident at once (`slots`): the largest tiles that still give every
+slot MIN_TILES_PER_SLOT claims, so the queue can even out SMs that stream at different speeds. The grid
+is the resident count (a CTA claims until the queue is empty). Scratch (h rows and the control counters)
+is allocated once per (intermediate, device); the kernel zeroes its counters at the end of every launch,
+so launches replay in CUDA graphs. Launches that share the scratch must be ordered on one stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .registry import register_check
+
+SOURCE = "gated_ffn_flow.cu"
+KERNEL = "gated_ffn_flow_kernel"
+
+# Mirrors of the kernel's named constants (csrc/gated_ffn_flow.cu).
+WARPS = 8
+THREADS = WARPS * 32
+ELEMS_PER_VEC = 8  # 16-byte vectors of fp16/bf16
+VECS_IN_FLIGHT = 16  # per lane per chunk, over the warp's rows
+MAX_BATCH = 8
+CTRL_WORDS = 4
+BATCH_BUCKETS = (1, 2, 4, 8)
+WPR_CHOICES = (1, 2, 4, 8)  # warps per row group: tile rows = rpw * WARPS / wpr
+# Rows per warp: 2 keeps every batch bucket spill-free (NVRTC 13.5: 120-128 registers); 4 spills at
+# buckets 4 and 8 (8 and 64 bytes), so it is offered for buckets 1-2 only.
+DEFAULT_RPW = 2
+RPW_MAX_BUCKET = {2: 8, 4: 2}
+# Claims per resident CTA the tile cut aims for (fewer, larger tiles where the shape has few rows).
+MIN_TILES_PER_SLOT = 3
+MAX_SMEM_PER_CTA = 227 * 1024
+CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # ffn_math.cuh Activation
+NORM_KINDS = {"weight": 0, "unit_offset": 1}  # ffn_math.cuh NormKind
+REFERENCE_SLOTS = 2 * 132  # two CTAs per SM on a 132-SM H100: the cut shown where no device is at hand
+
+
+def batch_bucket(batch: int) -> int:
+    """The compiled batch rows for `batch` (1..8): the next of BATCH_BUCKETS."""
+    for bucket in BATCH_BUCKETS:
+        if batch <= bucket:
+            return bucket
+    raise ValueError(f"batch {batch} > {MAX_BATCH}")
+
+
+def tile_rows(rpw: int, wpr: int) -> int:
+    return rpw * WARPS // wpr
+
+
+def choose_wpr(rows: int, rows_per_unit: int, rpw: int, slots: int) -> int | None:
+    """Warps per row group for a phase of `rows` weight rows cut in units of `rows_per_unit` (2 for
+    gate/up: gate and up of one unit): the fewest (largest tiles) that give MIN_TILES_PER_SLOT claims per
+    slot, else the most tiles possible; None if no cut divides the rows."""
+    fitting = [w for w in WPR_CHOICES if tile_rows(rpw, w) % rows_per_unit == 0 and rows % tile_rows(rpw, w) == 0]
+    if not fitting:
+        return None
+    for wpr in fitting:
+        if rows // tile_rows(rpw, wpr) >= MIN_TILES_PER_SLOT * slots:
+            return wpr
+    return fitting[-1]
+
+
+def smem_bytes(hidden: int, batch: int, elem: int = 2) -> int:
+    """Dynamic shared memory: the normalised rows n [bucket][H]."""
+    return batch_bucket(batch) * hidden * elem
+
+
+def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: int = DEFAULT_RPW) -> str | None:
+    """None if the claimed-tile kernel computes this block (dtype/activation/norm are checked by ffn.py)."""
+    if not 1 <= batch <= MAX_BATCH:
+        return f"batch {batch} outside 1..{MAX_BATCH} (the cluster kernel takes 9..16)"
+    if batch_bucket(batch) > RPW_MAX_BUCKET.get(rpw, 0):
+        return f"{rpw} rows per warp with batch bucket {batch_bucket(batch)} (spills)"
+    if hidden % ELEMS_PER_VEC or intermediate % ELEMS_PER_VEC:
+        return f"hidden {hidden} / intermediate {intermediate} not multiples of {ELEMS_PER_VEC}"
+    if choose_wpr(2 * intermediate, 2, rpw, REFERENCE_SLOTS) is None:
+        return f"intermediate {intermediate} not cut by gate/up tiles of {rpw * WARPS // 2 // 8}..{rpw * WARPS // 2} units"
+    if choose_wpr(hidden, 1, rpw, REFERENCE_SLOTS) is None:
+        return f"hidden {hidden} not cut by down tiles of {tile_rows(rpw, 8)}..{tile_rows(rpw, 1)} rows"
+    if smem_bytes(hidden, batch) > MAX_SMEM_PER_CTA:
+        return f"normalised rows need {smem_bytes(hidden, batch)} B of shared memory"
+    return None
+
+
+@dataclass(frozen=True)
+class FlowTuning:
+    """Knobs the benchmark may vary; None fields take the derived defaults."""
+
+    rpw: int = DEFAULT_RPW
+    gu_wpr: int | None = None
+    down_wpr: int | None = None
+    ctas_per_sm: int | None = None  # None: what the occupancy API allows
+
+
+@dataclass
+class FlowPlan:
+    kernel: object  # launch.LoadedKernel
+    grid: int
+    smem: int
+    gu_wpr: int
+    down_wpr: int
+    h_rows: torch.Tensor
+    ctrl: torch.Tensor
+
+    def info(self, hidden: int, intermediate: int, rpw: int) -> dict:
+        gu_rows, down_rows = tile_rows(rpw, self.gu_wpr), tile_rows(rpw, self.down_wpr)
+        return {
+            "kernel_kind": "flow",
+            "grid": (self.grid, 1, 1),
+            "cluster": (1, 1, 1),
+            "block": (THREADS, 1, 1),
+            "smem": self.smem,
+            "gate_up_tiles": intermediate // (gu_rows // 2),
+            "gate_up_units_per_tile": gu_rows // 2,
+            "down_tiles": hidden // down_rows,
+            "down_rows_per_tile": down_rows,
+            "registers": self.kernel.compiled.registers,
+            "local_bytes": self.kernel.compiled.local_bytes,
+            "template": self.kernel.compiled.name_expression,
+        }
+
+
+_plans: dict[tuple, FlowPlan] = {}
+_plans_lock = threading.Lock()
+_scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _get_scratch(intermediate: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (intermediate, device)
+    buffers = _scratch.get(key)
+    if buffers is None:  # h as raw 16-bit words (fp16 and bf16 share it)
+        h_rows = torch.empty(MAX_BATCH * intermediate, dtype=torch.int16, device=device)
+        ctrl = torch.zeros(CTRL_WORDS, dtype=torch.int32, device=device)
+        buffers = _scratch[key] = (h_rows, ctrl)
+    return buffers
+
+
+def plan(
+    hidden: int, intermediate: int, dtype: torch.dtype, batch: int, device: torch.device,
+    tuning: FlowTuning = FlowTuning(),
+) -> FlowPlan:
+    bucket = batch_bucket(batch)
+    key = (hidden, intermediate, dtype, bucket, device, tuning)
+    found = _plans.get(key)
+    if found is not None:
+        return found
+    with _plans_lock:
+        found = _plans.get(key)
+        if found is not None:
+            return found
+        from .build import compile_kernel
+        from .launch import load_kernel
+
+        compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], tuning.rpw, bucket))
+        kernel = load_kernel(compiled, device)
+        smem = smem_bytes(hidden, batch)
+        with torch.cuda.device(device):
+            per_sm = kernel.max_active_blocks(THREADS, smem) or 1
+        if tuning.ctas_per_sm is not None:
+            per_sm = max(1, min(per_sm, tuning.ctas_per_sm))
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        slots = per_sm * num_sms
+        gu_wpr = tuning.gu_wpr or choose_wpr(2 * intermediate, 2, tuning.rpw, slots)
+        down_wpr = tuning.down_wpr or choose_wpr(hidden, 1, tuning.rpw, slots)
+        if gu_wpr is None or down_wpr is None:
+            raise ValueError(f"gated_ffn_flow: no tile cut for hidden {hidden} / intermediate {intermediate}")
+        gu_rows, down_rows = tile_rows(tuning.rpw, gu_wpr), tile_rows(tuning.rpw, down_wpr)
+        if intermediate % (gu_rows // 2) or hidden % down_rows:
+            raise ValueError(f"gated_ffn_flow: tiles of {gu_rows} / {down_rows} rows do not cut {intermediate} / {hidden}")
+        tiles = intermediate // (gu_rows // 2) + hidden // down_rows
+        h_rows, ctrl = _get_scratch(intermediate, device)
+        found = FlowPlan(kernel, min(slots, tiles), smem, gu_wpr, down_wpr, h_rows, ctrl)
+        _plans[key] = found
+        return found
+
+
+def launch(
+    x: torch.Tensor, norm_weight: torch.Tensor, eps: float, norm_code: int, w_gate: torch.Tensor, up_ptr: int,
+    down_weight: torch.Tensor, activation_code: int, add_residual: bool, out: torch.Tensor,
+    tuning: FlowTuning = FlowTuning(),
+) -> None:
+    """One launch; the caller (ffn.gated_ffn) has checked every tensor and the shape."""
+    batch, _, hidden = x.shape
+    intermediate = down_weight.shape[1]
+    p = plan(hidden, intermediate, x.dtype, batch, x.device, tuning)
+    args = [
+        x, norm_weight, w_gate, ctypes.c_void_p(up_ptr), down_weight, out, p.h_rows, p.ctrl,
+        ctypes.c_int32(hidden), ctypes.c_int32(intermediate), ctypes.c_int32(batch), ctypes.c_float(eps),
+        ctypes.c_int32(norm_code), ctypes.c_int32(activation_code), ctypes.c_int32(1 if add_residual else 0),
+        ctypes.c_int32(p.gu_wpr), ctypes.c_int32(p.down_wpr),
+    ]
+    p.kernel.launch((p.grid, 1, 1), (THREADS, 1, 1), args, shared_bytes=p.smem)
+
+
+for _dtype in CTYPES:
+    for _rpw, _max_bucket in RPW_MAX_BUCKET.items():
+        for _bucket in BATCH_BUCKETS:
+            if _bucket <= _max_bucket:
+                register_check(
+                    SOURCE, KERNEL, (CTYPES[_dtype], _rpw, _bucket),
+                    label=f"gated FFN claimed tiles {_dtype} rpw {_rpw} batch <= {_bucket}",
+                )

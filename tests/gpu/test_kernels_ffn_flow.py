@@ -1,0 +1,142 @@
+"""The claimed-tile gated-FFN kernel (csrc/gated_ffn_flow.cu) on the GPU: fp64 bands over random shapes and
+tile cuts, bitwise determinism whatever CTA claims a tile, CUDA-graph replay (its counters reset
+themselves), and the hand-over to the cluster kernel where it does not apply.
+
+Run as a script (`python tests/gpu/test_kernels_ffn_flow.py`) it makes one small launch per build, for
+compute-sanitizer."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_kernels_ffn import BANDS, DETERMINISM_RUNS, make_inputs, rel_error, run  # noqa: E402
+
+from cf_compile_kernels import ffn, ffn_flow  # noqa: E402
+
+RANDOM_CONFIGS = 80
+HIDDEN_CHOICES = (64, 96, 256, 896, 1024, 2048, 4096)
+INTERMEDIATE_CHOICES = (8, 24, 136, 520, 4864, 8192, 11008)
+MODEL_SHAPES = [(4096, 11008), (4096, 14336), (2048, 8192), (896, 4864), (8192, 28672)]
+
+
+def flow(**fields) -> ffn.Tuning:
+    return ffn.Tuning(kernel="flow", **fields)
+
+
+def random_flow_config(i: int) -> dict:
+    rng = random.Random(5000 + i)
+    batch = rng.randint(1, ffn_flow.MAX_BATCH)
+    rpws = [r for r, top in ffn_flow.RPW_MAX_BUCKET.items() if ffn_flow.batch_bucket(batch) <= top]
+    rpw = rng.choice(rpws)
+    hidden, inter = rng.choice(HIDDEN_CHOICES), rng.choice(INTERMEDIATE_CHOICES)
+    gu = [w for w in ffn_flow.WPR_CHOICES if inter % (ffn_flow.tile_rows(rpw, w) // 2) == 0]
+    down = [w for w in ffn_flow.WPR_CHOICES if hidden % ffn_flow.tile_rows(rpw, w) == 0]
+    return {
+        "hidden": hidden,
+        "inter": inter,
+        "batch": batch,
+        "dtype": rng.choice([torch.float16, torch.bfloat16]),
+        "act": rng.choice(list(ffn.ACTIVATIONS)),
+        "norm_kind": rng.choice(list(ffn.NORM_KINDS)),
+        "fused": rng.random() < 0.3,
+        "residual": rng.random() < 0.7,
+        "eps": rng.choice([1e-5, 1e-6]),
+        "tuning": flow(rpw=rpw, gu_wpr=rng.choice(gu), down_wpr=rng.choice(down),
+                       ctas_per_sm=rng.choice([None, 1])),
+    }
+
+
+@pytest.mark.parametrize("i", range(RANDOM_CONFIGS))
+def test_random_config_and_tile_cut_within_band_of_fp64(i):
+    c = random_flow_config(i)
+    inp = make_inputs(c["hidden"], c["inter"], c["batch"], c["dtype"], c["fused"], c["norm_kind"], seed=i)
+    out = run(inp, c["eps"], c["norm_kind"], c["act"], c["residual"], c["tuning"])
+    err = rel_error(inp, out, c["eps"], c["norm_kind"], c["act"], c["residual"])
+    assert err <= BANDS[c["dtype"]], f"{c}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("hidden,inter", MODEL_SHAPES)
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_model_shapes_with_the_derived_cut_within_band_of_fp64(hidden, inter, batch, dtype):
+    inp = make_inputs(hidden, inter, batch, dtype, fused=False, norm_kind="weight", seed=hidden + batch)
+    out = run(inp, 1e-5, "weight", "silu", True, flow())
+    assert rel_error(inp, out, 1e-5, "weight", "silu", True) <= BANDS[dtype]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_bitwise_identical_over_1000_runs_whoever_claims_the_tiles(batch):
+    inp = make_inputs(4096, 11008, batch, torch.bfloat16, fused=False, norm_kind="weight", seed=7)
+    first = run(inp, 1e-5, "weight", "silu", True, flow()).clone()
+    outs = torch.empty((DETERMINISM_RUNS, *first.shape), device="cuda", dtype=first.dtype)
+    for r in range(DETERMINISM_RUNS):
+        inp["out"] = outs[r]
+        outs[r].fill_(float("nan"))
+        run(inp, 1e-5, "weight", "silu", True, flow())
+    differing = int(
+        (outs.view(DETERMINISM_RUNS, -1).view(torch.int16) != first.view(1, -1).view(torch.int16)).any(1).sum()
+    )
+    assert differing == 0, f"{differing} of {DETERMINISM_RUNS} runs differ bitwise from the first"
+
+
+def test_fewer_ctas_than_slots_give_the_same_bits():
+    """One CTA per SM claims twice as many tiles as two: the tiles, not the CTAs, fix the arithmetic."""
+    inp = make_inputs(2048, 8192, 4, torch.float16, fused=True, norm_kind="unit_offset", seed=5)
+    two = run(inp, 1e-6, "unit_offset", "gelu_tanh", True, flow()).clone()
+    one = run(inp, 1e-6, "unit_offset", "gelu_tanh", True, flow(ctas_per_sm=1))
+    assert torch.equal(one, two)
+
+
+def test_cuda_graph_capture_and_replay_matches_direct_calls():
+    """Replays repeat: the claim, hand-off and exit counters reset themselves at the end of each launch."""
+    tuning = flow()
+    inp = make_inputs(2048, 8192, 4, torch.float16, fused=True, norm_kind="weight", seed=11)
+    run(inp, 1e-5, "weight", "silu", True, tuning)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        run(inp, 1e-5, "weight", "silu", True, tuning)
+    for step in range(5):
+        inp["x"].copy_(torch.randn_like(inp["x"], dtype=torch.float32).to(torch.float16))
+        inp["out"].fill_(float("nan"))
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        replayed = inp["out"].clone()
+        inp["out"].fill_(float("nan"))
+        direct = run(inp, 1e-5, "weight", "silu", True, tuning)
+        assert torch.equal(replayed, direct), f"step {step}: graph replay differs from a direct call"
+
+
+def test_batches_above_eight_go_to_the_cluster_kernel():
+    assert ffn.kernel_kind(4096, 11008, 12, ffn.Tuning(kernel=None)) in ffn.KERNEL_KINDS
+    assert ffn.kernel_kind(4096, 11008, 12, ffn.Tuning(kernel="cluster")) == "cluster"
+    with pytest.raises(ValueError, match="claimed-tile"):
+        ffn.kernel_kind(4096, 11008, 12, flow())
+
+
+def sanitizer_pass() -> None:
+    """One small launch per build and cut (compute-sanitizer memcheck / racecheck / synccheck)."""
+    worst = 0.0
+    for hidden, inter, batch, dtype, tuning in [
+        (256, 136, 1, torch.float16, flow()),
+        (1024, 520, 3, torch.bfloat16, flow(gu_wpr=8, down_wpr=8)),
+        (96, 24, 8, torch.bfloat16, flow(ctas_per_sm=1)),
+        (896, 4864, 2, torch.float16, flow(rpw=4)),
+    ]:
+        inp = make_inputs(hidden, inter, batch, dtype, fused=batch % 2 == 1, norm_kind="weight", seed=batch)
+        out = run(inp, 1e-5, "weight", "silu", True, tuning)
+        worst = max(worst, rel_error(inp, out, 1e-5, "weight", "silu", True))
+    torch.cuda.synchronize()
+    print(f"sanitizer pass done; worst relative error {worst:.3g}")
+
+
+if __name__ == "__main__":
+    sanitizer_pass()

@@ -1,0 +1,75 @@
+"""The claimed-tile gated-FFN kernel (csrc/gated_ffn_flow.cu) compiles for sm_90a without spills at two
+CTAs per SM, and its launcher cuts every benchmark model into enough tiles to balance the SMs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cf_compile_kernels import ffn, ffn_flow
+from cf_compile_kernels.build import compile_kernel
+from cf_compile_kernels.registry import registered
+
+REGISTERS_PER_SM = 65536
+MODELS = [(896, 4864), (2048, 8192), (4096, 11008), (4096, 14336), (8192, 28672)]
+
+
+@pytest.mark.parametrize("dtype", ["__half", "__nv_bfloat16"])
+@pytest.mark.parametrize("rpw,bucket", [(r, b) for r, top in ffn_flow.RPW_MAX_BUCKET.items()
+                                        for b in ffn_flow.BATCH_BUCKETS if b <= top])
+def test_builds_fit_two_ctas_per_sm_without_spills(dtype, rpw, bucket):
+    k = compile_kernel(ffn_flow.SOURCE, ffn_flow.KERNEL, template_args=(dtype, rpw, bucket), arch="sm_90a")
+    assert k.local_bytes == 0, f"{k.name_expression}: {k.local_bytes} B of local memory (spills)"
+    assert k.registers * ffn_flow.THREADS * 2 <= REGISTERS_PER_SM
+
+
+def test_every_offered_build_is_registered_for_the_doctor():
+    flow_args = {e.template_args for e in registered() if e.source == ffn_flow.SOURCE}
+    for dtype in ffn_flow.CTYPES.values():
+        for rpw, top in ffn_flow.RPW_MAX_BUCKET.items():
+            for bucket in ffn_flow.BATCH_BUCKETS:
+                assert ((dtype, rpw, bucket) in flow_args) == (bucket <= top)
+
+
+@pytest.mark.parametrize("hidden,inter", MODELS)
+def test_models_get_enough_tiles_per_resident_cta(hidden, inter):
+    slots = ffn_flow.REFERENCE_SLOTS
+    gu = ffn_flow.choose_wpr(2 * inter, 2, ffn_flow.DEFAULT_RPW, slots)
+    down = ffn_flow.choose_wpr(hidden, 1, ffn_flow.DEFAULT_RPW, slots)
+    gu_rows, down_rows = ffn_flow.tile_rows(ffn_flow.DEFAULT_RPW, gu), ffn_flow.tile_rows(ffn_flow.DEFAULT_RPW, down)
+    assert inter % (gu_rows // 2) == 0 and hidden % down_rows == 0
+    # the largest tiles that still give each slot MIN_TILES_PER_SLOT claims, or the smallest tiles there are
+    assert inter // (gu_rows // 2) >= ffn_flow.MIN_TILES_PER_SLOT * slots or gu == ffn_flow.WPR_CHOICES[-1]
+    assert hidden // down_rows >= ffn_flow.MIN_TILES_PER_SLOT * slots or down == ffn_flow.WPR_CHOICES[-1]
+    if gu > 1:  # one size larger would have been too few
+        assert inter // (ffn_flow.tile_rows(ffn_flow.DEFAULT_RPW, gu // 2) // 2) < ffn_flow.MIN_TILES_PER_SLOT * slots
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"hidden": 4096, "intermediate": 11008, "batch": 9}, "cluster kernel"),
+        ({"hidden": 4096, "intermediate": 11008, "batch": 4, "rpw": 4}, "spills"),
+        ({"hidden": 4100, "intermediate": 11008, "batch": 1}, "multiples"),
+        ({"hidden": 8192, "intermediate": 28672, "batch": 8, "rpw": 2}, None),
+    ],
+)
+def test_shapes_outside_the_kernel_get_a_reason(kwargs, needle):
+    reason = ffn_flow.flow_unsupported_reason(**kwargs)
+    assert (reason is None) if needle is None else (needle in reason)
+
+
+def test_batch_buckets_round_up():
+    assert [ffn_flow.batch_bucket(b) for b in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    with pytest.raises(ValueError):
+        ffn_flow.batch_bucket(9)
+
+
+def test_forcing_the_flow_kernel_where_it_cannot_run_is_an_error():
+    assert ffn.kernel_kind(4096, 11008, 16, ffn.Tuning(kernel="cluster")) == "cluster"
+    assert ffn.kernel_kind(4096, 11008, 16) == "cluster"  # the default never picks what cannot run
+    with pytest.raises(ValueError, match="claimed-tile"):
+        ffn.kernel_kind(4096, 11008, 16, ffn.Tuning(kernel="flow"))
+    with pytest.raises(ValueError, match="known"):
+        ffn.kernel_kind(4096, 11008, 1, ffn.Tuning(kernel="tiles"))
+    assert ffn_flow.smem_bytes(4096, 3, torch.tensor([], dtype=torch.bfloat16).element_size()) == 4 * 4096 * 2
