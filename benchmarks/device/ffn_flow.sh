@@ -15,7 +15,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   echo "flow tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|E )" "$W/tests.log" | head -12
   stamp tests
 fi
-V="kernel=flow kernel=flow,per_sm=1 kernel=flow,gu=2 kernel=flow,down=2 kernel=flow,down=8 kernel=flow,rpw=4"
+V="kernel=flow kernel=flow,gu=1 kernel=flow,gu=2 kernel=flow,down=2 kernel=flow,down=4 kernel=flow,down=8 kernel=flow,per_sm=1 kernel=flow,rpw=4,gu=1,down=8"
 timeout 260 python3 benchmarks/ffn.py --dtypes bf16 --batches 1 --variants $V --rows-out "$FINAL/rows_b1.json" \
   > "$W/bench_b1.log" 2>&1
 echo "bench b1 rc $?"; grep -E "^variant|copy|Error|error" "$W/bench_b1.log" | cut -c1-200
