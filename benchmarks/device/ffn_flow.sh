@@ -11,12 +11,12 @@ FINAL=${OUT:-/tmp/cf-final}; W=/tmp/cf-out/ffn_flow; mkdir -p "$W" "$FINAL"
 t0=$SECONDS
 stamp() { echo "[$1 at $((SECONDS - t0)) s]"; }
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_ffn_flow.py -x > "$W/tests.log" 2>&1
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_ffn_flow.py -x > "$W/tests.log" 2>&1
   echo "flow tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|E )" "$W/tests.log" | head -12
   stamp tests
 fi
 V="kernel=flow kernel=flow,gu=1 kernel=flow,gu=2 kernel=flow,down=2 kernel=flow,down=4 kernel=flow,down=8 kernel=flow,per_sm=1 kernel=flow,rpw=4,gu=1,down=8"
-timeout 260 python3 benchmarks/ffn.py --dtypes bf16 --batches 1 --variants $V --rows-out "$FINAL/rows_b1.json" \
+timeout 300 python3 benchmarks/ffn.py --dtypes bf16 --batches 1 --variants $V --rows-out "$FINAL/rows_b1.json" \
   > "$W/bench_b1.log" 2>&1
 echo "bench b1 rc $?"; grep -E "^variant|copy|Error|error" "$W/bench_b1.log" | cut -c1-200
 python3 - "$FINAL/rows_b1.json" <<'PY'
