@@ -171,10 +171,15 @@ def ffn_config(
     dtype: torch.dtype,
     num_sms: int,
     max_active_clusters: int | None = None,
+    kernel: str | None = None,
 ) -> dict:
     """The work split for the report (and for the launcher): every number derived from the shape and SMs.
 
-    max_active_clusters: what the occupancy API says fits at once (default: every N SMs)."""
+    max_active_clusters: what the occupancy API says fits at once (default: every N SMs). kernel: "cluster"
+    or "flow" (default: kernel_kind's choice for this batch)."""
+    if kernel_kind(hidden, intermediate, batch, Tuning(kernel=kernel)) == "flow":
+        return ffn_flow.flow_config(hidden=hidden, intermediate=intermediate, batch=batch, dtype=dtype,
+                                    num_sms=num_sms)
     cluster = choose_cluster_size(hidden)
     if cluster is None:
         raise ValueError(f"hidden {hidden} is not a multiple of {STEP_K}")
@@ -186,6 +191,7 @@ def ffn_config(
     warps, stages = choose_path(hidden, intermediate, cluster, clusters, bt)
     elem = torch.tensor([], dtype=dtype).element_size()
     return {
+        "kernel": "cluster",
         "cluster_size": cluster,
         "clusters": clusters,
         "ctas": clusters * cluster,
@@ -335,7 +341,7 @@ class Tuning:
     phases: bool = False  # build with the per-phase timeline (gated_ffn then needs `stamps`)
     flags: int | None = None  # FLAGS bit set: early x loads, deferred fix-ups; None: DEFAULT_FLAGS
     kernel: str | None = None  # KERNEL_KINDS: "cluster" (this module's kernel) or "flow"; None: default_kernel
-    rpw: int = ffn_flow.DEFAULT_RPW  # flow kernel: weight rows per warp
+    rpw: int | None = None  # flow kernel: weight rows per warp; None: ffn_flow.default_rpw(batch)
     gu_wpr: int | None = None  # flow kernel: warps per row group of the gate/up tiles; None: from the shape
     down_wpr: int | None = None  # flow kernel: the same for the down tiles
     ctas_per_sm: int | None = None  # flow kernel: cap on resident CTAs per SM; None: the occupancy API's
@@ -420,15 +426,22 @@ def _plan(
 
 
 # The two kernels of the block: the cluster kernel above (batch 1..16) and the claimed-tile kernel of
-# csrc/gated_ffn_flow.cu (batch 1..8; ffn_flow.py).
+# csrc/gated_ffn_flow.cu (batch 1..8; ffn_flow.py). The claimed tiles run by default up to
+# FLOW_DEFAULT_MAX_BATCH: H100 bf16, 2026-12-07 (benchmarks/NOTES-ffn.md round 9), B=1 flow vs cluster vs
+# Inductor (us): Llama-2-7B 99.5 / 110.9 / 101.0, Llama-3-8B 125.0 / 143.9 / 119.6, Llama-3.2-1B 41.9 / 48.2 /
+# 47.4, Qwen2.5-0.5B 16.9 / 20.9 / 23.5; at B=4 it lost (Llama-2-7B 141.1 vs 117.8: every k-vector of h is
+# read from L1/L2 once per batch row and tile, where the cluster kernel holds h in shared memory).
 KERNEL_KINDS = ("cluster", "flow")
-DEFAULT_KERNEL = "cluster"
+DEFAULT_KERNEL = "flow"
+FLOW_DEFAULT_MAX_BATCH = 1
 
 
 def kernel_kind(hidden: int, intermediate: int, batch: int, tuning: Tuning = Tuning()) -> str:
-    """Which kernel runs this launch: tuning.kernel if given (ValueError if it cannot), else CF_FFN_KERNEL or
-    DEFAULT_KERNEL where it supports the shape, else the cluster kernel."""
-    kind = tuning.kernel or env.ffn_kernel() or DEFAULT_KERNEL
+    """Which kernel runs this launch: tuning.kernel or CF_FFN_KERNEL if given (ValueError if it cannot), else
+    DEFAULT_KERNEL up to FLOW_DEFAULT_MAX_BATCH where it supports the shape, else the cluster kernel."""
+    kind = tuning.kernel or env.ffn_kernel()
+    if kind is None:
+        kind = DEFAULT_KERNEL if batch <= FLOW_DEFAULT_MAX_BATCH else "cluster"
     if kind not in KERNEL_KINDS:
         raise ValueError(f"gated_ffn: kernel {kind!r} (known: {', '.join(KERNEL_KINDS)})")
     if kind == "flow":
@@ -454,7 +467,7 @@ def plan_info(
     device = torch.device(device or torch.device("cuda", torch.cuda.current_device()))
     if kernel_kind(hidden, intermediate, batch, tuning) == "flow":
         flow_plan = ffn_flow.plan(hidden, intermediate, dtype, batch, device, tuning.flow())
-        return flow_plan.info(hidden, intermediate, tuning.rpw)
+        return flow_plan.info(hidden, intermediate)
     plan = _plan(hidden, intermediate, dtype, batch_tiles(batch), device, tuning)
     compiled = plan.kernel.compiled
     return {

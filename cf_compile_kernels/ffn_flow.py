@@ -1,10 +1,10 @@
 """Launcher of the claimed-tile gated-FFN kernel (csrc/gated_ffn_flow.cu), batch 1..8.
 
 The kernel is a queue of tiles (gate/up tiles first, then down tiles) claimed from one counter, so the
-split adapts to how fast each SM streams at run time; the host only cuts the tiles. Tile rows come from
-the shape and the number of CTAs resident at once (`slots`): the largest tiles that still give every
-slot MIN_TILES_PER_SLOT claims, so the queue can even out SMs that stream at different speeds. The grid
-is the resident count (a CTA claims until the queue is empty). Scratch (h rows and the control counters)
+split adapts to how fast each SM streams at run time; the host only cuts the tiles (rules measured on the
+H100, benchmarks/NOTES-ffn.md round 9: whole gate/up rows per warp, down tiles of DOWN_TILE_ROWS rows,
+four rows per warp where the batch bucket allows). The grid is the resident count (a CTA claims until
+the queue is empty). Scratch (h rows and the control counters)
 is allocated once per (intermediate, device); the kernel zeroes its counters at the end of every launch,
 so launches replay in CUDA graphs. Launches that share the scratch must be ordered on one stream.
 """
@@ -32,16 +32,19 @@ CTRL_WORDS = 4
 BATCH_BUCKETS = (1, 2, 4, 8)
 WPR_CHOICES = (1, 2, 4, 8)  # warps per row group: tile rows = rpw * WARPS / wpr
 # Rows per warp: 2 keeps every batch bucket spill-free (NVRTC 13.5: 120-128 registers); 4 spills at
-# buckets 4 and 8 (8 and 64 bytes), so it is offered for buckets 1-2 only.
-DEFAULT_RPW = 2
+# buckets 4 and 8 (8 and 64 bytes), so it is offered for buckets 1-2 only. Four rows keep 16 vectors per
+# lane in flight when a row has few (H = 896: 3.5 per lane): H100 bf16 B=1, 2026-12-07, rpw 2 -> 4 with the
+# cut below: Qwen2.5-0.5B 19.7 -> 16.9 us, Llama-3.2-1B ~44.0 -> 41.9, Llama-2-7B ~100.0 -> 99.5.
 RPW_MAX_BUCKET = {2: 8, 4: 2}
-# Claims per resident CTA the tile cut aims for (fewer, larger tiles where the shape has few rows).
-MIN_TILES_PER_SLOT = 3
+# Tile cut (same run): gate/up tiles of whole rows per warp (wpr 1; Qwen2.5-0.5B 19.7 us vs 24.6 at wpr 2,
+# the k-split leaves a lane ~2 vectors of a 896-column row) and down tiles of 4 rows (Llama-2-7B 100.0 /
+# 101.1 / 102.6 us at 4 / 8 / 16 rows; Llama-3-8B 124.9 / 126.5 / 128.6), whatever the tile count.
+GATE_UP_WPR = 1
+DOWN_TILE_ROWS = 4
 MAX_SMEM_PER_CTA = 227 * 1024
 CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # ffn_math.cuh Activation
 NORM_KINDS = {"weight": 0, "unit_offset": 1}  # ffn_math.cuh NormKind
-REFERENCE_SLOTS = 2 * 132  # two CTAs per SM on a 132-SM H100: the cut shown where no device is at hand
 
 
 def batch_bucket(batch: int) -> int:
@@ -56,17 +59,28 @@ def tile_rows(rpw: int, wpr: int) -> int:
     return rpw * WARPS // wpr
 
 
-def choose_wpr(rows: int, rows_per_unit: int, rpw: int, slots: int) -> int | None:
-    """Warps per row group for a phase of `rows` weight rows cut in units of `rows_per_unit` (2 for
-    gate/up: gate and up of one unit): the fewest (largest tiles) that give MIN_TILES_PER_SLOT claims per
-    slot, else the most tiles possible; None if no cut divides the rows."""
-    fitting = [w for w in WPR_CHOICES if tile_rows(rpw, w) % rows_per_unit == 0 and rows % tile_rows(rpw, w) == 0]
-    if not fitting:
+def default_rpw(batch: int) -> int:
+    """Four rows per warp where that build is spill-free (buckets 1-2), else two."""
+    return 4 if batch_bucket(batch) <= RPW_MAX_BUCKET[4] else 2
+
+
+def _cuts(rows: int, rows_per_unit: int, rpw: int) -> list[int]:
+    """Warps per row group whose tiles cut `rows` into whole units (rows_per_unit: 2 for gate/up)."""
+    return [w for w in WPR_CHOICES if tile_rows(rpw, w) % rows_per_unit == 0 and rows % tile_rows(rpw, w) == 0]
+
+
+def gate_up_wpr(intermediate: int, rpw: int) -> int | None:
+    """GATE_UP_WPR where it cuts the intermediate size, else the next that does; None if none."""
+    cuts = [w for w in _cuts(2 * intermediate, 2, rpw) if w >= GATE_UP_WPR]
+    return cuts[0] if cuts else None
+
+
+def down_wpr(hidden: int, rpw: int) -> int | None:
+    """Down tiles of DOWN_TILE_ROWS rows where they cut the hidden size, else the nearest cut; None if none."""
+    cuts = _cuts(hidden, 1, rpw)
+    if not cuts:
         return None
-    for wpr in fitting:
-        if rows // tile_rows(rpw, wpr) >= MIN_TILES_PER_SLOT * slots:
-            return wpr
-    return fitting[-1]
+    return min(cuts, key=lambda w: abs(tile_rows(rpw, w) - DOWN_TILE_ROWS))
 
 
 def smem_bytes(hidden: int, batch: int, elem: int = 2) -> int:
@@ -74,28 +88,56 @@ def smem_bytes(hidden: int, batch: int, elem: int = 2) -> int:
     return batch_bucket(batch) * hidden * elem
 
 
-def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: int = DEFAULT_RPW) -> str | None:
+def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: int | None = None) -> str | None:
     """None if the claimed-tile kernel computes this block (dtype/activation/norm are checked by ffn.py)."""
     if not 1 <= batch <= MAX_BATCH:
         return f"batch {batch} outside 1..{MAX_BATCH} (the cluster kernel takes 9..16)"
+    rpw = rpw or default_rpw(batch)
     if batch_bucket(batch) > RPW_MAX_BUCKET.get(rpw, 0):
         return f"{rpw} rows per warp with batch bucket {batch_bucket(batch)} (spills)"
     if hidden % ELEMS_PER_VEC or intermediate % ELEMS_PER_VEC:
         return f"hidden {hidden} / intermediate {intermediate} not multiples of {ELEMS_PER_VEC}"
-    if choose_wpr(2 * intermediate, 2, rpw, REFERENCE_SLOTS) is None:
+    if gate_up_wpr(intermediate, rpw) is None:
         return f"intermediate {intermediate} not cut by gate/up tiles of {rpw * WARPS // 2 // 8}..{rpw * WARPS // 2} units"
-    if choose_wpr(hidden, 1, rpw, REFERENCE_SLOTS) is None:
+    if down_wpr(hidden, rpw) is None:
         return f"hidden {hidden} not cut by down tiles of {tile_rows(rpw, 8)}..{tile_rows(rpw, 1)} rows"
     if smem_bytes(hidden, batch) > MAX_SMEM_PER_CTA:
         return f"normalised rows need {smem_bytes(hidden, batch)} B of shared memory"
     return None
 
 
+# CTAs per SM the report assumes without a device (the occupancy API gives 2 for every registered build:
+# kMinBlocksPerSm in the kernel, <= 128 registers, n rows <= 64 KB of shared memory at the models measured).
+ASSUMED_CTAS_PER_SM = 2
+
+
+def flow_config(*, hidden: int, intermediate: int, batch: int, dtype: torch.dtype, num_sms: int) -> dict:
+    """The tile cut for the report: every number derived from the shape (the grid from num_sms)."""
+    rpw = default_rpw(batch)
+    gu_rows, down_rows = tile_rows(rpw, gate_up_wpr(intermediate, rpw)), tile_rows(rpw, down_wpr(hidden, rpw))
+    elem = torch.tensor([], dtype=dtype).element_size()
+    tiles = intermediate // (gu_rows // 2) + hidden // down_rows
+    return {
+        "kernel": "claimed tiles",
+        "ctas": min(ASSUMED_CTAS_PER_SM * num_sms, tiles),
+        "threads": THREADS,
+        "rows_per_warp": rpw,
+        "batch_rows": batch_bucket(batch),
+        "gate_up_tiles": intermediate // (gu_rows // 2),
+        "gate_up_units_per_tile": gu_rows // 2,
+        "down_tiles": hidden // down_rows,
+        "down_rows_per_tile": down_rows,
+        "smem_bytes": smem_bytes(hidden, batch, elem),
+        "h_scratch_bytes": MAX_BATCH * intermediate * elem,
+        "weight_bytes": 3 * intermediate * hidden * elem,
+    }
+
+
 @dataclass(frozen=True)
 class FlowTuning:
     """Knobs the benchmark may vary; None fields take the derived defaults."""
 
-    rpw: int = DEFAULT_RPW
+    rpw: int | None = None  # None: default_rpw(batch)
     gu_wpr: int | None = None
     down_wpr: int | None = None
     ctas_per_sm: int | None = None  # None: what the occupancy API allows
@@ -106,19 +148,21 @@ class FlowPlan:
     kernel: object  # launch.LoadedKernel
     grid: int
     smem: int
+    rpw: int
     gu_wpr: int
     down_wpr: int
     h_rows: torch.Tensor
     ctrl: torch.Tensor
 
-    def info(self, hidden: int, intermediate: int, rpw: int) -> dict:
-        gu_rows, down_rows = tile_rows(rpw, self.gu_wpr), tile_rows(rpw, self.down_wpr)
+    def info(self, hidden: int, intermediate: int) -> dict:
+        gu_rows, down_rows = tile_rows(self.rpw, self.gu_wpr), tile_rows(self.rpw, self.down_wpr)
         return {
             "kernel_kind": "flow",
             "grid": (self.grid, 1, 1),
             "cluster": (1, 1, 1),
             "block": (THREADS, 1, 1),
             "smem": self.smem,
+            "rows_per_warp": self.rpw,
             "gate_up_tiles": intermediate // (gu_rows // 2),
             "gate_up_units_per_tile": gu_rows // 2,
             "down_tiles": hidden // down_rows,
@@ -160,7 +204,8 @@ def plan(
         from .build import compile_kernel
         from .launch import load_kernel
 
-        compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], tuning.rpw, bucket))
+        rpw = tuning.rpw or default_rpw(batch)
+        compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], rpw, bucket))
         kernel = load_kernel(compiled, device)
         smem = smem_bytes(hidden, batch)
         with torch.cuda.device(device):
@@ -169,16 +214,16 @@ def plan(
             per_sm = max(1, min(per_sm, tuning.ctas_per_sm))
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         slots = per_sm * num_sms
-        gu_wpr = tuning.gu_wpr or choose_wpr(2 * intermediate, 2, tuning.rpw, slots)
-        down_wpr = tuning.down_wpr or choose_wpr(hidden, 1, tuning.rpw, slots)
-        if gu_wpr is None or down_wpr is None:
+        gu_cut = tuning.gu_wpr or gate_up_wpr(intermediate, rpw)
+        down_cut = tuning.down_wpr or down_wpr(hidden, rpw)
+        if gu_cut is None or down_cut is None:
             raise ValueError(f"gated_ffn_flow: no tile cut for hidden {hidden} / intermediate {intermediate}")
-        gu_rows, down_rows = tile_rows(tuning.rpw, gu_wpr), tile_rows(tuning.rpw, down_wpr)
+        gu_rows, down_rows = tile_rows(rpw, gu_cut), tile_rows(rpw, down_cut)
         if intermediate % (gu_rows // 2) or hidden % down_rows:
             raise ValueError(f"gated_ffn_flow: tiles of {gu_rows} / {down_rows} rows do not cut {intermediate} / {hidden}")
         tiles = intermediate // (gu_rows // 2) + hidden // down_rows
         h_rows, ctrl = _get_scratch(intermediate, device)
-        found = FlowPlan(kernel, min(slots, tiles), smem, gu_wpr, down_wpr, h_rows, ctrl)
+        found = FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl)
         _plans[key] = found
         return found
 

@@ -74,7 +74,8 @@ def test_supported_shapes_fit_one_wave_and_shared_memory(hidden, inter, batch):
         )
         is None
     )
-    cfg = ffn.ffn_config(hidden=hidden, intermediate=inter, batch=batch, dtype=torch.bfloat16, num_sms=132)
+    cfg = ffn.ffn_config(hidden=hidden, intermediate=inter, batch=batch, dtype=torch.bfloat16, num_sms=132,
+                         kernel="cluster")
     assert cfg["ctas"] <= 132 and cfg["ctas"] >= 128  # every SM (but a cluster's remainder) streams
     assert cfg["k_range"] * cfg["cluster_size"] == hidden and cfg["k_range"] % ffn.STEP_K == 0
     assert cfg["smem_bytes"] <= ffn.MAX_SMEM_PER_CTA
@@ -84,7 +85,8 @@ def test_supported_shapes_fit_one_wave_and_shared_memory(hidden, inter, batch):
 
 
 def test_llama2_split_balances_bytes_within_one_unit():
-    cfg = ffn.ffn_config(hidden=4096, intermediate=11008, batch=1, dtype=torch.float16, num_sms=132)
+    cfg = ffn.ffn_config(hidden=4096, intermediate=11008, batch=1, dtype=torch.float16, num_sms=132,
+                         kernel="cluster")
     assert (cfg["cluster_size"], cfg["clusters"]) == (4, 33)
     lo, hi = cfg["units_per_cluster"]
     assert (hi - cfg["units"] / cfg["clusters"]) / (cfg["units"] / cfg["clusters"]) < 0.01

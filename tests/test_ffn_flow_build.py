@@ -32,17 +32,34 @@ def test_every_offered_build_is_registered_for_the_doctor():
 
 
 @pytest.mark.parametrize("hidden,inter", MODELS)
-def test_models_get_enough_tiles_per_resident_cta(hidden, inter):
-    slots = ffn_flow.REFERENCE_SLOTS
-    gu = ffn_flow.choose_wpr(2 * inter, 2, ffn_flow.DEFAULT_RPW, slots)
-    down = ffn_flow.choose_wpr(hidden, 1, ffn_flow.DEFAULT_RPW, slots)
-    gu_rows, down_rows = ffn_flow.tile_rows(ffn_flow.DEFAULT_RPW, gu), ffn_flow.tile_rows(ffn_flow.DEFAULT_RPW, down)
-    assert inter % (gu_rows // 2) == 0 and hidden % down_rows == 0
-    # the largest tiles that still give each slot MIN_TILES_PER_SLOT claims, or the smallest tiles there are
-    assert inter // (gu_rows // 2) >= ffn_flow.MIN_TILES_PER_SLOT * slots or gu == ffn_flow.WPR_CHOICES[-1]
-    assert hidden // down_rows >= ffn_flow.MIN_TILES_PER_SLOT * slots or down == ffn_flow.WPR_CHOICES[-1]
-    if gu > 1:  # one size larger would have been too few
-        assert inter // (ffn_flow.tile_rows(ffn_flow.DEFAULT_RPW, gu // 2) // 2) < ffn_flow.MIN_TILES_PER_SLOT * slots
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_models_are_cut_by_the_measured_rules(hidden, inter, batch):
+    """Whole gate/up rows per warp and down tiles of DOWN_TILE_ROWS rows (NOTES-ffn.md round 9), four rows
+    per warp where that build is spill-free."""
+    rpw = ffn_flow.default_rpw(batch)
+    assert rpw == (4 if batch <= 2 else 2)
+    assert ffn_flow.gate_up_wpr(inter, rpw) == ffn_flow.GATE_UP_WPR
+    assert ffn_flow.tile_rows(rpw, ffn_flow.down_wpr(hidden, rpw)) == ffn_flow.DOWN_TILE_ROWS
+    cfg = ffn.ffn_config(hidden=hidden, intermediate=inter, batch=batch, dtype=torch.bfloat16, num_sms=132,
+                         kernel="flow")
+    assert cfg["gate_up_tiles"] * cfg["gate_up_units_per_tile"] == inter
+    assert cfg["down_tiles"] * cfg["down_rows_per_tile"] == hidden
+    assert cfg["ctas"] == min(2 * 132, cfg["gate_up_tiles"] + cfg["down_tiles"])
+
+
+def test_odd_shapes_take_the_nearest_cut():
+    assert ffn_flow.tile_rows(2, ffn_flow.down_wpr(96 + 2, 2)) == 2  # 98 rows: 4 does not cut, 2 does
+    assert ffn_flow.gate_up_wpr(12, 4) == 4  # tiles of 16 or 8 units do not cut 12; 4 units (wpr 4) do
+    assert ffn_flow.gate_up_wpr(8, 4) == 2
+
+
+def test_batch_one_defaults_to_the_claimed_tiles_and_larger_batches_to_clusters():
+    assert ffn.kernel_kind(4096, 11008, 1) == "flow"
+    assert ffn.kernel_kind(4096, 11008, 2) == "cluster"
+    assert ffn.ffn_config(hidden=896, intermediate=4864, batch=1, dtype=torch.bfloat16, num_sms=132)["kernel"] == \
+        "claimed tiles"
+    assert ffn.ffn_config(hidden=896, intermediate=4864, batch=4, dtype=torch.bfloat16, num_sms=132)["kernel"] == \
+        "cluster"
 
 
 @pytest.mark.parametrize(
@@ -68,6 +85,7 @@ def test_batch_buckets_round_up():
 def test_forcing_the_flow_kernel_where_it_cannot_run_is_an_error():
     assert ffn.kernel_kind(4096, 11008, 16, ffn.Tuning(kernel="cluster")) == "cluster"
     assert ffn.kernel_kind(4096, 11008, 16) == "cluster"  # the default never picks what cannot run
+    assert ffn.kernel_kind(4100, 11008, 1) == "cluster"
     with pytest.raises(ValueError, match="claimed-tile"):
         ffn.kernel_kind(4096, 11008, 16, ffn.Tuning(kernel="flow"))
     with pytest.raises(ValueError, match="known"):
