@@ -12,11 +12,11 @@ so launches replay in CUDA graphs. Launches that share the scratch must be order
 from __future__ import annotations
 
 import ctypes
-import threading
 from dataclasses import dataclass
 
 import torch
 
+from .launch import PlanCache, load_kernel
 from .registry import register_check
 
 SOURCE = "gated_ffn_flow.cu"
@@ -173,8 +173,7 @@ class FlowPlan:
         }
 
 
-_plans: dict[tuple, FlowPlan] = {}
-_plans_lock = threading.Lock()
+_plans = PlanCache()
 _scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -192,40 +191,38 @@ def plan(
     hidden: int, intermediate: int, dtype: torch.dtype, batch: int, device: torch.device,
     tuning: FlowTuning = FlowTuning(),
 ) -> FlowPlan:
+    """The launch of this shape on `device` (built once: compile, load, occupancy, tile cut, scratch)."""
     bucket = batch_bucket(batch)
-    key = (hidden, intermediate, dtype, bucket, device, tuning)
-    found = _plans.get(key)
-    if found is not None:
-        return found
-    with _plans_lock:
-        found = _plans.get(key)
-        if found is not None:
-            return found
-        from .build import compile_kernel
-        from .launch import load_kernel
+    return _plans.get(
+        (hidden, intermediate, dtype, bucket, device, tuning),
+        lambda: _build_plan(hidden, intermediate, dtype, batch, device, tuning),
+    )
 
-        rpw = tuning.rpw or default_rpw(batch)
-        compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], rpw, bucket))
-        kernel = load_kernel(compiled, device)
-        smem = smem_bytes(hidden, batch)
-        with torch.cuda.device(device):
-            per_sm = kernel.max_active_blocks(THREADS, smem) or 1
-        if tuning.ctas_per_sm is not None:
-            per_sm = max(1, min(per_sm, tuning.ctas_per_sm))
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-        slots = per_sm * num_sms
-        gu_cut = tuning.gu_wpr or gate_up_wpr(intermediate, rpw)
-        down_cut = tuning.down_wpr or down_wpr(hidden, rpw)
-        if gu_cut is None or down_cut is None:
-            raise ValueError(f"gated_ffn_flow: no tile cut for hidden {hidden} / intermediate {intermediate}")
-        gu_rows, down_rows = tile_rows(rpw, gu_cut), tile_rows(rpw, down_cut)
-        if intermediate % (gu_rows // 2) or hidden % down_rows:
-            raise ValueError(f"gated_ffn_flow: tiles of {gu_rows} / {down_rows} rows do not cut {intermediate} / {hidden}")
-        tiles = intermediate // (gu_rows // 2) + hidden // down_rows
-        h_rows, ctrl = _get_scratch(intermediate, device)
-        found = FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl)
-        _plans[key] = found
-        return found
+
+def _build_plan(
+    hidden: int, intermediate: int, dtype: torch.dtype, batch: int, device: torch.device, tuning: FlowTuning
+) -> FlowPlan:
+    from .build import compile_kernel
+
+    rpw = tuning.rpw or default_rpw(batch)
+    compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], rpw, batch_bucket(batch)))
+    kernel = load_kernel(compiled, device)
+    smem = smem_bytes(hidden, batch)
+    with torch.cuda.device(device):
+        per_sm = kernel.max_active_blocks(THREADS, smem) or 1
+    if tuning.ctas_per_sm is not None:
+        per_sm = max(1, min(per_sm, tuning.ctas_per_sm))
+    slots = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    gu_cut = tuning.gu_wpr or gate_up_wpr(intermediate, rpw)
+    down_cut = tuning.down_wpr or down_wpr(hidden, rpw)
+    if gu_cut is None or down_cut is None:
+        raise ValueError(f"gated_ffn_flow: no tile cut for hidden {hidden} / intermediate {intermediate}")
+    gu_rows, down_rows = tile_rows(rpw, gu_cut), tile_rows(rpw, down_cut)
+    if intermediate % (gu_rows // 2) or hidden % down_rows:
+        raise ValueError(f"gated_ffn_flow: tiles of {gu_rows} / {down_rows} rows do not cut {intermediate} / {hidden}")
+    tiles = intermediate // (gu_rows // 2) + hidden // down_rows
+    h_rows, ctrl = _get_scratch(intermediate, device)
+    return FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl)
 
 
 def launch(

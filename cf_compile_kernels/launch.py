@@ -255,6 +255,24 @@ class LoadedKernel:
             )
 
 
+class PlanCache:
+    """Launch plans by key, each built once (under a lock; a hit takes no lock): launchers keep what depends
+    only on the shape, dtype and device (the loaded kernel, grid, scratch) here, off the per-call path."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, build):
+        plan = self._plans.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = self._plans[key] = build()
+        return plan
+
+
 class ParamArena:
     """The void*[] array cuLaunchKernelEx reads parameter values from, reused across launches.
 

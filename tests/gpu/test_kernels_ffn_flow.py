@@ -15,7 +15,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_kernels_ffn import BANDS, DETERMINISM_RUNS, make_inputs, rel_error, run  # noqa: E402
+from test_kernels_ffn import (  # noqa: E402
+    BANDS,
+    DETERMINISM_RUNS,
+    assert_graph_replays_match_direct_calls,
+    make_inputs,
+    random_config,
+    rel_error,
+    run,
+)
 
 from cf_compile_kernels import ffn, ffn_flow  # noqa: E402
 
@@ -30,29 +38,18 @@ def flow(**fields) -> ffn.Tuning:
 
 
 def random_flow_config(i: int) -> dict:
+    """The cluster kernel's random config (dtype, activation, norm, layout, residual, eps), with this kernel's
+    shapes, batch 1..8 and a random tile cut, rows per warp and CTAs per SM."""
     rng = random.Random(5000 + i)
     batch = rng.randint(1, ffn_flow.MAX_BATCH)
-    rpws = [r for r, top in ffn_flow.RPW_MAX_BUCKET.items() if ffn_flow.batch_bucket(batch) <= top]
-    rpw = rng.choice(rpws)
+    rpw = rng.choice([r for r, top in ffn_flow.RPW_MAX_BUCKET.items() if ffn_flow.batch_bucket(batch) <= top])
     hidden, inter = rng.choice(HIDDEN_CHOICES), rng.choice(INTERMEDIATE_CHOICES)
     gu = [w for w in ffn_flow.WPR_CHOICES if inter % (ffn_flow.tile_rows(rpw, w) // 2) == 0]
     down = [w for w in ffn_flow.WPR_CHOICES if hidden % ffn_flow.tile_rows(rpw, w) == 0]
-    return {
-        "hidden": hidden,
-        "inter": inter,
-        "batch": batch,
-        "dtype": rng.choice([torch.float16, torch.bfloat16]),
-        "act": rng.choice(list(ffn.ACTIVATIONS)),
-        "norm_kind": rng.choice(list(ffn.NORM_KINDS)),
-        "fused": rng.random() < 0.3,
-        "residual": rng.random() < 0.7,
-        "eps": rng.choice([1e-5, 1e-6]),
-        "tuning": flow(rpw=rpw, gu_wpr=rng.choice(gu), down_wpr=rng.choice(down),
-                       ctas_per_sm=rng.choice([None, 1])),
-    }
+    tuning = flow(rpw=rpw, gu_wpr=rng.choice(gu), down_wpr=rng.choice(down), ctas_per_sm=rng.choice([None, 1]))
+    return {**random_config(4000 + i), "hidden": hidden, "inter": inter, "batch": batch, "tuning": tuning}
 
 
-@pytest.mark.parametrize("i", range(RANDOM_CONFIGS))
 def test_random_config_and_tile_cut_within_band_of_fp64(i):
     c = random_flow_config(i)
     inp = make_inputs(c["hidden"], c["inter"], c["batch"], c["dtype"], c["fused"], c["norm_kind"], seed=i)
@@ -97,24 +94,7 @@ def test_fewer_ctas_than_slots_give_the_same_bits():
 
 def test_cuda_graph_capture_and_replay_matches_direct_calls():
     """Replays repeat: the claim, hand-off and exit counters reset themselves at the end of each launch."""
-    tuning = flow()
-    inp = make_inputs(2048, 8192, 4, torch.float16, fused=True, norm_kind="weight", seed=11)
-    run(inp, 1e-5, "weight", "silu", True, tuning)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        run(inp, 1e-5, "weight", "silu", True, tuning)
-    for step in range(5):
-        inp["x"].copy_(torch.randn_like(inp["x"], dtype=torch.float32).to(torch.float16))
-        inp["out"].fill_(float("nan"))
-        for _ in range(3):
-            graph.replay()
-        torch.cuda.synchronize()
-        replayed = inp["out"].clone()
-        inp["out"].fill_(float("nan"))
-        direct = run(inp, 1e-5, "weight", "silu", True, tuning)
-        assert torch.equal(replayed, direct), f"step {step}: graph replay differs from a direct call"
+    assert_graph_replays_match_direct_calls(flow())
 
 
 def test_batches_above_eight_go_to_the_cluster_kernel():
