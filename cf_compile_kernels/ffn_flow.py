@@ -36,9 +36,11 @@ WPR_CHOICES = (1, 2, 4, 8)  # warps per row group: tile rows = rpw * WARPS / wpr
 # lane in flight when a row has few (H = 896: 3.5 per lane): H100 bf16 B=1, 2026-12-07, rpw 2 -> 4 with the
 # cut below: Qwen2.5-0.5B 19.7 -> 16.9 us, Llama-3.2-1B ~44.0 -> 41.9, Llama-2-7B ~100.0 -> 99.5.
 RPW_MAX_BUCKET = {2: 8, 4: 2}
-# Tile cut (same run): gate/up tiles of whole rows per warp (wpr 1; Qwen2.5-0.5B 19.7 us vs 24.6 at wpr 2,
-# the k-split leaves a lane ~2 vectors of a 896-column row) and down tiles of 4 rows (Llama-2-7B 100.0 /
-# 101.1 / 102.6 us at 4 / 8 / 16 rows; Llama-3-8B 124.9 / 126.5 / 128.6), whatever the tile count.
+# Tile cut (same run, rows per warp 2): gate/up tiles of whole rows per warp (wpr 1; Qwen2.5-0.5B 19.7 us vs
+# 24.6 at wpr 2: the k-split leaves a lane ~2 vectors of a 896-column row); down tiles of 2 / 4 / 8 rows:
+# Llama-2-7B 100.0 / 101.1 / 102.6 us, Llama-3-8B 124.9 / 126.5 / 128.6, Llama-3.2-1B 44.8 / 44.0 / 48.2,
+# Qwen2.5-0.5B 24.6 / 23.4 / 25.2. Four rows is the smallest tile of the 4-rows-per-warp build (8 warps on one
+# row group), and that build with it was the fastest of the run on every model.
 GATE_UP_WPR = 1
 DOWN_TILE_ROWS = 4
 MAX_SMEM_PER_CTA = 227 * 1024
