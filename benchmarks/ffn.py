@@ -10,8 +10,9 @@ Inductor: torch.compile(mode="max-autotune-no-cudagraphs") of the eager HF-style
 gate/up linears, silu * up, down, residual), captured in the same kind of graph. Floor: bytes that must
 move (weights, x, out, norm weight) / device-to-device copy bandwidth measured in this run.
 Variants (--variants "mode=whole,stages=0" ...) are timed on the same rows, same weights, no Inductor.
-Phases (--phases): the kernel rebuilt with its %globaltimer timeline (-DCF_FFN_PHASES) runs PHASE_RUNS
-single launches over the rotated weights; per phase, the median and max over CTAs of (stamp - the
+Phases (--phases): the kernel rebuilt with its %globaltimer timeline (-DCF_FFN_PHASES; the claimed-tile
+kernel's -DCF_FFN_FLOW_TIMELINE, summarised by benchmarks/flow_timeline.py) runs PHASE_RUNS single launches
+over the rotated weights; per phase, the median and max over CTAs of (stamp - the
 launch's first CTA start), and the median per-CTA time from clock64 (finer than globaltimer's tick).
 """
 
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import results  # noqa: E402
+from benchmarks.flow_timeline import flow_timeline, format_flow_timeline  # noqa: E402
 from benchmarks.timing import copy_bandwidth, graph_time_us  # noqa: E402
 from cf_compile_kernels import ffn  # noqa: E402
 
@@ -128,7 +130,11 @@ def bench_row(
     assert err < 1e-2, f"{model} b{batch} {dtype_name}: ours relative error {err:.3g}"
     ours_us = graph_time_us(calls, REPLAYS)
     assert torch.isfinite(torch.stack(outs)).all()
-    timeline = phase_timeline(x, sets, tuning) if phases else None
+    timeline = None
+    if phases and ffn.kernel_kind(hidden, inter, batch, tuning) == "flow":
+        timeline = flow_timeline(x, sets, tuning, PHASE_RUNS, EPS)
+    elif phases:
+        timeline = phase_timeline(x, sets, tuning)
 
     inductor_us = None
     if inductor:
@@ -237,7 +243,10 @@ def phase_timeline(x: torch.Tensor, sets: list[dict], tuning: ffn.Tuning) -> dic
 
 
 def format_phases(label: str, timeline: dict) -> str:
-    """One compact block: phase, median / max over CTAs since launch start, and the step from the previous."""
+    """One compact block: phase, median / max over CTAs since launch start, and the step from the previous
+    (the claimed-tile kernel's summary is one line, benchmarks/flow_timeline.py)."""
+    if "first_claim" in timeline:
+        return format_flow_timeline(label, timeline)
     lines = [f"phases {label} (us since launch: median over CTAs / max; clock-based per-CTA median; step)"]
     prev = 0.0
     for name, t in timeline.items():

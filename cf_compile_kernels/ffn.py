@@ -347,7 +347,8 @@ class Tuning:
     ctas_per_sm: int | None = None  # flow kernel: cap on resident CTAs per SM; None: the occupancy API's
 
     def flow(self) -> ffn_flow.FlowTuning:
-        return ffn_flow.FlowTuning(self.rpw, self.gu_wpr, self.down_wpr, self.ctas_per_sm)
+        """The claimed-tile kernel's knobs (phases: its timeline build)."""
+        return ffn_flow.FlowTuning(self.rpw, self.gu_wpr, self.down_wpr, self.ctas_per_sm, self.phases)
 
 
 def _plan(
@@ -561,10 +562,8 @@ def gated_ffn(
         w_up.data_ptr() if w_up is not None else w_gate.data_ptr() + intermediate * hidden * x.element_size()
     )
     if kernel_kind(hidden, intermediate, batch, tuning) == "flow":
-        if tuning.phases:
-            raise ValueError("gated_ffn: the phase timeline is a cluster-kernel build")
         ffn_flow.launch(x, norm_weight, eps, NORM_KINDS[norm_kind], w_gate, up_ptr, down_weight,
-                        _activation_code(activation), add_residual, out, tuning.flow())
+                        _activation_code(activation), add_residual, out, tuning.flow(), stamps)
         return
     plan = _plan(hidden, intermediate, x.dtype, batch_tiles(batch), x.device, tuning)
     stamps_ptr = 0

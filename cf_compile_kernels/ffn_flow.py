@@ -29,6 +29,7 @@ ELEMS_PER_VEC = 8  # 16-byte vectors of fp16/bf16
 VECS_IN_FLIGHT = 16  # per lane per chunk, over the warp's rows
 MAX_BATCH = 8
 CTRL_WORDS = 4
+STAMP_WORDS = 3  # timeline build: {claimed ns, done ns, SM} per tile, {start ns, end ns, hand-off wait ns} per CTA
 BATCH_BUCKETS = (1, 2, 4, 8)
 WPR_CHOICES = (1, 2, 4, 8)  # warps per row group: tile rows = rpw * WARPS / wpr
 # Rows per warp: 2 keeps every batch bucket spill-free (NVRTC 13.5: 120-128 registers); 4 spills at
@@ -143,6 +144,7 @@ class FlowTuning:
     gu_wpr: int | None = None
     down_wpr: int | None = None
     ctas_per_sm: int | None = None  # None: what the occupancy API allows
+    timeline: bool = False  # the -DCF_FFN_FLOW_TIMELINE build: launch() then needs `stamps`
 
 
 @dataclass
@@ -155,6 +157,11 @@ class FlowPlan:
     down_wpr: int
     h_rows: torch.Tensor
     ctrl: torch.Tensor
+    tiles: int  # gate/up + down tiles of one launch
+
+    def stamp_elems(self) -> int:
+        """int64 elements of a timeline launch's stamps: STAMP_WORDS per tile, then per CTA."""
+        return (self.tiles + self.grid) * STAMP_WORDS
 
     def info(self, hidden: int, intermediate: int) -> dict:
         gu_rows, down_rows = tile_rows(self.rpw, self.gu_wpr), tile_rows(self.rpw, self.down_wpr)
@@ -207,7 +214,10 @@ def _build_plan(
     from .build import compile_kernel
 
     rpw = tuning.rpw or default_rpw(batch)
-    compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], rpw, batch_bucket(batch)))
+    defines = {"CF_FFN_FLOW_TIMELINE": 1} if tuning.timeline else {}
+    compiled = compile_kernel(
+        SOURCE, KERNEL, template_args=(CTYPES[dtype], rpw, batch_bucket(batch)), defines=defines
+    )
     kernel = load_kernel(compiled, device)
     smem = smem_bytes(hidden, batch)
     with torch.cuda.device(device):
@@ -224,23 +234,31 @@ def _build_plan(
         raise ValueError(f"gated_ffn_flow: tiles of {gu_rows} / {down_rows} rows do not cut {intermediate} / {hidden}")
     tiles = intermediate // (gu_rows // 2) + hidden // down_rows
     h_rows, ctrl = _get_scratch(intermediate, device)
-    return FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl)
+    return FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl, tiles)
 
 
 def launch(
     x: torch.Tensor, norm_weight: torch.Tensor, eps: float, norm_code: int, w_gate: torch.Tensor, up_ptr: int,
     down_weight: torch.Tensor, activation_code: int, add_residual: bool, out: torch.Tensor,
     tuning: FlowTuning = FlowTuning(),
+    stamps: torch.Tensor | None = None,
 ) -> None:
-    """One launch; the caller (ffn.gated_ffn) has checked every tensor and the shape."""
+    """One launch; the caller (ffn.gated_ffn) has checked every tensor and the shape. With tuning.timeline,
+    `stamps` (int64 on x's device, at least plan(...).stamp_elems() elements) receives the timeline."""
     batch, _, hidden = x.shape
     intermediate = down_weight.shape[1]
     p = plan(hidden, intermediate, x.dtype, batch, x.device, tuning)
+    stamps_ptr = 0
+    if tuning.timeline:
+        need = p.stamp_elems()
+        if stamps is None or stamps.dtype != torch.int64 or stamps.device != x.device or stamps.numel() < need:
+            raise ValueError(f"the flow timeline needs `stamps`: int64, {need} elements on {x.device}")
+        stamps_ptr = stamps.data_ptr()
     args = [
         x, norm_weight, w_gate, ctypes.c_void_p(up_ptr), down_weight, out, p.h_rows, p.ctrl,
         ctypes.c_int32(hidden), ctypes.c_int32(intermediate), ctypes.c_int32(batch), ctypes.c_float(eps),
         ctypes.c_int32(norm_code), ctypes.c_int32(activation_code), ctypes.c_int32(1 if add_residual else 0),
-        ctypes.c_int32(p.gu_wpr), ctypes.c_int32(p.down_wpr),
+        ctypes.c_int32(p.gu_wpr), ctypes.c_int32(p.down_wpr), ctypes.c_void_p(stamps_ptr),
     ]
     p.kernel.launch((p.grid, 1, 1), (THREADS, 1, 1), args, shared_bytes=p.smem)
 
@@ -253,3 +271,5 @@ for _dtype in CTYPES:
                     SOURCE, KERNEL, (CTYPES[_dtype], _rpw, _bucket),
                     label=f"gated FFN claimed tiles {_dtype} rpw {_rpw} batch <= {_bucket}",
                 )
+register_check(SOURCE, KERNEL, ("__nv_bfloat16", 4, 1), defines={"CF_FFN_FLOW_TIMELINE": 1},
+               label="gated FFN claimed tiles bf16 rpw 4 batch 1, timeline")

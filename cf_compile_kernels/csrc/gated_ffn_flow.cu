@@ -45,6 +45,40 @@ constexpr unsigned kSpinSleepNs = 64;         // back-off of the hand-off wait
 /// @brief Words of the control block (int32 each); all zero between launches.
 enum Ctrl : int { kTicket = 0, kDone = 1, kFinished = 2, kCtrlWords = 4 };
 
+// ------------------------------------------------------------------ optional timeline
+// -DCF_FFN_FLOW_TIMELINE=1 (ffn_flow.FlowTuning(timeline=True), benchmarks/ffn.py --flow-timeline): thread 0
+// writes, per tile t, stamps[t] = {claimed ns, done ns, SM id} (%globaltimer), and per CTA c, stamps[tiles + c] =
+// {start ns, end ns, ns spent waiting for the hand-off}. Off (default): `stamps` is unused, the code the same.
+#ifndef CF_FFN_FLOW_TIMELINE
+#define CF_FFN_FLOW_TIMELINE 0
+#endif
+constexpr int kStampWords = 3;
+
+__device__ __forceinline__ unsigned long long timer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ __forceinline__ unsigned sm_id() {
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+
+/// @brief Thread 0 writes {a, b, c} to record `slot` (timeline builds only).
+__device__ __forceinline__ void stamp3(unsigned long long* stamps, int slot, unsigned long long a,
+                                       unsigned long long b, unsigned long long c) {
+  if constexpr (CF_FFN_FLOW_TIMELINE != 0) {
+    if (threadIdx.x == 0) {
+      unsigned long long* dst = stamps + static_cast<size_t>(slot) * kStampWords;
+      dst[0] = a;
+      dst[1] = b;
+      dst[2] = c;
+    }
+  }
+}
+
 __device__ __forceinline__ int load_acquire(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -213,7 +247,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     gated_ffn_flow_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
                           const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
                           T* h_buf, int* ctrl, int hidden, int inter, int batch, float eps, int norm_kind,
-                          int activation, int add_residual, int gu_wpr, int down_wpr) {
+                          int activation, int add_residual, int gu_wpr, int down_wpr,
+                          unsigned long long* __restrict__ stamps) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 only");
   static_assert(RPW % 2 == 0 && kVecsInFlight % RPW == 0, "rows per warp pair gate and up");
   static_assert(BB >= 1 && BB <= kMaxBatch, "batch bucket 1..8");
@@ -231,6 +266,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int gu_tiles = inter / gu_units;
   const int total = gu_tiles + hidden / dn.rows;
 
+  constexpr bool kTimeline = CF_FFN_FLOW_TIMELINE != 0;
+  const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
+  unsigned long long wait_ns = 0, tile_start = 0;
   if (tid == 0) ticket_s = atomicAdd(ctrl + kTicket, 1);
   __syncthreads();
   int t = ticket_s;
@@ -239,6 +277,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   while (t < total) {
     int next = 0;
     if (tid == 0) next = atomicAdd(ctrl + kTicket, 1);  // claimed now; its round trip hides behind the tile
+    if constexpr (kTimeline) tile_start = timer_ns();
     if (t < gu_tiles) {
       // ---- gate/up tile: units [unit0, unit0 + gu_units); row 2j = gate of unit j, row 2j + 1 = up
       const int unit0 = t * gu_units;
@@ -282,8 +321,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       };
       dot.run(rows, dn, lane, batch, act, [&] {
         if (!handed_off) {
-          if (tid == 0)
+          if (tid == 0) {
+            const unsigned long long wait_start = kTimeline ? timer_ns() : 0;
             while (load_acquire(ctrl + kDone) < gu_tiles) __nanosleep(kSpinSleepNs);
+            if constexpr (kTimeline) wait_ns = timer_ns() - wait_start;
+          }
           __syncthreads();
         }
       });
@@ -297,10 +339,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         out[o] = from_float<T>(add_residual ? s + to_float(x[o]) : s);
       }
     }
+    stamp3(stamps, t, tile_start, kTimeline ? timer_ns() : 0, kTimeline ? sm_id() : 0);
     if (tid == 0) ticket_s = next;
     __syncthreads();
     t = ticket_s;
   }
+  stamp3(stamps, total + static_cast<int>(blockIdx.x), cta_start, kTimeline ? timer_ns() : 0, wait_ns);
   // Every claim of this launch has been made once all CTAs got here: the last one resets the counters.
   if (tid == 0) {
     __threadfence();

@@ -97,6 +97,19 @@ def test_cuda_graph_capture_and_replay_matches_direct_calls():
     assert_graph_replays_match_direct_calls(flow())
 
 
+def test_timeline_build_gives_the_plain_builds_bits_and_stamps_every_tile():
+    inp = make_inputs(896, 4864, 1, torch.bfloat16, fused=False, norm_kind="weight", seed=13)
+    plain = run(inp, 1e-5, "weight", "silu", True, flow()).clone()
+    p = ffn_flow.plan(896, 4864, torch.bfloat16, 1, inp["x"].device, flow(phases=True).flow())
+    stamps = torch.zeros(p.stamp_elems(), dtype=torch.int64, device="cuda")
+    ffn.gated_ffn(inp["x"], inp["norm_weight"], 1e-5, "weight", inp["gate_up_weights"], inp["down_weight"], "silu",
+                  True, inp["out"], tuning=flow(phases=True), stamps=stamps)
+    assert torch.equal(inp["out"], plain)
+    st = stamps.view(-1, ffn_flow.STAMP_WORDS)
+    assert bool((st[: p.tiles, 1] >= st[: p.tiles, 0]).all()) and bool((st[: p.tiles, 0] > 0).all())
+    assert bool((st[p.tiles:, 1] >= st[p.tiles:, 0]).all())
+
+
 def test_batches_above_eight_go_to_the_cluster_kernel():
     assert ffn.kernel_kind(4096, 11008, 12, ffn.Tuning(kernel=None)) in ffn.KERNEL_KINDS
     assert ffn.kernel_kind(4096, 11008, 12, ffn.Tuning(kernel="cluster")) == "cluster"

@@ -1,0 +1,82 @@
+"""Where a claimed-tile FFN launch spends its time: the -DCF_FFN_FLOW_TIMELINE build's stamps, summarised.
+
+The kernel writes, per tile, {claimed ns, done ns, SM} and, per CTA, {start ns, end ns, hand-off wait ns}
+(csrc/gated_ffn_flow.cu). `summarise` turns one launch's stamps into the few numbers that split its time
+beyond the HBM floor: the start-up (first CTA start -> first tile claimed), the gate/up phase and its tail
+(first CTA to run out of gate/up tiles -> last gate/up tile done), the hand-off wait, the down phase, the end
+tail (median CTA end -> last CTA end) and how evenly the SMs shared the bytes. `flow_timeline` runs the
+timeline build over the rotated weight sets of benchmarks/ffn.py and takes the median of each number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+import torch
+
+from cf_compile_kernels import ffn, ffn_flow
+
+NS_PER_US = 1e3
+
+
+def summarise(tiles: torch.Tensor, ctas: torch.Tensor, gate_up_tiles: int, gate_up_bytes: float,
+              down_bytes: float) -> dict[str, float]:
+    """One launch. tiles: int64 [T, 3] {claimed, done, sm}; ctas: int64 [C, 3] {start, end, wait ns};
+    the first gate_up_tiles tiles are gate/up tiles of gate_up_bytes each, the rest down tiles of down_bytes.
+    Times in us since the first CTA start."""
+    t0 = int(ctas[:, 0].min())
+    rel = lambda v: (int(v) - t0) / NS_PER_US  # noqa: E731 -- int64 first: globaltimer is ~1e18 ns
+    gu, dn = tiles[:gate_up_tiles], tiles[gate_up_tiles:]
+    ends = sorted(rel(e) for e in ctas[:, 1])
+    per_sm: dict[int, float] = {}
+    for i, (_, _, sm) in enumerate(tiles.tolist()):
+        per_sm[sm] = per_sm.get(sm, 0.0) + (gate_up_bytes if i < gate_up_tiles else down_bytes)
+    loads = sorted(per_sm.values())
+    return {
+        "first_claim": rel(tiles[:, 0].min()),
+        "gate_up_first_idle": rel(dn[:, 0].min()) if len(dn) else float("nan"),
+        "gate_up_done": rel(gu[:, 1].max()),
+        "wait_median": statistics.median(float(w) for w in ctas[:, 2]) / NS_PER_US,
+        "wait_max": float(ctas[:, 2].max()) / NS_PER_US,
+        "down_done": rel(dn[:, 1].max()) if len(dn) else float("nan"),
+        "end_median": statistics.median(ends),
+        "end_max": ends[-1],
+        "gate_up_tile_us": statistics.median((d - c) / NS_PER_US for c, d, _ in gu.tolist()),
+        "down_tile_us": statistics.median((d - c) / NS_PER_US for c, d, _ in dn.tolist())
+        if len(dn) else float("nan"),
+        "sm_bytes_min_over_max": loads[0] / loads[-1],
+        "sms": float(len(loads)),
+    }
+
+
+def flow_timeline(x: torch.Tensor, sets: list[dict], tuning: ffn.Tuning, runs: int, eps: float) -> dict:
+    """Median over `runs` timeline launches (after one warm-up) of each summarise() number."""
+    tuning = dataclasses.replace(tuning, phases=True, kernel="flow")
+    hidden, batch = x.shape[-1], x.shape[0]
+    inter = sets[0]["down"].shape[-1]
+    plan = ffn_flow.plan(hidden, inter, x.dtype, batch, x.device, tuning.flow())
+    stamps = torch.zeros(plan.stamp_elems(), dtype=torch.int64, device=x.device)
+    gate_up_units = ffn_flow.tile_rows(plan.rpw, plan.gu_wpr) // 2
+    gate_up_tiles = inter // gate_up_units
+    elem = x.element_size()
+    gate_up_bytes = 2.0 * gate_up_units * hidden * elem
+    down_bytes = float(ffn_flow.tile_rows(plan.rpw, plan.down_wpr) * inter * elem)
+    out = torch.empty_like(x)
+    summaries = []
+    for r in range(runs + 1):
+        s = sets[r % len(sets)]
+        ffn.gated_ffn(x, s["norm_weight"], eps, "weight", [s["gate"], s["up"]], s["down"], "silu", True, out,
+                      tuning=tuning, stamps=stamps)
+        torch.cuda.synchronize()
+        if r:
+            st = stamps.view(-1, ffn_flow.STAMP_WORDS).cpu()
+            summaries.append(summarise(st[: plan.tiles], st[plan.tiles:], gate_up_tiles, gate_up_bytes,
+                                       down_bytes))
+    return {k: round(statistics.median(s[k] for s in summaries), 2) for k in summaries[0]}
+
+
+def format_flow_timeline(label: str, summary: dict) -> str:
+    return f"flow timeline {label} (us since the first CTA start; medians over launches): " + ", ".join(
+        f"{k} {v}" for k, v in summary.items()
+    )

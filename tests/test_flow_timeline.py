@@ -1,0 +1,27 @@
+"""benchmarks/flow_timeline.py reads a claimed-tile FFN launch's stamps into the numbers that split its time."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.flow_timeline import summarise
+
+EPOCH = 10**18  # globaltimer counts ns since an epoch: differences must be taken in integers
+
+
+def test_two_ctas_four_gate_up_tiles_two_down_tiles():
+    ns = lambda *v: [EPOCH + t for t in v]  # noqa: E731
+    tiles = torch.tensor(
+        [ns(100, 1100) + [0], ns(120, 1300) + [1], ns(1100, 2000) + [0], ns(1300, 2300) + [1],  # gate/up
+         ns(2000, 3000) + [0], ns(2300, 3500) + [1]],  # down
+        dtype=torch.int64,
+    )
+    ctas = torch.tensor([ns(0, 3000) + [200], ns(50, 3500) + [0]], dtype=torch.int64)
+    s = summarise(tiles, ctas, gate_up_tiles=4, gate_up_bytes=1000.0, down_bytes=500.0)
+    assert s["first_claim"] == 0.1
+    assert s["gate_up_first_idle"] == 2.0  # SM 0 claimed the first down tile at 2.0 us
+    assert s["gate_up_done"] == 2.3
+    assert (s["wait_median"], s["wait_max"]) == (0.1, 0.2)
+    assert (s["down_done"], s["end_median"], s["end_max"]) == (3.5, 3.25, 3.5)
+    assert (s["gate_up_tile_us"], s["down_tile_us"]) == (1.0, 1.1)  # exact: no float rounding of the epoch
+    assert s["sm_bytes_min_over_max"] == 1.0 and s["sms"] == 2
