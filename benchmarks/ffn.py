@@ -11,7 +11,7 @@ gate/up linears, silu * up, down, residual), captured in the same kind of graph.
 move (weights, x, out, norm weight) / device-to-device copy bandwidth measured in this run.
 Variants (--variants "mode=whole,stages=0" ...) are timed on the same rows, same weights, no Inductor.
 Phases (--phases): the kernel rebuilt with its %globaltimer timeline (-DCF_FFN_PHASES; the claimed-tile
-kernel's -DCF_FFN_FLOW_TIMELINE, summarised by benchmarks/flow_timeline.py) runs PHASE_RUNS single launches
+kernel's -DCF_FLOW_TIMELINE, summarised by benchmarks/flow_timeline.py) runs PHASE_RUNS single launches
 over the rotated weights; per phase, the median and max over CTAs of (stamp - the
 launch's first CTA start), and the median per-CTA time from clock64 (finer than globaltimer's tick).
 """

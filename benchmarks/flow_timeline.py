@@ -1,4 +1,4 @@
-"""Where a claimed-tile FFN launch spends its time: the -DCF_FFN_FLOW_TIMELINE build's stamps, summarised.
+"""Where a claimed-tile FFN launch spends its time: the -DCF_FLOW_TIMELINE build's stamps, summarised.
 
 The kernel writes, per tile, {claimed ns, done ns, SM} and, per CTA, {start ns, end ns, hand-off wait ns}
 (csrc/gated_ffn_flow.cu). `summarise` turns one launch's stamps into the few numbers that split its time

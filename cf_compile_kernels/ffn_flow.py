@@ -144,7 +144,7 @@ class FlowTuning:
     gu_wpr: int | None = None
     down_wpr: int | None = None
     ctas_per_sm: int | None = None  # None: what the occupancy API allows
-    timeline: bool = False  # the -DCF_FFN_FLOW_TIMELINE build: launch() then needs `stamps`
+    timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
 
 
 @dataclass
@@ -214,7 +214,7 @@ def _build_plan(
     from .build import compile_kernel
 
     rpw = tuning.rpw or default_rpw(batch)
-    defines = {"CF_FFN_FLOW_TIMELINE": 1} if tuning.timeline else {}
+    defines = {"CF_FLOW_TIMELINE": 1} if tuning.timeline else {}
     compiled = compile_kernel(
         SOURCE, KERNEL, template_args=(CTYPES[dtype], rpw, batch_bucket(batch)), defines=defines
     )
@@ -271,5 +271,5 @@ for _dtype in CTYPES:
                     SOURCE, KERNEL, (CTYPES[_dtype], _rpw, _bucket),
                     label=f"gated FFN claimed tiles {_dtype} rpw {_rpw} batch <= {_bucket}",
                 )
-register_check(SOURCE, KERNEL, ("__nv_bfloat16", 4, 1), defines={"CF_FFN_FLOW_TIMELINE": 1},
+register_check(SOURCE, KERNEL, ("__nv_bfloat16", 4, 1), defines={"CF_FLOW_TIMELINE": 1},
                label="gated FFN claimed tiles bf16 rpw 4 batch 1, timeline")

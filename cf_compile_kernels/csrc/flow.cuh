@@ -1,0 +1,212 @@
+// flow.cuh -- building blocks of the claimed-tile ("flow") decode kernels (gated_ffn_flow.cu, attention_flow.cu):
+// a CTA claims tiles from one counter in queue order; a tile is RPW weight rows per warp, each row cut into
+// WPR k-slices; every lane issues a chunk of kVecsInFlight 16-byte weight vectors before its FMAs; lanes meet
+// in a fixed xor tree and slices in slice order, so each output has one summation order whatever CTA computes it.
+// Hand-offs between tiles are integer counters read with acquire loads; a tile only waits on tiles that sit
+// earlier in the queue, so every wait ends without any co-residency assumption.
+#pragma once
+
+#include "common.cuh"
+
+namespace cf {
+namespace flow {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarps = 8;                     // per CTA; tiles are cut in row groups of warps
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kMinBlocksPerSm = 2;            // two CTAs per SM: one streams while the other claims or reduces
+constexpr int kElems = 8;                     // fp16/bf16 values per 16-byte vector
+constexpr int kVecsInFlight = 16;             // weight vectors per lane issued before their FMAs (all rows)
+constexpr unsigned kSpinSleepNs = 64;         // back-off of the hand-off wait
+
+// ------------------------------------------------------------------ optional timeline
+// -DCF_FLOW_TIMELINE=1 (ffn_flow.FlowTuning(timeline=True); benchmarks/ffn.py --phases on flow rows): thread 0
+// writes, per tile t, stamps[t] = {claimed ns, done ns, SM id} (%globaltimer), and per CTA c, stamps[tiles + c] =
+// {start ns, end ns, ns spent waiting for the hand-off}. Off (default): `stamps` is unused, the code the same.
+#ifndef CF_FLOW_TIMELINE
+#define CF_FLOW_TIMELINE 0
+#endif
+constexpr int kStampWords = 3;
+
+__device__ __forceinline__ unsigned long long timer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ __forceinline__ unsigned sm_id() {
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+
+/// @brief Thread 0 writes {a, b, c} to record `slot` (timeline builds only).
+__device__ __forceinline__ void stamp3(unsigned long long* stamps, int slot, unsigned long long a,
+                                       unsigned long long b, unsigned long long c) {
+  if constexpr (CF_FLOW_TIMELINE != 0) {
+    if (threadIdx.x == 0) {
+      unsigned long long* dst = stamps + static_cast<size_t>(slot) * kStampWords;
+      dst[0] = a;
+      dst[1] = b;
+      dst[2] = c;
+    }
+  }
+}
+
+__device__ __forceinline__ int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+/// @brief Tile geometry of one phase: rows per tile and the k-slice of this warp.
+struct TileCut {
+  int rows;       // weight rows per tile: RPW * (kWarps / wpr)
+  int row_group;  // this warp's first row in the tile = row_group * RPW
+  int vec_begin;  // this warp's 16-byte vectors of each row: [vec_begin, vec_end)
+  int vec_end;
+  __device__ TileCut(int rpw, int wpr, int row_vecs, int warp) {
+    rows = rpw * (kWarps / wpr);
+    row_group = warp / wpr;
+    const int slice = warp % wpr;
+    vec_begin = slice * row_vecs / wpr;
+    vec_end = (slice + 1) * row_vecs / wpr;
+  }
+};
+
+/// @brief RPW weight rows x a k-slice, dotted with BB activation rows: each lane's chunk of kVecsInFlight
+/// 16-byte weight vectors is issued before any of its FMAs.
+template <typename T, int RPW, int BB>
+struct RowDot {
+  static constexpr int kU = kVecsInFlight / RPW;  // vectors per row per chunk
+  static constexpr int kChunkVecs = kU * kWarpSize;
+  uint4 w[RPW][kU];
+  float acc[RPW][BB];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+      for (int b = 0; b < BB; ++b) acc[r][b] = 0.f;
+  }
+
+  __device__ __forceinline__ void load(const T* const (&rows)[RPW], int c, int end, int lane) {
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int v = c + u * kWarpSize + lane;
+#pragma unroll
+      for (int r = 0; r < RPW; ++r)
+        w[r][u] = v < end ? ld_stream(rows[r] + static_cast<size_t>(v) * kElems) : make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  /// @brief acc[r][b] += w[r] . act(b) over this chunk; `act(b, v)` gives the 16-byte activation vector v.
+  template <typename Act>
+  __device__ __forceinline__ void consume(int c, int end, int lane, int batch, const Act& act) {
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int v = c + u * kWarpSize + lane;
+      if (v >= end) continue;
+      float wf[RPW][kElems];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) unpack8<T>(w[r][u], wf[r]);
+#pragma unroll
+      for (int b = 0; b < BB; ++b) {
+        if (b >= batch) continue;
+        float a[kElems];
+        unpack8<T>(act(b, v), a);
+#pragma unroll
+        for (int r = 0; r < RPW; ++r)
+#pragma unroll
+          for (int e = 0; e < kElems; ++e) acc[r][b] = fmaf(wf[r][e], a[e], acc[r][b]);
+      }
+    }
+  }
+
+  /// @brief The whole slice: first chunk issued, then `before_first()` (the norm or the hand-off wait, with
+  /// CTA barriers: every warp calls this once per tile), then chunk after chunk.
+  template <typename Act, typename Before>
+  __device__ __forceinline__ void run(const T* const (&rows)[RPW], const TileCut& cut, int lane, int batch,
+                                      const Act& act, const Before& before_first) {
+    zero();
+    int c = cut.vec_begin;
+    load(rows, c, cut.vec_end, lane);
+    before_first();
+    for (;;) {
+      consume(c, cut.vec_end, lane, batch, act);
+      c += kChunkVecs;
+      if (c >= cut.vec_end) break;
+      load(rows, c, cut.vec_end, lane);
+    }
+  }
+
+  /// @brief Lane sums (xor tree), written by lane 0 to red[warp][r][b].
+  __device__ __forceinline__ void publish(float* red, int warp, int lane) {
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+      for (int b = 0; b < BB; ++b) {
+        const float s = warp_sum(acc[r][b]);
+        if (lane == 0) red[(warp * RPW + r) * BB + b] = s;
+      }
+  }
+};
+
+/// @brief Sum of row `row` (tile-local) for batch row b over the WPR slices, in slice order.
+template <int RPW, int BB>
+__device__ __forceinline__ float slice_sum(const float* red, int row, int b, int wpr) {
+  const int first_warp = (row / RPW) * wpr, r = row % RPW;
+  float s = 0.f;
+  for (int k = 0; k < wpr; ++k) s += red[((first_warp + k) * RPW + r) * BB + b];
+  return s;
+}
+
+/// @brief n[b][:] = rmsnorm(x[b][:]) rounded to T into shared memory (rows >= batch zero). Whole CTA.
+template <typename T, int BB>
+__device__ __forceinline__ void normalise_rows(T* n_s, const T* __restrict__ x, const T* __restrict__ norm_w,
+                                               float* ss_s, float* rstd_s, int hidden, int batch, float eps,
+                                               int norm_kind) {
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int row_vecs = hidden / kElems;
+#pragma unroll
+  for (int b = 0; b < BB; ++b) {
+    float s = 0.f;
+    if (b < batch) {
+      for (int v = tid; v < row_vecs; v += kThreads) {
+        float f[kElems];
+        unpack8<T>(*reinterpret_cast<const uint4*>(x + static_cast<size_t>(b) * hidden + v * kElems), f);
+#pragma unroll
+        for (int e = 0; e < kElems; ++e) s = fmaf(f[e], f[e], s);
+      }
+    }
+    s = warp_sum(s);
+    if (lane == 0) ss_s[warp * BB + b] = s;
+  }
+  __syncthreads();
+  if (tid < BB) {
+    float s = 0.f;
+    for (int k = 0; k < kWarps; ++k) s += ss_s[k * BB + tid];
+    rstd_s[tid] = rsqrtf(s / static_cast<float>(hidden) + eps);
+  }
+  __syncthreads();
+  const float offset = norm_kind == ffn::kNormUnitOffset ? 1.f : 0.f;
+  for (int i = tid; i < BB * row_vecs; i += kThreads) {
+    const int b = i / row_vecs, v = i % row_vecs;
+    float f[kElems];
+    if (b < batch) {
+      float w[kElems];
+      unpack8<T>(*reinterpret_cast<const uint4*>(x + static_cast<size_t>(b) * hidden + v * kElems), f);
+      unpack8<T>(*reinterpret_cast<const uint4*>(norm_w + v * kElems), w);
+#pragma unroll
+      for (int e = 0; e < kElems; ++e) f[e] = (offset + w[e]) * (f[e] * rstd_s[b]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kElems; ++e) f[e] = 0.f;
+    }
+    store_vec_f32(n_s + static_cast<size_t>(b) * hidden + v * kElems, f);
+  }
+  __syncthreads();
+}
+
+}  // namespace flow
+}  // namespace cf
