@@ -244,8 +244,9 @@ def main() -> None:
                     help="also time the kernel cut after each phase (stop_after_phase 1..PHASES)")
     ap.add_argument("--timeline", action="store_true",
                     help="after the timing, print each variant's per-CTA stamp timeline (CF_ATTN_TIMELINE build)")
-    ap.add_argument("--variants", nargs="*", default=[DEFAULT_VARIANT], choices=sorted(VARIANTS),
-                    help="work-split variants of ours to time side by side (one row each)")
+    ap.add_argument("--variants", nargs="*", default=[DEFAULT_VARIANT], choices=sorted(VARIANTS) + ["flow"],
+                    help="work-split variants of ours to time side by side (one row each; 'flow': the claimed-tile "
+                         "kernel, batch 1, with --no-prefetch)")
     ap.add_argument("--no-prefetch", action="store_true", help="skip the L2-prefetch timing of ours")
     ap.add_argument("--splits", nargs="*", type=parse_split,
                     default=[parse_split(t) for t in os.environ.get("CF_ATTN_SPLIT", "").split()],

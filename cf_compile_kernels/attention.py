@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from . import attention_flow, env
 from .build import CompiledKernel, compile_kernel
 from .launch import check_tensor, load_kernel
 from .registry import register_check
@@ -607,10 +608,13 @@ def attention_decode(
         at least timeline_elems(CTAs of the plan) elements selects the CF_ATTN_TIMELINE build: the launch
         zeroes the stamp tail of its own (enlarged) o_partial, runs, and copies the tail into timeline[:n] as
         [CTAs][len(TIMELINE)] %globaltimer ns (0: stamp not reached). Same outputs as without it."""
+    explicit_flow = variant == attention_flow.VARIANT
+    if variant is None and env.attention_kernel() == attention_flow.VARIANT:
+        variant = attention_flow.VARIANT  # where the claimed-tile kernel takes the shape (checked below)
     variant = DEFAULT_VARIANT if variant is None else variant
     split = check_split(split)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)}")
+    if variant not in VARIANTS and variant != attention_flow.VARIANT:
+        raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)} or {attention_flow.VARIANT!r}")
     if norm_kind not in ("weight", "unit_offset"):
         raise ValueError(f"norm_kind {norm_kind!r}: 'weight' or 'unit_offset'")
     batch, _, hidden = x.shape
@@ -672,6 +676,23 @@ def attention_decode(
         if attn_mask.stride(-1) != 1:
             attn_mask = attn_mask.contiguous()
         mask_stride = attn_mask.stride(0) if attn_mask.shape[0] == batch and batch > 1 else 0
+    if variant == attention_flow.VARIANT:
+        flow_reason = attention_flow.flow_unsupported_reason(
+            hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim, batch=batch,
+            has_qk_norm=q_norm_weight is not None,
+        )
+        if flow_reason is None and (timeline is not None or stop_after_phase or split or prefetch):
+            flow_reason = "timeline / stop_after_phase / split / prefetch are cluster-kernel options"
+        if flow_reason is None:
+            attention_flow.launch(
+                x, norm_weight, eps, norm_kind == "unit_offset", wq, wk, wv, bq, bk, bv, cos2, sin2,
+                _COS_KIND[cos.dtype], cache_position, k_cache, v_cache, attn_mask, scale, o_weight, o_bias,
+                add_residual, out,
+            )
+            return
+        if explicit_flow:
+            raise ValueError(f"attention_decode: variant 'flow': {flow_reason}")
+        variant = DEFAULT_VARIANT  # CF_ATTN_KERNEL=flow where it does not apply: the cluster kernel
     launch = _launch_for(dtype, hidden, num_heads, kvh, head_dim, batch, dev, split, timeline is not None)
     plan, kernel = launch.plan, launch.kernel
     attn_partial, o_partial, arrivals, qkv_global = launch.scratch

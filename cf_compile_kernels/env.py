@@ -11,6 +11,7 @@ Reading on each call (not at import) lets tests and tools point one process at a
 | CF_INCLUDE_DIRS | "" | extra header directories, os.pathsep-separated, searched after the wheels' |
 | CF_VERBOSE | 0 | 1: log every compile and cache hit at INFO |
 | CF_FFN_KERNEL | "" (ffn.DEFAULT_KERNEL) | "cluster" or "flow": the gated-FFN kernel where both take the shape |
+| CF_ATTN_KERNEL | "" (the cluster kernel) | "flow": the claimed-tile attention kernel where it takes the shape |
 """
 
 from __future__ import annotations
@@ -58,4 +59,9 @@ def verbose() -> bool:
 
 def ffn_kernel() -> str | None:
     value = os.environ.get("CF_FFN_KERNEL", "").strip()
+    return value or None
+
+
+def attention_kernel() -> str | None:
+    value = os.environ.get("CF_ATTN_KERNEL", "").strip()
     return value or None

@@ -165,7 +165,7 @@ __device__ __forceinline__ float slice_sum(const float* red, int row, int b, int
 template <typename T, int BB>
 __device__ __forceinline__ void normalise_rows(T* n_s, const T* __restrict__ x, const T* __restrict__ norm_w,
                                                float* ss_s, float* rstd_s, int hidden, int batch, float eps,
-                                               int norm_kind) {
+                                               bool unit_offset) {
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int row_vecs = hidden / kElems;
 #pragma unroll
@@ -189,7 +189,7 @@ __device__ __forceinline__ void normalise_rows(T* n_s, const T* __restrict__ x, 
     rstd_s[tid] = rsqrtf(s / static_cast<float>(hidden) + eps);
   }
   __syncthreads();
-  const float offset = norm_kind == ffn::kNormUnitOffset ? 1.f : 0.f;
+  const float offset = unit_offset ? 1.f : 0.f;  // Gemma's (1 + w) or Llama's w
   for (int i = tid; i < BB * row_vecs; i += kThreads) {
     const int b = i / row_vecs, v = i % row_vecs;
     float f[kElems];

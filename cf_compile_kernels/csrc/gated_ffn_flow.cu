@@ -97,7 +97,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         return *reinterpret_cast<const uint4*>(n_s + static_cast<size_t>(b) * hidden + v * kElems);
       };
       dot.run(rows, gu, lane, batch, act, [&] {
-        if (!normed) normalise_rows<T, BB>(n_s, x, norm_w, ss_s, rstd_s, hidden, batch, eps, norm_kind);
+        if (!normed) normalise_rows<T, BB>(n_s, x, norm_w, ss_s, rstd_s, hidden, batch, eps,
+                                            norm_kind == ffn::kNormUnitOffset);
       });
       normed = true;
       dot.publish(red_s, warp, lane);

@@ -1,0 +1,165 @@
+"""Launcher of the claimed-tile attention kernel (csrc/attention_flow.cu): batch 1, head_dim 64 / 128.
+
+Not the default yet: `attention.attention_decode(..., variant="flow")` (or CF_ATTN_KERNEL=flow, where the shape
+is supported) runs it; attention.py validates every tensor first. The host cuts three kinds of tiles, all
+from the shape and the resident CTA count (`slots`): q/k/v tiles of whole rows of one head, the largest that
+still give half the slots a tile; NC attention chunks per KV group (at most MAX_CHUNKS, so the merge of a
+group's partials stays one short pass); o_proj tiles of O_TILE_ROWS rows (the FFN's measured down-tile cut).
+Scratch (fp32 q/k/v, per-chunk partials, the rounded attention output, counters) is allocated once per
+(shape, device); the kernel zeroes its counters at the end of every launch (CUDA-graph replay safe).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+
+from .launch import PlanCache, load_kernel
+from .registry import register_check
+
+SOURCE = "attention_flow.cu"
+KERNEL = "attention_flow_kernel"
+VARIANT = "flow"
+
+WARPS = 8
+THREADS = WARPS * 32
+WPR_CHOICES = (1, 2, 4, 8)
+RPW = 4  # weight rows per warp (batch 1: the FFN's measured choice)
+HEAD_DIMS = (64, 128)
+# Query heads per KV head a build holds, per head_dim: D = 128 with 8 spills (24-32 B, NVRTC 13.5).
+GROUP_BUILDS = {64: (1, 2, 4, 8), 128: (1, 2, 4)}
+MAX_CHUNKS = 16  # attention tiles per KV group: the last one merges them all
+O_TILE_ROWS = 4
+CTRL_FIXED = 3  # ticket, exit count, groups merged; then 2 words per KV group
+CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+ASSUMED_CTAS_PER_SM = 2
+
+
+def group_build(groups: int, head_dim: int) -> int | None:
+    """The smallest build (GM) holding `groups` query heads per KV head, or None."""
+    for gm in GROUP_BUILDS.get(head_dim, ()):
+        if groups <= gm:
+            return gm
+    return None
+
+
+def tile_rows(wpr: int) -> int:
+    return RPW * WARPS // wpr
+
+
+def qkv_wpr(num_heads: int, num_kv_heads: int, head_dim: int, slots: int) -> int | None:
+    """Warps per row group of the q/k/v tiles: tiles inside one head, the largest giving >= slots / 2 tiles."""
+    rows = (num_heads + 2 * num_kv_heads) * head_dim
+    cuts = [w for w in WPR_CHOICES if head_dim % tile_rows(w) == 0]
+    for w in cuts:
+        if rows // tile_rows(w) >= slots // 2:
+            return w
+    return cuts[-1] if cuts else None
+
+
+def o_wpr(hidden: int) -> int | None:
+    cuts = [w for w in WPR_CHOICES if hidden % tile_rows(w) == 0]
+    if not cuts:
+        return None
+    return min(cuts, key=lambda w: abs(tile_rows(w) - O_TILE_ROWS))
+
+
+def chunks(num_kv_heads: int, slots: int) -> int:
+    return max(1, min(MAX_CHUNKS, slots // num_kv_heads))
+
+
+def flow_unsupported_reason(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int,
+                            has_qk_norm: bool) -> str | None:
+    if batch != 1:
+        return f"batch {batch} (the claimed-tile attention kernel is batch 1)"
+    if head_dim not in HEAD_DIMS:
+        return f"head_dim {head_dim} (64 or 128)"
+    if has_qk_norm:
+        return "per-head q/k norms are not in the claimed-tile kernel"
+    if num_heads % num_kv_heads or group_build(num_heads // num_kv_heads, head_dim) is None:
+        return f"{num_heads} / {num_kv_heads} heads: groups above {GROUP_BUILDS[head_dim][-1]} at head_dim {head_dim}"
+    if hidden % 8 or o_wpr(hidden) is None:
+        return f"hidden {hidden} not cut by o_proj tiles"
+    return None
+
+
+def smem_bytes(hidden: int, head_dim: int, gm: int) -> int:
+    """n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [8][GM][D], m, l fp32 (the kernel's)."""
+    n = -(-hidden * 2 // 16) * 16
+    return n + gm * head_dim * 4 + 2 * head_dim * 2 + WARPS * gm * head_dim * 4 + 2 * WARPS * gm * 4
+
+
+@dataclass
+class FlowPlan:
+    kernel: object
+    grid: int
+    smem: int
+    qkv_wpr: int
+    o_wpr: int
+    chunks: int
+    qkv: torch.Tensor
+    part: torch.Tensor
+    attn_o: torch.Tensor
+    ctrl: torch.Tensor
+    tiles: int
+
+
+_plans = PlanCache()
+
+
+def plan(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
+         device: torch.device) -> FlowPlan:
+    return _plans.get((dtype, hidden, num_heads, num_kv_heads, head_dim, device),
+                      lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device))
+
+
+def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
+           device: torch.device) -> FlowPlan:
+    from .build import compile_kernel
+
+    gm = group_build(num_heads // num_kv_heads, head_dim)
+    compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], head_dim, gm, RPW))
+    kernel = load_kernel(compiled, device)
+    smem = smem_bytes(hidden, head_dim, gm)
+    with torch.cuda.device(device):
+        per_sm = kernel.max_active_blocks(THREADS, smem) or 1
+    slots = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    qw, ow, nc = qkv_wpr(num_heads, num_kv_heads, head_dim, slots), o_wpr(hidden), chunks(num_kv_heads, slots)
+    qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
+    tiles = qkv_rows // tile_rows(qw) + num_kv_heads * nc + hidden // tile_rows(ow)
+    f32 = dict(dtype=torch.float32, device=device)
+    return FlowPlan(
+        kernel, min(slots, tiles), smem, qw, ow, nc,
+        qkv=torch.empty(qkv_rows, **f32),
+        part=torch.empty(num_kv_heads * nc * gm * (head_dim + 2), **f32),
+        attn_o=torch.empty(num_heads * head_dim, dtype=dtype, device=device),
+        ctrl=torch.zeros(CTRL_FIXED + 2 * num_kv_heads, dtype=torch.int32, device=device),
+        tiles=tiles,
+    )
+
+
+def launch(x, norm_weight, eps, unit_offset, wq, wk, wv, bq, bk, bv, cos, sin, cos_kind, cache_position, k_cache,
+           v_cache, mask, scale, o_weight, o_bias, add_residual, out) -> None:
+    """One launch (batch 1); attention.attention_decode has checked every tensor. cos/sin: [1, D] contiguous;
+    mask: [1, L] bool rows or None."""
+    hidden = x.shape[-1]
+    _, kvh, max_len, head_dim = k_cache.shape
+    num_heads = wq.shape[0] // head_dim
+    p = plan(x.dtype, hidden, num_heads, kvh, head_dim, x.device)
+    i32, f32 = ctypes.c_int32, ctypes.c_float
+    args = [
+        x, norm_weight, wq, wk, wv, bq, bk, bv, cos, sin, cache_position, k_cache, v_cache, mask, o_weight, o_bias,
+        out, p.qkv, p.part, p.attn_o, p.ctrl, None, f32(eps), f32(scale), i32(hidden), i32(num_heads), i32(kvh),
+        i32(max_len), i32(p.chunks), i32(cos_kind), i32(int(unit_offset)), i32(int(add_residual)), i32(p.qkv_wpr),
+        i32(p.o_wpr),
+    ]
+    p.kernel.launch((p.grid, 1, 1), (THREADS, 1, 1), args, shared_bytes=p.smem)
+
+
+for _dtype in CTYPES.values():
+    for _d, _gms in GROUP_BUILDS.items():
+        for _gm in _gms:
+            register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW),
+                           label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}")

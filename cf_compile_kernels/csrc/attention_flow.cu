@@ -1,0 +1,413 @@
+// attention_flow.cu -- the attention block of one decode step (batch 1) as claimed tiles (flow.cuh):
+//
+//   n = rmsnorm(x) (rounded to T) -> q|k|v = n W^T (fp32) -> +bias -> NeoX RoPE (q scaled by scale*log2 e; k, v
+//   rounded to T once, written to the static cache at the device-side position) -> attention over the live
+//   range of the mask (or [0, pos]) -> o rounded to T -> out = [x +] o W_o^T [+ b_o] (fp32, one rounding).
+//
+// Why. The cluster kernel (attention_decode.cu) runs this block as seven phases of one static grid with three
+// grid-wide hand-offs; at the small models its ~27 us are fixed costs (rounds 7 and 22 of NOTES-attention.md:
+// each phase's first instructions cold, every hand-off waits for the slowest CTA). The FFN block went from
+// 20.7 to 17.0 us (Qwen2.5-0.5B) and from 111 to 98.5 us (Llama-2-7B) as claimed tiles (NOTES-ffn.md, round 9).
+// Here the same queue, in three tile kinds; a tile waits only on tiles earlier in the queue, and each wait is
+// per KV group where the data allows it:
+//   * q/k/v tiles: R rows of one head of [W_q; W_k; W_v] (whole rows), fp32 dot products into a global scratch;
+//     per KV group a counter of finished tiles.
+//   * attention tiles (group g, chunk c): wait for group g's q/k/v tiles only; bias, RoPE and the k/v rounding
+//     for the group (redundant in its NC tiles, identical bits); chunk 0 writes the cache slot; attend over
+//     chunk c of the live range (the new token from shared memory, never from the slot being written); the
+//     tile's (m, l, o) per head to a global scratch; the last of the group's NC tiles merges them in chunk
+//     order, writes o (T) and counts the group done.
+//   * o_proj tiles: R rows of W_o; the first weight chunk is issued, then the tile waits for every group.
+// Deterministic: each sum has one order (lanes: xor tree; warps, slices and chunks: index order).
+#include "common.cuh"
+#include "flow.cuh"
+
+namespace cf {
+namespace attn_flow {
+
+using namespace cf::flow;
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kTokenRun = 4;   // consecutive tokens per warp step: their K and V loads are in flight together
+constexpr int kMaskChunk = 16;  // mask bytes per thread per load in the live-range scan
+
+/// @brief Control words (int32, zero between launches): ticket, exit count, groups merged, then per KV group
+/// its q/k/v tiles done and its attention tiles done.
+enum Ctrl : int { kTicket = 0, kFinished = 1, kGroupsDone = 2, kPerGroup = 3 };
+
+struct Params {
+  const void* x;          // [H]
+  const void* norm_w;     // [H]
+  const void* wq;         // [NH*D, H]
+  const void* wk;         // [KVH*D, H]
+  const void* wv;         // [KVH*D, H]
+  const void* bq;         // [NH*D] or null
+  const void* bk;
+  const void* bv;
+  const void* cos;        // [D] of cos_kind (batch row 0)
+  const void* sin;
+  const long long* cache_position;  // [1]
+  void* k_cache;          // [1, KVH, L, D]
+  void* v_cache;
+  const unsigned char* mask;  // [L] (batch row 0) or null: attend [0, pos]
+  const void* wo;         // [H, NH*D]
+  const void* bo;         // [H] or null
+  void* out;              // [H]
+  float* qkv;             // [(NH + 2 KVH) * D] fp32 scratch
+  float* part;            // [KVH][NC][G][D + 2] fp32 scratch: o, m, l per tile and head
+  void* attn_o;           // [NH * D] T scratch
+  int* ctrl;              // kPerGroup + 2 * KVH words
+  unsigned long long* stamps;  // CF_FLOW_TIMELINE builds only
+  float eps, scale;
+  int hidden, num_heads, num_kv_heads, max_cache_len, chunks;  // chunks: NC attention tiles per KV group
+  int cos_kind, unit_offset, add_residual, qkv_wpr, o_wpr;
+};
+
+/// @brief The live range [first, last] of the mask row (or [0, min(pos, L - 1)]), into range_s[2].
+__device__ __forceinline__ void live_range(const Params& p, long long pos, int* range_s) {
+  const int tid = threadIdx.x, L = p.max_cache_len;
+  if (tid == 0) {
+    range_s[0] = p.mask != nullptr ? 0x7fffffff : 0;
+    range_s[1] = p.mask != nullptr ? -1 : static_cast<int>(min(pos, static_cast<long long>(L - 1)));
+  }
+  __syncthreads();
+  if (p.mask != nullptr) {
+    const bool vec = ((reinterpret_cast<unsigned long long>(p.mask) | static_cast<unsigned long long>(L)) %
+                      kMaskChunk) == 0;
+    for (int j0 = tid * kMaskChunk; j0 < L; j0 += kThreads * kMaskChunk) {
+      alignas(16) unsigned char bytes[kMaskChunk];
+      if (vec) {
+        *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(p.mask + j0);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kMaskChunk; ++e) bytes[e] = j0 + e < L ? p.mask[j0 + e] : 0;
+      }
+      int first = 0x7fffffff, last = -1;
+#pragma unroll
+      for (int e = kMaskChunk - 1; e >= 0; --e) {
+        if (bytes[e]) {
+          first = j0 + e;
+          last = max(last, j0 + e);
+        }
+      }
+      if (last >= 0) {
+        atomicMin(range_s, first);
+        atomicMax(range_s + 1, last);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+/// @brief K or V elements [lane * D / 32, +D / 32) of one cached row, widened to fp32.
+template <typename T, int D>
+__device__ __forceinline__ void load_lane_row(const T* row, int lane, float (&f)[D / 32]) {
+  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+  if constexpr (D == 64) {
+    const float2 a = pair_to_float2<T>(*reinterpret_cast<const unsigned*>(row + lane * 2));
+    f[0] = a.x;
+    f[1] = a.y;
+  } else {
+    const uint2 u = *reinterpret_cast<const uint2*>(row + lane * 4);
+    const float2 a = pair_to_float2<T>(u.x), b = pair_to_float2<T>(u.y);
+    f[0] = a.x;
+    f[1] = a.y;
+    f[2] = b.x;
+    f[3] = b.y;
+  }
+}
+
+/// @brief Attention block of one decode step (batch 1) as a queue of tiles. Grid: any CTA count of kThreads;
+/// dynamic shared memory: H * sizeof(T) (n) + the attention tile's scratch (attention_flow.py smem_bytes).
+/// @tparam T   __half or __nv_bfloat16
+/// @tparam D   head_dim (64 or 128)
+/// @tparam GM  query heads per KV head the build holds (1, 2, 4, 8); G = NH / KVH <= GM at run time
+/// @tparam RPW weight rows per warp of the q/k/v and o_proj tiles (2 or 4)
+template <typename T, int D, int GM, int RPW>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kernel(
+    const void* x, const void* norm_w, const void* wq, const void* wk, const void* wv, const void* bq, const void* bk,
+    const void* bv, const void* cos, const void* sin, const long long* cache_position, void* k_cache, void* v_cache,
+    const unsigned char* mask, const void* wo, const void* bo, void* out, float* qkv, float* part, void* attn_o,
+    int* ctrl, unsigned long long* stamps, float eps, float scale, int hidden, int num_heads, int num_kv_heads,
+    int max_cache_len, int chunks, int cos_kind, int unit_offset, int add_residual, int qkv_wpr, int o_wpr) {
+  const Params p{x, norm_w, wq, wk, wv, bq, bk, bv, cos, sin, cache_position, k_cache, v_cache, mask, wo, bo, out,
+                 qkv, part, attn_o, ctrl, stamps, eps, scale, hidden, num_heads, num_kv_heads, max_cache_len, chunks,
+                 cos_kind, unit_offset, add_residual, qkv_wpr, o_wpr};
+  static_assert(sizeof(T) == 2, "fp16 / bf16 only");
+  static_assert(GM == 1 || GM == 2 || GM == 4 || GM == 8, "query heads per KV head: 1, 2, 4 or 8");
+  constexpr int kLaneElems = D / 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float red_s[kWarps * RPW];
+  __shared__ float ss_s[kWarps];
+  __shared__ float rstd_s[1];
+  __shared__ int ticket_s, last_s, range_s[2];
+
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int H = p.hidden, NH = p.num_heads, KVH = p.num_kv_heads, G = NH / KVH, NC = p.chunks;
+  const int L = p.max_cache_len;
+  // shared memory: n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [kWarps][GM][D], m, l
+  T* n_s = reinterpret_cast<T*>(smem);
+  float* q_s = reinterpret_cast<float*>(smem + ceil_div(H * 2, 16) * 16);
+  T* knew_s = reinterpret_cast<T*>(q_s + GM * D);
+  T* vnew_s = knew_s + D;
+  float* wo_s = reinterpret_cast<float*>(vnew_s + D);
+  float* wm_s = wo_s + kWarps * GM * D;
+  float* wl_s = wm_s + kWarps * GM;
+
+  const TileCut qc(RPW, p.qkv_wpr, H / kElems, warp);
+  const TileCut oc(RPW, p.o_wpr, NH * D / kElems, warp);
+  const int qkv_rows = (NH + 2 * KVH) * D;
+  const int qkv_tiles = qkv_rows / qc.rows, qkv_per_group = (G + 2) * D / qc.rows;
+  const int attn_tiles = KVH * NC, o_tiles = H / oc.rows;
+  const int total = qkv_tiles + attn_tiles + o_tiles;
+  int* const qkv_done = ctrl + kPerGroup;
+  int* const attn_done = qkv_done + KVH;
+  const T* const xs = static_cast<const T*>(p.x);
+
+  constexpr bool kTimeline = CF_FLOW_TIMELINE != 0;
+  const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
+  unsigned long long wait_ns = 0, tile_start = 0;
+  if (tid == 0) ticket_s = atomicAdd(ctrl + kTicket, 1);
+  __syncthreads();
+  int t = ticket_s;
+  bool normed = false, o_ready = false;
+  RowDot<T, RPW, 1> dot;
+  const long long pos = *p.cache_position;
+  while (t < total) {
+    int next = 0;
+    if (tid == 0) next = atomicAdd(ctrl + kTicket, 1);
+    if constexpr (kTimeline) tile_start = timer_ns();
+    if (t < qkv_tiles) {
+      // ---- q/k/v tile: rows [row0, row0 + rows) of one head of [W_q; W_k; W_v]
+      const int row0 = t * qc.rows;
+      const T* rows[RPW];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) {
+        const int row = row0 + qc.row_group * RPW + r;
+        const T* w = row < NH * D ? static_cast<const T*>(p.wq) + static_cast<size_t>(row) * H
+                     : row < (NH + KVH) * D ? static_cast<const T*>(p.wk) + static_cast<size_t>(row - NH * D) * H
+                                            : static_cast<const T*>(p.wv) + static_cast<size_t>(row - (NH + KVH) * D) * H;
+        rows[r] = w;
+      }
+      const auto act = [&](int, int v) { return *reinterpret_cast<const uint4*>(n_s + v * kElems); };
+      dot.run(rows, qc, lane, 1, act, [&] {
+        if (!normed) {
+          normalise_rows<T, 1>(n_s, xs, static_cast<const T*>(p.norm_w), ss_s, rstd_s, H, 1, p.eps,
+                               p.unit_offset != 0);
+        }
+      });
+      normed = true;
+      dot.publish(red_s, warp, lane);
+      __syncthreads();
+      for (int j = tid; j < qc.rows; j += kThreads) {
+        p.qkv[row0 + j] = slice_sum<RPW, 1>(red_s, j, 0, p.qkv_wpr);
+        __threadfence();
+      }
+      __syncthreads();
+      if (tid == 0) {
+        const int head = row0 / D;
+        const int group = head < NH ? head / G : (head < NH + KVH ? head - NH : head - NH - KVH);
+        __threadfence();
+        atomicAdd(qkv_done + group, 1);
+      }
+    } else if (t < qkv_tiles + attn_tiles) {
+      // ---- attention tile: KV group g, chunk c of the live range
+      const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
+      live_range(p, pos, range_s);  // (its barriers also order last tile's reads of the scratch)
+      if (tid == 0) {
+        const unsigned long long w0 = kTimeline ? timer_ns() : 0;
+        while (load_acquire(qkv_done + g) < qkv_per_group) __nanosleep(kSpinSleepNs);
+        if constexpr (kTimeline) wait_ns += timer_ns() - w0;
+      }
+      __syncthreads();
+      // bias, RoPE (q scaled into the exp2 domain; k, v rounded to T once), every tile of the group alike
+      const float q_scale = p.scale * kLog2e;
+      const int half = D / 2;
+      for (int idx = tid; idx < (G + 2) * half; idx += kThreads) {
+        const int hh = idx / half, i = idx % half;  // hh < G: q head; G: k; G + 1: v
+        const int row = hh < G ? (g * G + hh) * D : (hh == G ? (NH + g) * D : (NH + KVH + g) * D);
+        const void* bias = hh < G ? p.bq : (hh == G ? p.bk : p.bv);
+        const int brow = hh < G ? (g * G + hh) * D : g * D;
+        float a = __ldcg(p.qkv + row + i), b = __ldcg(p.qkv + row + i + half);
+        if (bias != nullptr) {
+          a += load_scalar<T>(bias, brow + i);
+          b += load_scalar<T>(bias, brow + i + half);
+        }
+        if (hh <= G) {
+          const float ra = a * load_table(p.cos, p.cos_kind, i) - b * load_table(p.sin, p.cos_kind, i);
+          const float rb = b * load_table(p.cos, p.cos_kind, i + half) + a * load_table(p.sin, p.cos_kind, i + half);
+          a = ra;
+          b = rb;
+        }
+        if (hh < G) {
+          q_s[hh * D + i] = a * q_scale;
+          q_s[hh * D + i + half] = b * q_scale;
+        } else {
+          T* dst = hh == G ? knew_s : vnew_s;
+          dst[i] = from_float<T>(a);
+          dst[i + half] = from_float<T>(b);
+          if (c == 0 && pos >= 0 && pos < L) {
+            T* cache = static_cast<T*>(hh == G ? p.k_cache : p.v_cache) + (static_cast<size_t>(g) * L + pos) * D;
+            cache[i] = dst[i];
+            cache[i + half] = dst[i + half];
+          }
+        }
+      }
+      __syncthreads();
+      // the chunk: [first, last] cut into NC equal parts
+      const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
+      const int per = ceil_div(max(hi - lo, 0), NC);
+      const int cs = lo + c * per, ce = min(hi, cs + per);
+      float q[GM][kLaneElems], o[GM][kLaneElems], m[GM], l[GM];
+#pragma unroll
+      for (int h = 0; h < GM; ++h) {
+        m[h] = neg_inf();
+        l[h] = 0.f;
+#pragma unroll
+        for (int e = 0; e < kLaneElems; ++e) {
+          q[h][e] = h < G ? q_s[h * D + lane * kLaneElems + e] : 0.f;
+          o[h][e] = 0.f;
+        }
+      }
+      const T* kc = static_cast<const T*>(p.k_cache) + static_cast<size_t>(g) * L * D;
+      const T* vc = static_cast<const T*>(p.v_cache) + static_cast<size_t>(g) * L * D;
+      for (int t0 = cs + warp * kTokenRun; t0 < ce; t0 += kWarps * kTokenRun) {
+        float kf[kTokenRun][kLaneElems], vf[kTokenRun][kLaneElems];
+        bool live[kTokenRun];
+#pragma unroll
+        for (int u = 0; u < kTokenRun; ++u) {  // every load of the run issued before any use
+          const int tok = t0 + u;
+          live[u] = tok < ce && (p.mask == nullptr || p.mask[tok] != 0);
+          const bool cached = tok < ce && tok != pos;
+          const T* krow = cached ? kc + static_cast<size_t>(tok) * D : knew_s;
+          const T* vrow = cached ? vc + static_cast<size_t>(tok) * D : vnew_s;
+          load_lane_row<T, D>(krow, lane, kf[u]);
+          load_lane_row<T, D>(vrow, lane, vf[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < kTokenRun; ++u) {
+          if (!live[u]) continue;  // uniform over the warp: one token at a time
+#pragma unroll
+          for (int h = 0; h < GM; ++h) {
+            if (h >= G) continue;
+            float s = 0.f;
+#pragma unroll
+            for (int e = 0; e < kLaneElems; ++e) s = fmaf(q[h][e], kf[u][e], s);
+            s = warp_sum(s);
+            const float mx = fmaxf(m[h], s);
+            const float corr = softmax_rescale(m[h], mx), pr = exp2f(s - mx);
+            l[h] = fmaf(l[h], corr, pr);
+#pragma unroll
+            for (int e = 0; e < kLaneElems; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[u][e]);
+            m[h] = mx;
+          }
+        }
+      }
+      // warps -> tile, in warp order
+#pragma unroll
+      for (int h = 0; h < GM; ++h) {
+#pragma unroll
+        for (int e = 0; e < kLaneElems; ++e) wo_s[(warp * GM + h) * D + lane * kLaneElems + e] = o[h][e];
+        if (lane == 0) {
+          wm_s[warp * GM + h] = m[h];
+          wl_s[warp * GM + h] = l[h];
+        }
+      }
+      __syncthreads();
+      float* const gpart = p.part + (static_cast<size_t>(g) * NC + c) * GM * (D + 2);
+      for (int idx = tid; idx < G * D; idx += kThreads) {
+        const int h = idx / D, d = idx % D;
+        float M = neg_inf();
+        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, wm_s[w * GM + h]);
+        float O = 0.f, S = 0.f;
+        for (int w = 0; w < kWarps; ++w) {
+          const float f = softmax_rescale(wm_s[w * GM + h], M);
+          O = fmaf(wo_s[(w * GM + h) * D + d], f, O);
+          S = fmaf(wl_s[w * GM + h], f, S);
+        }
+        gpart[h * (D + 2) + d] = O;
+        if (d == 0) {
+          gpart[h * (D + 2) + D] = M;
+          gpart[h * (D + 2) + D + 1] = S;
+        }
+        __threadfence();
+      }
+      __syncthreads();
+      if (tid == 0) {
+        __threadfence();
+        last_s = atomicAdd(attn_done + g, 1) == NC - 1;
+        __threadfence();
+      }
+      __syncthreads();
+      if (last_s) {  // the group's last tile: merge its NC partials in chunk order, o rounded to T
+        T* const ao = static_cast<T*>(p.attn_o) + static_cast<size_t>(g) * G * D;
+        const float* const base = p.part + static_cast<size_t>(g) * NC * GM * (D + 2);
+        for (int idx = tid; idx < G * D; idx += kThreads) {
+          const int h = idx / D, d = idx % D;
+          float M = neg_inf();
+#pragma unroll 4
+          for (int k = 0; k < NC; ++k) M = fmaxf(M, __ldcg(base + (k * GM + h) * (D + 2) + D));
+          float O = 0.f, S = 0.f;
+#pragma unroll 4
+          for (int k = 0; k < NC; ++k) {
+            const float* pk = base + (k * GM + h) * (D + 2);
+            const float f = softmax_rescale(__ldcg(pk + D), M);
+            O = fmaf(__ldcg(pk + d), f, O);
+            S = fmaf(__ldcg(pk + D + 1), f, S);
+          }
+          ao[h * D + d] = from_float<T>(S > 0.f ? O / S : 0.f);
+          __threadfence();
+        }
+        __syncthreads();
+        if (tid == 0) {
+          __threadfence();
+          atomicAdd(ctrl + kGroupsDone, 1);
+        }
+      }
+    } else {
+      // ---- o_proj tile: output rows [row0, row0 + rows), all NH*D columns
+      const int row0 = (t - qkv_tiles - attn_tiles) * oc.rows;
+      const T* rows[RPW];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r)
+        rows[r] = static_cast<const T*>(p.wo) + static_cast<size_t>(row0 + oc.row_group * RPW + r) * NH * D;
+      const T* ao = static_cast<const T*>(p.attn_o);  // written by other CTAs: plain loads after the acquire
+      const auto act = [&](int, int v) { return *reinterpret_cast<const uint4*>(ao + v * kElems); };
+      dot.run(rows, oc, lane, 1, act, [&] {
+        if (!o_ready) {
+          if (tid == 0) {
+            const unsigned long long w0 = kTimeline ? timer_ns() : 0;
+            while (load_acquire(ctrl + kGroupsDone) < KVH) __nanosleep(kSpinSleepNs);
+            if constexpr (kTimeline) wait_ns += timer_ns() - w0;
+          }
+          __syncthreads();
+        }
+      });
+      o_ready = true;
+      dot.publish(red_s, warp, lane);
+      __syncthreads();
+      for (int j = tid; j < oc.rows; j += kThreads) {
+        float s = slice_sum<RPW, 1>(red_s, j, 0, p.o_wpr);
+        if (p.bo != nullptr) s += load_scalar<T>(p.bo, row0 + j);
+        if (p.add_residual) s += to_float(xs[row0 + j]);
+        static_cast<T*>(p.out)[row0 + j] = from_float<T>(s);
+      }
+    }
+    stamp3(p.stamps, t, tile_start, kTimeline ? timer_ns() : 0, kTimeline ? sm_id() : 0);
+    if (tid == 0) ticket_s = next;
+    __syncthreads();
+    t = ticket_s;
+  }
+  stamp3(p.stamps, total + static_cast<int>(blockIdx.x), cta_start, kTimeline ? timer_ns() : 0, wait_ns);
+  if (tid == 0) {  // every claim of this launch is made once all CTAs got here: the last one resets the counters
+    __threadfence();
+    if (atomicAdd(ctrl + kFinished, 1) == static_cast<int>(gridDim.x) - 1) {
+      for (int i = 0; i < kPerGroup + 2 * KVH; ++i) ctrl[i] = 0;
+    }
+  }
+}
+
+}  // namespace attn_flow
+}  // namespace cf
+
+using cf::attn_flow::attention_flow_kernel;

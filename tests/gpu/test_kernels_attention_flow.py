@@ -1,0 +1,96 @@
+"""The claimed-tile attention kernel (csrc/attention_flow.cu, variant "flow") on the GPU: the fp64 reference over
+random batch-1 cases (every mask kind, bias, norm kind, fused q/k/v, cos dtype, cache lengths 17..4100), the
+named batch-1 models, the cache slot as the reference writes it and no other slot touched, bitwise repeats,
+CUDA-graph replay, and CF_ATTN_KERNEL=flow leaving what it cannot take to the cluster kernel."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_kernels_attention import NAMED, Case, check_case, make_inputs, random_cases, run_kernel  # noqa: E402
+
+from cf_compile_kernels import attention_flow  # noqa: E402
+
+N_CASES = 64
+REPEATS = 200
+
+
+def flow_supported(case: Case) -> bool:
+    return case.batch == 1 and attention_flow.flow_unsupported_reason(
+        hidden=case.hidden, num_heads=case.num_heads, num_kv_heads=case.kv_heads, head_dim=case.head_dim,
+        batch=case.batch, has_qk_norm=case.qk_norm,
+    ) is None
+
+
+@functools.cache
+def flow_cases(n: int) -> tuple[Case, ...]:
+    """n random supported cases as batch 1 without q/k norms (the coverage of the kernel); built on first use
+    (the cluster kernel's support check asks the device)."""
+    cases, _ = random_cases(3 * n, seed=77)
+    out = []
+    for case in cases:
+        case = dataclasses.replace(case, batch=1, qk_norm=False)
+        if flow_supported(case) and case.unsupported() is None:
+            out.append(case)
+    return tuple(out[:n])
+
+
+@pytest.mark.parametrize("i", range(N_CASES))
+def test_random_batch_one_cases_match_the_fp64_reference(i):
+    check_case(flow_cases(N_CASES)[i], variant="flow")
+
+
+@pytest.mark.parametrize("name", [n for n, c in NAMED.items() if flow_supported(dataclasses.replace(c, qk_norm=False))
+                                  and NAMED[n].batch == 1])
+def test_named_batch_one_models_match_the_reference(name):
+    check_case(NAMED[name], variant="flow")
+
+
+QWEN_B1 = Case(torch.bfloat16, 1, 896, 14, 2, 64, 1024, 700, "causal", True, False, "weight", True, False, False,
+               torch.float32, 5)
+
+
+def test_repeats_are_bitwise_identical():
+    inp = make_inputs(QWEN_B1)
+    first = torch.full_like(inp["x"], float("nan"))
+    run_kernel(QWEN_B1, inp, first, variant="flow")
+    outs = torch.full((REPEATS, *first.shape), float("nan"), device="cuda", dtype=first.dtype)
+    for r in range(REPEATS):
+        run_kernel(QWEN_B1, inp, outs[r], variant="flow")
+    same = (outs.view(REPEATS, -1).view(torch.int16) == first.view(1, -1).view(torch.int16)).all(1)
+    assert bool(same.all()), f"{int((~same).sum())} of {REPEATS} launches differ from the first"
+
+
+def test_cuda_graph_replay_matches_direct_calls():
+    inp = make_inputs(QWEN_B1)
+    out = torch.full_like(inp["x"], float("nan"))
+    run_kernel(QWEN_B1, inp, out, variant="flow")
+    torch.cuda.synchronize()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        run_kernel(QWEN_B1, inp, out, variant="flow")
+    for step in range(4):
+        inp["x"].normal_()
+        inp["cache_position"].fill_(700 + step)  # the graph reads the position from device memory
+        for _ in range(2):
+            graph.replay()
+        torch.cuda.synchronize()
+        replayed = out.clone()
+        run_kernel(QWEN_B1, inp, out, variant="flow")
+        assert torch.equal(replayed, out), f"step {step}"
+
+
+def test_the_environment_switch_leaves_other_shapes_to_the_cluster_kernel(monkeypatch):
+    monkeypatch.setenv("CF_ATTN_KERNEL", "flow")
+    check_case(dataclasses.replace(QWEN_B1, batch=2))  # batch 2: the cluster kernel, no error
+    check_case(QWEN_B1)  # batch 1: the claimed tiles
+    with pytest.raises(ValueError, match="flow"):
+        run_kernel(dataclasses.replace(QWEN_B1, batch=2), make_inputs(dataclasses.replace(QWEN_B1, batch=2)),
+                   torch.empty(2, 1, 896, device="cuda", dtype=torch.bfloat16), variant="flow")

@@ -1,0 +1,58 @@
+"""The claimed-tile attention kernel (csrc/attention_flow.cu) compiles for sm_90a without spills at two CTAs per
+SM, and its launcher cuts the benchmark models into tiles that stay inside one head and one KV group."""
+
+from __future__ import annotations
+
+import pytest
+
+from cf_compile_kernels import attention_flow as af
+from cf_compile_kernels.build import compile_kernel
+from cf_compile_kernels.registry import registered
+
+REGISTERS_PER_SM = 65536
+MODELS = {  # hidden, heads, kv heads, head_dim
+    "llama-2-7b": (4096, 32, 32, 128),
+    "llama-3-8b": (4096, 32, 8, 128),
+    "llama-3.2-1b": (2048, 32, 8, 64),
+    "qwen2.5-0.5b": (896, 14, 2, 64),
+}
+BUILDS = [(dt, d, gm) for dt in af.CTYPES.values() for d, gms in af.GROUP_BUILDS.items() for gm in gms]
+
+
+@pytest.mark.parametrize("dtype,head_dim,gm", BUILDS)
+def test_builds_fit_two_ctas_per_sm_without_spills(dtype, head_dim, gm):
+    k = compile_kernel(af.SOURCE, af.KERNEL, template_args=(dtype, head_dim, gm, af.RPW), arch="sm_90a")
+    assert k.local_bytes == 0, f"{k.name_expression}: {k.local_bytes} B of local memory"
+    assert k.registers * af.THREADS * 2 <= REGISTERS_PER_SM
+    assert af.smem_bytes(8192, head_dim, gm) * 2 <= 227 * 1024
+
+
+def test_every_offered_build_is_registered():
+    args = {e.template_args for e in registered() if e.source == af.SOURCE}
+    assert args == {(dt, d, gm, af.RPW) for dt, d, gm in BUILDS}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_models_are_supported_and_tiles_stay_inside_a_head(model):
+    hidden, nh, kvh, d = MODELS[model]
+    assert af.flow_unsupported_reason(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=1,
+                                      has_qk_norm=False) is None
+    slots = 2 * 132
+    wpr = af.qkv_wpr(nh, kvh, d, slots)
+    assert d % af.tile_rows(wpr) == 0  # a q/k/v tile never spans two heads (its group counter is one)
+    assert hidden % af.tile_rows(af.o_wpr(hidden)) == 0 and af.tile_rows(af.o_wpr(hidden)) == af.O_TILE_ROWS
+    assert 1 <= af.chunks(kvh, slots) <= af.MAX_CHUNKS
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"batch": 2}, "batch 2"),
+        ({"head_dim": 256}, "head_dim 256"),
+        ({"has_qk_norm": True}, "q/k norms"),
+        ({"num_heads": 40, "num_kv_heads": 4, "head_dim": 128}, "groups above 4"),
+    ],
+)
+def test_what_it_does_not_take_gets_a_reason(kwargs, needle):
+    base = {"hidden": 4096, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "batch": 1, "has_qk_norm": False}
+    assert needle in af.flow_unsupported_reason(**{**base, **kwargs})
