@@ -371,8 +371,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
 #pragma unroll
       for (int r = 0; r < RPW; ++r)
         rows[r] = static_cast<const T*>(p.wo) + static_cast<size_t>(row0 + oc.row_group * RPW + r) * NH * D;
-      const T* ao = static_cast<const T*>(p.attn_o);  // written by other CTAs: plain loads after the acquire
-      const auto act = [&](int, int v) { return *reinterpret_cast<const uint4*>(ao + v * kElems); };
+      const T* ao = static_cast<const T*>(p.attn_o);  // written by other CTAs of this launch: L2 loads (.cg)
+      const auto act = [&](int, int v) { return __ldcg(reinterpret_cast<const uint4*>(ao + v * kElems)); };
       dot.run(rows, oc, lane, 1, act, [&] {
         if (!o_ready) {
           if (tid == 0) {
