@@ -54,7 +54,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxPairsPerLane = 4;         // head_dim 256 = 32 lanes x 4 rotate-half pairs x 2
 constexpr int kMaxCluster = 8;              // portable cluster size: peers' partials merged from registers
 constexpr int kMaxSplit = 16;               // clusters per KV head (launcher clamps): merged from registers
-constexpr int kMaskChunk = 16;              // mask bytes per thread per step (one 16-byte load when aligned)
+constexpr int kMaskChunk = cf::kMaskScanBytes;  // mask bytes per thread per step (one 16-byte load when aligned)
 // Phase 5's work item: kMergeRun consecutive elements of one (row, head), read as kMergePairs float2 (the
 // partials' row stride D + 2 is even, so pairs are 8-byte aligned; head_dim is a multiple of 64).
 constexpr int kMergeRun = 4;
@@ -925,21 +925,8 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
     for (int idx = tid; idx < B * chunks; idx += kThreads) {
       const int b = idx / chunks, j0 = (idx % chunks) * kMaskChunk;
       const unsigned char* row = p.mask + b * p.mask_stride;
-      alignas(16) unsigned char bytes[kMaskChunk];
-      if (vec) {
-        *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(row + j0);
-      } else {
-#pragma unroll
-        for (int e = 0; e < kMaskChunk; ++e) bytes[e] = j0 + e < L ? row[j0 + e] : 0;
-      }
-      int first = 0x7fffffff, last = -1;
-#pragma unroll
-      for (int e = kMaskChunk - 1; e >= 0; --e) {
-        if (bytes[e]) {
-          first = j0 + e;
-          last = max(last, j0 + e);
-        }
-      }
+      int first, last;
+      cf::mask_chunk_bounds(row, j0, L, vec, first, last);
       if (last >= 0) {
         atomicMin(&s.range[2 * b], first);
         atomicMax(&s.range[2 * b + 1], last);

@@ -29,7 +29,7 @@ using namespace cf::flow;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kTokenRun = 4;   // consecutive tokens per warp step: their K and V loads are in flight together
-constexpr int kMaskChunk = 16;  // mask bytes per thread per load in the live-range scan
+constexpr int kMaskChunk = kMaskScanBytes;  // mask bytes per thread per load in the live-range scan
 
 /// @brief Control words (int32, zero between launches): ticket, exit count, groups merged, then per KV group
 /// its q/k/v tiles done and its attention tiles done.
@@ -75,21 +75,8 @@ __device__ __forceinline__ void live_range(const Params& p, long long pos, int* 
     const bool vec = ((reinterpret_cast<unsigned long long>(p.mask) | static_cast<unsigned long long>(L)) %
                       kMaskChunk) == 0;
     for (int j0 = tid * kMaskChunk; j0 < L; j0 += kThreads * kMaskChunk) {
-      alignas(16) unsigned char bytes[kMaskChunk];
-      if (vec) {
-        *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(p.mask + j0);
-      } else {
-#pragma unroll
-        for (int e = 0; e < kMaskChunk; ++e) bytes[e] = j0 + e < L ? p.mask[j0 + e] : 0;
-      }
-      int first = 0x7fffffff, last = -1;
-#pragma unroll
-      for (int e = kMaskChunk - 1; e >= 0; --e) {
-        if (bytes[e]) {
-          first = j0 + e;
-          last = max(last, j0 + e);
-        }
-      }
+      int first, last;
+      mask_chunk_bounds(p.mask, j0, L, vec, first, last);
       if (last >= 0) {
         atomicMin(range_s, first);
         atomicMax(range_s + 1, last);
@@ -167,15 +154,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   constexpr bool kTimeline = CF_FLOW_TIMELINE != 0;
   const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
   unsigned long long wait_ns = 0, tile_start = 0;
-  if (tid == 0) ticket_s = atomicAdd(ctrl + kTicket, 1);
-  __syncthreads();
-  int t = ticket_s;
+  const Claims claims{ctrl + kTicket, &ticket_s};
+  int t = claims.first();
   bool normed = false, o_ready = false;
   RowDot<T, RPW, 1> dot;
   const long long pos = *p.cache_position;
   while (t < total) {
-    int next = 0;
-    if (tid == 0) next = atomicAdd(ctrl + kTicket, 1);
+    const int next = claims.ahead();
     if constexpr (kTimeline) tile_start = timer_ns();
     if (t < qkv_tiles) {
       // ---- q/k/v tile: rows [row0, row0 + rows) of one head of [W_q; W_k; W_v]
@@ -394,9 +379,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
     }
     stamp3(p.stamps, t, tile_start, kTimeline ? timer_ns() : 0, kTimeline ? sm_id() : 0);
-    if (tid == 0) ticket_s = next;
-    __syncthreads();
-    t = ticket_s;
+    t = claims.advance(next);
   }
   stamp3(p.stamps, total + static_cast<int>(blockIdx.x), cta_start, kTimeline ? timer_ns() : 0, wait_ns);
   if (tid == 0) {  // every claim of this launch is made once all CTAs got here: the last one resets the counters

@@ -131,6 +131,32 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+/// @brief Mask bytes one thread scans per step of a live-range scan (one 16-byte load when aligned).
+constexpr int kMaskScanBytes = 16;
+
+/// @brief First and last nonzero byte of row[j0, j0 + kMaskScanBytes) (bytes at or past L count as zero);
+/// last = -1 and first = INT_MAX if none. `vec`: row + j0 is 16-byte aligned and the chunk lies inside L.
+__device__ __forceinline__ void mask_chunk_bounds(const unsigned char* row, int j0, int L, bool vec, int& first_out,
+                                                  int& last_out) {
+  alignas(16) unsigned char bytes[kMaskScanBytes];
+  if (vec) {
+    *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(row + j0);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kMaskScanBytes; ++e) bytes[e] = j0 + e < L ? row[j0 + e] : 0;
+  }
+  int first = 0x7fffffff, last = -1;
+#pragma unroll
+  for (int e = kMaskScanBytes - 1; e >= 0; --e) {
+    if (bytes[e]) {
+      first = j0 + e;
+      last = max(last, j0 + e);
+    }
+  }
+  first_out = first;
+  last_out = last;
+}
+
 /// @brief Weight of an online-softmax partial with running max m (exp2 domain) against the merged max M;
 /// 0 for an empty partial (m = -inf), which would otherwise give exp2(-inf - -inf) = NaN.
 __device__ __forceinline__ float softmax_rescale(float m, float M) { return m == neg_inf() ? 0.f : exp2f(m - M); }

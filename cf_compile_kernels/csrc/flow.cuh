@@ -53,6 +53,26 @@ __device__ __forceinline__ void stamp3(unsigned long long* stamps, int slot, uns
   }
 }
 
+/// @brief A CTA's claims on the tile queue: the first, then each next one claimed while the current tile runs
+/// (the atomic's round trip hides behind the tile). `slot`: a __shared__ int that hands a claim to the CTA.
+struct Claims {
+  int* counter;
+  int* slot;
+  __device__ __forceinline__ int first() const {
+    if (threadIdx.x == 0) *slot = atomicAdd(counter, 1);
+    __syncthreads();
+    return *slot;
+  }
+  /// @brief Thread 0 claims the tile after the current one (the other threads get 0).
+  __device__ __forceinline__ int ahead() const { return threadIdx.x == 0 ? atomicAdd(counter, 1) : 0; }
+  /// @brief The whole CTA moves on to thread 0's claim (a CTA barrier).
+  __device__ __forceinline__ int advance(int next) const {
+    if (threadIdx.x == 0) *slot = next;
+    __syncthreads();
+    return *slot;
+  }
+};
+
 __device__ __forceinline__ int load_acquire(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");

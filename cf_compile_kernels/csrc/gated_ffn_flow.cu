@@ -75,14 +75,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   constexpr bool kTimeline = CF_FLOW_TIMELINE != 0;
   const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
   unsigned long long wait_ns = 0, tile_start = 0;
-  if (tid == 0) ticket_s = atomicAdd(ctrl + kTicket, 1);
-  __syncthreads();
-  int t = ticket_s;
+  const Claims claims{ctrl + kTicket, &ticket_s};
+  int t = claims.first();
   bool normed = false, handed_off = false;
   RowDot<T, RPW, BB> dot;
   while (t < total) {
-    int next = 0;
-    if (tid == 0) next = atomicAdd(ctrl + kTicket, 1);  // claimed now; its round trip hides behind the tile
+    const int next = claims.ahead();  // claimed now; its round trip hides behind the tile
     if constexpr (kTimeline) tile_start = timer_ns();
     if (t < gu_tiles) {
       // ---- gate/up tile: units [unit0, unit0 + gu_units); row 2j = gate of unit j, row 2j + 1 = up
@@ -147,9 +145,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       }
     }
     stamp3(stamps, t, tile_start, kTimeline ? timer_ns() : 0, kTimeline ? sm_id() : 0);
-    if (tid == 0) ticket_s = next;
-    __syncthreads();
-    t = ticket_s;
+    t = claims.advance(next);
   }
   stamp3(stamps, total + static_cast<int>(blockIdx.x), cta_start, kTimeline ? timer_ns() : 0, wait_ns);
   // Every claim of this launch has been made once all CTAs got here: the last one resets the counters.
