@@ -35,48 +35,20 @@ constexpr int kMaskChunk = kMaskScanBytes;  // mask bytes per thread per load in
 /// its q/k/v tiles done and its attention tiles done.
 enum Ctrl : int { kTicket = 0, kFinished = 1, kGroupsDone = 2, kPerGroup = 3 };
 
-struct Params {
-  const void* x;          // [H]
-  const void* norm_w;     // [H]
-  const void* wq;         // [NH*D, H]
-  const void* wk;         // [KVH*D, H]
-  const void* wv;         // [KVH*D, H]
-  const void* bq;         // [NH*D] or null
-  const void* bk;
-  const void* bv;
-  const void* cos;        // [D] of cos_kind (batch row 0)
-  const void* sin;
-  const long long* cache_position;  // [1]
-  void* k_cache;          // [1, KVH, L, D]
-  void* v_cache;
-  const unsigned char* mask;  // [L] (batch row 0) or null: attend [0, pos]
-  const void* wo;         // [H, NH*D]
-  const void* bo;         // [H] or null
-  void* out;              // [H]
-  float* qkv;             // [(NH + 2 KVH) * D] fp32 scratch
-  float* part;            // [KVH][NC][G][D + 2] fp32 scratch: o, m, l per tile and head
-  void* attn_o;           // [NH * D] T scratch
-  int* ctrl;              // kPerGroup + 2 * KVH words
-  unsigned long long* stamps;  // CF_FLOW_TIMELINE builds only
-  float eps, scale;
-  int hidden, num_heads, num_kv_heads, max_cache_len, chunks;  // chunks: NC attention tiles per KV group
-  int cos_kind, unit_offset, add_residual, qkv_wpr, o_wpr;
-};
-
-/// @brief The live range [first, last] of the mask row (or [0, min(pos, L - 1)]), into range_s[2].
-__device__ __forceinline__ void live_range(const Params& p, long long pos, int* range_s) {
-  const int tid = threadIdx.x, L = p.max_cache_len;
+/// @brief The live range [first, last] of the mask row [L] (null: [0, min(pos, L - 1)]), into range_s[2].
+__device__ __forceinline__ void live_range(const unsigned char* mask, int L, long long pos, int* range_s) {
+  const int tid = threadIdx.x;
   if (tid == 0) {
-    range_s[0] = p.mask != nullptr ? 0x7fffffff : 0;
-    range_s[1] = p.mask != nullptr ? -1 : static_cast<int>(min(pos, static_cast<long long>(L - 1)));
+    range_s[0] = mask != nullptr ? 0x7fffffff : 0;
+    range_s[1] = mask != nullptr ? -1 : static_cast<int>(min(pos, static_cast<long long>(L - 1)));
   }
   __syncthreads();
-  if (p.mask != nullptr) {
-    const bool vec = ((reinterpret_cast<unsigned long long>(p.mask) | static_cast<unsigned long long>(L)) %
+  if (mask != nullptr) {
+    const bool vec = ((reinterpret_cast<unsigned long long>(mask) | static_cast<unsigned long long>(L)) %
                       kMaskChunk) == 0;
     for (int j0 = tid * kMaskChunk; j0 < L; j0 += kThreads * kMaskChunk) {
       int first, last;
-      mask_chunk_bounds(p.mask, j0, L, vec, first, last);
+      mask_chunk_bounds(mask, j0, L, vec, first, last);
       if (last >= 0) {
         atomicMin(range_s, first);
         atomicMax(range_s + 1, last);
@@ -117,9 +89,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
     const unsigned char* mask, const void* wo, const void* bo, void* out, float* qkv, float* part, void* attn_o,
     int* ctrl, unsigned long long* stamps, float eps, float scale, int hidden, int num_heads, int num_kv_heads,
     int max_cache_len, int chunks, int cos_kind, int unit_offset, int add_residual, int qkv_wpr, int o_wpr) {
-  const Params p{x, norm_w, wq, wk, wv, bq, bk, bv, cos, sin, cache_position, k_cache, v_cache, mask, wo, bo, out,
-                 qkv, part, attn_o, ctrl, stamps, eps, scale, hidden, num_heads, num_kv_heads, max_cache_len, chunks,
-                 cos_kind, unit_offset, add_residual, qkv_wpr, o_wpr};
   static_assert(sizeof(T) == 2, "fp16 / bf16 only");
   static_assert(GM == 1 || GM == 2 || GM == 4 || GM == 8, "query heads per KV head: 1, 2, 4 or 8");
   constexpr int kLaneElems = D / 32;
@@ -130,8 +99,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   __shared__ int ticket_s, last_s, range_s[2];
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
-  const int H = p.hidden, NH = p.num_heads, KVH = p.num_kv_heads, G = NH / KVH, NC = p.chunks;
-  const int L = p.max_cache_len;
+  const int H = hidden, NH = num_heads, KVH = num_kv_heads, G = NH / KVH, NC = chunks;
+  const int L = max_cache_len;
   // shared memory: n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [kWarps][GM][D], m, l
   T* n_s = reinterpret_cast<T*>(smem);
   float* q_s = reinterpret_cast<float*>(smem + ceil_div(H * 2, 16) * 16);
@@ -141,15 +110,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   float* wm_s = wo_s + kWarps * GM * D;
   float* wl_s = wm_s + kWarps * GM;
 
-  const TileCut qc(RPW, p.qkv_wpr, H / kElems, warp);
-  const TileCut oc(RPW, p.o_wpr, NH * D / kElems, warp);
+  const TileCut qc(RPW, qkv_wpr, H / kElems, warp);
+  const TileCut oc(RPW, o_wpr, NH * D / kElems, warp);
   const int qkv_rows = (NH + 2 * KVH) * D;
   const int qkv_tiles = qkv_rows / qc.rows, qkv_per_group = (G + 2) * D / qc.rows;
   const int attn_tiles = KVH * NC, o_tiles = H / oc.rows;
   const int total = qkv_tiles + attn_tiles + o_tiles;
   int* const qkv_done = ctrl + kPerGroup;
   int* const attn_done = qkv_done + KVH;
-  const T* const xs = static_cast<const T*>(p.x);
+  const T* const xs = static_cast<const T*>(x);
 
   constexpr bool kTimeline = CF_FLOW_TIMELINE != 0;
   const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
@@ -158,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   int t = claims.first();
   bool normed = false, o_ready = false;
   RowDot<T, RPW, 1> dot;
-  const long long pos = *p.cache_position;
+  const long long pos = *cache_position;
   while (t < total) {
     const int next = claims.ahead();
     if constexpr (kTimeline) tile_start = timer_ns();
@@ -169,23 +138,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
 #pragma unroll
       for (int r = 0; r < RPW; ++r) {
         const int row = row0 + qc.row_group * RPW + r;
-        const T* w = row < NH * D ? static_cast<const T*>(p.wq) + static_cast<size_t>(row) * H
-                     : row < (NH + KVH) * D ? static_cast<const T*>(p.wk) + static_cast<size_t>(row - NH * D) * H
-                                            : static_cast<const T*>(p.wv) + static_cast<size_t>(row - (NH + KVH) * D) * H;
+        const T* w = row < NH * D ? static_cast<const T*>(wq) + static_cast<size_t>(row) * H
+                     : row < (NH + KVH) * D ? static_cast<const T*>(wk) + static_cast<size_t>(row - NH * D) * H
+                                            : static_cast<const T*>(wv) + static_cast<size_t>(row - (NH + KVH) * D) * H;
         rows[r] = w;
       }
       const auto act = [&](int, int v) { return *reinterpret_cast<const uint4*>(n_s + v * kElems); };
       dot.run(rows, qc, lane, 1, act, [&] {
         if (!normed) {
-          normalise_rows<T, 1>(n_s, xs, static_cast<const T*>(p.norm_w), ss_s, rstd_s, H, 1, p.eps,
-                               p.unit_offset != 0);
+          normalise_rows<T, 1>(n_s, xs, static_cast<const T*>(norm_w), ss_s, rstd_s, H, 1, eps,
+                               unit_offset != 0);
         }
       });
       normed = true;
       dot.publish(red_s, warp, lane);
       __syncthreads();
       for (int j = tid; j < qc.rows; j += kThreads) {
-        p.qkv[row0 + j] = slice_sum<RPW, 1>(red_s, j, 0, p.qkv_wpr);
+        qkv[row0 + j] = slice_sum<RPW, 1>(red_s, j, 0, qkv_wpr);
         __threadfence();
       }
       __syncthreads();
@@ -198,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
     } else if (t < qkv_tiles + attn_tiles) {
       // ---- attention tile: KV group g, chunk c of the live range
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
-      live_range(p, pos, range_s);  // (its barriers also order last tile's reads of the scratch)
+      live_range(mask, L, pos, range_s);  // (its barriers also order last tile's reads of the scratch)
       if (tid == 0) {
         const unsigned long long w0 = kTimeline ? timer_ns() : 0;
         while (load_acquire(qkv_done + g) < qkv_per_group) __nanosleep(kSpinSleepNs);
@@ -206,21 +175,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
       __syncthreads();
       // bias, RoPE (q scaled into the exp2 domain; k, v rounded to T once), every tile of the group alike
-      const float q_scale = p.scale * kLog2e;
+      const float q_scale = scale * kLog2e;
       const int half = D / 2;
       for (int idx = tid; idx < (G + 2) * half; idx += kThreads) {
         const int hh = idx / half, i = idx % half;  // hh < G: q head; G: k; G + 1: v
         const int row = hh < G ? (g * G + hh) * D : (hh == G ? (NH + g) * D : (NH + KVH + g) * D);
-        const void* bias = hh < G ? p.bq : (hh == G ? p.bk : p.bv);
+        const void* bias = hh < G ? bq : (hh == G ? bk : bv);
         const int brow = hh < G ? (g * G + hh) * D : g * D;
-        float a = __ldcg(p.qkv + row + i), b = __ldcg(p.qkv + row + i + half);
+        float a = __ldcg(qkv + row + i), b = __ldcg(qkv + row + i + half);
         if (bias != nullptr) {
           a += load_scalar<T>(bias, brow + i);
           b += load_scalar<T>(bias, brow + i + half);
         }
         if (hh <= G) {
-          const float ra = a * load_table(p.cos, p.cos_kind, i) - b * load_table(p.sin, p.cos_kind, i);
-          const float rb = b * load_table(p.cos, p.cos_kind, i + half) + a * load_table(p.sin, p.cos_kind, i + half);
+          const float ra = a * load_table(cos, cos_kind, i) - b * load_table(sin, cos_kind, i);
+          const float rb = b * load_table(cos, cos_kind, i + half) + a * load_table(sin, cos_kind, i + half);
           a = ra;
           b = rb;
         }
@@ -232,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           dst[i] = from_float<T>(a);
           dst[i + half] = from_float<T>(b);
           if (c == 0 && pos >= 0 && pos < L) {
-            T* cache = static_cast<T*>(hh == G ? p.k_cache : p.v_cache) + (static_cast<size_t>(g) * L + pos) * D;
+            T* cache = static_cast<T*>(hh == G ? k_cache : v_cache) + (static_cast<size_t>(g) * L + pos) * D;
             cache[i] = dst[i];
             cache[i + half] = dst[i + half];
           }
@@ -254,15 +223,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           o[h][e] = 0.f;
         }
       }
-      const T* kc = static_cast<const T*>(p.k_cache) + static_cast<size_t>(g) * L * D;
-      const T* vc = static_cast<const T*>(p.v_cache) + static_cast<size_t>(g) * L * D;
+      const T* kc = static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D;
+      const T* vc = static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D;
       for (int t0 = cs + warp * kTokenRun; t0 < ce; t0 += kWarps * kTokenRun) {
         float kf[kTokenRun][kLaneElems], vf[kTokenRun][kLaneElems];
         bool live[kTokenRun];
 #pragma unroll
         for (int u = 0; u < kTokenRun; ++u) {  // every load of the run issued before any use
           const int tok = t0 + u;
-          live[u] = tok < ce && (p.mask == nullptr || p.mask[tok] != 0);
+          live[u] = tok < ce && (mask == nullptr || mask[tok] != 0);
           const bool cached = tok < ce && tok != pos;
           const T* krow = cached ? kc + static_cast<size_t>(tok) * D : knew_s;
           const T* vrow = cached ? vc + static_cast<size_t>(tok) * D : vnew_s;
@@ -299,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         }
       }
       __syncthreads();
-      float* const gpart = p.part + (static_cast<size_t>(g) * NC + c) * GM * (D + 2);
+      float* const gpart = part + (static_cast<size_t>(g) * NC + c) * GM * (D + 2);
       for (int idx = tid; idx < G * D; idx += kThreads) {
         const int h = idx / D, d = idx % D;
         float M = neg_inf();
@@ -325,8 +294,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
       __syncthreads();
       if (last_s) {  // the group's last tile: merge its NC partials in chunk order, o rounded to T
-        T* const ao = static_cast<T*>(p.attn_o) + static_cast<size_t>(g) * G * D;
-        const float* const base = p.part + static_cast<size_t>(g) * NC * GM * (D + 2);
+        T* const ao = static_cast<T*>(attn_o) + static_cast<size_t>(g) * G * D;
+        const float* const base = part + static_cast<size_t>(g) * NC * GM * (D + 2);
         for (int idx = tid; idx < G * D; idx += kThreads) {
           const int h = idx / D, d = idx % D;
           float M = neg_inf();
@@ -355,8 +324,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const T* rows[RPW];
 #pragma unroll
       for (int r = 0; r < RPW; ++r)
-        rows[r] = static_cast<const T*>(p.wo) + static_cast<size_t>(row0 + oc.row_group * RPW + r) * NH * D;
-      const T* ao = static_cast<const T*>(p.attn_o);  // written by other CTAs of this launch: L2 loads (.cg)
+        rows[r] = static_cast<const T*>(wo) + static_cast<size_t>(row0 + oc.row_group * RPW + r) * NH * D;
+      const T* ao = static_cast<const T*>(attn_o);  // written by other CTAs of this launch: L2 loads (.cg)
       const auto act = [&](int, int v) { return __ldcg(reinterpret_cast<const uint4*>(ao + v * kElems)); };
       dot.run(rows, oc, lane, 1, act, [&] {
         if (!o_ready) {
@@ -372,16 +341,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       dot.publish(red_s, warp, lane);
       __syncthreads();
       for (int j = tid; j < oc.rows; j += kThreads) {
-        float s = slice_sum<RPW, 1>(red_s, j, 0, p.o_wpr);
-        if (p.bo != nullptr) s += load_scalar<T>(p.bo, row0 + j);
-        if (p.add_residual) s += to_float(xs[row0 + j]);
-        static_cast<T*>(p.out)[row0 + j] = from_float<T>(s);
+        float s = slice_sum<RPW, 1>(red_s, j, 0, o_wpr);
+        if (bo != nullptr) s += load_scalar<T>(bo, row0 + j);
+        if (add_residual) s += to_float(xs[row0 + j]);
+        static_cast<T*>(out)[row0 + j] = from_float<T>(s);
       }
     }
-    stamp3(p.stamps, t, tile_start, kTimeline ? timer_ns() : 0, kTimeline ? sm_id() : 0);
+    stamp3(stamps, t, tile_start, kTimeline ? timer_ns() : 0, kTimeline ? sm_id() : 0);
     t = claims.advance(next);
   }
-  stamp3(p.stamps, total + static_cast<int>(blockIdx.x), cta_start, kTimeline ? timer_ns() : 0, wait_ns);
+  stamp3(stamps, total + static_cast<int>(blockIdx.x), cta_start, kTimeline ? timer_ns() : 0, wait_ns);
   if (tid == 0) {  // every claim of this launch is made once all CTAs got here: the last one resets the counters
     __threadfence();
     if (atomicAdd(ctrl + kFinished, 1) == static_cast<int>(gridDim.x) - 1) {
