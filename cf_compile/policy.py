@@ -89,10 +89,16 @@ def _nearest_context(rows: list[Measured], cached: int | None) -> list[Measured]
     return [r for r in rows if r.seq == nearest]
 
 
+# A measured batch speaks for batches within this factor of it (the FFN's verdict flips between batch 1 and 4,
+# the attention kernel's between 1 and 16 at some shapes): beyond it the block is unmeasured, so Inductor's.
+MAX_BATCH_RATIO = 2
+
+
 def verdict(block: str, shapes: dict, element_bytes: int, batch: int, device: str,
             table: tuple[Measured, ...] | None = None, cached: int | None = None) -> tuple[bool, str]:
     """(use the kernel, why): faster than Inductor on every measured row of this block shape and element
-    width on this device, at the measured batch nearest ``batch`` (by ratio); no such row: Inductor.
+    width on this device, at the measured batch nearest ``batch`` (by ratio, within MAX_BATCH_RATIO); no such
+    row: Inductor.
     ``cached``: the static cache's length, which bounds the context the step decodes at; step rows measured
     at several contexts then speak only at the one nearest it (by ratio). Unknown: every context must win."""
     rows = load() if table is None else table
@@ -102,7 +108,12 @@ def verdict(block: str, shapes: dict, element_bytes: int, batch: int, device: st
     if not mine:
         return False, (f"{block} kernel not benchmarked against Inductor at this shape on {device.split(' (')[0]}; "
                        "kernels='all' runs it")
-    nearest = min({r.batch for r in mine}, key=lambda b: (abs(math.log2(b / batch)), -b))
+    near = {r.batch for r in mine if abs(math.log2(r.batch / batch)) <= math.log2(MAX_BATCH_RATIO)}
+    if not near:
+        measured = ", ".join(str(b) for b in sorted({r.batch for r in mine}))
+        return False, (f"{block} kernel measured against Inductor at batch {measured} only, none within "
+                       f"{MAX_BATCH_RATIO}x of {batch}; kernels='all' runs it")
+    nearest = min(near, key=lambda b: (abs(math.log2(b / batch)), -b))
     at = sorted((r for r in mine if r.batch == nearest), key=lambda r: r.seq)
     if any(r.scope == "step" for r in at):   # the block among its real neighbours decides
         at = [r for r in at if r.scope == "step"]

@@ -32,6 +32,13 @@ def test_the_nearest_measured_batch_decides():
     assert not policy.verdict("attention", LLAMA3_ATTN, 2, 2, H100, table)[0]    # a tie goes to the larger batch
 
 
+def test_a_measured_batch_speaks_only_within_a_factor_of_two():
+    table = (row(batch=1, ours=50), row(batch=2, ours=50))
+    assert policy.verdict("attention", LLAMA3_ATTN, 2, 4, H100, table)[0]        # 4 is 2x of 2
+    use, why = policy.verdict("attention", LLAMA3_ATTN, 2, 8, H100, table)
+    assert not use and "batch 1, 2 only" in why and "2x of 8" in why
+
+
 def test_unmeasured_shape_width_or_device_runs_inductor_and_says_so():
     table = (row(),)
     other_shape = dict(LLAMA3_ATTN, kv_heads=32)
