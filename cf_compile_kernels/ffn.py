@@ -345,10 +345,12 @@ class Tuning:
     gu_wpr: int | None = None  # flow kernel: warps per row group of the gate/up tiles; None: from the shape
     down_wpr: int | None = None  # flow kernel: the same for the down tiles
     ctas_per_sm: int | None = None  # flow kernel: cap on resident CTAs per SM; None: the occupancy API's
+    h_shared: bool = False  # flow kernel: h copied into shared memory once per CTA for its down tiles
 
     def flow(self) -> ffn_flow.FlowTuning:
         """The claimed-tile kernel's knobs (phases: its timeline build)."""
-        return ffn_flow.FlowTuning(self.rpw, self.gu_wpr, self.down_wpr, self.ctas_per_sm, self.phases)
+        return ffn_flow.FlowTuning(self.rpw, self.gu_wpr, self.down_wpr, self.ctas_per_sm, self.phases,
+                                   bool(self.h_shared))
 
 
 def _plan(

@@ -62,6 +62,12 @@ def tile_rows(rpw: int, wpr: int) -> int:
     return rpw * WARPS // wpr
 
 
+def template_args(dtype: torch.dtype, rpw: int, batch: int, h_shared: bool = False) -> tuple:
+    """(T, RPW, BB[, HS]): without h in shared memory the three-argument name of the measured builds."""
+    args = (CTYPES[dtype], rpw, batch_bucket(batch))
+    return (*args, "true") if h_shared else args
+
+
 def default_rpw(batch: int) -> int:
     """Four rows per warp where that build is spill-free (buckets 1-2), else two."""
     return 4 if batch_bucket(batch) <= RPW_MAX_BUCKET[4] else 2
@@ -86,9 +92,10 @@ def down_wpr(hidden: int, rpw: int) -> int | None:
     return min(cuts, key=lambda w: abs(tile_rows(rpw, w) - DOWN_TILE_ROWS))
 
 
-def smem_bytes(hidden: int, batch: int, elem: int = 2) -> int:
-    """Dynamic shared memory: the normalised rows n [bucket][H]."""
-    return batch_bucket(batch) * hidden * elem
+def smem_bytes(hidden: int, batch: int, elem: int = 2, h_shared: bool = False, intermediate: int = 0) -> int:
+    """Dynamic shared memory: the normalised rows n [bucket][H], or with h_shared the larger of n and h
+    [bucket][I] (h is copied into the same region once the CTA's gate/up tiles are done)."""
+    return batch_bucket(batch) * (max(hidden, intermediate) if h_shared else hidden) * elem
 
 
 def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: int | None = None) -> str | None:
@@ -145,6 +152,7 @@ class FlowTuning:
     down_wpr: int | None = None
     ctas_per_sm: int | None = None  # None: what the occupancy API allows
     timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
+    h_shared: bool = False  # the HS build: h copied into shared memory once per CTA for its down tiles
 
 
 @dataclass
@@ -215,11 +223,12 @@ def _build_plan(
 
     rpw = tuning.rpw or default_rpw(batch)
     defines = {"CF_FLOW_TIMELINE": 1} if tuning.timeline else {}
-    compiled = compile_kernel(
-        SOURCE, KERNEL, template_args=(CTYPES[dtype], rpw, batch_bucket(batch)), defines=defines
-    )
+    compiled = compile_kernel(SOURCE, KERNEL, template_args=template_args(dtype, rpw, batch, tuning.h_shared),
+                              defines=defines)
     kernel = load_kernel(compiled, device)
-    smem = smem_bytes(hidden, batch)
+    smem = smem_bytes(hidden, batch, torch.tensor([], dtype=dtype).element_size(), tuning.h_shared, intermediate)
+    if smem > MAX_SMEM_PER_CTA:
+        raise ValueError(f"gated_ffn_flow: {smem} B of shared memory per CTA (h_shared at batch {batch}, I {intermediate})")
     with torch.cuda.device(device):
         per_sm = kernel.max_active_blocks(THREADS, smem) or 1
     if tuning.ctas_per_sm is not None:
@@ -271,5 +280,9 @@ for _dtype in CTYPES:
                     SOURCE, KERNEL, (CTYPES[_dtype], _rpw, _bucket),
                     label=f"gated FFN claimed tiles {_dtype} rpw {_rpw} batch <= {_bucket}",
                 )
+for _dtype in CTYPES:
+    for _rpw, _batch in ((2, 2), (2, 4), (4, 2)):
+        register_check(SOURCE, KERNEL, template_args(_dtype, _rpw, _batch, True),
+                       label=f"gated FFN claimed tiles {_dtype} rpw {_rpw} batch <= {_batch}, h in shared memory")
 register_check(SOURCE, KERNEL, ("__nv_bfloat16", 4, 1), defines={"CF_FLOW_TIMELINE": 1},
                label="gated FFN claimed tiles bf16 rpw 4 batch 1, timeline")

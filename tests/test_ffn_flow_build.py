@@ -23,6 +23,16 @@ def test_builds_fit_two_ctas_per_sm_without_spills(dtype, rpw, bucket):
     assert k.registers * ffn_flow.THREADS * 2 <= REGISTERS_PER_SM
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rpw,batch", [(2, 2), (2, 4), (4, 2)])
+def test_h_in_shared_memory_builds_fit_without_spills(dtype, rpw, batch):
+    args = ffn_flow.template_args(dtype, rpw, batch, h_shared=True)
+    assert args[-1] == "true" and ffn_flow.template_args(dtype, rpw, batch) == args[:3]
+    k = compile_kernel(ffn_flow.SOURCE, ffn_flow.KERNEL, template_args=args, arch="sm_90a")
+    assert k.local_bytes == 0 and k.registers * ffn_flow.THREADS * 2 <= REGISTERS_PER_SM
+    assert ffn_flow.smem_bytes(4096, batch, 2, True, 11008) == ffn_flow.batch_bucket(batch) * 11008 * 2
+
+
 def test_every_offered_build_is_registered_for_the_doctor():
     flow_args = {e.template_args for e in registered() if e.source == ffn_flow.SOURCE}
     for dtype in ffn_flow.CTYPES.values():

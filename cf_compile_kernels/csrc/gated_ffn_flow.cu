@@ -46,9 +46,13 @@ enum Ctrl : int { kTicket = 0, kDone = 1, kFinished = 2, kCtrlWords = 4 };
 /// @tparam RPW  weight rows per warp (2 or 4; kVecsInFlight / RPW vectors per row per chunk); even, so a
 ///              warp's rows pair gate and up of one unit
 /// @tparam BB   batch rows computed (1, 2, 4, 8); batch <= BB at run time
+/// @tparam HS   h in shared memory: after the hand-off the CTA copies h [batch][I] once into the n region
+///              (its gate/up tiles are behind it: the queue puts them first), and its down tiles read it there,
+///              not from L1/L2 once per tile and batch row. Same values, same order: the same bits as without.
+///              Dynamic shared memory then BB * max(H, I) * sizeof(T).
 /// gu_wpr / down_wpr: warps per row group in each phase (1, 2, 4, 8): tile rows RPW * 8 / wpr; the host
 /// guarantees I % (gate/up tile rows / 2) == 0 and H % (down tile rows) == 0.
-template <typename T, int RPW, int BB>
+template <typename T, int RPW, int BB, bool HS = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     gated_ffn_flow_kernel(const T* __restrict__ x, const T* __restrict__ norm_w, const T* __restrict__ w_gate,
                           const T* __restrict__ w_up, const T* __restrict__ w_down, T* __restrict__ out,
@@ -120,7 +124,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 #pragma unroll
       for (int r = 0; r < RPW; ++r)
         rows[r] = w_down + static_cast<size_t>(row0 + dn.row_group * RPW + r) * inter;
-      const T* h = h_buf;  // written by other CTAs of this launch: plain loads after the acquire below
+      // h: written by other CTAs of this launch; plain loads after the acquire below (or the CTA's copy, HS)
+      const T* h = HS ? n_s : h_buf;
       const auto act = [&](int b, int v) {
         return *reinterpret_cast<const uint4*>(h + static_cast<size_t>(b) * inter + v * kElems);
       };
@@ -132,6 +137,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
             if constexpr (kTimeline) wait_ns = timer_ns() - wait_start;
           }
           __syncthreads();
+          if constexpr (HS) {
+            const int row_vecs = inter / kElems;
+#pragma unroll 1
+            for (int i = tid; i < batch * row_vecs; i += kThreads)
+              reinterpret_cast<uint4*>(n_s)[i] = reinterpret_cast<const uint4*>(h_buf)[i];
+            __syncthreads();
+          }
         }
       });
       handed_off = true;

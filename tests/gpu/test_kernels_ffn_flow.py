@@ -82,6 +82,17 @@ def test_bitwise_identical_over_1000_runs_whoever_claims_the_tiles(batch):
     assert differing == 0, f"{differing} of {DETERMINISM_RUNS} runs differ bitwise from the first"
 
 
+@pytest.mark.parametrize("hidden,inter,batch,rpw", [(4096, 11008, 2, 4), (4096, 11008, 4, 2), (896, 4864, 3, 2),
+                                                    (2048, 8192, 2, 2), (256, 136, 4, 2), (1024, 520, 1, 4)])
+def test_h_in_shared_memory_gives_the_same_bits(hidden, inter, batch, rpw):
+    """The HS build reads the same h values in the same order from its shared-memory copy."""
+    inp = make_inputs(hidden, inter, batch, torch.bfloat16, fused=False, norm_kind="weight", seed=batch)
+    plain = run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw)).clone()
+    for _ in range(3):
+        inp["out"].fill_(float("nan"))
+        assert torch.equal(run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw, h_shared=True)), plain)
+
+
 def test_fewer_ctas_than_slots_give_the_same_bits():
     """One CTA per SM claims twice as many tiles as two: the tile cut (pinned here; the derived one does
     not depend on the CTA count either), not the CTAs, fixes the arithmetic."""
