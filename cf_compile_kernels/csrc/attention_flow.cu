@@ -132,8 +132,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
     const int next = claims.ahead();
     if constexpr (kTimeline) tile_start = timer_ns();
     if (t < qkv_tiles) {
-      // ---- q/k/v tile: rows [row0, row0 + rows) of one head of [W_q; W_k; W_v]
-      const int row0 = t * qc.rows;
+      // ---- q/k/v tile: rows [row0, row0 + rows) of one head of [W_q; W_k; W_v]. Tiles run group by group (the
+      // group's G query heads, then its k and v head), so the first groups' attention can start while the
+      // last groups' rows still stream; row0 indexes the q | k | v layout of the scratch and the weights.
+      const int group = t / qkv_per_group, local = (t % qkv_per_group) * qc.rows;
+      const int hh = local / D, in_head = local % D;  // hh < G: query head group * G + hh; G: k; G + 1: v
+      const int row0 = (hh < G ? (group * G + hh) : (hh == G ? NH + group : NH + KVH + group)) * D + in_head;
       const T* rows[RPW];
 #pragma unroll
       for (int r = 0; r < RPW; ++r) {
@@ -159,8 +163,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
       __syncthreads();
       if (tid == 0) {
-        const int head = row0 / D;
-        const int group = head < NH ? head / G : (head < NH + KVH ? head - NH : head - NH - KVH);
         __threadfence();
         atomicAdd(qkv_done + group, 1);
       }
