@@ -57,11 +57,11 @@ def flow_timeline(x: torch.Tensor, sets: list[dict], tuning: ffn.Tuning, runs: i
     inter = sets[0]["down"].shape[-1]
     plan = ffn_flow.plan(hidden, inter, x.dtype, batch, x.device, tuning.flow())
     stamps = torch.zeros(plan.stamp_elems(), dtype=torch.int64, device=x.device)
-    gate_up_units = ffn_flow.tile_rows(plan.rpw, plan.gu_wpr) // 2
-    gate_up_tiles = inter // gate_up_units
+    counts = ffn_flow.tile_counts(hidden, inter, plan.rpw, plan.gu_wpr, plan.down_wpr)
+    gate_up_tiles = counts["gate_up_tiles"]
     elem = x.element_size()
-    gate_up_bytes = 2.0 * gate_up_units * hidden * elem
-    down_bytes = float(ffn_flow.tile_rows(plan.rpw, plan.down_wpr) * inter * elem)
+    gate_up_bytes = 2.0 * counts["gate_up_units_per_tile"] * hidden * elem
+    down_bytes = float(counts["down_rows_per_tile"] * inter * elem)
     out = torch.empty_like(x)
     summaries = []
     for r in range(runs + 1):

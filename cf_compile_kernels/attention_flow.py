@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .flow import CTYPES, THREADS, WARPS, cuts, nearest_cut, resident_slots, tile_rows
 from .launch import PlanCache, load_kernel
 from .registry import register_check
 
@@ -23,9 +24,6 @@ SOURCE = "attention_flow.cu"
 KERNEL = "attention_flow_kernel"
 VARIANT = "flow"
 
-WARPS = 8
-THREADS = WARPS * 32
-WPR_CHOICES = (1, 2, 4, 8)
 RPW = 4  # weight rows per warp (batch 1: the FFN's measured choice)
 HEAD_DIMS = (64, 128)
 # Query heads per KV head a build holds, per head_dim: D = 128 with 8 spills (24-32 B, NVRTC 13.5).
@@ -33,8 +31,6 @@ GROUP_BUILDS = {64: (1, 2, 4, 8), 128: (1, 2, 4)}
 MAX_CHUNKS = 16  # attention tiles per KV group: the last one merges them all
 O_TILE_ROWS = 4
 CTRL_FIXED = 3  # ticket, exit count, groups merged; then 2 words per KV group
-CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
-ASSUMED_CTAS_PER_SM = 2
 
 
 def group_build(groups: int, head_dim: int) -> int | None:
@@ -45,25 +41,19 @@ def group_build(groups: int, head_dim: int) -> int | None:
     return None
 
 
-def tile_rows(wpr: int) -> int:
-    return RPW * WARPS // wpr
-
-
 def qkv_wpr(num_heads: int, num_kv_heads: int, head_dim: int, slots: int) -> int | None:
     """Warps per row group of the q/k/v tiles: tiles inside one head, the largest giving >= slots / 2 tiles."""
     rows = (num_heads + 2 * num_kv_heads) * head_dim
-    cuts = [w for w in WPR_CHOICES if head_dim % tile_rows(w) == 0]
-    for w in cuts:
-        if rows // tile_rows(w) >= slots // 2:
+    inside_head = cuts(head_dim, RPW)
+    for w in inside_head:
+        if rows // tile_rows(RPW, w) >= slots // 2:
             return w
-    return cuts[-1] if cuts else None
+    return inside_head[-1] if inside_head else None
 
 
 def o_wpr(hidden: int) -> int | None:
-    cuts = [w for w in WPR_CHOICES if hidden % tile_rows(w) == 0]
-    if not cuts:
-        return None
-    return min(cuts, key=lambda w: abs(tile_rows(w) - O_TILE_ROWS))
+    """o_proj tiles of O_TILE_ROWS rows where they cut the hidden size, else the nearest cut."""
+    return nearest_cut(hidden, RPW, O_TILE_ROWS)
 
 
 def chunks(num_kv_heads: int, slots: int) -> int:
@@ -123,12 +113,10 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
     compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], head_dim, gm, RPW))
     kernel = load_kernel(compiled, device)
     smem = smem_bytes(hidden, head_dim, gm)
-    with torch.cuda.device(device):
-        per_sm = kernel.max_active_blocks(THREADS, smem) or 1
-    slots = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    slots = resident_slots(kernel, device, smem)
     qw, ow, nc = qkv_wpr(num_heads, num_kv_heads, head_dim, slots), o_wpr(hidden), chunks(num_kv_heads, slots)
     qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
-    tiles = qkv_rows // tile_rows(qw) + num_kv_heads * nc + hidden // tile_rows(ow)
+    tiles = qkv_rows // tile_rows(RPW, qw) + num_kv_heads * nc + hidden // tile_rows(RPW, ow)
     f32 = dict(dtype=torch.float32, device=device)
     return FlowPlan(
         kernel, min(slots, tiles), smem, qw, ow, nc,

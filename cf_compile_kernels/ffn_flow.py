@@ -16,22 +16,28 @@ from dataclasses import dataclass
 
 import torch
 
+from .flow import (
+    ASSUMED_CTAS_PER_SM,
+    CTYPES,
+    ELEMS_PER_VEC,
+    STAMP_WORDS,
+    THREADS,
+    WPR_CHOICES,
+    cuts,
+    nearest_cut,
+    resident_slots,
+    tile_rows,
+)
 from .launch import PlanCache, load_kernel
 from .registry import register_check
 
 SOURCE = "gated_ffn_flow.cu"
 KERNEL = "gated_ffn_flow_kernel"
 
-# Mirrors of the kernel's named constants (csrc/gated_ffn_flow.cu).
-WARPS = 8
-THREADS = WARPS * 32
-ELEMS_PER_VEC = 8  # 16-byte vectors of fp16/bf16
-VECS_IN_FLIGHT = 16  # per lane per chunk, over the warp's rows
+# Mirrors of the kernel's named constants (csrc/gated_ffn_flow.cu; the shared ones in flow.py).
 MAX_BATCH = 8
 CTRL_WORDS = 4
-STAMP_WORDS = 3  # timeline build: {claimed ns, done ns, SM} per tile, {start ns, end ns, hand-off wait ns} per CTA
 BATCH_BUCKETS = (1, 2, 4, 8)
-WPR_CHOICES = (1, 2, 4, 8)  # warps per row group: tile rows = rpw * WARPS / wpr
 # Rows per warp: 2 keeps every batch bucket spill-free (NVRTC 13.5: 120-128 registers); 4 spills at
 # buckets 4 and 8 (8 and 64 bytes), so it is offered for buckets 1-2 only. Four rows keep 16 vectors per
 # lane in flight when a row has few (H = 896: 3.5 per lane): H100 bf16 B=1, 2026-12-07, rpw 2 -> 4 with the
@@ -45,7 +51,6 @@ RPW_MAX_BUCKET = {2: 8, 4: 2}
 GATE_UP_WPR = 1
 DOWN_TILE_ROWS = 4
 MAX_SMEM_PER_CTA = 227 * 1024
-CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # ffn_math.cuh Activation
 NORM_KINDS = {"weight": 0, "unit_offset": 1}  # ffn_math.cuh NormKind
 
@@ -56,10 +61,6 @@ def batch_bucket(batch: int) -> int:
         if batch <= bucket:
             return bucket
     raise ValueError(f"batch {batch} > {MAX_BATCH}")
-
-
-def tile_rows(rpw: int, wpr: int) -> int:
-    return rpw * WARPS // wpr
 
 
 def template_args(dtype: torch.dtype, rpw: int, batch: int, h_shared: bool = False) -> tuple:
@@ -73,23 +74,26 @@ def default_rpw(batch: int) -> int:
     return 4 if batch_bucket(batch) <= RPW_MAX_BUCKET[4] else 2
 
 
-def _cuts(rows: int, rows_per_unit: int, rpw: int) -> list[int]:
-    """Warps per row group whose tiles cut `rows` into whole units (rows_per_unit: 2 for gate/up)."""
-    return [w for w in WPR_CHOICES if tile_rows(rpw, w) % rows_per_unit == 0 and rows % tile_rows(rpw, w) == 0]
-
-
 def gate_up_wpr(intermediate: int, rpw: int) -> int | None:
     """GATE_UP_WPR where it cuts the intermediate size, else the next that does; None if none."""
-    cuts = [w for w in _cuts(2 * intermediate, 2, rpw) if w >= GATE_UP_WPR]
-    return cuts[0] if cuts else None
+    found = [w for w in cuts(2 * intermediate, rpw, rows_per_unit=2) if w >= GATE_UP_WPR]
+    return found[0] if found else None
 
 
 def down_wpr(hidden: int, rpw: int) -> int | None:
     """Down tiles of DOWN_TILE_ROWS rows where they cut the hidden size, else the nearest cut; None if none."""
-    cuts = _cuts(hidden, 1, rpw)
-    if not cuts:
-        return None
-    return min(cuts, key=lambda w: abs(tile_rows(rpw, w) - DOWN_TILE_ROWS))
+    return nearest_cut(hidden, rpw, DOWN_TILE_ROWS)
+
+
+def tile_counts(hidden: int, intermediate: int, rpw: int, gu_wpr: int, down_wpr: int) -> dict[str, int]:
+    """The queue of one launch for a cut: gate/up tiles and their units, down tiles and their rows."""
+    units, down_rows = tile_rows(rpw, gu_wpr) // 2, tile_rows(rpw, down_wpr)
+    return {
+        "gate_up_tiles": intermediate // units,
+        "gate_up_units_per_tile": units,
+        "down_tiles": hidden // down_rows,
+        "down_rows_per_tile": down_rows,
+    }
 
 
 def smem_bytes(hidden: int, batch: int, elem: int = 2, h_shared: bool = False, intermediate: int = 0) -> int:
@@ -108,7 +112,8 @@ def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: 
     if hidden % ELEMS_PER_VEC or intermediate % ELEMS_PER_VEC:
         return f"hidden {hidden} / intermediate {intermediate} not multiples of {ELEMS_PER_VEC}"
     if gate_up_wpr(intermediate, rpw) is None:
-        return f"intermediate {intermediate} not cut by gate/up tiles of {rpw * WARPS // 2 // 8}..{rpw * WARPS // 2} units"
+        units = tile_rows(rpw, WPR_CHOICES[-1]) // 2, tile_rows(rpw, WPR_CHOICES[0]) // 2
+        return f"intermediate {intermediate} not cut by gate/up tiles of {units[0]}..{units[1]} units"
     if down_wpr(hidden, rpw) is None:
         return f"hidden {hidden} not cut by down tiles of {tile_rows(rpw, 8)}..{tile_rows(rpw, 1)} rows"
     if smem_bytes(hidden, batch) > MAX_SMEM_PER_CTA:
@@ -116,27 +121,18 @@ def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: 
     return None
 
 
-# CTAs per SM the report assumes without a device (the occupancy API gives 2 for every registered build:
-# kMinBlocksPerSm in the kernel, <= 128 registers, n rows <= 64 KB of shared memory at the models measured).
-ASSUMED_CTAS_PER_SM = 2
-
-
 def flow_config(*, hidden: int, intermediate: int, batch: int, dtype: torch.dtype, num_sms: int) -> dict:
     """The tile cut for the report: every number derived from the shape (the grid from num_sms)."""
     rpw = default_rpw(batch)
-    gu_rows, down_rows = tile_rows(rpw, gate_up_wpr(intermediate, rpw)), tile_rows(rpw, down_wpr(hidden, rpw))
+    counts = tile_counts(hidden, intermediate, rpw, gate_up_wpr(intermediate, rpw), down_wpr(hidden, rpw))
     elem = torch.tensor([], dtype=dtype).element_size()
-    tiles = intermediate // (gu_rows // 2) + hidden // down_rows
     return {
         "kernel": "claimed tiles",
-        "ctas": min(ASSUMED_CTAS_PER_SM * num_sms, tiles),
+        "ctas": min(ASSUMED_CTAS_PER_SM * num_sms, counts["gate_up_tiles"] + counts["down_tiles"]),
         "threads": THREADS,
         "rows_per_warp": rpw,
         "batch_rows": batch_bucket(batch),
-        "gate_up_tiles": intermediate // (gu_rows // 2),
-        "gate_up_units_per_tile": gu_rows // 2,
-        "down_tiles": hidden // down_rows,
-        "down_rows_per_tile": down_rows,
+        **counts,
         "smem_bytes": smem_bytes(hidden, batch, elem),
         "h_scratch_bytes": MAX_BATCH * intermediate * elem,
         "weight_bytes": 3 * intermediate * hidden * elem,
@@ -172,7 +168,6 @@ class FlowPlan:
         return (self.tiles + self.grid) * STAMP_WORDS
 
     def info(self, hidden: int, intermediate: int) -> dict:
-        gu_rows, down_rows = tile_rows(self.rpw, self.gu_wpr), tile_rows(self.rpw, self.down_wpr)
         return {
             "kernel_kind": "flow",
             "grid": (self.grid, 1, 1),
@@ -180,10 +175,7 @@ class FlowPlan:
             "block": (THREADS, 1, 1),
             "smem": self.smem,
             "rows_per_warp": self.rpw,
-            "gate_up_tiles": intermediate // (gu_rows // 2),
-            "gate_up_units_per_tile": gu_rows // 2,
-            "down_tiles": hidden // down_rows,
-            "down_rows_per_tile": down_rows,
+            **tile_counts(hidden, intermediate, self.rpw, self.gu_wpr, self.down_wpr),
             "registers": self.kernel.compiled.registers,
             "local_bytes": self.kernel.compiled.local_bytes,
             "template": self.kernel.compiled.name_expression,
@@ -229,19 +221,16 @@ def _build_plan(
     smem = smem_bytes(hidden, batch, torch.tensor([], dtype=dtype).element_size(), tuning.h_shared, intermediate)
     if smem > MAX_SMEM_PER_CTA:
         raise ValueError(f"gated_ffn_flow: {smem} B of shared memory per CTA (h_shared at batch {batch}, I {intermediate})")
-    with torch.cuda.device(device):
-        per_sm = kernel.max_active_blocks(THREADS, smem) or 1
-    if tuning.ctas_per_sm is not None:
-        per_sm = max(1, min(per_sm, tuning.ctas_per_sm))
-    slots = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    slots = resident_slots(kernel, device, smem, tuning.ctas_per_sm)
     gu_cut = tuning.gu_wpr or gate_up_wpr(intermediate, rpw)
     down_cut = tuning.down_wpr or down_wpr(hidden, rpw)
     if gu_cut is None or down_cut is None:
         raise ValueError(f"gated_ffn_flow: no tile cut for hidden {hidden} / intermediate {intermediate}")
-    gu_rows, down_rows = tile_rows(rpw, gu_cut), tile_rows(rpw, down_cut)
-    if intermediate % (gu_rows // 2) or hidden % down_rows:
-        raise ValueError(f"gated_ffn_flow: tiles of {gu_rows} / {down_rows} rows do not cut {intermediate} / {hidden}")
-    tiles = intermediate // (gu_rows // 2) + hidden // down_rows
+    counts = tile_counts(hidden, intermediate, rpw, gu_cut, down_cut)
+    units, down_rows = counts["gate_up_units_per_tile"], counts["down_rows_per_tile"]
+    if intermediate % units or hidden % down_rows:
+        raise ValueError(f"gated_ffn_flow: tiles of {units} units / {down_rows} rows do not cut {intermediate} / {hidden}")
+    tiles = counts["gate_up_tiles"] + counts["down_tiles"]
     h_rows, ctrl = _get_scratch(intermediate, device)
     return FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl, tiles)
 

@@ -7,6 +7,7 @@ import pytest
 
 from cf_compile_kernels import attention_flow as af
 from cf_compile_kernels.build import compile_kernel
+from cf_compile_kernels.flow import tile_rows
 from cf_compile_kernels.registry import registered
 
 REGISTERS_PER_SM = 65536
@@ -39,8 +40,9 @@ def test_models_are_supported_and_tiles_stay_inside_a_head(model):
                                       has_qk_norm=False) is None
     slots = 2 * 132
     wpr = af.qkv_wpr(nh, kvh, d, slots)
-    assert d % af.tile_rows(wpr) == 0  # a q/k/v tile never spans two heads (its group counter is one)
-    assert hidden % af.tile_rows(af.o_wpr(hidden)) == 0 and af.tile_rows(af.o_wpr(hidden)) == af.O_TILE_ROWS
+    assert d % tile_rows(af.RPW, wpr) == 0  # a q/k/v tile never spans two heads (its group counter is one)
+    o_rows = tile_rows(af.RPW, af.o_wpr(hidden))
+    assert hidden % o_rows == 0 and o_rows == af.O_TILE_ROWS
     assert 1 <= af.chunks(kvh, slots) <= af.MAX_CHUNKS
 
 
