@@ -12,6 +12,7 @@ Scratch (fp32 q/k/v, per-chunk partials, the rounded attention output, counters)
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,7 @@ def chunks(num_kv_heads: int, slots: int) -> int:
     return max(1, min(MAX_CHUNKS, slots // num_kv_heads))
 
 
+@functools.cache  # asked on every launch: the answer is per shape
 def flow_unsupported_reason(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int,
                             has_qk_norm: bool) -> str | None:
     if batch != 1:

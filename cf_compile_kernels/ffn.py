@@ -348,9 +348,14 @@ class Tuning:
     h_shared: bool = False  # flow kernel: h copied into shared memory once per CTA for its down tiles
 
     def flow(self) -> ffn_flow.FlowTuning:
-        """The claimed-tile kernel's knobs (phases: its timeline build)."""
-        return ffn_flow.FlowTuning(self.rpw, self.gu_wpr, self.down_wpr, self.ctas_per_sm, self.phases,
-                                   bool(self.h_shared))
+        """The claimed-tile kernel's knobs (phases: its timeline build); one object per tuning (every launch asks)."""
+        return _flow_tuning(self)
+
+
+@functools.cache
+def _flow_tuning(tuning: Tuning) -> ffn_flow.FlowTuning:
+    return ffn_flow.FlowTuning(tuning.rpw, tuning.gu_wpr, tuning.down_wpr, tuning.ctas_per_sm, tuning.phases,
+                               bool(tuning.h_shared))
 
 
 def _plan(

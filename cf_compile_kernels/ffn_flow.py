@@ -12,6 +12,7 @@ so launches replay in CUDA graphs. Launches that share the scratch must be order
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,7 @@ def smem_bytes(hidden: int, batch: int, elem: int = 2, h_shared: bool = False, i
     return batch_bucket(batch) * (max(hidden, intermediate) if h_shared else hidden) * elem
 
 
+@functools.cache  # asked on every launch: the answer is per shape
 def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: int | None = None) -> str | None:
     """None if the claimed-tile kernel computes this block (dtype/activation/norm are checked by ffn.py)."""
     if not 1 <= batch <= MAX_BATCH:
