@@ -120,9 +120,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   int* const attn_done = qkv_done + KVH;
   const T* const xs = static_cast<const T*>(x);
 
-  constexpr bool kTimeline = CF_FLOW_TIMELINE != 0;
-  const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
-  unsigned long long wait_ns = 0, tile_start = 0;
+  TileClock clock;
   const Claims claims{ctrl + kTicket, &ticket_s};
   int t = claims.first();
   bool normed = false, o_ready = false;
@@ -130,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   const long long pos = *cache_position;
   while (t < total) {
     const int next = claims.ahead();
-    if constexpr (kTimeline) tile_start = timer_ns();
+    clock.tile_claimed();
     if (t < qkv_tiles) {
       // ---- q/k/v tile: rows [row0, row0 + rows) of one head of [W_q; W_k; W_v]. Tiles run group by group (the
       // group's G query heads, then its k and v head), so the first groups' attention can start while the
@@ -170,11 +168,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       // ---- attention tile: KV group g, chunk c of the live range
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
       live_range(mask, L, pos, range_s);  // (its barriers also order last tile's reads of the scratch)
-      if (tid == 0) {
-        const unsigned long long w0 = kTimeline ? timer_ns() : 0;
-        while (load_acquire(qkv_done + g) < qkv_per_group) __nanosleep(kSpinSleepNs);
-        if constexpr (kTimeline) wait_ns += timer_ns() - w0;
-      }
+      if (tid == 0) clock.wait_until(qkv_done + g, qkv_per_group);
       __syncthreads();
       // bias, RoPE (q scaled into the exp2 domain; k, v rounded to T once), every tile of the group alike
       const float q_scale = scale * kLog2e;
@@ -331,11 +325,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const auto act = [&](int, int v) { return __ldcg(reinterpret_cast<const uint4*>(ao + v * kElems)); };
       dot.run(rows, oc, lane, 1, act, [&] {
         if (!o_ready) {
-          if (tid == 0) {
-            const unsigned long long w0 = kTimeline ? timer_ns() : 0;
-            while (load_acquire(ctrl + kGroupsDone) < KVH) __nanosleep(kSpinSleepNs);
-            if constexpr (kTimeline) wait_ns += timer_ns() - w0;
-          }
+          if (tid == 0) clock.wait_until(ctrl + kGroupsDone, KVH);
           __syncthreads();
         }
       });
@@ -349,10 +339,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         static_cast<T*>(out)[row0 + j] = from_float<T>(s);
       }
     }
-    stamp3(stamps, t, tile_start, kTimeline ? timer_ns() : 0, kTimeline ? sm_id() : 0);
+    clock.tile_done(stamps, t);
     t = claims.advance(next);
   }
-  stamp3(stamps, total + static_cast<int>(blockIdx.x), cta_start, kTimeline ? timer_ns() : 0, wait_ns);
+  clock.cta_done(stamps, total + static_cast<int>(blockIdx.x));
   if (tid == 0) {  // every claim of this launch is made once all CTAs got here: the last one resets the counters
     __threadfence();
     if (atomicAdd(ctrl + kFinished, 1) == static_cast<int>(gridDim.x) - 1) {

@@ -53,6 +53,42 @@ __device__ __forceinline__ void stamp3(unsigned long long* stamps, int slot, uns
   }
 }
 
+__device__ __forceinline__ int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+/// @brief A CTA's timeline (CF_FLOW_TIMELINE builds; in the others every member is dead code): its start, its
+/// current tile's claim, and the time thread 0 spent waiting on hand-off counters; written by stamp3.
+/// attention_flow.cu uses it. gated_ffn_flow.cu keeps the same steps inline until its next measured change:
+/// with this struct its plain builds compile to other instructions (33 of ~4,100 differ, NVRTC 13.5), and its
+/// .text is the one measured on the H100 (NOTES-ffn.md round 9).
+struct TileClock {
+  static constexpr bool kOn = CF_FLOW_TIMELINE != 0;
+  unsigned long long start = 0, tile = 0, waited = 0;
+  __device__ __forceinline__ TileClock() {
+    if constexpr (kOn) start = timer_ns();
+  }
+  __device__ __forceinline__ void tile_claimed() {
+    if constexpr (kOn) tile = timer_ns();
+  }
+  /// @brief Thread 0 only: spin (acquire loads, backing off) until *counter >= target.
+  __device__ __forceinline__ void wait_until(const int* counter, int target) {
+    const unsigned long long from = kOn ? timer_ns() : 0;
+    while (load_acquire(counter) < target) __nanosleep(kSpinSleepNs);
+    if constexpr (kOn) waited += timer_ns() - from;
+  }
+  /// @brief Record tile t: {claimed, done, SM}.
+  __device__ __forceinline__ void tile_done(unsigned long long* stamps, int t) const {
+    stamp3(stamps, t, tile, kOn ? timer_ns() : 0, kOn ? sm_id() : 0);
+  }
+  /// @brief Record the CTA at `slot` (after the tiles): {start, end, waited}.
+  __device__ __forceinline__ void cta_done(unsigned long long* stamps, int slot) const {
+    stamp3(stamps, slot, start, kOn ? timer_ns() : 0, waited);
+  }
+};
+
 /// @brief A CTA's claims on the tile queue: the first, then each next one claimed while the current tile runs
 /// (the atomic's round trip hides behind the tile). `slot`: a __shared__ int that hands a claim to the CTA.
 struct Claims {
@@ -72,12 +108,6 @@ struct Claims {
     return *slot;
   }
 };
-
-__device__ __forceinline__ int load_acquire(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
 
 /// @brief Tile geometry of one phase: rows per tile and the k-slice of this warp.
 struct TileCut {
