@@ -29,7 +29,6 @@ using namespace cf::flow;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kTokenRun = 4;   // consecutive tokens per warp step: their K and V loads are in flight together
-constexpr int kMaskChunk = kMaskScanBytes;  // mask bytes per thread per load in the live-range scan
 
 /// @brief Control words (int32, zero between launches): ticket, exit count, groups merged, then per KV group
 /// its q/k/v tiles done and its attention tiles done.
@@ -45,8 +44,8 @@ __device__ __forceinline__ void live_range(const unsigned char* mask, int L, lon
   __syncthreads();
   if (mask != nullptr) {
     const bool vec = ((reinterpret_cast<unsigned long long>(mask) | static_cast<unsigned long long>(L)) %
-                      kMaskChunk) == 0;
-    for (int j0 = tid * kMaskChunk; j0 < L; j0 += kThreads * kMaskChunk) {
+                      kMaskScanBytes) == 0;
+    for (int j0 = tid * kMaskScanBytes; j0 < L; j0 += kThreads * kMaskScanBytes) {
       int first, last;
       mask_chunk_bounds(mask, j0, L, vec, first, last);
       if (last >= 0) {
@@ -123,7 +122,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   TileClock clock;
   const Claims claims{ctrl + kTicket, &ticket_s};
   int t = claims.first();
-  bool normed = false, o_ready = false;
+  bool normed = false, ranged = false, o_ready = false;
   RowDot<T, RPW, 1> dot;
   const long long pos = *cache_position;
   while (t < total) {
@@ -167,7 +166,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
     } else if (t < qkv_tiles + attn_tiles) {
       // ---- attention tile: KV group g, chunk c of the live range
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
-      live_range(mask, L, pos, range_s);  // (its barriers also order last tile's reads of the scratch)
+      if (!ranged) live_range(mask, L, pos, range_s);  // once per CTA: the range is the launch's
+      ranged = true;
       if (tid == 0) clock.wait_until(qkv_done + g, qkv_per_group);
       __syncthreads();
       // bias, RoPE (q scaled into the exp2 domain; k, v rounded to T once), every tile of the group alike
