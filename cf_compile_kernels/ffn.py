@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import threading
 from dataclasses import dataclass
 
 import torch
 
 from . import env, ffn_flow
-from .launch import check_tensor
+from .launch import PlanCache, check_tensor
 from .registry import register_check
 
 SOURCE = "gated_ffn.cu"
@@ -313,8 +312,7 @@ class _Plan:
     clusters: int
 
 
-_plans: dict[tuple, _Plan] = {}
-_plans_lock = threading.Lock()
+_plans = PlanCache()
 _scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -366,71 +364,70 @@ def _plan(
     device: torch.device,
     tuning: Tuning = Tuning(),
 ) -> _Plan:
-    key = (hidden, intermediate, dtype, bt, device, tuning)
-    plan = _plans.get(key)
-    if plan is not None:
-        return plan
-    with _plans_lock:
-        plan = _plans.get(key)
-        if plan is not None:
-            return plan
-        from .build import compile_kernel
-        from .launch import load_kernel
+    return _plans.get(
+        (hidden, intermediate, dtype, bt, device, tuning),
+        lambda: _build_plan(hidden, intermediate, dtype, bt, device, tuning),
+    )
 
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-        cluster = tuning.cluster or choose_cluster_size(hidden)
-        if cluster is None or (hidden // STEP_K) % cluster:
-            raise ValueError(f"gated_ffn: cluster size {cluster} does not divide hidden {hidden} / {STEP_K}")
-        defines = {"CF_FFN_L2_HINT": tuning.l2_hint} if tuning.l2_hint else {}
-        if tuning.phases:
-            defines["CF_FFN_PHASES"] = 1
-        flags = DEFAULT_FLAGS if tuning.flags is None else tuning.flags
-        mode = tuning.mode
-        if mode is None:   # sized for fewer clusters than the estimate: the occupancy query may lower it
-            margin_clusters = max(1, int(num_sms // cluster * MODE_CLUSTER_MARGIN))
-            mode = default_mode(hidden, intermediate, cluster, margin_clusters, bt)
-        # The active-cluster count (occupancy API) needs a loaded kernel, and the shared memory needs the
-        # cluster count: estimate with every SM, then settle on the actual count.
-        clusters = max(1, num_sms // cluster)
-        auto_path = choose_path(hidden, intermediate, cluster, clusters, bt, mode)
-        warps = tuning.warps or auto_path[0]
-        stages = auto_path[1] if tuning.stages is None else tuning.stages
-        for _ in range(2):
-            compiled = compile_kernel(
-                SOURCE,
-                KERNEL,
-                defines=defines,
-                template_args=template_args(
-                    dtype, cluster, bt, warps, tuning.depth, stages, mode, flags
-                ),
-            )
-            kernel = load_kernel(compiled, device)
-            threads = warps * WARP_SIZE
-            with torch.cuda.device(device):
-                active = kernel.max_active_clusters(cluster, threads, MAX_SMEM_PER_CTA)
-            if active is not None:
-                clusters = max(1, min(clusters, active))
-            smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages, mode)
-            if smem <= MAX_SMEM_PER_CTA or tuning.stages is not None or stages == 0:
-                break
-            warps, stages = choose_path(
-                hidden, intermediate, cluster, clusters, bt, mode
-            )  # fewer clusters: re-pick
-        if smem > MAX_SMEM_PER_CTA:
-            raise ValueError(f"gated_ffn: {smem} B of shared memory per CTA with {clusters} clusters")
-        partials, counters = _get_scratch(hidden, clusters, device)
-        plan = _Plan(
-            kernel=kernel,
-            grid=(clusters * cluster, 1, 1),
-            block=(threads, 1, 1),
-            cluster=(cluster, 1, 1),
-            smem=smem,
-            partials=partials,
-            counters=counters,
-            clusters=clusters,
+
+def _build_plan(
+    hidden: int, intermediate: int, dtype: torch.dtype, bt: int, device: torch.device, tuning: Tuning
+) -> _Plan:
+    from .build import compile_kernel
+    from .launch import load_kernel
+
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    cluster = tuning.cluster or choose_cluster_size(hidden)
+    if cluster is None or (hidden // STEP_K) % cluster:
+        raise ValueError(f"gated_ffn: cluster size {cluster} does not divide hidden {hidden} / {STEP_K}")
+    defines = {"CF_FFN_L2_HINT": tuning.l2_hint} if tuning.l2_hint else {}
+    if tuning.phases:
+        defines["CF_FFN_PHASES"] = 1
+    flags = DEFAULT_FLAGS if tuning.flags is None else tuning.flags
+    mode = tuning.mode
+    if mode is None:   # sized for fewer clusters than the estimate: the occupancy query may lower it
+        margin_clusters = max(1, int(num_sms // cluster * MODE_CLUSTER_MARGIN))
+        mode = default_mode(hidden, intermediate, cluster, margin_clusters, bt)
+    # The active-cluster count (occupancy API) needs a loaded kernel, and the shared memory needs the
+    # cluster count: estimate with every SM, then settle on the actual count.
+    clusters = max(1, num_sms // cluster)
+    auto_path = choose_path(hidden, intermediate, cluster, clusters, bt, mode)
+    warps = tuning.warps or auto_path[0]
+    stages = auto_path[1] if tuning.stages is None else tuning.stages
+    for _ in range(2):
+        compiled = compile_kernel(
+            SOURCE,
+            KERNEL,
+            defines=defines,
+            template_args=template_args(
+                dtype, cluster, bt, warps, tuning.depth, stages, mode, flags
+            ),
         )
-        _plans[key] = plan
-        return plan
+        kernel = load_kernel(compiled, device)
+        threads = warps * WARP_SIZE
+        with torch.cuda.device(device):
+            active = kernel.max_active_clusters(cluster, threads, MAX_SMEM_PER_CTA)
+        if active is not None:
+            clusters = max(1, min(clusters, active))
+        smem = smem_bytes(hidden, intermediate, cluster, clusters, bt, warps, stages, mode)
+        if smem <= MAX_SMEM_PER_CTA or tuning.stages is not None or stages == 0:
+            break
+        warps, stages = choose_path(
+            hidden, intermediate, cluster, clusters, bt, mode
+        )  # fewer clusters: re-pick
+    if smem > MAX_SMEM_PER_CTA:
+        raise ValueError(f"gated_ffn: {smem} B of shared memory per CTA with {clusters} clusters")
+    partials, counters = _get_scratch(hidden, clusters, device)
+    return _Plan(
+        kernel=kernel,
+        grid=(clusters * cluster, 1, 1),
+        block=(threads, 1, 1),
+        cluster=(cluster, 1, 1),
+        smem=smem,
+        partials=partials,
+        counters=counters,
+        clusters=clusters,
+    )
 
 
 # The two kernels of the block: the cluster kernel above (batch 1..16) and the claimed-tile kernel of
