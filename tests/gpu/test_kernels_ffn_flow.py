@@ -50,6 +50,7 @@ def random_flow_config(i: int) -> dict:
     return {**random_config(4000 + i), "hidden": hidden, "inter": inter, "batch": batch, "tuning": tuning}
 
 
+@pytest.mark.parametrize("i", range(RANDOM_CONFIGS))
 def test_random_config_and_tile_cut_within_band_of_fp64(i):
     c = random_flow_config(i)
     inp = make_inputs(c["hidden"], c["inter"], c["batch"], c["dtype"], c["fused"], c["norm_kind"], seed=i)
