@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,10 @@ def o_wpr(hidden: int) -> int | None:
 
 
 def chunks(num_kv_heads: int, slots: int) -> int:
-    return max(1, min(MAX_CHUNKS, slots // num_kv_heads))
+    """Attention tiles per KV group: one per resident slot, at most MAX_CHUNKS (CF_ATTN_FLOW_MAX_CHUNKS, read
+    when a shape's plan is built, overrides the cap for benchmarks)."""
+    cap = int(os.environ.get("CF_ATTN_FLOW_MAX_CHUNKS", MAX_CHUNKS))
+    return max(1, min(cap, slots // num_kv_heads))
 
 
 @functools.cache  # asked on every launch: the answer is per shape

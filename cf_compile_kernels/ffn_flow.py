@@ -37,7 +37,8 @@ KERNEL = "gated_ffn_flow_kernel"
 
 # Mirrors of the kernel's named constants (csrc/gated_ffn_flow.cu; the shared ones in flow.py).
 MAX_BATCH = 8
-CTRL_WORDS = 4
+CTRL_FIXED_WORDS = 4  # ticket, gate/up tiles done, CTAs finished, spare; then one count per h segment
+SEGMENT_UNITS = 256  # h columns per segment count (a down warp waits only for the segments its chunk reads)
 BATCH_BUCKETS = (1, 2, 4, 8)
 # Rows per warp: 2 keeps every batch bucket spill-free (NVRTC 13.5: 120-128 registers); 4 spills at
 # buckets 4 and 8 (8 and 64 bytes), so it is offered for buckets 1-2 only. Four rows keep 16 vectors per
@@ -54,6 +55,11 @@ DOWN_TILE_ROWS = 4
 MAX_SMEM_PER_CTA = 227 * 1024
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # ffn_math.cuh Activation
 NORM_KINDS = {"weight": 0, "unit_offset": 1}  # ffn_math.cuh NormKind
+
+
+def ctrl_words(intermediate: int) -> int:
+    """The kernel's control block: the fixed words and one count per SEGMENT_UNITS columns of h."""
+    return CTRL_FIXED_WORDS + -(-intermediate // SEGMENT_UNITS)
 
 
 def batch_bucket(batch: int) -> int:
@@ -151,6 +157,7 @@ class FlowTuning:
     ctas_per_sm: int | None = None  # None: what the occupancy API allows
     timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
     h_shared: bool = False  # the HS build: h copied into shared memory once per CTA for its down tiles
+    one_wait: bool = False  # the -DCF_FFN_ONE_WAIT build: down tiles wait once for all of h (A/B of the stream)
 
 
 @dataclass
@@ -193,7 +200,7 @@ def _get_scratch(intermediate: int, device: torch.device) -> tuple[torch.Tensor,
     buffers = _scratch.get(key)
     if buffers is None:  # h as raw 16-bit words (fp16 and bf16 share it)
         h_rows = torch.empty(MAX_BATCH * intermediate, dtype=torch.int16, device=device)
-        ctrl = torch.zeros(CTRL_WORDS, dtype=torch.int32, device=device)
+        ctrl = torch.zeros(ctrl_words(intermediate), dtype=torch.int32, device=device)
         buffers = _scratch[key] = (h_rows, ctrl)
     return buffers
 
@@ -217,6 +224,8 @@ def _build_plan(
 
     rpw = tuning.rpw or default_rpw(batch)
     defines = {"CF_FLOW_TIMELINE": 1} if tuning.timeline else {}
+    if tuning.one_wait:
+        defines["CF_FFN_ONE_WAIT"] = 1
     compiled = compile_kernel(SOURCE, KERNEL, template_args=template_args(dtype, rpw, batch, tuning.h_shared),
                               defines=defines)
     kernel = load_kernel(compiled, device)

@@ -28,7 +28,11 @@ namespace attn_flow {
 using namespace cf::flow;
 
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kTokenRun = 4;   // consecutive tokens per warp step: their K and V loads are in flight together
+// Consecutive tokens per warp step: their K and V loads are in flight together, and their GM * run scores are
+// reduced side by side; builds holding few heads per KV group take longer runs to keep that count up, GM = 8
+// a shorter one to stay inside 128 registers (run 4 spills 8 B there, NVRTC 13.5).
+template <int GM>
+constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 
 /// @brief Control words (int32, zero between launches): ticket, exit count, groups merged, then per KV group
 /// its q/k/v tiles done and its attention tiles done.
@@ -221,11 +225,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
       const T* kc = static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D;
       const T* vc = static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D;
-      for (int t0 = cs + warp * kTokenRun; t0 < ce; t0 += kWarps * kTokenRun) {
-        float kf[kTokenRun][kLaneElems], vf[kTokenRun][kLaneElems];
-        bool live[kTokenRun];
+      for (int t0 = cs + warp * kTokenRun<GM>; t0 < ce; t0 += kWarps * kTokenRun<GM>) {
+        float kf[kTokenRun<GM>][kLaneElems], vf[kTokenRun<GM>][kLaneElems];
+        bool live[kTokenRun<GM>];
 #pragma unroll
-        for (int u = 0; u < kTokenRun; ++u) {  // every load of the run issued before any use
+        for (int u = 0; u < kTokenRun<GM>; ++u) {  // every load of the run issued before any use
           const int tok = t0 + u;
           live[u] = tok < ce && (mask == nullptr || mask[tok] != 0);
           const bool cached = tok < ce && tok != pos;
@@ -234,23 +238,47 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           load_lane_row<T, D>(krow, lane, kf[u]);
           load_lane_row<T, D>(vrow, lane, vf[u]);
         }
+        // scores of the run's tokens for every head the build holds (heads >= G have q = 0: computed, never
+        // written), then one xor tree per level over all of them at once: GM * kTokenRun<GM> independent shuffles
+        // per level instead of GM * kTokenRun<GM> dependent five-shuffle chains (round 27)
+        float sc[kTokenRun<GM>][GM];
 #pragma unroll
-        for (int u = 0; u < kTokenRun; ++u) {
-          if (!live[u]) continue;  // uniform over the warp: one token at a time
+        for (int u = 0; u < kTokenRun<GM>; ++u)
 #pragma unroll
           for (int h = 0; h < GM; ++h) {
-            if (h >= G) continue;
-            float s = 0.f;
+            float d = 0.f;
 #pragma unroll
-            for (int e = 0; e < kLaneElems; ++e) s = fmaf(q[h][e], kf[u][e], s);
-            s = warp_sum(s);
-            const float mx = fmaxf(m[h], s);
-            const float corr = softmax_rescale(m[h], mx), pr = exp2f(s - mx);
-            l[h] = fmaf(l[h], corr, pr);
-#pragma unroll
-            for (int e = 0; e < kLaneElems; ++e) o[h][e] = fmaf(o[h][e], corr, pr * vf[u][e]);
-            m[h] = mx;
+            for (int e = 0; e < kLaneElems; ++e) d = fmaf(q[h][e], kf[u][e], d);
+            sc[u][h] = d;
           }
+#pragma unroll
+        for (int off = kWarpSize / 2; off; off >>= 1)
+#pragma unroll
+          for (int u = 0; u < kTokenRun<GM>; ++u)
+#pragma unroll
+            for (int h = 0; h < GM; ++h) sc[u][h] += __shfl_xor_sync(0xffffffffu, sc[u][h], off);
+        // one online-softmax step per run: the run's maximum, one rescale, its probabilities in token order
+#pragma unroll
+        for (int h = 0; h < GM; ++h) {
+          float mx = m[h];
+#pragma unroll
+          for (int u = 0; u < kTokenRun<GM>; ++u) mx = live[u] ? fmaxf(mx, sc[u][h]) : mx;
+          const float corr = softmax_rescale(m[h], mx);
+          float p[kTokenRun<GM>];
+#pragma unroll
+          for (int u = 0; u < kTokenRun<GM>; ++u) p[u] = live[u] ? exp2f(sc[u][h] - mx) : 0.f;
+          float ls = l[h] * corr;
+#pragma unroll
+          for (int u = 0; u < kTokenRun<GM>; ++u) ls += p[u];
+          l[h] = ls;
+#pragma unroll
+          for (int e = 0; e < kLaneElems; ++e) {
+            float a = o[h][e] * corr;
+#pragma unroll
+            for (int u = 0; u < kTokenRun<GM>; ++u) a = fmaf(p[u], vf[u][e], a);
+            o[h][e] = a;
+          }
+          m[h] = mx;
         }
       }
       // warps -> tile, in warp order
@@ -295,10 +323,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         for (int idx = tid; idx < G * D; idx += kThreads) {
           const int h = idx / D, d = idx % D;
           float M = neg_inf();
-#pragma unroll 4
+#pragma unroll 8
           for (int k = 0; k < NC; ++k) M = fmaxf(M, __ldcg(base + (k * GM + h) * (D + 2) + D));
           float O = 0.f, S = 0.f;
-#pragma unroll 4
+#pragma unroll 8
           for (int k = 0; k < NC; ++k) {
             const float* pk = base + (k * GM + h) * (D + 2);
             const float f = softmax_rescale(__ldcg(pk + D), M);

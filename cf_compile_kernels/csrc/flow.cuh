@@ -190,6 +190,23 @@ struct RowDot {
     }
   }
 
+  /// @brief run() with a gate per chunk: `before_chunk(c, e)` runs after chunk [c, e)'s weight loads are issued
+  /// and before its activations are read (a per-warp wait for the producers of those activations), so a warp
+  /// streams the chunks whose inputs are ready while later ones are still being produced. No CTA barrier.
+  template <typename Act, typename Gate>
+  __device__ __forceinline__ void run_gated(const T* const (&rows)[RPW], const TileCut& cut, int lane, int batch,
+                                            const Act& act, const Gate& before_chunk) {
+    zero();
+    int c = cut.vec_begin;
+    for (;;) {
+      load(rows, c, cut.vec_end, lane);
+      before_chunk(c, min(c + kChunkVecs, cut.vec_end));
+      consume(c, cut.vec_end, lane, batch, act);
+      c += kChunkVecs;
+      if (c >= cut.vec_end) break;
+    }
+  }
+
   /// @brief Lane sums (xor tree), written by lane 0 to red[warp][r][b].
   __device__ __forceinline__ void publish(float* red, int warp, int lane) {
 #pragma unroll

@@ -34,11 +34,25 @@
 namespace cf {
 namespace ffn_flow {
 
+// -DCF_FFN_ONE_WAIT=1 (FlowTuning(one_wait=True), benchmarks only): the down tiles wait once for all of h, as
+// before round 10; the A/B of the streamed hand-off in one run.
+#ifndef CF_FFN_ONE_WAIT
+#define CF_FFN_ONE_WAIT 0
+#endif
 constexpr int kMaxBatch = 8;  // the h scratch rows; batch 9..16 stays on the cluster kernel
 using namespace cf::flow;
 
-/// @brief Words of the control block (int32 each); all zero between launches.
-enum Ctrl : int { kTicket = 0, kDone = 1, kFinished = 2, kCtrlWords = 4 };
+/// @brief Words of the control block (int32 each); all zero between launches: ticket, gate/up tiles done, CTAs
+/// finished, then one count of finished gate/up tiles per segment of kSegmentUnits intermediate units.
+enum Ctrl : int { kTicket = 0, kDone = 1, kFinished = 2, kSegments = 4 };
+/// h columns per segment counter. Gate/up tiles hold 1..16 units (a power of two, host-checked), so each tile
+/// lies in one segment; a down warp waits only for the segments its next chunk reads (round 10, NOTES-ffn.md).
+constexpr int kSegmentUnits = 256;
+
+/// @brief Gate/up tiles in segment s: units [s * kSegmentUnits, +kSegmentUnits) cut at gu_units.
+__device__ __forceinline__ int segment_tiles(int s, int inter, int gu_units) {
+  return (min(inter, (s + 1) * kSegmentUnits) - s * kSegmentUnits) / gu_units;
+}
 
 /// @brief Fused gated FFN as a queue of tiles. Grid: any number of CTAs of kThreads (the host launches the
 /// resident count); dynamic shared memory BB * H * sizeof(T) (n).
@@ -67,6 +81,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   __shared__ float ss_s[kWarps * BB];
   __shared__ float rstd_s[BB];
   __shared__ int ticket_s;
+  __shared__ int ready_s[kWarps];  // per warp (its down k-slice): h segments [0, ready) are known complete
   T* n_s = reinterpret_cast<T*>(smem);
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
@@ -77,8 +92,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int total = gu_tiles + hidden / dn.rows;
 
   constexpr bool kTimeline = CF_FLOW_TIMELINE != 0;
+  // Down tiles wait per chunk for their h segments (buckets 1-2), else once for all of h: the per-chunk gate
+  // spills 8 B at bucket 4 (NVRTC 13.5), and from there the h-in-shared-memory build is the faster one.
+  constexpr bool kStreamed = !HS && BB <= 2 && CF_FFN_ONE_WAIT == 0;
   const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
   unsigned long long wait_ns = 0, tile_start = 0;
+  if (tid < kWarps) ready_s[tid] = 0;  // ordered before use by first()'s barrier
   const Claims claims{ctrl + kTicket, &ticket_s};
   int t = claims.first();
   bool normed = false, handed_off = false;
@@ -113,8 +132,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         __threadfence();
       }
       __syncthreads();
-      if (tid == 0) {  // the CTA's h stores are ordered before the count (fences on both sides of the barrier)
+      if (tid == 0) {  // the CTA's h stores are ordered before the counts (fences on both sides of the barrier)
         __threadfence();
+        atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits, 1);
         atomicAdd(ctrl + kDone, 1);
       }
     } else {
@@ -129,6 +149,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       const auto act = [&](int b, int v) {
         return *reinterpret_cast<const uint4*>(h + static_cast<size_t>(b) * inter + v * kElems);
       };
+      if constexpr (kStreamed) {
+        // Streamed hand-off: each warp waits, chunk by chunk, for the segments of h that chunk reads (every
+        // lane acquires the counts itself); `ready` = the segments below it are known complete (the warp keeps
+        // its k-slice from tile to tile). The order of the sums is the same as with one wait: the same bits.
+        dot.run_gated(rows, dn, lane, batch, act, [&](int c, int e) {
+          const int last = (e * kElems - 1) / kSegmentUnits, ready = ready_s[warp];
+          if (last < ready) return;
+          const unsigned long long wait_start = kTimeline ? timer_ns() : 0;
+          for (int s = max(ready, c * kElems / kSegmentUnits); s <= last; ++s) {
+            const int target = segment_tiles(s, inter, gu_units);
+            while (load_acquire(ctrl + kSegments + s) < target) __nanosleep(kSpinSleepNs);
+          }
+          __syncwarp();
+          if (lane == 0 && c * kElems / kSegmentUnits <= ready) ready_s[warp] = last + 1;
+          __syncwarp();
+          if constexpr (kTimeline) wait_ns += timer_ns() - wait_start;
+        });
+      } else {
       dot.run(rows, dn, lane, batch, act, [&] {
         if (!handed_off) {
           if (tid == 0) {
@@ -147,6 +185,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         }
       });
       handed_off = true;
+      }
       dot.publish(red_s, warp, lane);
       __syncthreads();
       for (int i = tid; i < dn.rows * batch; i += kThreads) {
@@ -167,6 +206,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       ctrl[kTicket] = 0;
       ctrl[kDone] = 0;
       ctrl[kFinished] = 0;
+      for (int s = 0; s * kSegmentUnits < inter; ++s) ctrl[kSegments + s] = 0;
     }
   }
 }
