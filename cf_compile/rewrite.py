@@ -142,7 +142,7 @@ def _attention_kernel_support(m: BlockMatch, num_sms: int) -> tuple[str | None, 
                                             mask_dtype=val(m.op_args["attn_mask"]).dtype)
     if reason:
         return reason, {}
-    return None, k.attention_config(**shape)
+    return None, k.attention_config(**shape, has_qk_norm=f["qk_norm"])
 
 
 def _attention_shape(m: BlockMatch) -> dict[str, int]:
@@ -158,6 +158,8 @@ def _attention_launch_config(m: BlockMatch, config: dict) -> dict:
     the launcher's memoised launch: that one allocates its scratch, which must not happen while compiling."""
     from cf_compile_kernels import attention as k
 
+    if config.get("kernel") == "flow":  # the claimed-tile kernel: no clusters, its tile cut is the config
+        return config
     device = _device_of(m)
     index = device.index if device.index is not None else torch.cuda.current_device()
     shape = _attention_shape(m)

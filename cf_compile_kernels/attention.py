@@ -12,7 +12,7 @@ import ctypes
 import functools
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -309,6 +309,19 @@ def attention_unsupported_reason(
     return plan if isinstance(plan, str) else None
 
 
+def default_kernel(batch: int, qkv_weights: Sequence[torch.Tensor], k_cache: torch.Tensor) -> str | None:
+    """attention_flow.VARIANT where CF_ATTN_KERNEL=flow or attention_flow.is_default picks the claimed-tile
+    kernel for the shape (attention_decode falls back to the cluster kernel where that kernel does not take it),
+    CF_ATTN_KERNEL=cluster keeps the cluster kernel everywhere; else None (DEFAULT_VARIANT)."""
+    chosen = env.attention_kernel()
+    if chosen is not None:
+        return attention_flow.VARIANT if chosen == attention_flow.VARIANT else None
+    kvh, head_dim = k_cache.shape[1], k_cache.shape[3]
+    q_rows = qkv_weights[0].shape[0] - (2 * kvh * head_dim if len(qkv_weights) == 1 else 0)
+    default = attention_flow.is_default(num_heads=q_rows // head_dim, num_kv_heads=kvh, batch=batch)
+    return attention_flow.VARIANT if default else None
+
+
 def attention_config(
     *,
     hidden: int,
@@ -319,14 +332,29 @@ def attention_config(
     dtype: torch.dtype,
     num_sms: int,
     split: tuple[int, int] | None = None,
+    has_qk_norm: bool = False,
+    kernel: str | None = None,
 ) -> dict:
     """The work split for the report (cluster size, clusters per KV head, chunks, shared memory), from the
-    SM count (estimated_active_clusters); split overrides (C, P) as in attention_decode."""
+    SM count (estimated_active_clusters); split overrides (C, P) as in attention_decode. kernel: "cluster", or
+    "flow" for the claimed-tile kernel's tile cut where it takes the shape; None: what attention_decode runs
+    (default_kernel's choice; a split override means the cluster kernel)."""
+    if kernel is None:
+        env_kernel = env.attention_kernel()
+        flow = env_kernel == attention_flow.VARIANT or (
+            env_kernel is None
+            and attention_flow.is_default(num_heads=num_heads, num_kv_heads=num_kv_heads, batch=batch))
+        kernel = attention_flow.VARIANT if flow and split is None else "cluster"
+    if kernel == attention_flow.VARIANT and attention_flow.flow_unsupported_reason(
+            hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
+            has_qk_norm=has_qk_norm) is None:
+        return attention_flow.flow_config(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                                          head_dim=head_dim, num_sms=num_sms)
     plan = _plan(hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
                  esize=dtype.itemsize, num_sms=num_sms, split=split)
     if isinstance(plan, str):
         raise ValueError(plan)
-    return plan.as_dict()
+    return {"kernel": "cluster", **plan.as_dict()}
 
 
 def compiled_kernel(dtype: torch.dtype, bucket: int, hg: int, arch: str | None = None,
@@ -609,7 +637,7 @@ def attention_decode(
         zeroes the stamp tail of its own (enlarged) o_partial, runs, and copies the tail into timeline[:n] as
         [CTAs][len(TIMELINE)] %globaltimer ns (0: stamp not reached). Same outputs as without it."""
     explicit_flow = variant == attention_flow.VARIANT
-    if variant is None and env.attention_kernel() == attention_flow.VARIANT:
+    if variant is None and default_kernel(x.shape[0], qkv_weights, k_cache) == attention_flow.VARIANT:
         variant = attention_flow.VARIANT  # where the claimed-tile kernel takes the shape (checked below)
     variant = DEFAULT_VARIANT if variant is None else variant
     split = check_split(split)

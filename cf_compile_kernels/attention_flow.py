@@ -65,6 +65,16 @@ def chunks(num_kv_heads: int, slots: int) -> int:
     return max(1, min(cap, slots // num_kv_heads))
 
 
+def is_default(*, num_heads: int, num_kv_heads: int, batch: int) -> bool:
+    """Batch-1 MHA (one query head per KV head) runs this kernel by default, where it supports the shape.
+
+    Measured (H100 bf16, 2026-12-07, NOTES-attention.md round 27; us at 1024 / 4096 cached): Llama-2-7B 67.9 /
+    91.4 against the cluster kernel's 78.3 / 108.6. The GQA shapes lose at 4096 (Llama-3-8B 88.7 vs 70.0,
+    Llama-3.2-1B 48.1 vs 41.1, Qwen2.5-0.5B 44.9 vs 31.8): few KV groups give few attention tiles, each with a
+    long run of tokens, and those stay latency-bound; MHA gives one group per head and tiles to every slot."""
+    return batch == 1 and num_heads == num_kv_heads
+
+
 @functools.cache  # asked on every launch: the answer is per shape
 def flow_unsupported_reason(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, batch: int,
                             has_qk_norm: bool) -> str | None:
@@ -79,6 +89,25 @@ def flow_unsupported_reason(*, hidden: int, num_heads: int, num_kv_heads: int, h
     if hidden % 8 or o_wpr(hidden) is None:
         return f"hidden {hidden} not cut by o_proj tiles"
     return None
+
+
+def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, num_sms: int,
+                ctas_per_sm: int = 2) -> dict:
+    """The tile cut for the report, from the shape and an estimate of the resident CTAs (the launcher asks the
+    occupancy API; two per SM is what the builds are bounded for)."""
+    slots = ctas_per_sm * num_sms
+    qw, ow = qkv_wpr(num_heads, num_kv_heads, head_dim, slots), o_wpr(hidden)
+    nc = chunks(num_kv_heads, slots)
+    qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
+    return {
+        "kernel": VARIANT,
+        "ctas": slots,
+        "qkv_tile_rows": tile_rows(RPW, qw),
+        "attention_tiles": num_kv_heads * nc,
+        "o_tile_rows": tile_rows(RPW, ow),
+        "tiles": qkv_rows // tile_rows(RPW, qw) + num_kv_heads * nc + hidden // tile_rows(RPW, ow),
+        "group_build": group_build(num_heads // num_kv_heads, head_dim),
+    }
 
 
 def smem_bytes(hidden: int, head_dim: int, gm: int) -> int:

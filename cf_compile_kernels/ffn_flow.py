@@ -37,8 +37,9 @@ KERNEL = "gated_ffn_flow_kernel"
 
 # Mirrors of the kernel's named constants (csrc/gated_ffn_flow.cu; the shared ones in flow.py).
 MAX_BATCH = 8
-CTRL_FIXED_WORDS = 4  # ticket, gate/up tiles done, CTAs finished, spare; then one count per h segment
+CTRL_FIXED_WORDS = 32  # ticket, gate/up tiles done, CTAs finished (one 128-B line); then the segment counts
 SEGMENT_UNITS = 256  # h columns per segment count (a down warp waits only for the segments its chunk reads)
+SEGMENT_STRIDE = 32  # int32 words per segment count: a 128-byte line each
 BATCH_BUCKETS = (1, 2, 4, 8)
 # Rows per warp: 2 keeps every batch bucket spill-free (NVRTC 13.5: 120-128 registers); 4 spills at
 # buckets 4 and 8 (8 and 64 bytes), so it is offered for buckets 1-2 only. Four rows keep 16 vectors per
@@ -59,7 +60,7 @@ NORM_KINDS = {"weight": 0, "unit_offset": 1}  # ffn_math.cuh NormKind
 
 def ctrl_words(intermediate: int) -> int:
     """The kernel's control block: the fixed words and one count per SEGMENT_UNITS columns of h."""
-    return CTRL_FIXED_WORDS + -(-intermediate // SEGMENT_UNITS)
+    return CTRL_FIXED_WORDS + SEGMENT_STRIDE * -(-intermediate // SEGMENT_UNITS)
 
 
 def batch_bucket(batch: int) -> int:

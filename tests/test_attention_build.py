@@ -54,10 +54,10 @@ def test_benchmark_shapes_fill_the_gpu_with_the_recorded_default_split(model, ba
     hidden, heads, kv_heads, head_dim = MODELS[model]
     shape = dict(hidden=hidden, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, batch=batch, dtype=dtype)
     assert attention.attention_unsupported_reason(**shape, max_cache_len=4096, num_sms=H100_SMS) is None
-    cfg = attention.attention_config(**shape, num_sms=H100_SMS)
+    cfg = attention.attention_config(**shape, num_sms=H100_SMS, kernel="cluster")
     assert H100_SMS * 0.9 <= cfg["ctas"] <= H100_SMS  # one CTA per SM, co-resident, no idle tenth
     assert (cfg["cluster"], cfg["clusters_per_kv_head"]) == DEFAULT_SPLITS[model]
-    assert attention.attention_config(**shape, num_sms=H100_SMS, split=None) == cfg
+    assert attention.attention_config(**shape, num_sms=H100_SMS, split=None, kernel="cluster") == cfg
     assert cfg["cluster"] <= attention.MAX_CLUSTER
     assert cfg["smem_bytes"] <= attention.SMEM_LIMIT
     assert cfg["k_chunk"] == hidden  # the normalised activations of the whole batch fit at once here

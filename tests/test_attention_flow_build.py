@@ -4,7 +4,9 @@ SM, and its launcher cuts the benchmark models into tiles that stay inside one h
 from __future__ import annotations
 
 import pytest
+import torch
 
+from cf_compile_kernels import attention
 from cf_compile_kernels import attention_flow as af
 from cf_compile_kernels.build import compile_kernel
 from cf_compile_kernels.flow import tile_rows
@@ -58,3 +60,26 @@ def test_models_are_supported_and_tiles_stay_inside_a_head(model):
 def test_what_it_does_not_take_gets_a_reason(kwargs, needle):
     base = {"hidden": 4096, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "batch": 1, "has_qk_norm": False}
     assert needle in af.flow_unsupported_reason(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("model,kernel", [("llama-2-7b", "flow"), ("llama-3-8b", "cluster"),
+                                          ("llama-3.2-1b", "cluster"), ("qwen2.5-0.5b", "cluster")])
+def test_batch_one_mha_reports_the_claimed_tile_kernel_and_gqa_the_cluster_kernel(model, kernel, monkeypatch):
+    """attention_flow.is_default: MHA at batch 1 (measured faster at 1024 and 4096); GQA keeps the cluster kernel."""
+    monkeypatch.delenv("CF_ATTN_KERNEL", raising=False)
+    hidden, nh, kvh, d = MODELS[model]
+    shape = dict(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, dtype=torch.bfloat16, num_sms=132)
+    assert attention.attention_config(**shape, batch=1)["kernel"] == kernel
+    assert attention.attention_config(**shape, batch=4)["kernel"] == "cluster"
+
+
+def test_the_environment_overrides_the_default_both_ways(monkeypatch):
+    hidden, nh, kvh, d = MODELS["llama-3-8b"]
+    shape = dict(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=1, dtype=torch.bfloat16,
+                 num_sms=132)
+    monkeypatch.setenv("CF_ATTN_KERNEL", "flow")
+    assert attention.attention_config(**shape)["kernel"] == "flow"
+    monkeypatch.setenv("CF_ATTN_KERNEL", "cluster")
+    mha = dict(shape, num_heads=32, num_kv_heads=32)
+    assert attention.attention_config(**mha)["kernel"] == "cluster"
+    assert attention.attention_config(**mha, has_qk_norm=True, kernel="flow")["kernel"] == "cluster"

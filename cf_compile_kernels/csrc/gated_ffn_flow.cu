@@ -44,7 +44,10 @@ using namespace cf::flow;
 
 /// @brief Words of the control block (int32 each); all zero between launches: ticket, gate/up tiles done, CTAs
 /// finished, then one count of finished gate/up tiles per segment of kSegmentUnits intermediate units.
-enum Ctrl : int { kTicket = 0, kDone = 1, kFinished = 2, kSegments = 4 };
+enum Ctrl : int { kTicket = 0, kDone = 1, kFinished = 2, kSegments = 32 };
+/// Words between segment counts: one 128-byte line each, so the warps polling one segment do not contend with
+/// the producers and pollers of the others (round 27: 2,112 polling warps on two lines cost more than they saved).
+constexpr int kSegmentStride = 32;
 /// h columns per segment counter. Gate/up tiles hold 1..16 units (a power of two, host-checked), so each tile
 /// lies in one segment; a down warp waits only for the segments its next chunk reads (round 10, NOTES-ffn.md).
 constexpr int kSegmentUnits = 256;
@@ -81,7 +84,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   __shared__ float ss_s[kWarps * BB];
   __shared__ float rstd_s[BB];
   __shared__ int ticket_s;
-  __shared__ int ready_s[kWarps];  // per warp (its down k-slice): h segments [0, ready) are known complete
+  __shared__ int ready_s[kWarps];  // per warp: h segments [its k-slice's first, ready) are known complete
   T* n_s = reinterpret_cast<T*>(smem);
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
@@ -97,7 +100,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   constexpr bool kStreamed = !HS && BB <= 2 && CF_FFN_ONE_WAIT == 0;
   const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
   unsigned long long wait_ns = 0, tile_start = 0;
-  if (tid < kWarps) ready_s[tid] = 0;  // ordered before use by first()'s barrier
+  if (lane == 0) ready_s[warp] = dn.vec_begin * kElems / kSegmentUnits;  // ordered by first()'s barrier
   const Claims claims{ctrl + kTicket, &ticket_s};
   int t = claims.first();
   bool normed = false, handed_off = false;
@@ -134,7 +137,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       __syncthreads();
       if (tid == 0) {  // the CTA's h stores are ordered before the counts (fences on both sides of the barrier)
         __threadfence();
-        atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits, 1);
+        atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride, 1);
         atomicAdd(ctrl + kDone, 1);
       }
     } else {
@@ -150,16 +153,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         return *reinterpret_cast<const uint4*>(h + static_cast<size_t>(b) * inter + v * kElems);
       };
       if constexpr (kStreamed) {
-        // Streamed hand-off: each warp waits, chunk by chunk, for the segments of h that chunk reads (every
-        // lane acquires the counts itself); `ready` = the segments below it are known complete (the warp keeps
-        // its k-slice from tile to tile). The order of the sums is the same as with one wait: the same bits.
+        // Streamed hand-off: each warp waits, chunk by chunk, for the segments of h that chunk reads (lane 0
+        // acquires the counts, __syncwarp orders the other lanes' h loads after it); segments [slice start,
+        // ready) are known complete (the warp keeps its k-slice from tile to tile, so later tiles skip the
+        // checks). The order of the sums is the same as with one wait: the same bits.
         dot.run_gated(rows, dn, lane, batch, act, [&](int c, int e) {
           const int last = (e * kElems - 1) / kSegmentUnits, ready = ready_s[warp];
           if (last < ready) return;
           const unsigned long long wait_start = kTimeline ? timer_ns() : 0;
-          for (int s = max(ready, c * kElems / kSegmentUnits); s <= last; ++s) {
-            const int target = segment_tiles(s, inter, gu_units);
-            while (load_acquire(ctrl + kSegments + s) < target) __nanosleep(kSpinSleepNs);
+          if (lane == 0) {
+            for (int s = max(ready, c * kElems / kSegmentUnits); s <= last; ++s) {
+              const int target = segment_tiles(s, inter, gu_units);
+              while (load_acquire(ctrl + kSegments + s * kSegmentStride) < target) __nanosleep(kSpinSleepNs);
+            }
           }
           __syncwarp();
           if (lane == 0 && c * kElems / kSegmentUnits <= ready) ready_s[warp] = last + 1;
@@ -206,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       ctrl[kTicket] = 0;
       ctrl[kDone] = 0;
       ctrl[kFinished] = 0;
-      for (int s = 0; s * kSegmentUnits < inter; ++s) ctrl[kSegments + s] = 0;
+      for (int s = 0; s * kSegmentUnits < inter; ++s) ctrl[kSegments + s * kSegmentStride] = 0;
     }
   }
 }
