@@ -347,6 +347,13 @@ def _cases() -> tuple[list[Case], list[tuple[Case, str]]]:
     return CASES, NEAR_MISSES
 
 
+@pytest.fixture(autouse=True)
+def cluster_kernel(monkeypatch):
+    """This file specifies the cluster kernel: batch-1 MHA shapes, whose default is the claimed-tile kernel
+    (attention_flow.is_default; its own tests), run it here too."""
+    monkeypatch.setenv("CF_ATTN_KERNEL", "cluster")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def precompiled():
     """Compile every instantiation the sweep needs in parallel (NVRTC releases the GIL), once."""
