@@ -46,6 +46,7 @@ import results  # noqa: E402
 from cta_timeline import format_timeline, reduce_stamps  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
+from cf_compile_kernels import attention  # noqa: E402
 from cf_compile_kernels.attention import (  # noqa: E402
     DEFAULT_VARIANT,
     TIMELINE,
@@ -146,7 +147,8 @@ def ours(layer: dict, prefetch: bool = False, stop_after_phase: int = 0, variant
                      [layer["bq"], layer["bk"], layer["bv"]], None, None, 0.0, layer["cos"], layer["sin"],
                      layer["cache_position"], layer["k_cache"], layer["v_cache"], layer["mask"], layer["scale"],
                      layer["wo"], None, True, layer["out"], prefetch=prefetch,
-                     stop_after_phase=stop_after_phase, variant=variant, split=split, timeline=timeline)
+                     stop_after_phase=stop_after_phase, variant=None if variant == "default" else variant,
+                     split=split, timeline=timeline)
 
 
 def timeline_of(layers: list[dict], variant: str, split, ctas: int) -> tuple[dict, dict]:
@@ -185,6 +187,18 @@ def check_ours(layer: dict, dtype: torch.dtype, variant: str | None = None, spli
     if not err <= BANDS[dtype]:
         raise AssertionError(f"ours is off: relative error {err:.2e} vs the eager block")
     return err
+
+
+def resolved_variant(variant: str, model: str, batch: int, dtype: torch.dtype) -> str:
+    """The name of what ran: 'default' is attention_decode's own choice (the claimed-tile kernel for batch-1 MHA,
+    attention_flow.is_default; else attention.DEFAULT_VARIANT)."""
+    if variant != "default":
+        return variant
+    hidden, nh, kvh, d, _ = MODELS[model]
+    kernel = attention.attention_config(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, batch=batch,
+                                        dtype=dtype, num_sms=torch.cuda.get_device_properties(0).multi_processor_count
+                                        )["kernel"]
+    return "flow" if kernel == "flow" else DEFAULT_VARIANT
 
 
 def time_variant(layers: list[dict], dtype: torch.dtype, variant: str, phases: bool, prefetch: bool, split=None):
@@ -244,9 +258,10 @@ def main() -> None:
                     help="also time the kernel cut after each phase (stop_after_phase 1..PHASES)")
     ap.add_argument("--timeline", action="store_true",
                     help="after the timing, print each variant's per-CTA stamp timeline (CF_ATTN_TIMELINE build)")
-    ap.add_argument("--variants", nargs="*", default=[DEFAULT_VARIANT], choices=sorted(VARIANTS) + ["flow"],
-                    help="work-split variants of ours to time side by side (one row each; 'flow': the claimed-tile "
-                         "kernel, batch 1, with --no-prefetch)")
+    ap.add_argument("--variants", nargs="*", default=["default"], choices=["default", *sorted(VARIANTS), "flow"],
+                    help="variants of ours to time side by side (one row each; 'default': what attention_decode "
+                         "picks for the shape, recorded by name; 'flow': the claimed-tile kernel, batch 1, with "
+                         "--no-prefetch)")
     ap.add_argument("--no-prefetch", action="store_true", help="skip the L2-prefetch timing of ours")
     ap.add_argument("--splits", nargs="*", type=parse_split,
                     default=[parse_split(t) for t in os.environ.get("CF_ATTN_SPLIT", "").split()],
@@ -309,7 +324,7 @@ def main() -> None:
             config = {"model": model, "batch": batch, "seq": seq, "dtype": dtname, "layers": n_layers,
                       "cluster": plan.cluster, "clusters_per_kv_head": plan.clusters_per_kv_head,
                       "shape": {"hidden": hidden, "heads": nh, "kv_heads": kvh, "head_dim": d}}
-            config["variant"] = variant
+            config["variant"] = resolved_variant(variant, model, batch, dtype)
             if args.splits:  # whether it was an override
                 config["split"] = "default" if split is None else f"{split[0]},{split[1]}"
                 config["ctas"] = plan.grid[0] * plan.grid[1] * plan.grid[2]
