@@ -344,7 +344,7 @@ class Tuning:
     down_wpr: int | None = None  # flow kernel: the same for the down tiles
     ctas_per_sm: int | None = None  # flow kernel: cap on resident CTAs per SM; None: the occupancy API's
     h_shared: bool = False  # flow kernel: h copied into shared memory once per CTA for its down tiles
-    one_wait: bool = False  # flow kernel: down tiles wait once for all of h (benchmark A/B of the streamed wait)
+    streamed: bool = False  # flow kernel: down warps wait per h segment, not once for all of h (opt-in)
 
     def flow(self) -> ffn_flow.FlowTuning:
         """The claimed-tile kernel's knobs (phases: its timeline build); one object per tuning (every launch asks)."""
@@ -354,7 +354,7 @@ class Tuning:
 @functools.cache
 def _flow_tuning(tuning: Tuning) -> ffn_flow.FlowTuning:
     return ffn_flow.FlowTuning(tuning.rpw, tuning.gu_wpr, tuning.down_wpr, tuning.ctas_per_sm, tuning.phases,
-                               bool(tuning.h_shared), bool(tuning.one_wait))
+                               bool(tuning.h_shared), bool(tuning.streamed))
 
 
 def _plan(

@@ -158,7 +158,7 @@ class FlowTuning:
     ctas_per_sm: int | None = None  # None: what the occupancy API allows
     timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
     h_shared: bool = False  # the HS build: h copied into shared memory once per CTA for its down tiles
-    one_wait: bool = False  # the -DCF_FFN_ONE_WAIT build: down tiles wait once for all of h (A/B of the stream)
+    streamed: bool = False  # the -DCF_FFN_STREAMED build: down warps wait per h segment (opt-in, NOTES round 10)
 
 
 @dataclass
@@ -225,8 +225,8 @@ def _build_plan(
 
     rpw = tuning.rpw or default_rpw(batch)
     defines = {"CF_FLOW_TIMELINE": 1} if tuning.timeline else {}
-    if tuning.one_wait:
-        defines["CF_FFN_ONE_WAIT"] = 1
+    if tuning.streamed:
+        defines["CF_FFN_STREAMED"] = 1
     compiled = compile_kernel(SOURCE, KERNEL, template_args=template_args(dtype, rpw, batch, tuning.h_shared),
                               defines=defines)
     kernel = load_kernel(compiled, device)

@@ -34,10 +34,12 @@
 namespace cf {
 namespace ffn_flow {
 
-// -DCF_FFN_ONE_WAIT=1 (FlowTuning(one_wait=True), benchmarks only): the down tiles wait once for all of h, as
-// before round 10; the A/B of the streamed hand-off in one run.
-#ifndef CF_FFN_ONE_WAIT
-#define CF_FFN_ONE_WAIT 0
+// -DCF_FFN_STREAMED=1 (FlowTuning(streamed=True); opt-in): down warps wait per h segment, not once for all of h.
+// H100 bf16 B=1, 2026-12-07 (NOTES-ffn.md round 10), streamed vs one wait, us: Llama-3-8B 123.8 vs 126.0, Llama-2-7B
+// 100.1 vs 100.1, Llama-3.2-1B 42.9 vs 42.4, Qwen2.5-0.5B 17.7 vs 17.5: a gain only where each CTA runs several
+// gate/up tiles (a long ragged end), a polling cost elsewhere; off by default until a rule is measured.
+#ifndef CF_FFN_STREAMED
+#define CF_FFN_STREAMED 0
 #endif
 constexpr int kMaxBatch = 8;  // the h scratch rows; batch 9..16 stays on the cluster kernel
 using namespace cf::flow;
@@ -95,12 +97,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int total = gu_tiles + hidden / dn.rows;
 
   constexpr bool kTimeline = CF_FLOW_TIMELINE != 0;
-  // Down tiles wait per chunk for their h segments (buckets 1-2), else once for all of h: the per-chunk gate
-  // spills 8 B at bucket 4 (NVRTC 13.5), and from there the h-in-shared-memory build is the faster one.
-  constexpr bool kStreamed = !HS && BB <= 2 && CF_FFN_ONE_WAIT == 0;
+  // Streamed builds: down tiles wait per chunk for their h segments (buckets 1-2 only: the per-chunk gate spills
+  // 8 B at bucket 4, NVRTC 13.5, and from there the h-in-shared-memory build is the faster one); else one wait.
+  constexpr bool kStreamed = !HS && BB <= 2 && CF_FFN_STREAMED != 0;
   const unsigned long long cta_start = kTimeline ? timer_ns() : 0;
   unsigned long long wait_ns = 0, tile_start = 0;
-  if (lane == 0) ready_s[warp] = dn.vec_begin * kElems / kSegmentUnits;  // ordered by first()'s barrier
+  if (kStreamed && lane == 0) ready_s[warp] = dn.vec_begin * kElems / kSegmentUnits;  // ordered by first()'s barrier
   const Claims claims{ctrl + kTicket, &ticket_s};
   int t = claims.first();
   bool normed = false, handed_off = false;
@@ -137,7 +139,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       __syncthreads();
       if (tid == 0) {  // the CTA's h stores are ordered before the counts (fences on both sides of the barrier)
         __threadfence();
-        atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride, 1);
+        if constexpr (kStreamed) atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride, 1);
         atomicAdd(ctrl + kDone, 1);
       }
     } else {
@@ -212,7 +214,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       ctrl[kTicket] = 0;
       ctrl[kDone] = 0;
       ctrl[kFinished] = 0;
-      for (int s = 0; s * kSegmentUnits < inter; ++s) ctrl[kSegments + s * kSegmentStride] = 0;
+      if constexpr (kStreamed) {
+        for (int s = 0; s * kSegmentUnits < inter; ++s) ctrl[kSegments + s * kSegmentStride] = 0;
+      }
     }
   }
 }

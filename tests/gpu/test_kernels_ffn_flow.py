@@ -97,12 +97,12 @@ def test_h_in_shared_memory_gives_the_same_bits(hidden, inter, batch, rpw):
 @pytest.mark.parametrize("hidden,inter,batch,rpw", [(4096, 11008, 1, 4), (4096, 14336, 2, 4), (896, 4864, 1, 4),
                                                     (2048, 8192, 2, 2), (256, 136, 1, 2), (1024, 520, 2, 4)])
 def test_streamed_hand_off_gives_the_bits_of_one_wait(hidden, inter, batch, rpw):
-    """Down warps that wait per h segment sum in the same order as after one wait for all of h."""
+    """Down warps that wait per h segment (the streamed build) sum in the same order as after one wait."""
     inp = make_inputs(hidden, inter, batch, torch.bfloat16, fused=False, norm_kind="weight", seed=7 + batch)
-    one_wait = run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw, one_wait=True)).clone()
+    one_wait = run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw)).clone()
     for _ in range(3):
         inp["out"].fill_(float("nan"))
-        assert torch.equal(run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw)), one_wait)
+        assert torch.equal(run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw, streamed=True)), one_wait)
 
 
 def test_fewer_ctas_than_slots_give_the_same_bits():
