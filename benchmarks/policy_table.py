@@ -36,17 +36,25 @@ def default_variants() -> dict[str, str | None]:
 
 
 def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bool:
-    """Whether a row timed the family's default kernel: its variant is the default, or (attention) it differs from
+    """Whether a row timed the family's default kernel: batch-1 MHA attention, the claimed-tile kernel at its chunk
+    cap (attention_flow.is_default); else its variant is the default, or (attention) it differs from
     the default only in bits the default's launcher drops at the row's shape (launch_bits: the K/V ring outside
     the MHA builds of buckets 1, 2 and 8; the head-lane loop outside keeps_head_lanes' GQA builds)."""
+    from cf_compile_kernels import attention, attention_flow
+
+    shape = config.get("shape", {})
+    if block == "attention" and attention_flow.is_default(num_heads=shape.get("heads", 0),
+                                                          num_kv_heads=shape.get("kv_heads", -1),
+                                                          batch=config["batch"]):
+        # batch-1 MHA runs the claimed-tile kernel; rows of another chunk cap were experiments
+        return (config.get("variant") == attention_flow.VARIANT
+                and config.get("flow_max_chunks", attention_flow.MAX_CHUNKS) == attention_flow.MAX_CHUNKS)
     variant = config.get("variant", defaults[block])
     if variant == defaults[block]:
         return True
-    from cf_compile_kernels import attention
 
     if block != "attention" or defaults[block] not in attention.VARIANTS or variant not in attention.VARIANTS:
         return False
-    shape = config["shape"]
     bucket = attention.batch_bucket(config["batch"])
     hg = attention.heads_per_pass(shape["heads"] // shape["kv_heads"])
     dropped = 0

@@ -92,8 +92,8 @@ def test_a_row_of_a_kernel_source_that_did_not_land_counts_for_inductor_only():
 
 def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_the_ring():
     """The default (v5_ring) launches exactly v5 except where the K/V ring runs (one query head per K/V head
-    (MHA) at the batch buckets with the ring path, batch 1 among them): a v5 row counts as the default's
-    everywhere else (GQA; MHA at batch 16) and never at MHA batch 1."""
+    (MHA) at the batch buckets with the ring path, batch 2 among them): a v5 row counts as the default's
+    everywhere else (GQA; MHA at batch 16) and never at MHA batch 2."""
     mod = _policy_table()
     defaults = {"attention": "v5_ring", "mla": None, "ffn": None}
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-11-24", inductor_us=100.0)
@@ -101,22 +101,37 @@ def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_
     cfg = dict(model="m", seq=1024, dtype="fp16", variant="v5")
     rows = [dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN), ours_us=60.0),   # GQA: the ring is dropped
             dict(base, config=dict(cfg, batch=16, shape=mha), ours_us=110.0),         # batch 16: dropped
-            dict(base, config=dict(cfg, batch=1, shape=mha), ours_us=80.0)]           # MHA batch 1: the ring runs
+            dict(base, config=dict(cfg, batch=2, shape=mha), ours_us=80.0)]           # MHA batch 2: the ring runs
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [60.0, 110.0]
-    rows.append(dict(base, config=dict(cfg, batch=1, shape=mha, variant="v5_ring"), ours_us=79.0))
+    rows.append(dict(base, config=dict(cfg, batch=2, shape=mha, variant="v5_ring"), ours_us=79.0))
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [60.0, 79.0, 110.0]
 
 
+def test_at_batch_one_mha_only_the_claimed_tile_kernel_at_its_chunk_cap_is_the_default():
+    """attention_flow.is_default: batch-1 MHA runs the claimed-tile kernel, so only its rows (at the landed chunk
+    cap; CF_ATTN_FLOW_MAX_CHUNKS rows were experiments) speak for the kernel there."""
+    mod = _policy_table()
+    base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07", inductor_us=70.0)
+    cfg = dict(model="llama-2-7b", batch=1, seq=1024, dtype="bf16",
+               shape=dict(hidden=4096, heads=32, kv_heads=32, head_dim=128))
+    rows = [dict(base, config=dict(cfg, variant="v5_heads"), ours_us=78.0),
+            dict(base, config=dict(cfg, variant="flow", flow_max_chunks=64), ours_us=60.0)]
+    assert mod.entries(rows, mod.default_variants()) == []
+    rows.append(dict(base, config=dict(cfg, variant="flow"), ours_us=67.9))
+    (e,) = mod.entries(rows, mod.default_variants())
+    assert e["ours_us"] == 67.9
+
+
 def test_a_row_without_the_head_lane_bit_stands_for_a_head_lane_default_only_where_that_loop_never_runs():
-    """Were the default v5_heads (v5_ring + the head-lane loop of the batch-1/2 GQA builds at head_dim 64/128), a
-    v5_ring row would count as the default's at MHA (where the ring runs and the loop does not) and at batch 4,
-    never at batch-1 GQA, where the two launch different code."""
+    """With the default v5_heads (v5_ring + the head-lane loop of the batch-1/2 GQA builds at head_dim 64/128), a
+    v5_ring row counts as the default's at MHA batch 2 (where the ring runs and the loop does not; batch-1 MHA runs
+    the claimed-tile kernel) and at batch 4, never at batch-1 GQA, where the two launch different code."""
     mod = _policy_table()
     defaults = {"attention": "v5_heads", "mla": None, "ffn": None}
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07", inductor_us=100.0)
     mha = dict(hidden=4096, heads=32, kv_heads=32, head_dim=128)
     cfg = dict(model="m", seq=1024, dtype="bf16", variant="v5_ring")
-    rows = [dict(base, config=dict(cfg, batch=1, shape=mha), ours_us=80.0),            # MHA: no head lanes
+    rows = [dict(base, config=dict(cfg, batch=2, shape=mha), ours_us=80.0),            # MHA: no head lanes
             dict(base, config=dict(cfg, batch=4, shape=LLAMA3_ATTN), ours_us=83.0),    # batch 4: no head lanes
             dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN), ours_us=61.0)]    # batch-1 GQA: they run
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [80.0, 83.0]
