@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,9 +45,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
 from cta_timeline import format_timeline, reduce_stamps  # noqa: E402
+from flow_timeline import summarise_kinds  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
-from cf_compile_kernels import attention  # noqa: E402
+from cf_compile_kernels import attention, attention_flow  # noqa: E402
 from cf_compile_kernels.attention import (  # noqa: E402
     DEFAULT_VARIANT,
     TIMELINE,
@@ -162,6 +164,24 @@ def timeline_of(layers: list[dict], variant: str, split, ctas: int) -> tuple[dic
         if r:
             runs.append(stamps.view(ctas, len(TIMELINE)).cpu())
     return reduce_stamps(runs, TIMELINE)
+
+
+def flow_timeline_of(layers: list[dict], model: str) -> dict:
+    """The claimed-tile kernel's timeline (-DCF_FLOW_TIMELINE): TIMELINE_RUNS single launches after one warm-up,
+    each summarised by flow_timeline.summarise_kinds (q/k/v, attention and o_proj tiles), medians over launches."""
+    hidden, nh, kvh, d, _ = MODELS[model]
+    x = layers[0]["x"]
+    plan = attention_flow.plan(x.dtype, hidden, nh, kvh, d, x.device, timeline=True)
+    stamps = torch.zeros(plan.stamp_elems(), dtype=torch.int64, device=x.device)
+    kinds = plan.tile_kinds(nh, kvh, d)
+    runs = []
+    for r in range(TIMELINE_RUNS + 1):
+        ours(layers[r % len(layers)], variant="flow", timeline=stamps)
+        torch.cuda.synchronize()
+        if r:
+            st = stamps.view(-1, attention_flow.STAMP_WORDS).cpu()
+            runs.append(summarise_kinds(st[: plan.tiles], st[plan.tiles: plan.tiles + plan.grid], kinds))
+    return {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]}
 
 
 def hf_args(layer: dict) -> tuple:
@@ -305,7 +325,10 @@ def main() -> None:
         if args.timeline:
             for split, plan in plans:
                 for variant in args.variants:
-                    timelines[(variant, split)] = timeline_of(layers, variant, split, math.prod(plan.grid))
+                    if resolved_variant(variant, model, batch, dtype) == "flow":
+                        timelines[(variant, split)] = (flow_timeline_of(layers, model), None)
+                    else:
+                        timelines[(variant, split)] = timeline_of(layers, variant, split, math.prod(plan.grid))
         plans = dict(plans)
         t_ind = None
         if not args.no_inductor and spent < args.inductor_budget:
@@ -349,6 +372,10 @@ def main() -> None:
                 print("  cumulative time after each phase (us): " + " ".join(f"{v:.1f}" for v in phases.values()))
             if args.timeline:
                 tl, set_ctas = timelines[(variant, split)]
+                if set_ctas is None:  # the claimed-tile kernel's summary
+                    print(f"flow timeline {model} B={batch} S={seq} {dtname} (us since the first CTA start; medians "
+                          "over launches): " + ", ".join(f"{k} {v}" for k, v in tl.items()), flush=True)
+                    continue
                 print(format_timeline(f"{model} B={batch} S={seq} {dtname} {variant}{label}", tl, TIMELINE,
                                       kind="timeline", set_ctas=set_ctas, ctas=math.prod(plan.grid)), flush=True)
         del layers

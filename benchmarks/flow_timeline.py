@@ -1,4 +1,6 @@
-"""Where a claimed-tile FFN launch spends its time: the -DCF_FLOW_TIMELINE build's stamps, summarised.
+"""Where a claimed-tile launch spends its time: the -DCF_FLOW_TIMELINE build's stamps, summarised (the FFN's
+two-phase queue by `summarise`, any queue of several tile kinds, such as the attention block's, by
+`summarise_kinds`).
 
 The kernel writes, per tile, {claimed ns, done ns, SM} and, per CTA, {start ns, end ns, hand-off wait ns}
 (csrc/gated_ffn_flow.cu). `summarise` turns one launch's stamps into the few numbers that split its time
@@ -48,6 +50,32 @@ def summarise(tiles: torch.Tensor, ctas: torch.Tensor, gate_up_tiles: int, gate_
         "sm_bytes_min_over_max": loads[0] / loads[-1],
         "sms": float(len(loads)),
     }
+
+
+def summarise_kinds(tiles: torch.Tensor, ctas: torch.Tensor, kinds: dict[str, int]) -> dict[str, float]:
+    """One launch of a queue of several tile kinds (attention_flow: q/k/v, attention, o_proj), `kinds` giving each
+    kind's tile count in queue order. Per kind: its first claim, first and last tile done, median tile time; then
+    the CTAs' median / max wait on hand-off counters and their median / max end. Times in us since the first CTA
+    start."""
+    t0 = int(ctas[:, 0].min())
+    rel = lambda v: (int(v) - t0) / NS_PER_US  # noqa: E731 -- int64 first: globaltimer is ~1e18 ns
+    out: dict[str, float] = {"first_claim": rel(tiles[:, 0].min())}
+    start = 0
+    for name, count in kinds.items():
+        part = tiles[start:start + count]
+        start += count
+        if not count:
+            continue
+        out[f"{name}_first_claim"] = rel(part[:, 0].min())
+        out[f"{name}_first_done"] = rel(part[:, 1].min())
+        out[f"{name}_done"] = rel(part[:, 1].max())
+        out[f"{name}_tile_us"] = statistics.median((d - c) / NS_PER_US for c, d, _ in part.tolist())
+    ends = sorted(rel(e) for e in ctas[:, 1])
+    out["wait_median"] = statistics.median(float(w) for w in ctas[:, 2]) / NS_PER_US
+    out["wait_max"] = float(ctas[:, 2].max()) / NS_PER_US
+    out["end_median"] = statistics.median(ends)
+    out["end_max"] = ends[-1]
+    return out
 
 
 def flow_timeline(x: torch.Tensor, sets: list[dict], tuning: ffn.Tuning, runs: int, eps: float) -> dict:

@@ -635,7 +635,9 @@ def attention_decode(
     timeline: benchmarks only (the custom op and the backend never pass it). An int64 tensor on x's device with
         at least timeline_elems(CTAs of the plan) elements selects the CF_ATTN_TIMELINE build: the launch
         zeroes the stamp tail of its own (enlarged) o_partial, runs, and copies the tail into timeline[:n] as
-        [CTAs][len(TIMELINE)] %globaltimer ns (0: stamp not reached). Same outputs as without it."""
+        [CTAs][len(TIMELINE)] %globaltimer ns (0: stamp not reached). Same outputs as without it. With variant
+        "flow" named explicitly it is the claimed-tile kernel's stamps instead (attention_flow.launch, sized by
+        attention_flow.plan(..., timeline=True).stamp_elems())."""
     explicit_flow = variant == attention_flow.VARIANT
     if variant is None and default_kernel(x.shape[0], qkv_weights, k_cache) == attention_flow.VARIANT:
         variant = attention_flow.VARIANT  # where the claimed-tile kernel takes the shape (checked below)
@@ -709,13 +711,13 @@ def attention_decode(
             hidden=hidden, num_heads=num_heads, num_kv_heads=kvh, head_dim=head_dim, batch=batch,
             has_qk_norm=q_norm_weight is not None,
         )
-        if flow_reason is None and (timeline is not None or stop_after_phase or split or prefetch):
-            flow_reason = "timeline / stop_after_phase / split / prefetch are cluster-kernel options"
+        if flow_reason is None and (stop_after_phase or split or prefetch or (timeline is not None and not explicit_flow)):
+            flow_reason = "stop_after_phase / split / prefetch (and the cluster timeline) are cluster-kernel options"
         if flow_reason is None:
             attention_flow.launch(
                 x, norm_weight, eps, norm_kind == "unit_offset", wq, wk, wv, bq, bk, bv, cos2, sin2,
                 _COS_KIND[cos.dtype], cache_position, k_cache, v_cache, attn_mask, scale, o_weight, o_bias,
-                add_residual, out,
+                add_residual, out, stamps=timeline,
             )
             return
         if explicit_flow:

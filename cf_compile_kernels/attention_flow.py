@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .flow import CTYPES, THREADS, WARPS, cuts, nearest_cut, resident_slots, tile_rows
+from .flow import CTYPES, STAMP_WORDS, THREADS, WARPS, cuts, nearest_cut, resident_slots, tile_rows
 from .launch import PlanCache, load_kernel
 from .registry import register_check
 
@@ -129,23 +129,35 @@ class FlowPlan:
     attn_o: torch.Tensor
     ctrl: torch.Tensor
     tiles: int
+    timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
+
+    def stamp_elems(self) -> int:
+        """int64 elements of a timeline launch's stamps: STAMP_WORDS per tile (queue order), then per CTA."""
+        return (self.tiles + self.grid) * STAMP_WORDS
+
+    def tile_kinds(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
+        """Tiles of each kind in queue order (q/k/v, attention, o_proj): how a timeline splits its stamps."""
+        qkv = (num_heads + 2 * num_kv_heads) * head_dim // tile_rows(RPW, self.qkv_wpr)
+        attn = num_kv_heads * self.chunks
+        return {"qkv": qkv, "attention": attn, "o_proj": self.tiles - qkv - attn}
 
 
 _plans = PlanCache()
 
 
 def plan(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
-         device: torch.device) -> FlowPlan:
-    return _plans.get((dtype, hidden, num_heads, num_kv_heads, head_dim, device),
-                      lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device))
+         device: torch.device, timeline: bool = False) -> FlowPlan:
+    return _plans.get((dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline),
+                      lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline))
 
 
 def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
-           device: torch.device) -> FlowPlan:
+           device: torch.device, timeline: bool) -> FlowPlan:
     from .build import compile_kernel
 
     gm = group_build(num_heads // num_kv_heads, head_dim)
-    compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], head_dim, gm, RPW))
+    compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], head_dim, gm, RPW),
+                              defines={"CF_FLOW_TIMELINE": 1} if timeline else None)
     kernel = load_kernel(compiled, device)
     smem = smem_bytes(hidden, head_dim, gm)
     slots = resident_slots(kernel, device, smem)
@@ -160,21 +172,28 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
         attn_o=torch.empty(num_heads * head_dim, dtype=dtype, device=device),
         ctrl=torch.zeros(CTRL_FIXED + 2 * num_kv_heads, dtype=torch.int32, device=device),
         tiles=tiles,
+        timeline=timeline,
     )
 
 
 def launch(x, norm_weight, eps, unit_offset, wq, wk, wv, bq, bk, bv, cos, sin, cos_kind, cache_position, k_cache,
-           v_cache, mask, scale, o_weight, o_bias, add_residual, out) -> None:
+           v_cache, mask, scale, o_weight, o_bias, add_residual, out, stamps: torch.Tensor | None = None) -> None:
     """One launch (batch 1); attention.attention_decode has checked every tensor. cos/sin: [1, D] contiguous;
-    mask: [1, L] bool rows or None."""
+    mask: [1, L] bool rows or None. stamps (benchmarks): int64 on x's device, at least plan(..., timeline=True)
+    .stamp_elems() elements, selects the -DCF_FLOW_TIMELINE build and receives its stamps (flow.cuh TileClock:
+    per tile {claimed, done, SM} ns in queue order, then per CTA {start, end, ns waited}); same outputs."""
     hidden = x.shape[-1]
     _, kvh, max_len, head_dim = k_cache.shape
     num_heads = wq.shape[0] // head_dim
-    p = plan(x.dtype, hidden, num_heads, kvh, head_dim, x.device)
+    p = plan(x.dtype, hidden, num_heads, kvh, head_dim, x.device, timeline=stamps is not None)
+    if stamps is not None and (stamps.dtype != torch.int64 or stamps.device != x.device
+                               or stamps.numel() < p.stamp_elems()):
+        raise ValueError(f"attention_flow timeline: stamps must be int64 on {x.device} with >= {p.stamp_elems()} "
+                         "elements")
     i32, f32 = ctypes.c_int32, ctypes.c_float
     args = [
         x, norm_weight, wq, wk, wv, bq, bk, bv, cos, sin, cache_position, k_cache, v_cache, mask, o_weight, o_bias,
-        out, p.qkv, p.part, p.attn_o, p.ctrl, None, f32(eps), f32(scale), i32(hidden), i32(num_heads), i32(kvh),
+        out, p.qkv, p.part, p.attn_o, p.ctrl, stamps, f32(eps), f32(scale), i32(hidden), i32(num_heads), i32(kvh),
         i32(max_len), i32(p.chunks), i32(cos_kind), i32(int(unit_offset)), i32(int(add_residual)), i32(p.qkv_wpr),
         i32(p.o_wpr),
     ]
@@ -186,3 +205,5 @@ for _dtype in CTYPES.values():
         for _gm in _gms:
             register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW),
                            label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}")
+register_check(SOURCE, KERNEL, ("__nv_bfloat16", 64, 8, RPW), defines={"CF_FLOW_TIMELINE": 1},
+               label="attention claimed tiles bf16 D 64 groups <= 8, timeline")

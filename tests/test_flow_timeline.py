@@ -1,10 +1,10 @@
-"""benchmarks/flow_timeline.py reads a claimed-tile FFN launch's stamps into the numbers that split its time."""
+"""benchmarks/flow_timeline.py reads a claimed-tile launch's stamps into the numbers that split its time."""
 
 from __future__ import annotations
 
 import torch
 
-from benchmarks.flow_timeline import summarise
+from benchmarks.flow_timeline import summarise, summarise_kinds
 
 EPOCH = 10**18  # globaltimer counts ns since an epoch: differences must be taken in integers
 
@@ -25,3 +25,23 @@ def test_two_ctas_four_gate_up_tiles_two_down_tiles():
     assert (s["down_done"], s["end_median"], s["end_max"]) == (3.5, 3.25, 3.5)
     assert (s["gate_up_tile_us"], s["down_tile_us"]) == (1.0, 1.1)  # exact: no float rounding of the epoch
     assert s["sm_bytes_min_over_max"] == 1.0 and s["sms"] == 2
+
+
+def test_attention_queue_split_by_tile_kind():
+    """Three q/k/v tiles, two attention tiles, one o_proj tile on two CTAs: each kind's first claim, first and
+    last completion and median tile time, in queue order."""
+    ns = lambda *v: [EPOCH + t for t in v]  # noqa: E731
+    tiles = torch.tensor(
+        [ns(100, 600) + [0], ns(150, 700) + [1], ns(600, 1000) + [0],   # q/k/v
+         ns(700, 2700) + [1], ns(1000, 2500) + [0],                     # attention (one waited for q/k/v)
+         ns(2500, 4000) + [0]],                                         # o_proj
+        dtype=torch.int64,
+    )
+    ctas = torch.tensor([ns(0, 4000) + [300], ns(80, 2700) + [100]], dtype=torch.int64)
+    s = summarise_kinds(tiles, ctas, {"qkv": 3, "attention": 2, "o_proj": 1})
+    assert s["first_claim"] == 0.1
+    assert (s["qkv_first_claim"], s["qkv_first_done"], s["qkv_done"], s["qkv_tile_us"]) == (0.1, 0.6, 1.0, 0.5)
+    assert (s["attention_first_claim"], s["attention_done"], s["attention_tile_us"]) == (0.7, 2.7, 1.75)
+    assert (s["o_proj_first_claim"], s["o_proj_done"], s["o_proj_tile_us"]) == (2.5, 4.0, 1.5)
+    assert (s["wait_median"], s["wait_max"]) == (0.2, 0.3)
+    assert (s["end_median"], s["end_max"]) == (3.35, 4.0)

@@ -94,3 +94,23 @@ def test_the_environment_switch_leaves_other_shapes_to_the_cluster_kernel(monkey
     with pytest.raises(ValueError, match="flow"):
         run_kernel(dataclasses.replace(QWEN_B1, batch=2), make_inputs(dataclasses.replace(QWEN_B1, batch=2)),
                    torch.empty(2, 1, 896, device="cuda", dtype=torch.bfloat16), variant="flow")
+
+
+def test_timeline_build_gives_the_same_bits_and_stamps_every_tile():
+    """-DCF_FLOW_TIMELINE (benchmarks/attention.py --timeline on flow rows) only adds stamps: same output bits,
+    every tile claimed before it is done, every CTA's end after its start."""
+    inp = make_inputs(QWEN_B1)
+    plain = torch.full_like(inp["x"], float("nan"))
+    run_kernel(QWEN_B1, inp, plain, variant="flow")
+    plan = attention_flow.plan(torch.bfloat16, QWEN_B1.hidden, QWEN_B1.num_heads, QWEN_B1.kv_heads,
+                               QWEN_B1.head_dim, torch.device("cuda"), timeline=True)
+    stamps = torch.zeros(plan.stamp_elems(), dtype=torch.int64, device="cuda")
+    timed = torch.full_like(plain, float("nan"))
+    run_kernel(QWEN_B1, make_inputs(QWEN_B1), timed, variant="flow", timeline=stamps)
+    torch.cuda.synchronize()
+    assert torch.equal(timed, plain)
+    st = stamps.view(-1, attention_flow.STAMP_WORDS).cpu()
+    tiles, ctas = st[: plan.tiles], st[plan.tiles: plan.tiles + plan.grid]
+    assert bool((tiles[:, 0] > 0).all()) and bool((tiles[:, 1] >= tiles[:, 0]).all())
+    assert bool((ctas[:, 1] >= ctas[:, 0]).all())
+    assert sum(plan.tile_kinds(QWEN_B1.num_heads, QWEN_B1.kv_heads, QWEN_B1.head_dim).values()) == plan.tiles
