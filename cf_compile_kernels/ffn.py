@@ -343,7 +343,7 @@ class Tuning:
     gu_wpr: int | None = None  # flow kernel: warps per row group of the gate/up tiles; None: from the shape
     down_wpr: int | None = None  # flow kernel: the same for the down tiles
     ctas_per_sm: int | None = None  # flow kernel: cap on resident CTAs per SM; None: the occupancy API's
-    h_shared: bool = False  # flow kernel: h copied into shared memory once per CTA for its down tiles
+    h_shared: bool | None = None  # flow kernel: h in shared memory for the down tiles; None: the shape's default
     streamed: bool = False  # flow kernel: down warps wait per h segment, not once for all of h (opt-in)
 
     def flow(self) -> ffn_flow.FlowTuning:
@@ -354,7 +354,7 @@ class Tuning:
 @functools.cache
 def _flow_tuning(tuning: Tuning) -> ffn_flow.FlowTuning:
     return ffn_flow.FlowTuning(tuning.rpw, tuning.gu_wpr, tuning.down_wpr, tuning.ctas_per_sm, tuning.phases,
-                               bool(tuning.h_shared), bool(tuning.streamed))
+                               None if tuning.h_shared is None else bool(tuning.h_shared), bool(tuning.streamed))
 
 
 def _plan(
@@ -436,10 +436,14 @@ def _build_plan(
 # FLOW_DEFAULT_MAX_BATCH: H100 bf16, 2026-12-07 (benchmarks/NOTES-ffn.md round 9), B=1 flow vs cluster vs
 # Inductor (us): Llama-2-7B 99.5 / 110.9 / 101.0, Llama-3-8B 125.0 / 143.9 / 119.6, Llama-3.2-1B 41.9 / 48.2 /
 # 47.4, Qwen2.5-0.5B 16.9 / 20.9 / 23.5; at B=4 it lost (Llama-2-7B 141.1 vs 117.8: every k-vector of h is
-# read from L1/L2 once per batch row and tile, where the cluster kernel holds h in shared memory).
+# read from L1/L2 once per batch row and tile, where the cluster kernel holds h in shared memory). Batch 2 since
+# session 13 (NOTES-ffn.md round 10; H100 bf16, 2026-12-07, two runs): flow (with h in shared memory where
+# ffn_flow.default_h_shared says) vs cluster, us: Llama-2-7B 105.0 / 114.0, Llama-3-8B 133.4 / 147.9, Llama-3.2-1B
+# 45.7 / 49.3, Qwen2.5-0.5B 20.1 / 21.6 (first run: 107.0 / 119, 133.4 / 150, 46.0 / 51.2, 19.9 / 21.6). Batch 4:
+# the cluster kernel stays ahead except at Llama-2-7B (124.2 vs 125, a tie).
 KERNEL_KINDS = ("cluster", "flow")
 DEFAULT_KERNEL = "flow"
-FLOW_DEFAULT_MAX_BATCH = 1
+FLOW_DEFAULT_MAX_BATCH = 2
 
 
 def kernel_kind(hidden: int, intermediate: int, batch: int, tuning: Tuning = Tuning()) -> str:

@@ -54,6 +54,7 @@ RPW_MAX_BUCKET = {2: 8, 4: 2}
 GATE_UP_WPR = 1
 DOWN_TILE_ROWS = 4
 MAX_SMEM_PER_CTA = 227 * 1024
+MAX_SMEM_PER_SM = 228 * 1024  # sm_90: what the CTAs of one SM share (each also reserves 1 KiB)
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # ffn_math.cuh Activation
 NORM_KINDS = {"weight": 0, "unit_offset": 1}  # ffn_math.cuh NormKind
 
@@ -110,6 +111,24 @@ def smem_bytes(hidden: int, batch: int, elem: int = 2, h_shared: bool = False, i
     return batch_bucket(batch) * (max(hidden, intermediate) if h_shared else hidden) * elem
 
 
+# h in shared memory (the HS build) by default from batch 2 where a CTA runs more than this many down tiles on
+# average (hidden / down rows per tile over the resident CTAs), so the one copy of h is reused. H100 bf16 B=2,
+# 2026-12-07, HS vs plain (us): Llama-2-7B 105.0 vs 109.9 and Llama-3-8B 133.4 vs 136.6 (3.9 down tiles per CTA),
+# Llama-3.2-1B 47.1 vs 45.7 (1.9), Qwen2.5-0.5B 20.8 vs 20.1 (0.85).
+H_SHARED_MIN_DOWN_TILES_PER_CTA = 2
+
+
+def default_h_shared(hidden: int, intermediate: int, batch: int, rpw: int, down_cut: int, num_sms: int,
+                     elem: int = 2) -> bool:
+    """Whether the HS build runs by default: batch >= 2, down tiles per resident CTA above the threshold, and
+    h [bucket][I] fits two CTAs per SM."""
+    if batch < 2:
+        return False
+    down_tiles = hidden // tile_rows(rpw, down_cut)
+    fits = smem_bytes(hidden, batch, elem, True, intermediate) * ASSUMED_CTAS_PER_SM <= MAX_SMEM_PER_SM
+    return fits and down_tiles > H_SHARED_MIN_DOWN_TILES_PER_CTA * ASSUMED_CTAS_PER_SM * num_sms
+
+
 @functools.cache  # asked on every launch: the answer is per shape
 def flow_unsupported_reason(*, hidden: int, intermediate: int, batch: int, rpw: int | None = None) -> str | None:
     """None if the claimed-tile kernel computes this block (dtype/activation/norm are checked by ffn.py)."""
@@ -135,6 +154,7 @@ def flow_config(*, hidden: int, intermediate: int, batch: int, dtype: torch.dtyp
     rpw = default_rpw(batch)
     counts = tile_counts(hidden, intermediate, rpw, gate_up_wpr(intermediate, rpw), down_wpr(hidden, rpw))
     elem = torch.tensor([], dtype=dtype).element_size()
+    h_shared = default_h_shared(hidden, intermediate, batch, rpw, down_wpr(hidden, rpw), num_sms, elem)
     return {
         "kernel": "claimed tiles",
         "ctas": min(ASSUMED_CTAS_PER_SM * num_sms, counts["gate_up_tiles"] + counts["down_tiles"]),
@@ -142,7 +162,8 @@ def flow_config(*, hidden: int, intermediate: int, batch: int, dtype: torch.dtyp
         "rows_per_warp": rpw,
         "batch_rows": batch_bucket(batch),
         **counts,
-        "smem_bytes": smem_bytes(hidden, batch, elem),
+        "h_shared": h_shared,
+        "smem_bytes": smem_bytes(hidden, batch, elem, h_shared, intermediate),
         "h_scratch_bytes": MAX_BATCH * intermediate * elem,
         "weight_bytes": 3 * intermediate * hidden * elem,
     }
@@ -157,7 +178,7 @@ class FlowTuning:
     down_wpr: int | None = None
     ctas_per_sm: int | None = None  # None: what the occupancy API allows
     timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
-    h_shared: bool = False  # the HS build: h copied into shared memory once per CTA for its down tiles
+    h_shared: bool | None = None  # the HS build (h copied into shared memory once per CTA); None: default_h_shared
     streamed: bool = False  # the -DCF_FFN_STREAMED build: down warps wait per h segment (opt-in, NOTES round 10)
 
 
@@ -172,6 +193,7 @@ class FlowPlan:
     h_rows: torch.Tensor
     ctrl: torch.Tensor
     tiles: int  # gate/up + down tiles of one launch
+    h_shared: bool = False  # the HS build runs
 
     def stamp_elems(self) -> int:
         """int64 elements of a timeline launch's stamps: STAMP_WORDS per tile, then per CTA."""
@@ -185,6 +207,7 @@ class FlowPlan:
             "block": (THREADS, 1, 1),
             "smem": self.smem,
             "rows_per_warp": self.rpw,
+            "h_shared": self.h_shared,
             **tile_counts(hidden, intermediate, self.rpw, self.gu_wpr, self.down_wpr),
             "registers": self.kernel.compiled.registers,
             "local_bytes": self.kernel.compiled.local_bytes,
@@ -227,24 +250,29 @@ def _build_plan(
     defines = {"CF_FLOW_TIMELINE": 1} if tuning.timeline else {}
     if tuning.streamed:
         defines["CF_FFN_STREAMED"] = 1
-    compiled = compile_kernel(SOURCE, KERNEL, template_args=template_args(dtype, rpw, batch, tuning.h_shared),
-                              defines=defines)
-    kernel = load_kernel(compiled, device)
-    smem = smem_bytes(hidden, batch, torch.tensor([], dtype=dtype).element_size(), tuning.h_shared, intermediate)
-    if smem > MAX_SMEM_PER_CTA:
-        raise ValueError(f"gated_ffn_flow: {smem} B of shared memory per CTA (h_shared at batch {batch}, I {intermediate})")
-    slots = resident_slots(kernel, device, smem, tuning.ctas_per_sm)
     gu_cut = tuning.gu_wpr or gate_up_wpr(intermediate, rpw)
     down_cut = tuning.down_wpr or down_wpr(hidden, rpw)
     if gu_cut is None or down_cut is None:
         raise ValueError(f"gated_ffn_flow: no tile cut for hidden {hidden} / intermediate {intermediate}")
+    elem = torch.tensor([], dtype=dtype).element_size()
+    h_shared = tuning.h_shared
+    if h_shared is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        h_shared = default_h_shared(hidden, intermediate, batch, rpw, down_cut, sms, elem)
+    compiled = compile_kernel(SOURCE, KERNEL, template_args=template_args(dtype, rpw, batch, h_shared),
+                              defines=defines)
+    kernel = load_kernel(compiled, device)
+    smem = smem_bytes(hidden, batch, elem, h_shared, intermediate)
+    if smem > MAX_SMEM_PER_CTA:
+        raise ValueError(f"gated_ffn_flow: {smem} B of shared memory per CTA (h_shared at batch {batch}, I {intermediate})")
+    slots = resident_slots(kernel, device, smem, tuning.ctas_per_sm)
     counts = tile_counts(hidden, intermediate, rpw, gu_cut, down_cut)
     units, down_rows = counts["gate_up_units_per_tile"], counts["down_rows_per_tile"]
     if intermediate % units or hidden % down_rows:
         raise ValueError(f"gated_ffn_flow: tiles of {units} units / {down_rows} rows do not cut {intermediate} / {hidden}")
     tiles = counts["gate_up_tiles"] + counts["down_tiles"]
     h_rows, ctrl = _get_scratch(intermediate, device)
-    return FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl, tiles)
+    return FlowPlan(kernel, min(slots, tiles), smem, rpw, gu_cut, down_cut, h_rows, ctrl, tiles, h_shared)
 
 
 def launch(

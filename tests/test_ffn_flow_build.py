@@ -63,9 +63,10 @@ def test_odd_shapes_take_the_nearest_cut():
     assert ffn_flow.gate_up_wpr(8, 4) == 2
 
 
-def test_batch_one_defaults_to_the_claimed_tiles_and_larger_batches_to_clusters():
+def test_batches_one_and_two_default_to_the_claimed_tiles_and_larger_batches_to_clusters():
     assert ffn.kernel_kind(4096, 11008, 1) == "flow"
-    assert ffn.kernel_kind(4096, 11008, 2) == "cluster"
+    assert ffn.kernel_kind(4096, 11008, 2) == "flow"
+    assert ffn.kernel_kind(4096, 11008, 3) == "cluster"
     assert ffn.ffn_config(hidden=896, intermediate=4864, batch=1, dtype=torch.bfloat16, num_sms=132)["kernel"] == \
         "claimed tiles"
     assert ffn.ffn_config(hidden=896, intermediate=4864, batch=4, dtype=torch.bfloat16, num_sms=132)["kernel"] == \
@@ -101,3 +102,21 @@ def test_forcing_the_flow_kernel_where_it_cannot_run_is_an_error():
     with pytest.raises(ValueError, match="known"):
         ffn.kernel_kind(4096, 11008, 1, ffn.Tuning(kernel="tiles"))
     assert ffn_flow.smem_bytes(4096, 3, torch.tensor([], dtype=torch.bfloat16).element_size()) == 4 * 4096 * 2
+
+
+@pytest.mark.parametrize("hidden,inter,expected", [(4096, 11008, True), (4096, 14336, True), (2048, 8192, False),
+                                                   (896, 4864, False)])
+def test_batch_two_keeps_h_in_shared_memory_where_a_cta_runs_several_down_tiles(hidden, inter, expected):
+    """default_h_shared: the copy of h pays where a CTA runs more than H_SHARED_MIN_DOWN_TILES_PER_CTA down tiles
+    (measured: hidden 4096 with 3.9 per CTA gains, hidden 2048 with 1.9 loses); never at batch 1."""
+    rpw = ffn_flow.default_rpw(2)
+    cut = ffn_flow.down_wpr(hidden, rpw)
+    assert ffn_flow.default_h_shared(hidden, inter, 2, rpw, cut, num_sms=132) is expected
+    assert not ffn_flow.default_h_shared(hidden, inter, 1, ffn_flow.default_rpw(1), cut, num_sms=132)
+    cfg = ffn.ffn_config(hidden=hidden, intermediate=inter, batch=2, dtype=torch.bfloat16, num_sms=132)
+    assert cfg["kernel"] == "claimed tiles" and cfg["h_shared"] is expected
+
+
+def test_batch_four_stays_on_the_cluster_kernel():
+    cfg = ffn.ffn_config(hidden=4096, intermediate=11008, batch=4, dtype=torch.bfloat16, num_sms=132)
+    assert cfg["kernel"] == "cluster"
