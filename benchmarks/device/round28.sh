@@ -4,7 +4,8 @@
 # Part 2: the flow timeline (-DCF_FLOW_TIMELINE, summarise_kinds: per tile kind first claim / done, tile time,
 # hand-off waits, end) at bf16 B=1, 1024 and 4096, all four models. Part 3: Llama-2-7B default rows (now the
 # claimed-tile kernel) beside Inductor, bf16 and fp16, for cf_compile/measured.json (python
-# benchmarks/policy_table.py after `results.append` of rows_l2_default.json). ~250 s.
+# benchmarks/policy_table.py after `results.append` of rows_l2_default.json). Part 4: FFN batch 2 (now the claimed
+# tiles, h in shared memory at hidden 4096) beside Inductor: `python benchmarks/ffn.py --append` then policy_table. ~340 s.
 # Reading to test: at Llama-2-7B 1024 (67.9 us vs floor 50.7) the q/k/v phase ends raggedly (32-row tiles of
 # 256 KB, ~22 us each, 384 tiles on 264 slots) and attention tiles start only after every q/k/v tile is claimed:
 # predicted qkv_done ~38 us, attention_done ~45, o_proj_done ~62. If o_proj tiles wait > 3 us (wait_median), the
@@ -25,4 +26,7 @@ echo "[timeline at $((SECONDS - t0)) s]"
 timeout 90 python3 benchmarks/attention.py --no-prefetch --models llama-2-7b --dtypes bf16 fp16 --batches 1 \
   --seqs 1024 4096 --json "$FINAL/rows_l2_default.json" > "$FINAL/l2_default.log" 2>&1
 echo "llama-2-7b default rc $?"; grep -E " ours |Error" "$FINAL/l2_default.log" | cut -c1-170
+timeout 110 python3 benchmarks/ffn.py --dtypes bf16 --batches 2 --rows-out "$FINAL/rows_ffn_b2_default.json" \
+  > "$FINAL/ffn_b2.log" 2>&1
+echo "ffn batch 2 (flow default since session 13) rc $?"; grep -E "^\| |Error" "$FINAL/ffn_b2.log" | cut -c1-120
 echo "[done at $((SECONDS - t0)) s]"
