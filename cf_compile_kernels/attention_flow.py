@@ -30,7 +30,9 @@ RPW = 4  # weight rows per warp (batch 1: the FFN's measured choice)
 HEAD_DIMS = (64, 128)
 # Query heads per KV head a build holds, per head_dim: D = 128 with 8 spills (24-32 B, NVRTC 13.5).
 GROUP_BUILDS = {64: (1, 2, 4, 8), 128: (1, 2, 4)}
-MAX_CHUNKS = 16  # attention tiles per KV group: the last one merges them all
+MAX_CHUNKS = 16  # attention tiles per KV group by default: the last one merges them all (kSingleMergeMax)
+SINGLE_MERGE_MAX = 16  # kSingleMergeMax: above it (CF_ATTN_FLOW_MAX_CHUNKS > 16) the merge is two-level
+MERGE_FAN_IN = 8  # kMergeFanIn: chunks per first-level merge block
 O_TILE_ROWS = 4
 CTRL_FIXED = 3  # ticket, exit count, groups merged; then 2 words per KV group
 
@@ -58,11 +60,30 @@ def o_wpr(hidden: int) -> int | None:
     return nearest_cut(hidden, RPW, O_TILE_ROWS)
 
 
-def chunks(num_kv_heads: int, slots: int) -> int:
-    """Attention tiles per KV group: one per resident slot, at most MAX_CHUNKS (CF_ATTN_FLOW_MAX_CHUNKS, read
-    when a shape's plan is built, overrides the cap for benchmarks)."""
-    cap = int(os.environ.get("CF_ATTN_FLOW_MAX_CHUNKS", MAX_CHUNKS))
+def chunks(num_kv_heads: int, slots: int, cap: int = MAX_CHUNKS) -> int:
+    """Attention tiles per KV group: one per resident slot, at most `cap`."""
     return max(1, min(cap, slots // num_kv_heads))
+
+
+def merge_blocks(nc: int) -> int:
+    """First-level merge blocks per KV group: 0 where one tile merges all nc partials (nc <= SINGLE_MERGE_MAX)."""
+    return -(-nc // MERGE_FAN_IN) if nc > SINGLE_MERGE_MAX else 0
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Benchmark overrides, read from the environment when a launch asks for its plan (part of the plan key):
+    CF_ATTN_FLOW_MAX_CHUNKS (the chunk cap; above SINGLE_MERGE_MAX the merge is two-level) and
+    CF_ATTN_FLOW_QKV_WPR (warps per row group of the q/k/v tiles, 1/2/4/8: smaller tiles, k-split rows)."""
+
+    max_chunks: int = MAX_CHUNKS
+    qkv_wpr: int | None = None
+
+    @staticmethod
+    def from_env() -> Knobs:
+        cap = os.environ.get("CF_ATTN_FLOW_MAX_CHUNKS")
+        wpr = os.environ.get("CF_ATTN_FLOW_QKV_WPR")
+        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None)
 
 
 def is_default(*, num_heads: int, num_kv_heads: int, batch: int) -> bool:
@@ -146,13 +167,14 @@ _plans = PlanCache()
 
 
 def plan(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
-         device: torch.device, timeline: bool = False) -> FlowPlan:
-    return _plans.get((dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline),
-                      lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline))
+         device: torch.device, timeline: bool = False, knobs: Knobs | None = None) -> FlowPlan:
+    knobs = Knobs.from_env() if knobs is None else knobs
+    return _plans.get((dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline, knobs),
+                      lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline, knobs))
 
 
 def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
-           device: torch.device, timeline: bool) -> FlowPlan:
+           device: torch.device, timeline: bool, knobs: Knobs) -> FlowPlan:
     from .build import compile_kernel
 
     gm = group_build(num_heads // num_kv_heads, head_dim)
@@ -161,16 +183,20 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
     kernel = load_kernel(compiled, device)
     smem = smem_bytes(hidden, head_dim, gm)
     slots = resident_slots(kernel, device, smem)
-    qw, ow, nc = qkv_wpr(num_heads, num_kv_heads, head_dim, slots), o_wpr(hidden), chunks(num_kv_heads, slots)
+    qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
+    ow, nc = o_wpr(hidden), chunks(num_kv_heads, slots, knobs.max_chunks)
+    if head_dim % tile_rows(RPW, qw):
+        raise ValueError(f"attention_flow: q/k/v tiles of {tile_rows(RPW, qw)} rows cut across heads of {head_dim}")
+    nb = merge_blocks(nc)
     qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
     tiles = qkv_rows // tile_rows(RPW, qw) + num_kv_heads * nc + hidden // tile_rows(RPW, ow)
     f32 = dict(dtype=torch.float32, device=device)
     return FlowPlan(
         kernel, min(slots, tiles), smem, qw, ow, nc,
         qkv=torch.empty(qkv_rows, **f32),
-        part=torch.empty(num_kv_heads * nc * gm * (head_dim + 2), **f32),
+        part=torch.empty(num_kv_heads * (nc + nb) * gm * (head_dim + 2), **f32),
         attn_o=torch.empty(num_heads * head_dim, dtype=dtype, device=device),
-        ctrl=torch.zeros(CTRL_FIXED + 2 * num_kv_heads, dtype=torch.int32, device=device),
+        ctrl=torch.zeros(CTRL_FIXED + (2 + nb) * num_kv_heads, dtype=torch.int32, device=device),
         tiles=tiles,
         timeline=timeline,
     )

@@ -83,3 +83,18 @@ def test_the_environment_overrides_the_default_both_ways(monkeypatch):
     mha = dict(shape, num_heads=32, num_kv_heads=32)
     assert attention.attention_config(**mha)["kernel"] == "cluster"
     assert attention.attention_config(**mha, has_qk_norm=True, kernel="flow")["kernel"] == "cluster"
+
+
+def test_merge_is_two_level_only_above_the_single_pass_cap():
+    assert af.merge_blocks(af.MAX_CHUNKS) == 0 and af.merge_blocks(1) == 0
+    assert af.merge_blocks(33) == 5 and af.merge_blocks(64) == 8 and af.merge_blocks(132) == 17
+
+
+def test_benchmark_knobs_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv("CF_ATTN_FLOW_MAX_CHUNKS", raising=False)
+    monkeypatch.delenv("CF_ATTN_FLOW_QKV_WPR", raising=False)
+    assert af.Knobs.from_env() == af.Knobs(af.MAX_CHUNKS, None)
+    monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", "64")
+    monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", "4")
+    assert af.Knobs.from_env() == af.Knobs(64, 4)
+    assert af.chunks(2, 264, 64) == 64 and af.chunks(8, 264, 64) == 33 and af.chunks(2, 264) == af.MAX_CHUNKS

@@ -35,8 +35,45 @@ template <int GM>
 constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 
 /// @brief Control words (int32, zero between launches): ticket, exit count, groups merged, then per KV group
-/// its q/k/v tiles done and its attention tiles done.
+/// its q/k/v tiles done and its attention tiles (or, two-level, its merged blocks) done, then (two-level only)
+/// per KV group and block of kMergeFanIn chunks, the block's tiles done.
 enum Ctrl : int { kTicket = 0, kFinished = 1, kGroupsDone = 2, kPerGroup = 3 };
+/// Up to this many chunks per KV group, the group's last tile merges all of them (one serial pass: the landed
+/// cap, attention_flow.MAX_CHUNKS). Above it the merge is two-level: the last tile of each block of kMergeFanIn
+/// chunks merges the block, the last block's merger merges the blocks, so no tile reads more than
+/// max(kMergeFanIn, NC / kMergeFanIn) partials (round 28: a cap of 64 cost 6 us at 1024 with one serial pass).
+constexpr int kSingleMergeMax = 16;
+constexpr int kMergeFanIn = 8;
+
+/// @brief Merge `count` (m, l, o) partials of one KV group (stride GM * (D + 2) floats, heads < G), in index
+/// order, by the whole CTA: to `dst` as an (m, l, o) partial, or, with `ao`, to o rounded to T.
+template <typename T, int D, int GM>
+__device__ __forceinline__ void merge_partials(const float* base, int count, int G, float* dst, T* ao) {
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int h = idx / D, d = idx % D;
+    float M = neg_inf();
+#pragma unroll 8
+    for (int k = 0; k < count; ++k) M = fmaxf(M, __ldcg(base + (k * GM + h) * (D + 2) + D));
+    float O = 0.f, S = 0.f;
+#pragma unroll 8
+    for (int k = 0; k < count; ++k) {
+      const float* pk = base + (k * GM + h) * (D + 2);
+      const float f = softmax_rescale(__ldcg(pk + D), M);
+      O = fmaf(__ldcg(pk + d), f, O);
+      S = fmaf(__ldcg(pk + D + 1), f, S);
+    }
+    if (ao != nullptr) {
+      ao[h * D + d] = from_float<T>(S > 0.f ? O / S : 0.f);
+    } else {
+      dst[h * (D + 2) + d] = O;
+      if (d == 0) {
+        dst[h * (D + 2) + D] = M;
+        dst[h * (D + 2) + D + 1] = S;
+      }
+    }
+    __threadfence();
+  }
+}
 
 /// @brief The live range [first, last] of the mask row [L] (null: [0, min(pos, L - 1)]), into range_s[2].
 __device__ __forceinline__ void live_range(const unsigned char* mask, int L, long long pos, int* range_s) {
@@ -99,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   __shared__ float red_s[kWarps * RPW];
   __shared__ float ss_s[kWarps];
   __shared__ float rstd_s[1];
-  __shared__ int ticket_s, last_s, range_s[2];
+  __shared__ int ticket_s, last_s, last_block_s, range_s[2];
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int H = hidden, NH = num_heads, KVH = num_kv_heads, G = NH / KVH, NC = chunks;
@@ -121,6 +158,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   const int total = qkv_tiles + attn_tiles + o_tiles;
   int* const qkv_done = ctrl + kPerGroup;
   int* const attn_done = qkv_done + KVH;
+  const int NB = NC > kSingleMergeMax ? ceil_div(NC, kMergeFanIn) : 0;  // merge blocks per group (two-level)
+  int* const block_done = attn_done + KVH;
   const T* const xs = static_cast<const T*>(x);
 
   TileClock clock;
@@ -311,33 +350,38 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         __threadfence();
       }
       __syncthreads();
+      const bool two_level = NC > kSingleMergeMax;
+      const int block = c / kMergeFanIn, in_block = min(kMergeFanIn, NC - block * kMergeFanIn);
       if (tid == 0) {
         __threadfence();
-        last_s = atomicAdd(attn_done + g, 1) == NC - 1;
+        last_s = two_level ? atomicAdd(block_done + g * NB + block, 1) == in_block - 1
+                           : atomicAdd(attn_done + g, 1) == NC - 1;
         __threadfence();
       }
       __syncthreads();
-      if (last_s) {  // the group's last tile: merge its NC partials in chunk order, o rounded to T
+      if (last_s) {  // the last tile of the group (one level) or of its block (two levels) merges, chunk order
         T* const ao = static_cast<T*>(attn_o) + static_cast<size_t>(g) * G * D;
         const float* const base = part + static_cast<size_t>(g) * NC * GM * (D + 2);
-        for (int idx = tid; idx < G * D; idx += kThreads) {
-          const int h = idx / D, d = idx % D;
-          float M = neg_inf();
-#pragma unroll 8
-          for (int k = 0; k < NC; ++k) M = fmaxf(M, __ldcg(base + (k * GM + h) * (D + 2) + D));
-          float O = 0.f, S = 0.f;
-#pragma unroll 8
-          for (int k = 0; k < NC; ++k) {
-            const float* pk = base + (k * GM + h) * (D + 2);
-            const float f = softmax_rescale(__ldcg(pk + D), M);
-            O = fmaf(__ldcg(pk + d), f, O);
-            S = fmaf(__ldcg(pk + D + 1), f, S);
+        bool merged = !two_level;
+        if (two_level) {
+          float* const blocks = part + static_cast<size_t>(KVH) * NC * GM * (D + 2) +
+                                static_cast<size_t>(g) * NB * GM * (D + 2);
+          merge_partials<T, D, GM>(base + static_cast<size_t>(block) * kMergeFanIn * GM * (D + 2), in_block, G,
+                                   blocks + static_cast<size_t>(block) * GM * (D + 2), nullptr);
+          __syncthreads();
+          if (tid == 0) {
+            __threadfence();
+            last_block_s = atomicAdd(attn_done + g, 1) == NB - 1;
+            __threadfence();
           }
-          ao[h * D + d] = from_float<T>(S > 0.f ? O / S : 0.f);
-          __threadfence();
+          __syncthreads();
+          if (last_block_s) merge_partials<T, D, GM>(blocks, NB, G, nullptr, ao);
+          merged = last_block_s;
+        } else {
+          merge_partials<T, D, GM>(base, NC, G, nullptr, ao);
         }
         __syncthreads();
-        if (tid == 0) {
+        if (merged && tid == 0) {
           __threadfence();
           atomicAdd(ctrl + kGroupsDone, 1);
         }
@@ -374,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   if (tid == 0) {  // every claim of this launch is made once all CTAs got here: the last one resets the counters
     __threadfence();
     if (atomicAdd(ctrl + kFinished, 1) == static_cast<int>(gridDim.x) - 1) {
-      for (int i = 0; i < kPerGroup + 2 * KVH; ++i) ctrl[i] = 0;
+      for (int i = 0; i < kPerGroup + 2 * KVH + KVH * NB; ++i) ctrl[i] = 0;
     }
   }
 }

@@ -114,3 +114,29 @@ def test_timeline_build_gives_the_same_bits_and_stamps_every_tile():
     assert bool((tiles[:, 0] > 0).all()) and bool((tiles[:, 1] >= tiles[:, 0]).all())
     assert bool((ctas[:, 1] >= ctas[:, 0]).all())
     assert sum(plan.tile_kinds(QWEN_B1.num_heads, QWEN_B1.kv_heads, QWEN_B1.head_dim).values()) == plan.tiles
+
+
+LLAMA3_B1 = dataclasses.replace(NAMED["llama3_8b_b4"], batch=1)
+
+
+@pytest.mark.parametrize("cap", [32, 64, 128])
+@pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"]], ids=["qwen", "llama3", "llama2"])
+def test_two_level_merge_matches_the_reference(cap, case, monkeypatch):
+    """Chunk caps above SINGLE_MERGE_MAX merge in two levels (blocks of MERGE_FAN_IN chunks, a last block that may
+    be partial): inside the band, the cache slot as the reference writes it, counters back to zero."""
+    monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", str(cap))
+    check_case(case, variant="flow")
+    p = attention_flow.plan(case.dtype, case.hidden, case.num_heads, case.kv_heads, case.head_dim,
+                            torch.device("cuda"))
+    if case.kv_heads <= 8:  # llama2 (32 KV heads) has 8 chunks per group at any cap: one level
+        assert attention_flow.merge_blocks(p.chunks) > 0, f"{p.chunks} chunks: not the two-level path"
+    torch.cuda.synchronize()
+    assert int(p.ctrl.abs().sum()) == 0, "counters left non-zero"
+
+
+@pytest.mark.parametrize("wpr", [2, 4, 8])
+def test_smaller_qkv_tiles_match_the_reference(wpr, monkeypatch):
+    """CF_ATTN_FLOW_QKV_WPR: q/k/v tiles of k-split rows (8 / wpr row groups), still inside one head."""
+    monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", str(wpr))
+    check_case(NAMED["llama2_7b"], variant="flow")
+    check_case(QWEN_B1, variant="flow")
