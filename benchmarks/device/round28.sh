@@ -5,7 +5,10 @@
 # hand-off waits, end) at bf16 B=1, 1024 and 4096, all four models. Part 3: Llama-2-7B default rows (now the
 # claimed-tile kernel) beside Inductor, bf16 and fp16, for cf_compile/measured.json (python
 # benchmarks/policy_table.py after `results.append` of rows_l2_default.json). Part 4: FFN batch 2 (now the claimed
-# tiles, h in shared memory at hidden 4096) beside Inductor: `python benchmarks/ffn.py --append` then policy_table. ~340 s.
+# tiles, h in shared memory at hidden 4096) beside Inductor: `python benchmarks/ffn.py --append` then policy_table.
+# Knobs (between parts 2 and 3): flow at chunk caps 64 / 128 (the two-level merge, prepared 2026-12-07) and q/k/v
+# tiles of 2 / 4 warps per row group. Predicted: cap 64 with two levels <= cap 16 at 1024 and ~33 us at Qwen
+# 4096 (cap 16: 44.9); wpr 4 at Llama-2-7B 1024 ~63 (67.9). ~450 s.
 # Reading to test: at Llama-2-7B 1024 (67.9 us vs floor 50.7) the q/k/v phase ends raggedly (32-row tiles of
 # 256 KB, ~22 us each, 384 tiles on 264 slots) and attention tiles start only after every q/k/v tile is claimed:
 # predicted qkv_done ~38 us, attention_done ~45, o_proj_done ~62. If o_proj tiles wait > 3 us (wait_median), the
@@ -23,6 +26,13 @@ timeout 100 python3 benchmarks/attention.py --no-inductor --no-prefetch --timeli
   --batches 1 --seqs 1024 4096 --json "$FINAL/rows_flow_timeline.json" > "$FINAL/flow_timeline.log" 2>&1
 echo "flow timeline rc $?"; grep -E "^flow timeline| ours |Error" "$FINAL/flow_timeline.log" | cut -c1-700
 echo "[timeline at $((SECONDS - t0)) s]"
+for KNOB in CF_ATTN_FLOW_MAX_CHUNKS=64 CF_ATTN_FLOW_MAX_CHUNKS=128 CF_ATTN_FLOW_QKV_WPR=2 CF_ATTN_FLOW_QKV_WPR=4; do
+  TAG=$(echo "${KNOB#CF_ATTN_FLOW_}" | tr '=' '_' | tr 'A-Z' 'a-z')
+  env "$KNOB" timeout 60 python3 benchmarks/attention.py --no-inductor --no-prefetch --variants flow --dtypes bf16 \
+    --batches 1 --seqs 1024 4096 --json "$FINAL/rows_flow_$TAG.json" > "$FINAL/flow_$TAG.log" 2>&1
+  echo "flow $KNOB rc $?"; grep -E " ours |Error" "$FINAL/flow_$TAG.log" | cut -c1-110
+done
+echo "[knobs at $((SECONDS - t0)) s]"
 timeout 90 python3 benchmarks/attention.py --no-prefetch --models llama-2-7b --dtypes bf16 fp16 --batches 1 \
   --seqs 1024 4096 --json "$FINAL/rows_l2_default.json" > "$FINAL/l2_default.log" 2>&1
 echo "llama-2-7b default rc $?"; grep -E " ours |Error" "$FINAL/l2_default.log" | cut -c1-170
