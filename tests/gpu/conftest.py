@@ -16,10 +16,22 @@ def _skip_reason() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test under tests/gpu carries the `gpu` marker (declared in pyproject.toml)."""
+    """Every test under tests/gpu carries the `gpu` marker (declared in pyproject.toml). Each argument of a GPU
+    test must resolve to a fixture or a parametrize name at collection: on a machine without a GPU the tests
+    are skipped before their fixtures are looked up, so a lost @parametrize would otherwise surface only on
+    the device (it once hid 80 cases behind one setup error)."""
+    unresolved = []
     for item in items:
         if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.gpu)
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            known = item._fixtureinfo.name2fixturedefs  # pytest's resolved fixtures of this item
+            missing = [n for n in item.fixturenames if n not in known and n not in params and n != "request"]
+            if missing:
+                unresolved.append(f"{item.nodeid}: {', '.join(missing)}")
+    if unresolved:
+        raise pytest.UsageError("GPU tests with arguments that are neither fixtures nor parametrized:\n  "
+                                + "\n  ".join(unresolved))
 
 
 def pytest_runtest_setup(item):
