@@ -12,7 +12,7 @@ import ctypes
 import functools
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -309,17 +309,15 @@ def attention_unsupported_reason(
     return plan if isinstance(plan, str) else None
 
 
-def default_kernel(batch: int, qkv_weights: Sequence[torch.Tensor], k_cache: torch.Tensor) -> str | None:
-    """attention_flow.VARIANT where CF_ATTN_KERNEL=flow or attention_flow.is_default picks the claimed-tile
-    kernel for the shape (attention_decode falls back to the cluster kernel where that kernel does not take it),
-    CF_ATTN_KERNEL=cluster keeps the cluster kernel everywhere; else None (DEFAULT_VARIANT)."""
+def default_kernel(num_heads: int, num_kv_heads: int, batch: int) -> str:
+    """The kernel a call without a variant asks for: CF_ATTN_KERNEL if set (flow or cluster), else the claimed-tile
+    kernel (attention_flow.VARIANT) where attention_flow.is_default says so, else "cluster". Where the claimed
+    tiles do not take the shape, attention_decode and attention_config fall back to the cluster kernel."""
     chosen = env.attention_kernel()
     if chosen is not None:
-        return attention_flow.VARIANT if chosen == attention_flow.VARIANT else None
-    kvh, head_dim = k_cache.shape[1], k_cache.shape[3]
-    q_rows = qkv_weights[0].shape[0] - (2 * kvh * head_dim if len(qkv_weights) == 1 else 0)
-    default = attention_flow.is_default(num_heads=q_rows // head_dim, num_kv_heads=kvh, batch=batch)
-    return attention_flow.VARIANT if default else None
+        return attention_flow.VARIANT if chosen == attention_flow.VARIANT else "cluster"
+    default = attention_flow.is_default(num_heads=num_heads, num_kv_heads=num_kv_heads, batch=batch)
+    return attention_flow.VARIANT if default else "cluster"
 
 
 def attention_config(
@@ -340,11 +338,7 @@ def attention_config(
     "flow" for the claimed-tile kernel's tile cut where it takes the shape; None: what attention_decode runs
     (default_kernel's choice; a split override means the cluster kernel)."""
     if kernel is None:
-        env_kernel = env.attention_kernel()
-        flow = env_kernel == attention_flow.VARIANT or (
-            env_kernel is None
-            and attention_flow.is_default(num_heads=num_heads, num_kv_heads=num_kv_heads, batch=batch))
-        kernel = attention_flow.VARIANT if flow and split is None else "cluster"
+        kernel = default_kernel(num_heads, num_kv_heads, batch) if split is None else "cluster"
     if kernel == attention_flow.VARIANT and attention_flow.flow_unsupported_reason(
             hidden=hidden, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, batch=batch,
             has_qk_norm=has_qk_norm) is None:
@@ -639,11 +633,8 @@ def attention_decode(
         "flow" named explicitly it is the claimed-tile kernel's stamps instead (attention_flow.launch, sized by
         attention_flow.plan(..., timeline=True).stamp_elems())."""
     explicit_flow = variant == attention_flow.VARIANT
-    if variant is None and default_kernel(x.shape[0], qkv_weights, k_cache) == attention_flow.VARIANT:
-        variant = attention_flow.VARIANT  # where the claimed-tile kernel takes the shape (checked below)
-    variant = DEFAULT_VARIANT if variant is None else variant
     split = check_split(split)
-    if variant not in VARIANTS and variant != attention_flow.VARIANT:
+    if variant is not None and variant not in VARIANTS and not explicit_flow:
         raise ValueError(f"variant {variant!r}: one of {sorted(VARIANTS)} or {attention_flow.VARIANT!r}")
     if norm_kind not in ("weight", "unit_offset"):
         raise ValueError(f"norm_kind {norm_kind!r}: 'weight' or 'unit_offset'")
@@ -652,6 +643,9 @@ def attention_decode(
     dtype = x.dtype
     q_rows = qkv_weights[0].shape[0] - (2 * kvh * head_dim if len(qkv_weights) == 1 else 0)
     num_heads = q_rows // head_dim
+    if variant is None and default_kernel(num_heads, kvh, batch) == attention_flow.VARIANT:
+        variant = attention_flow.VARIANT  # where the claimed-tile kernel takes the shape (checked below)
+    variant = DEFAULT_VARIANT if variant is None else variant
     reason = attention_unsupported_reason(
         hidden=hidden,
         num_heads=num_heads,
