@@ -173,7 +173,7 @@ def flow_timeline_of(layers: list[dict], model: str) -> dict:
     x = layers[0]["x"]
     plan = attention_flow.plan(x.dtype, hidden, nh, kvh, d, x.device, timeline=True)
     stamps = torch.zeros(plan.stamp_elems(), dtype=torch.int64, device=x.device)
-    kinds = plan.tile_kinds(nh, kvh, d)
+    kinds = plan.kinds
     runs = []
     for r in range(TIMELINE_RUNS + 1):
         ours(layers[r % len(layers)], variant="flow", timeline=stamps)

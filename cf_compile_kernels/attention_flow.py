@@ -112,6 +112,16 @@ def flow_unsupported_reason(*, hidden: int, num_heads: int, num_kv_heads: int, h
     return None
 
 
+def tile_counts(hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_cut: int, o_cut: int,
+                nc: int) -> dict[str, int]:
+    """The queue of one launch, tile kinds in queue order: q/k/v tiles, attention tiles, o_proj tiles."""
+    return {
+        "qkv": (num_heads + 2 * num_kv_heads) * head_dim // tile_rows(RPW, qkv_cut),
+        "attention": num_kv_heads * nc,
+        "o_proj": hidden // tile_rows(RPW, o_cut),
+    }
+
+
 def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, num_sms: int,
                 ctas_per_sm: int = 2) -> dict:
     """The tile cut for the report, from the shape and an estimate of the resident CTAs (the launcher asks the
@@ -119,14 +129,13 @@ def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int
     slots = ctas_per_sm * num_sms
     qw, ow = qkv_wpr(num_heads, num_kv_heads, head_dim, slots), o_wpr(hidden)
     nc = chunks(num_kv_heads, slots)
-    qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
     return {
         "kernel": VARIANT,
         "ctas": slots,
         "qkv_tile_rows": tile_rows(RPW, qw),
         "attention_tiles": num_kv_heads * nc,
         "o_tile_rows": tile_rows(RPW, ow),
-        "tiles": qkv_rows // tile_rows(RPW, qw) + num_kv_heads * nc + hidden // tile_rows(RPW, ow),
+        "tiles": sum(tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc).values()),
         "group_build": group_build(num_heads // num_kv_heads, head_dim),
     }
 
@@ -149,18 +158,16 @@ class FlowPlan:
     part: torch.Tensor
     attn_o: torch.Tensor
     ctrl: torch.Tensor
-    tiles: int
+    kinds: dict[str, int]  # tile_counts: tiles of each kind in queue order (how a timeline splits its stamps)
     timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
+
+    @property
+    def tiles(self) -> int:
+        return sum(self.kinds.values())
 
     def stamp_elems(self) -> int:
         """int64 elements of a timeline launch's stamps: STAMP_WORDS per tile (queue order), then per CTA."""
         return (self.tiles + self.grid) * STAMP_WORDS
-
-    def tile_kinds(self, num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, int]:
-        """Tiles of each kind in queue order (q/k/v, attention, o_proj): how a timeline splits its stamps."""
-        qkv = (num_heads + 2 * num_kv_heads) * head_dim // tile_rows(RPW, self.qkv_wpr)
-        attn = num_kv_heads * self.chunks
-        return {"qkv": qkv, "attention": attn, "o_proj": self.tiles - qkv - attn}
 
 
 _plans = PlanCache()
@@ -189,7 +196,8 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
         raise ValueError(f"attention_flow: q/k/v tiles of {tile_rows(RPW, qw)} rows cut across heads of {head_dim}")
     nb = merge_blocks(nc)
     qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
-    tiles = qkv_rows // tile_rows(RPW, qw) + num_kv_heads * nc + hidden // tile_rows(RPW, ow)
+    kinds = tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc)
+    tiles = sum(kinds.values())
     f32 = dict(dtype=torch.float32, device=device)
     return FlowPlan(
         kernel, min(slots, tiles), smem, qw, ow, nc,
@@ -197,7 +205,7 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
         part=torch.empty(num_kv_heads * (nc + nb) * gm * (head_dim + 2), **f32),
         attn_o=torch.empty(num_heads * head_dim, dtype=dtype, device=device),
         ctrl=torch.zeros(CTRL_FIXED + (2 + nb) * num_kv_heads, dtype=torch.int32, device=device),
-        tiles=tiles,
+        kinds=kinds,
         timeline=timeline,
     )
 

@@ -113,7 +113,7 @@ def test_timeline_build_gives_the_same_bits_and_stamps_every_tile():
     tiles, ctas = st[: plan.tiles], st[plan.tiles: plan.tiles + plan.grid]
     assert bool((tiles[:, 0] > 0).all()) and bool((tiles[:, 1] >= tiles[:, 0]).all())
     assert bool((ctas[:, 1] >= ctas[:, 0]).all())
-    assert sum(plan.tile_kinds(QWEN_B1.num_heads, QWEN_B1.kv_heads, QWEN_B1.head_dim).values()) == plan.tiles
+    assert sum(plan.kinds.values()) == plan.tiles
 
 
 LLAMA3_B1 = dataclasses.replace(NAMED["llama3_8b_b4"], batch=1)
