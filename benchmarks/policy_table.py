@@ -46,8 +46,10 @@ def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bo
     if block == "attention" and attention_flow.is_default(num_heads=shape.get("heads", 0),
                                                           num_kv_heads=shape.get("kv_heads", -1),
                                                           batch=config["batch"]):
-        # batch-1 MHA runs the claimed-tile kernel; rows of another chunk cap or q/k/v cut were experiments
+        # batch-1 MHA runs the claimed-tile kernel; rows of another chunk cap, q/k/v cut or o_proj gate were
+        # experiments
         return (config.get("variant") == attention_flow.VARIANT and "flow_qkv_wpr" not in config
+                and not config.get("flow_o_gated", False)
                 and config.get("flow_max_chunks", attention_flow.MAX_CHUNKS) == attention_flow.MAX_CHUNKS)
     variant = config.get("variant", defaults[block])
     if variant == defaults[block]:

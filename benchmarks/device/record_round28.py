@@ -26,6 +26,12 @@ ATTENTION = {  # file stem -> (title, extra config, method)
                             "CF_ATTN_FLOW_QKV_WPR=2 attention.py --no-inductor --variants flow"),
     "rows_flow_qkv_wpr_4": ("Attention flow, q/k/v tiles of 4 warps per row (round 28)", {"flow_qkv_wpr": 4},
                             "CF_ATTN_FLOW_QKV_WPR=4 attention.py --no-inductor --variants flow"),
+    "rows_flow_o_gated_1": ("Attention flow, o_proj gated per KV group (round 28)", {"flow_o_gated": True},
+                            "CF_ATTN_FLOW_O_GATED=1 attention.py --no-inductor --variants flow"),
+    "rows_flow_o_gated_1_max_chunks_64": ("Attention flow, o_proj gated per KV group, chunk cap 64 (round 28)",
+                                          {"flow_o_gated": True, "flow_max_chunks": 64},
+                                          "CF_ATTN_FLOW_O_GATED=1 CF_ATTN_FLOW_MAX_CHUNKS=64 attention.py "
+                                          "--no-inductor --variants flow"),
     "rows_l2_default": ("Attention block decode: Llama-2-7B batch 1, the default (claimed tiles) beside Inductor", {},
                         "attention.py --no-prefetch --models llama-2-7b --dtypes bf16 fp16 --batches 1"),
 }

@@ -7,9 +7,10 @@
 # benchmarks/policy_table.py after `results.append` of rows_l2_default.json). Part 4: FFN batch 2 (now the claimed
 # tiles, h in shared memory at hidden 4096) beside Inductor: `python benchmarks/ffn.py --append` then policy_table.
 # Knobs (between parts 2 and 3): flow at chunk caps 64 / 128 (the two-level merge, prepared 2026-12-07) and q/k/v
-# tiles of 2 / 4 warps per row group. Predicted: cap 64 with two levels <= cap 16 at 1024 and ~33 us at Qwen
+# tiles of 4 warps per row group; o_proj gated per KV group (CF_ATTN_O_GATED, alone and with cap 64). Predicted: cap 64 with two levels <= cap 16 at 1024 and ~33 us at Qwen
 # 4096 (cap 16: 44.9); wpr 4 at Llama-2-7B 1024 ~63 (67.9). ~450 s.
-# Reading to test: at Llama-2-7B 1024 (67.9 us vs floor 50.7) the q/k/v phase ends raggedly (32-row tiles of
+# Gated o_proj: predicted -2..-4 us at Llama-2-7B (o_proj weights stream while the last groups attend), ~0 at
+# the GQA shapes (few groups, each long). Reading to test: at Llama-2-7B 1024 (67.9 us vs floor 50.7) the q/k/v phase ends raggedly (32-row tiles of
 # 256 KB, ~22 us each, 384 tiles on 264 slots) and attention tiles start only after every q/k/v tile is claimed:
 # predicted qkv_done ~38 us, attention_done ~45, o_proj_done ~62. If o_proj tiles wait > 3 us (wait_median), the
 # o_proj split-K by head group (per-warp waits on group counters, as the FFN's streamed build) is next; if the
@@ -26,9 +27,10 @@ timeout 100 python3 benchmarks/attention.py --no-inductor --no-prefetch --timeli
   --batches 1 --seqs 1024 4096 --json "$FINAL/rows_flow_timeline.json" > "$FINAL/flow_timeline.log" 2>&1
 echo "flow timeline rc $?"; grep -E "^flow timeline| ours |Error" "$FINAL/flow_timeline.log" | cut -c1-700
 echo "[timeline at $((SECONDS - t0)) s]"
-for KNOB in CF_ATTN_FLOW_MAX_CHUNKS=64 CF_ATTN_FLOW_MAX_CHUNKS=128 CF_ATTN_FLOW_QKV_WPR=2 CF_ATTN_FLOW_QKV_WPR=4; do
-  TAG=$(echo "${KNOB#CF_ATTN_FLOW_}" | tr '=' '_' | tr 'A-Z' 'a-z')
-  env "$KNOB" timeout 60 python3 benchmarks/attention.py --no-inductor --no-prefetch --variants flow --dtypes bf16 \
+for KNOB in CF_ATTN_FLOW_MAX_CHUNKS=64 CF_ATTN_FLOW_O_GATED=1 CF_ATTN_FLOW_O_GATED=1,CF_ATTN_FLOW_MAX_CHUNKS=64 \
+    CF_ATTN_FLOW_QKV_WPR=4; do
+  TAG=$(echo "$KNOB" | sed 's/CF_ATTN_FLOW_//g' | tr '=,' '__' | tr 'A-Z' 'a-z')
+  env $(echo "$KNOB" | tr ',' ' ') timeout 60 python3 benchmarks/attention.py --no-inductor --no-prefetch --variants flow --dtypes bf16 \
     --batches 1 --seqs 1024 4096 --json "$FINAL/rows_flow_$TAG.json" > "$FINAL/flow_$TAG.log" 2>&1
   echo "flow $KNOB rc $?"; grep -E " ours |Error" "$FINAL/flow_$TAG.log" | cut -c1-110
 done

@@ -45,6 +45,15 @@ enum Ctrl : int { kTicket = 0, kFinished = 1, kGroupsDone = 2, kPerGroup = 3 };
 constexpr int kSingleMergeMax = 16;
 constexpr int kMergeFanIn = 8;
 
+// -DCF_ATTN_O_GATED=1 (attention_flow.Knobs.o_gated, CF_ATTN_FLOW_O_GATED; opt-in until measured): o_proj tiles
+// wait per warp and per KV group instead of once per CTA for every group. A warp's k-slice of W_o covers the
+// columns of a few heads; before each chunk of its slice is consumed, lane 0 waits for the groups owning those
+// columns (their merger counts the group's attn_done word once more), so o_proj weights stream while the last
+// groups still attend. Off: the code is the measured build's.
+#ifndef CF_ATTN_O_GATED
+#define CF_ATTN_O_GATED 0
+#endif
+
 /// @brief Merge `count` (m, l, o) partials of one KV group (stride GM * (D + 2) floats, heads < G), in index
 /// order, by the whole CTA: to `dst` as an (m, l, o) partial, or, with `ao`, to o rounded to T.
 template <typename T, int D, int GM>
@@ -166,6 +175,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   const Claims claims{ctrl + kTicket, &ticket_s};
   int t = claims.first();
   bool normed = false, ranged = false, o_ready = false;
+  int o_ready_vec = oc.vec_begin;  // CF_ATTN_O_GATED: this warp's o_proj columns known merged, in vectors
   RowDot<T, RPW, 1> dot;
   const long long pos = *cache_position;
   while (t < total) {
@@ -384,6 +394,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         if (merged && tid == 0) {
           __threadfence();
           atomicAdd(ctrl + kGroupsDone, 1);
+          if constexpr (CF_ATTN_O_GATED != 0) atomicAdd(attn_done + g, 1);  // group g merged: NC (NB) + 1
         }
       }
     } else {
@@ -395,13 +406,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         rows[r] = static_cast<const T*>(wo) + static_cast<size_t>(row0 + oc.row_group * RPW + r) * NH * D;
       const T* ao = static_cast<const T*>(attn_o);  // written by other CTAs of this launch: L2 loads (.cg)
       const auto act = [&](int, int v) { return __ldcg(reinterpret_cast<const uint4*>(ao + v * kElems)); };
-      dot.run(rows, oc, lane, 1, act, [&] {
-        if (!o_ready) {
-          if (tid == 0) clock.wait_until(ctrl + kGroupsDone, KVH);
-          __syncthreads();
-        }
-      });
-      o_ready = true;
+      if constexpr (CF_ATTN_O_GATED != 0) {
+        // this warp's slice up to vector o_ready_vec is known merged (every o_proj tile of a CTA
+        // has the same slice per warp, so the mark carries over tiles)
+        const int group_vecs = G * D / kElems, merged = NC > kSingleMergeMax ? NB + 1 : NC + 1;
+        dot.run_gated(rows, oc, lane, 1, act, [&](int, int end) {
+          while (o_ready_vec < end) {
+            const int grp = o_ready_vec / group_vecs;
+            if (lane == 0) clock.wait_until(attn_done + grp, merged);
+            o_ready_vec = (grp + 1) * group_vecs;
+          }
+          __syncwarp();
+        });
+      } else {
+        dot.run(rows, oc, lane, 1, act, [&] {
+          if (!o_ready) {
+            if (tid == 0) clock.wait_until(ctrl + kGroupsDone, KVH);
+            __syncthreads();
+          }
+        });
+        o_ready = true;
+      }
       dot.publish(red_s, warp, lane);
       __syncthreads();
       for (int j = tid; j < oc.rows; j += kThreads) {

@@ -140,3 +140,25 @@ def test_smaller_qkv_tiles_match_the_reference(wpr, monkeypatch):
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", str(wpr))
     check_case(NAMED["llama2_7b"], variant="flow")
     check_case(QWEN_B1, variant="flow")
+
+
+@pytest.mark.parametrize("cap", [16, 64])
+@pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"]], ids=["qwen", "llama3", "llama2"])
+def test_o_proj_gated_per_group_matches_the_default_build(cap, case, monkeypatch):
+    """CF_ATTN_FLOW_O_GATED: o_proj warps wait per KV group (the merger's extra count) instead of once for all
+    groups; the sums keep their order, so the output bits are the default build's; counters back to zero after
+    one-level and two-level merges."""
+    monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", str(cap))
+    inp = make_inputs(case)
+    plain = torch.full_like(inp["x"], float("nan"))
+    run_kernel(case, inp, plain, variant="flow")
+    monkeypatch.setenv("CF_ATTN_FLOW_O_GATED", "1")
+    gated = torch.full_like(plain, float("nan"))
+    for _ in range(3):  # repeats: a wait that let a warp read an unmerged group would show as changed bits
+        run_kernel(case, make_inputs(case), gated, variant="flow")
+        torch.cuda.synchronize()
+        assert torch.equal(gated, plain)
+    p = attention_flow.plan(case.dtype, case.hidden, case.num_heads, case.kv_heads, case.head_dim,
+                            torch.device("cuda"))
+    assert int(p.ctrl.abs().sum()) == 0, "counters left non-zero"
+    check_case(case, variant="flow")
