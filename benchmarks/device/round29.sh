@@ -8,6 +8,7 @@
 # (61.6 / 83.6), Llama-2-7B ~62 / ~88 (67.9 / 91.5). Falsified if Qwen 1024 > 22.
 # Then o_proj tiles of 8 rows (CF_ATTN_FLOW_O_ROWS=8: each CTA's first o_proj tile holds 64 KB of W_o in
 # registers before the hand-off instead of 32): predicted -3 us at Llama-2-7B (o_proj ran 53 -> 66 us).
+# q/k/v tiles of 4 warps per row (round 28: Llama-3-8B 61.6 -> 55.9 unstaged) timed staged too.
 # Decision: if staged flow beats v5_heads (cluster) at both lengths on a GQA model, is_default takes it.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -27,6 +28,9 @@ echo "unstaged + cluster rc $?"; grep -E " ours |Error" "$W/unstaged.log" | cut 
 CF_ATTN_FLOW_O_ROWS=8 timeout 70 python3 $A --no-inductor --variants flow --json "$W/rows_o_rows_8.json" \
   > "$W/o_rows_8.log" 2>&1
 echo "o_rows 8 rc $?"; grep -E " ours |Error" "$W/o_rows_8.log" | cut -c1-110
+CF_ATTN_FLOW_QKV_WPR=4 timeout 70 python3 $A --no-inductor --variants flow --json "$W/rows_qkv_wpr_4.json" \
+  > "$W/qkv_wpr_4.log" 2>&1
+echo "staged, q/k/v wpr 4 rc $?"; grep -E " ours |Error" "$W/qkv_wpr_4.log" | cut -c1-110
 echo "[A/B at $((SECONDS - t0)) s]"
 timeout 200 python3 $A --variants flow v5_heads --json "$W/rows_inductor.json" > "$W/inductor.log" 2>&1
 echo "beside Inductor rc $?"; grep -E " ours |Error" "$W/inductor.log" | cut -c1-170
