@@ -34,9 +34,6 @@ MAX_CHUNKS = 16  # attention tiles per KV group by default: the last one merges 
 SINGLE_MERGE_MAX = 16  # kSingleMergeMax: above it (CF_ATTN_FLOW_MAX_CHUNKS > 16) the merge is two-level
 MERGE_FAN_IN = 8  # kMergeFanIn: chunks per first-level merge block
 O_TILE_ROWS = 4
-# Shared memory for the attention tile's K/V stage (round 29): with the rest of the tile's (<= 27 KB) two CTAs
-# still fit an SM (228 KB); 128 rows of K and V at head_dim 128, 256 at 64.
-STAGE_BYTES = 64 * 1024
 CTRL_FIXED = 3  # ticket, exit count, groups merged; then 2 words per KV group
 
 
@@ -58,14 +55,9 @@ def qkv_wpr(num_heads: int, num_kv_heads: int, head_dim: int, slots: int) -> int
     return inside_head[-1] if inside_head else None
 
 
-def o_wpr(hidden: int, rows: int = O_TILE_ROWS) -> int | None:
-    """o_proj tiles of `rows` rows where they cut the hidden size, else the nearest cut."""
-    return nearest_cut(hidden, RPW, rows)
-
-
-def stage_tokens(head_dim: int, stage_bytes: int = STAGE_BYTES) -> int:
-    """K and V rows the attention tile's stage holds (element size 2)."""
-    return stage_bytes // (2 * head_dim * 2)
+def o_wpr(hidden: int) -> int | None:
+    """o_proj tiles of O_TILE_ROWS rows where they cut the hidden size, else the nearest cut."""
+    return nearest_cut(hidden, RPW, O_TILE_ROWS)
 
 
 def chunks(num_kv_heads: int, slots: int, cap: int = MAX_CHUNKS) -> int:
@@ -82,21 +74,16 @@ def merge_blocks(nc: int) -> int:
 class Knobs:
     """Benchmark overrides, read from the environment when a launch asks for its plan (part of the plan key):
     CF_ATTN_FLOW_MAX_CHUNKS (the chunk cap; above SINGLE_MERGE_MAX the merge is two-level) and
-    CF_ATTN_FLOW_QKV_WPR (warps per row group of the q/k/v tiles, 1/2/4/8: smaller tiles, k-split rows) and
-    CF_ATTN_FLOW_STAGE_KB (the K/V stage's shared memory; 0: no stage, every row read from the cache) and
-    CF_ATTN_FLOW_O_ROWS (rows per o_proj tile)."""
+    CF_ATTN_FLOW_QKV_WPR (warps per row group of the q/k/v tiles, 1/2/4/8: smaller tiles, k-split rows)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
-    stage_bytes: int = STAGE_BYTES
-    o_rows: int = O_TILE_ROWS
 
     @staticmethod
     def from_env() -> Knobs:
-        env = os.environ.get
-        cap, wpr, stage, o_rows = (env(f"CF_ATTN_FLOW_{k}") for k in ("MAX_CHUNKS", "QKV_WPR", "STAGE_KB", "O_ROWS"))
-        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None,
-                     int(stage) * 1024 if stage else STAGE_BYTES, int(o_rows) if o_rows else O_TILE_ROWS)
+        cap = os.environ.get("CF_ATTN_FLOW_MAX_CHUNKS")
+        wpr = os.environ.get("CF_ATTN_FLOW_QKV_WPR")
+        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None)
 
 
 def is_default(*, num_heads: int, num_kv_heads: int, batch: int) -> bool:
@@ -148,18 +135,15 @@ def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int
         "qkv_tile_rows": tile_rows(RPW, qw),
         "attention_tiles": num_kv_heads * nc,
         "o_tile_rows": tile_rows(RPW, ow),
-        "kv_stage_rows": stage_tokens(head_dim),
         "tiles": sum(tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc).values()),
         "group_build": group_build(num_heads // num_kv_heads, head_dim),
     }
 
 
-def smem_bytes(hidden: int, head_dim: int, gm: int, stage_rows: int = 0) -> int:
-    """n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [8][GM][D], m, l fp32 | (16-byte
-    aligned) K and V stage [stage_rows][D] (T): the kernel's layout."""
+def smem_bytes(hidden: int, head_dim: int, gm: int) -> int:
+    """n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [8][GM][D], m, l fp32 (the kernel's)."""
     n = -(-hidden * 2 // 16) * 16
-    tile = n + gm * head_dim * 4 + 2 * head_dim * 2 + WARPS * gm * head_dim * 4 + 2 * WARPS * gm * 4
-    return -(-tile // 16) * 16 + 2 * stage_rows * head_dim * 2
+    return n + gm * head_dim * 4 + 2 * head_dim * 2 + WARPS * gm * head_dim * 4 + 2 * WARPS * gm * 4
 
 
 @dataclass
@@ -170,7 +154,6 @@ class FlowPlan:
     qkv_wpr: int
     o_wpr: int
     chunks: int
-    stage_tokens: int
     qkv: torch.Tensor
     part: torch.Tensor
     attn_o: torch.Tensor
@@ -205,13 +188,10 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
     compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], head_dim, gm, RPW),
                               defines={"CF_FLOW_TIMELINE": 1} if timeline else None)
     kernel = load_kernel(compiled, device)
-    staged = stage_tokens(head_dim, knobs.stage_bytes)
-    smem = smem_bytes(hidden, head_dim, gm, staged)
+    smem = smem_bytes(hidden, head_dim, gm)
     slots = resident_slots(kernel, device, smem)
     qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
-    ow, nc = o_wpr(hidden, knobs.o_rows), chunks(num_kv_heads, slots, knobs.max_chunks)
-    if ow is None:
-        raise ValueError(f"attention_flow: no o_proj tile of {knobs.o_rows} rows cuts hidden {hidden}")
+    ow, nc = o_wpr(hidden), chunks(num_kv_heads, slots, knobs.max_chunks)
     if head_dim % tile_rows(RPW, qw):
         raise ValueError(f"attention_flow: q/k/v tiles of {tile_rows(RPW, qw)} rows cut across heads of {head_dim}")
     nb = merge_blocks(nc)
@@ -220,7 +200,7 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
     tiles = sum(kinds.values())
     f32 = dict(dtype=torch.float32, device=device)
     return FlowPlan(
-        kernel, min(slots, tiles), smem, qw, ow, nc, staged,
+        kernel, min(slots, tiles), smem, qw, ow, nc,
         qkv=torch.empty(qkv_rows, **f32),
         part=torch.empty(num_kv_heads * (nc + nb) * gm * (head_dim + 2), **f32),
         attn_o=torch.empty(num_heads * head_dim, dtype=dtype, device=device),
@@ -249,7 +229,7 @@ def launch(x, norm_weight, eps, unit_offset, wq, wk, wv, bq, bk, bv, cos, sin, c
         x, norm_weight, wq, wk, wv, bq, bk, bv, cos, sin, cache_position, k_cache, v_cache, mask, o_weight, o_bias,
         out, p.qkv, p.part, p.attn_o, p.ctrl, stamps, f32(eps), f32(scale), i32(hidden), i32(num_heads), i32(kvh),
         i32(max_len), i32(p.chunks), i32(cos_kind), i32(int(unit_offset)), i32(int(add_residual)), i32(p.qkv_wpr),
-        i32(p.o_wpr), i32(p.stage_tokens),
+        i32(p.o_wpr),
     ]
     p.kernel.launch((p.grid, 1, 1), (THREADS, 1, 1), args, shared_bytes=p.smem)
 

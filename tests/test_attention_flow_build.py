@@ -91,8 +91,6 @@ def test_merge_is_two_level_only_above_the_single_pass_cap():
 
 
 def test_benchmark_knobs_come_from_the_environment(monkeypatch):
-    for knob in ("MAX_CHUNKS", "QKV_WPR", "STAGE_KB", "O_ROWS"):
-        monkeypatch.delenv(f"CF_ATTN_FLOW_{knob}", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_MAX_CHUNKS", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_QKV_WPR", raising=False)
     assert af.Knobs.from_env() == af.Knobs(af.MAX_CHUNKS, None)
@@ -100,23 +98,3 @@ def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", "4")
     assert af.Knobs.from_env() == af.Knobs(64, 4)
     assert af.chunks(2, 264, 64) == 64 and af.chunks(8, 264, 64) == 33 and af.chunks(2, 264) == af.MAX_CHUNKS
-
-
-def test_the_kv_stage_keeps_two_ctas_per_sm():
-    """The K/V stage (STAGE_BYTES) plus the tile's own shared memory stays inside half an H100 SM's 228 KB (less
-    1 KB reserved per CTA and the kernel's static bytes) for every build and hidden size up to 8192."""
-    per_cta = 228 * 1024 // 2 - 1024 - 1024
-    for d, gms in af.GROUP_BUILDS.items():
-        rows = af.stage_tokens(d)
-        assert rows * 2 * d * 2 == af.STAGE_BYTES
-        for gm in gms:
-            assert af.smem_bytes(8192, d, gm, rows) <= per_cta, (d, gm)
-            assert af.smem_bytes(4096, d, gm, rows) - af.smem_bytes(4096, d, gm) >= af.STAGE_BYTES
-
-
-def test_stage_and_o_rows_knobs(monkeypatch):
-    monkeypatch.setenv("CF_ATTN_FLOW_STAGE_KB", "0")
-    monkeypatch.setenv("CF_ATTN_FLOW_O_ROWS", "8")
-    knobs = af.Knobs.from_env()
-    assert knobs.stage_bytes == 0 and af.stage_tokens(128, knobs.stage_bytes) == 0 and knobs.o_rows == 8
-    assert af.tile_rows(af.RPW, af.o_wpr(4096, 8)) == 8 and af.tile_rows(af.RPW, af.o_wpr(4096)) == 4

@@ -12,9 +12,7 @@
 // per KV group where the data allows it:
 //   * q/k/v tiles: R rows of one head of [W_q; W_k; W_v] (whole rows), fp32 dot products into a global scratch;
 //     per KV group a counter of finished tiles.
-//   * attention tiles (group g, chunk c): first one bulk copy each of the chunk's first stage_tokens K and V rows
-//     into shared memory (they need nothing from this launch: the copies run while the tile waits, round 29);
-//     then wait for group g's q/k/v tiles only; bias, RoPE and the k/v rounding
+//   * attention tiles (group g, chunk c): wait for group g's q/k/v tiles only; bias, RoPE and the k/v rounding
 //     for the group (redundant in its NC tiles, identical bits); chunk 0 writes the cache slot; attend over
 //     chunk c of the live range (the new token from shared memory, never from the slot being written); the
 //     tile's (m, l, o) per head to a global scratch; the last of the group's NC tiles merges them in chunk
@@ -23,7 +21,6 @@
 // Deterministic: each sum has one order (lanes: xor tree; warps, slices and chunks: index order).
 #include "common.cuh"
 #include "flow.cuh"
-#include "pipeline.cuh"
 
 namespace cf {
 namespace attn_flow {
@@ -47,7 +44,6 @@ enum Ctrl : int { kTicket = 0, kFinished = 1, kGroupsDone = 2, kPerGroup = 3 };
 /// max(kMergeFanIn, NC / kMergeFanIn) partials (round 28: a cap of 64 cost 6 us at 1024 with one serial pass).
 constexpr int kSingleMergeMax = 16;
 constexpr int kMergeFanIn = 8;
-
 
 /// @brief Merge `count` (m, l, o) partials of one KV group (stride GM * (D + 2) floats, heads < G), in index
 /// order, by the whole CTA: to `dst` as an (m, l, o) partial, or, with `ao`, to o rounded to T.
@@ -132,8 +128,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
     const void* bv, const void* cos, const void* sin, const long long* cache_position, void* k_cache, void* v_cache,
     const unsigned char* mask, const void* wo, const void* bo, void* out, float* qkv, float* part, void* attn_o,
     int* ctrl, unsigned long long* stamps, float eps, float scale, int hidden, int num_heads, int num_kv_heads,
-    int max_cache_len, int chunks, int cos_kind, int unit_offset, int add_residual, int qkv_wpr, int o_wpr,
-    int stage_tokens) {
+    int max_cache_len, int chunks, int cos_kind, int unit_offset, int add_residual, int qkv_wpr, int o_wpr) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 only");
   static_assert(GM == 1 || GM == 2 || GM == 4 || GM == 8, "query heads per KV head: 1, 2, 4 or 8");
   constexpr int kLaneElems = D / 32;
@@ -142,7 +137,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   __shared__ float ss_s[kWarps];
   __shared__ float rstd_s[1];
   __shared__ int ticket_s, last_s, last_block_s, range_s[2];
-  __shared__ __align__(8) unsigned long long stage_bar;  // completes the K/V stage's bulk copies
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int H = hidden, NH = num_heads, KVH = num_kv_heads, G = NH / KVH, NC = chunks;
@@ -155,10 +149,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   float* wo_s = reinterpret_cast<float*>(vnew_s + D);
   float* wm_s = wo_s + kWarps * GM * D;
   float* wl_s = wm_s + kWarps * GM;
-  // ... | K stage [stage_tokens][D] | V stage [stage_tokens][D] (T; 16-byte aligned: bulk-copy destinations)
-  const int stage_offset = ceil_div(static_cast<int>(reinterpret_cast<unsigned char*>(wl_s + kWarps * GM) - smem), 16) * 16;
-  T* stage_k = reinterpret_cast<T*>(smem + stage_offset);
-  T* stage_v = stage_k + static_cast<size_t>(stage_tokens) * D;
 
   const TileCut qc(RPW, qkv_wpr, H / kElems, warp);
   const TileCut oc(RPW, o_wpr, NH * D / kElems, warp);
@@ -171,12 +161,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   const int NB = NC > kSingleMergeMax ? ceil_div(NC, kMergeFanIn) : 0;  // merge blocks per group (two-level)
   int* const block_done = attn_done + KVH;
   const T* const xs = static_cast<const T*>(x);
-
-  if (tid == 0) {
-    pipe::mbarrier_init(&stage_bar, 1);
-    pipe::fence_barrier_init();
-  }  // Claims::first() below is the CTA barrier that publishes it
-  unsigned stage_phase = 0;
 
   TileClock clock;
   const Claims claims{ctrl + kTicket, &ticket_s};
@@ -227,24 +211,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
       if (!ranged) live_range(mask, L, pos, range_s);  // once per CTA: the range is the launch's
       ranged = true;
-      // the chunk: [first, last] cut into NC equal parts; its first `staged` rows of K and V copied to shared
-      // memory now, while the tile waits for q (the slot at pos is copied too, never read: the new token comes
-      // from knew_s)
-      const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
-      const int per = ceil_div(max(hi - lo, 0), NC);
-      const int cs = lo + c * per, ce = min(hi, cs + per);
-      const bool stageable = ((reinterpret_cast<unsigned long long>(k_cache) |
-                               reinterpret_cast<unsigned long long>(v_cache)) % 16) == 0;  // bulk-copy sources
-      const int staged = stageable ? min(max(ce - cs, 0), stage_tokens) : 0;
-      const T* kc = static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D;
-      const T* vc = static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D;
-      if (staged > 0 && tid == 0) {
-        const unsigned bytes = static_cast<unsigned>(staged) * D * sizeof(T);
-        pipe::fence_proxy_async();  // the previous tile's reads of the stage (a CTA barrier ago) come first
-        pipe::arrive_expect_tx(&stage_bar, 2 * bytes);
-        pipe::bulk_load(stage_k, kc + static_cast<size_t>(cs) * D, bytes, &stage_bar);
-        pipe::bulk_load(stage_v, vc + static_cast<size_t>(cs) * D, bytes, &stage_bar);
-      }
       if (tid == 0) clock.wait_until(qkv_done + g, qkv_per_group);
       __syncthreads();
       // bias, RoPE (q scaled into the exp2 domain; k, v rounded to T once), every tile of the group alike
@@ -281,10 +247,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         }
       }
       __syncthreads();
-      if (staged > 0) {
-        pipe::wait_parity(&stage_bar, stage_phase);
-        stage_phase ^= 1;
-      }
+      // the chunk: [first, last] cut into NC equal parts
+      const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
+      const int per = ceil_div(max(hi - lo, 0), NC);
+      const int cs = lo + c * per, ce = min(hi, cs + per);
       float q[GM][kLaneElems], o[GM][kLaneElems], m[GM], l[GM];
 #pragma unroll
       for (int h = 0; h < GM; ++h) {
@@ -296,6 +262,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           o[h][e] = 0.f;
         }
       }
+      const T* kc = static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D;
+      const T* vc = static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D;
       for (int t0 = cs + warp * kTokenRun<GM>; t0 < ce; t0 += kWarps * kTokenRun<GM>) {
         float kf[kTokenRun<GM>][kLaneElems], vf[kTokenRun<GM>][kLaneElems];
         bool live[kTokenRun<GM>];
@@ -303,9 +271,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         for (int u = 0; u < kTokenRun<GM>; ++u) {  // every load of the run issued before any use
           const int tok = t0 + u;
           live[u] = tok < ce && (mask == nullptr || mask[tok] != 0);
-          const bool cached = tok < ce && tok != pos, in_stage = tok - cs < staged;
-          const T* krow = !cached ? knew_s : in_stage ? stage_k + (tok - cs) * D : kc + static_cast<size_t>(tok) * D;
-          const T* vrow = !cached ? vnew_s : in_stage ? stage_v + (tok - cs) * D : vc + static_cast<size_t>(tok) * D;
+          const bool cached = tok < ce && tok != pos;
+          const T* krow = cached ? kc + static_cast<size_t>(tok) * D : knew_s;
+          const T* vrow = cached ? vc + static_cast<size_t>(tok) * D : vnew_s;
           load_lane_row<T, D>(krow, lane, kf[u]);
           load_lane_row<T, D>(vrow, lane, vf[u]);
         }

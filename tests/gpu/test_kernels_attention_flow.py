@@ -141,31 +141,3 @@ def test_smaller_qkv_tiles_match_the_reference(wpr, monkeypatch):
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", str(wpr))
     check_case(NAMED["llama2_7b"], variant="flow")
     check_case(QWEN_B1, variant="flow")
-
-
-
-@pytest.mark.parametrize("stage_kb", [0, 8])
-@pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"]], ids=["qwen", "llama3", "llama2"])
-def test_kv_stage_changes_no_bit(stage_kb, case, monkeypatch):
-    """The K/V stage only moves where rows are read from: no stage (0) and a stage shorter than the chunk (8 KB:
-    the rest read from the cache) give the default build's bits; the reference band holds at each."""
-    inp = make_inputs(case)
-    full = torch.full_like(inp["x"], float("nan"))
-    run_kernel(case, inp, full, variant="flow")
-    monkeypatch.setenv("CF_ATTN_FLOW_STAGE_KB", str(stage_kb))
-    p = attention_flow.plan(case.dtype, case.hidden, case.num_heads, case.kv_heads, case.head_dim,
-                            torch.device("cuda"))
-    assert p.stage_tokens == stage_kb * 1024 // (4 * case.head_dim)
-    other = torch.full_like(full, float("nan"))
-    run_kernel(case, make_inputs(case), other, variant="flow")
-    torch.cuda.synchronize()
-    assert torch.equal(other, full)
-    check_case(case, variant="flow")
-
-
-@pytest.mark.parametrize("o_rows", [8, 16])
-def test_larger_o_proj_tiles_match_the_reference(o_rows, monkeypatch):
-    """CF_ATTN_FLOW_O_ROWS: o_proj tiles of 8 / 16 rows (4 / 2 warps per row)."""
-    monkeypatch.setenv("CF_ATTN_FLOW_O_ROWS", str(o_rows))
-    check_case(NAMED["llama2_7b"], variant="flow")
-    check_case(QWEN_B1, variant="flow")
