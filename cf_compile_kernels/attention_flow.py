@@ -74,16 +74,26 @@ def merge_blocks(nc: int) -> int:
 class Knobs:
     """Benchmark overrides, read from the environment when a launch asks for its plan (part of the plan key):
     CF_ATTN_FLOW_MAX_CHUNKS (the chunk cap; above SINGLE_MERGE_MAX the merge is two-level) and
-    CF_ATTN_FLOW_QKV_WPR (warps per row group of the q/k/v tiles, 1/2/4/8: smaller tiles, k-split rows)."""
+    CF_ATTN_FLOW_QKV_WPR (warps per row group of the q/k/v tiles, 1/2/4/8: smaller tiles, k-split rows) and
+    CF_ATTN_FLOW_TOKEN_LANES=1 (the -DCF_ATTN_TOKEN_LANES build: a lane group per token, round 30)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
+    token_lanes: bool = False
 
     @staticmethod
     def from_env() -> Knobs:
         cap = os.environ.get("CF_ATTN_FLOW_MAX_CHUNKS")
         wpr = os.environ.get("CF_ATTN_FLOW_QKV_WPR")
-        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None)
+        lanes = os.environ.get("CF_ATTN_FLOW_TOKEN_LANES", "0") not in ("", "0")
+        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None, lanes)
+
+    def defines(self, timeline: bool) -> dict[str, int] | None:
+        """The build's -D defines (None: the default build)."""
+        defines = {"CF_FLOW_TIMELINE": 1} if timeline else {}
+        if self.token_lanes:
+            defines["CF_ATTN_TOKEN_LANES"] = 1
+        return defines or None
 
 
 def is_default(*, num_heads: int, num_kv_heads: int, batch: int) -> bool:
@@ -186,7 +196,7 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
 
     gm = group_build(num_heads // num_kv_heads, head_dim)
     compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], head_dim, gm, RPW),
-                              defines={"CF_FLOW_TIMELINE": 1} if timeline else None)
+                              defines=knobs.defines(timeline))
     kernel = load_kernel(compiled, device)
     smem = smem_bytes(hidden, head_dim, gm)
     slots = resident_slots(kernel, device, smem)

@@ -93,8 +93,12 @@ def test_merge_is_two_level_only_above_the_single_pass_cap():
 def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("CF_ATTN_FLOW_MAX_CHUNKS", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_QKV_WPR", raising=False)
+    monkeypatch.delenv("CF_ATTN_FLOW_TOKEN_LANES", raising=False)
     assert af.Knobs.from_env() == af.Knobs(af.MAX_CHUNKS, None)
     monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", "64")
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", "4")
     assert af.Knobs.from_env() == af.Knobs(64, 4)
+    assert af.Knobs().defines(timeline=False) is None  # the default build: no -D
+    monkeypatch.setenv("CF_ATTN_FLOW_TOKEN_LANES", "1")
+    assert af.Knobs.from_env().defines(timeline=True) == {"CF_FLOW_TIMELINE": 1, "CF_ATTN_TOKEN_LANES": 1}
     assert af.chunks(2, 264, 64) == 64 and af.chunks(8, 264, 64) == 33 and af.chunks(2, 264) == af.MAX_CHUNKS

@@ -34,6 +34,24 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <int GM>
 constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 
+// Token-parallel lanes (round 30; -DCF_ATTN_TOKEN_LANES=1, attention_flow.Knobs.token_lanes, opt-in until
+// measured): a group of kLanesPerToken<D, GM> lanes holds one K/V row (kRowElems elements per lane, one 16- or
+// 8-byte load), a warp step covers kTokensPerStep tokens (kGroupsPerWarp groups x kGroupRun<GM> tokens each), and a
+// score is reduced over log2(kLanesPerToken) xor levels that serve every group at once (round 29: the 32-lane,
+// 5-level tree per score, 2 elements per lane at D = 64, was the attention tile's cost). Each group keeps its own
+// running (m, l, o); the groups merge once per tile. kRowElems: 8 where q and o fit 64 registers, else 4.
+#ifndef CF_ATTN_TOKEN_LANES
+#define CF_ATTN_TOKEN_LANES 0
+#endif
+template <int D, int GM>
+constexpr int kRowElems = GM * 8 <= 32 ? 8 : 4;
+template <int D, int GM>
+constexpr int kLanesPerToken = D / kRowElems<D, GM>;
+template <int D, int GM>
+constexpr int kGroupsPerWarp = 32 / kLanesPerToken<D, GM>;
+template <int GM>
+constexpr int kGroupRun = GM <= 2 ? 2 : 1;  // tokens per lane group per step (their loads go out together)
+
 /// @brief Control words (int32, zero between launches): ticket, exit count, groups merged, then per KV group
 /// its q/k/v tiles done and its attention tiles (or, two-level, its merged blocks) done, then (two-level only)
 /// per KV group and block of kMergeFanIn chunks, the block's tiles done.
@@ -113,6 +131,121 @@ __device__ __forceinline__ void load_lane_row(const T* row, int lane, float (&f)
     f[1] = a.y;
     f[2] = b.x;
     f[3] = b.y;
+  }
+}
+
+/// @brief Elements [part * E, +E) of one row (E = 4 or 8), widened to fp32.
+template <typename T, int E>
+__device__ __forceinline__ void load_row_part(const T* row, int part, float (&f)[E]) {
+  static_assert(E == 4 || E == 8, "4 or 8 elements per lane");
+  if constexpr (E == 8) {
+    unpack8<T>(*reinterpret_cast<const uint4*>(row + part * 8), f);
+  } else {
+    const uint2 u = *reinterpret_cast<const uint2*>(row + part * 4);
+    const float2 a = pair_to_float2<T>(u.x), b = pair_to_float2<T>(u.y);
+    f[0] = a.x;
+    f[1] = a.y;
+    f[2] = b.x;
+    f[3] = b.y;
+  }
+}
+
+/// @brief The token-parallel walk of one attention tile's chunk [cs, ce) (CF_ATTN_TOKEN_LANES): this warp's
+/// (m, l, o) for every head the build holds, written to the warp's slots of wo_s / wm_s / wl_s.
+template <typename T, int D, int GM>
+__device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc, const T* vc, const T* knew_s,
+                                                   const T* vnew_s, const unsigned char* mask, long long pos,
+                                                   int cs, int ce, int G, int warp, int lane, float* wo_s,
+                                                   float* wm_s, float* wl_s) {
+  constexpr int E = kRowElems<D, GM>, LPT = kLanesPerToken<D, GM>, GPW = kGroupsPerWarp<D, GM>;
+  constexpr int kStep = GPW * kGroupRun<GM>;  // tokens per warp step
+  const int group = lane / LPT, part = lane % LPT;
+  float q[GM][E], o[GM][E], m[GM], l[GM];
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    m[h] = neg_inf();
+    l[h] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      q[h][e] = h < G ? q_s[h * D + part * E + e] : 0.f;
+      o[h][e] = 0.f;
+    }
+  }
+  for (int t0 = cs + warp * kStep; t0 < ce; t0 += kWarps * kStep) {
+    float kf[kGroupRun<GM>][E], vf[kGroupRun<GM>][E];
+    bool live[kGroupRun<GM>];
+#pragma unroll
+    for (int u = 0; u < kGroupRun<GM>; ++u) {  // this group's tokens t0 + u * GPW + group: a step reads kStep rows
+      const int tok = t0 + u * GPW + group;
+      live[u] = tok < ce && (mask == nullptr || mask[tok] != 0);
+      const bool cached = tok < ce && tok != pos;
+      load_row_part<T, E>(cached ? kc + static_cast<size_t>(tok) * D : knew_s, part, kf[u]);
+      load_row_part<T, E>(cached ? vc + static_cast<size_t>(tok) * D : vnew_s, part, vf[u]);
+    }
+    float sc[kGroupRun<GM>][GM];
+#pragma unroll
+    for (int u = 0; u < kGroupRun<GM>; ++u)
+#pragma unroll
+      for (int h = 0; h < GM; ++h) {
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) d = fmaf(q[h][e], kf[u][e], d);
+        sc[u][h] = d;
+      }
+#pragma unroll
+    for (int off = LPT / 2; off; off >>= 1)
+#pragma unroll
+      for (int u = 0; u < kGroupRun<GM>; ++u)
+#pragma unroll
+        for (int h = 0; h < GM; ++h) sc[u][h] += __shfl_xor_sync(0xffffffffu, sc[u][h], off);
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      float mx = m[h];
+#pragma unroll
+      for (int u = 0; u < kGroupRun<GM>; ++u) mx = live[u] ? fmaxf(mx, sc[u][h]) : mx;
+      const float corr = softmax_rescale(m[h], mx);
+      float p[kGroupRun<GM>];
+#pragma unroll
+      for (int u = 0; u < kGroupRun<GM>; ++u) p[u] = live[u] ? exp2f(sc[u][h] - mx) : 0.f;
+      float ls = l[h] * corr;
+#pragma unroll
+      for (int u = 0; u < kGroupRun<GM>; ++u) ls += p[u];
+      l[h] = ls;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        float a = o[h][e] * corr;
+#pragma unroll
+        for (int u = 0; u < kGroupRun<GM>; ++u) a = fmaf(p[u], vf[u][e], a);
+        o[h][e] = a;
+      }
+      m[h] = mx;
+    }
+  }
+  // the groups' (m, l, o) merged by xor levels over the group bits; group 0's lanes hold the warp's result
+#pragma unroll
+  for (int off = LPT; off < kWarpSize; off <<= 1)
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[h], off), lo = __shfl_xor_sync(0xffffffffu, l[h], off);
+      const float M = fmaxf(m[h], mo), f = softmax_rescale(m[h], M), fo = softmax_rescale(mo, M);
+      l[h] = l[h] * f + lo * fo;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float oo = __shfl_xor_sync(0xffffffffu, o[h][e], off);
+        o[h][e] = o[h][e] * f + oo * fo;
+      }
+      m[h] = M;
+    }
+  if (group == 0) {
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) wo_s[(warp * GM + h) * D + part * E + e] = o[h][e];
+      if (part == 0) {
+        wm_s[warp * GM + h] = m[h];
+        wl_s[warp * GM + h] = l[h];
+      }
+    }
   }
 }
 
@@ -251,6 +384,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
       const int per = ceil_div(max(hi - lo, 0), NC);
       const int cs = lo + c * per, ce = min(hi, cs + per);
+      if constexpr (CF_ATTN_TOKEN_LANES != 0) {
+        attend_token_lanes<T, D, GM>(q_s, static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D,
+                                     static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D, knew_s, vnew_s,
+                                     mask, pos, cs, ce, G, warp, lane, wo_s, wm_s, wl_s);
+      } else {
       float q[GM][kLaneElems], o[GM][kLaneElems], m[GM], l[GM];
 #pragma unroll
       for (int h = 0; h < GM; ++h) {
@@ -330,6 +468,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           wl_s[warp * GM + h] = l[h];
         }
       }
+      }  // CF_ATTN_TOKEN_LANES
       __syncthreads();
       float* const gpart = part + (static_cast<size_t>(g) * NC + c) * GM * (D + 2);
       for (int idx = tid; idx < G * D; idx += kThreads) {

@@ -118,6 +118,9 @@ def test_timeline_build_gives_the_same_bits_and_stamps_every_tile():
 
 # Llama-3-8B attention at batch 1 (the named case carries Qwen3-style q/k norms: not in the claimed-tile kernel)
 LLAMA3_B1 = dataclasses.replace(NAMED["llama3_8b_b4"], batch=1, qk_norm=False)
+# Llama-3.2-1B attention at batch 1: G = 4 at head_dim 64, 4096 cached
+LLAMA32_B1 = Case(torch.bfloat16, 1, 2048, 32, 8, 64, 4200, 4095, "none", False, False, "weight", True, False, False,
+                  torch.float32, 11)
 
 
 @pytest.mark.parametrize("cap", [32, 64, 128])
@@ -141,3 +144,28 @@ def test_smaller_qkv_tiles_match_the_reference(wpr, monkeypatch):
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", str(wpr))
     check_case(NAMED["llama2_7b"], variant="flow")
     check_case(QWEN_B1, variant="flow")
+
+
+@pytest.mark.parametrize("cap", [16, 64])
+@pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"], LLAMA32_B1],
+                         ids=["qwen", "llama3", "llama2", "llama3.2"])
+def test_token_lanes_match_the_reference(cap, case, monkeypatch):
+    """CF_ATTN_FLOW_TOKEN_LANES: a lane group per token (several tokens per warp step, per-group running softmax
+    merged once per tile): inside the band, the cache slot as the reference writes it, and bitwise repeatable."""
+    monkeypatch.setenv("CF_ATTN_FLOW_TOKEN_LANES", "1")
+    monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", str(cap))
+    check_case(case, variant="flow")
+    first = torch.full_like(make_inputs(case)["x"], float("nan"))
+    run_kernel(case, make_inputs(case), first, variant="flow")
+    for _ in range(20):
+        again = torch.full_like(first, float("nan"))
+        run_kernel(case, make_inputs(case), again, variant="flow")
+        torch.cuda.synchronize()
+        assert torch.equal(again, first)
+
+
+@pytest.mark.parametrize("i", range(N_CASES))
+def test_token_lanes_random_configs(i, monkeypatch):
+    """The default build's random batch-1 sweep (every mask kind, D 64 / 128, groups 1-8), on the token-lane build."""
+    monkeypatch.setenv("CF_ATTN_FLOW_TOKEN_LANES", "1")
+    check_case(flow_cases(N_CASES)[i], variant="flow")

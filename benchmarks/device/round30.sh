@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Round 30 (prepared 2026-12-07): token-parallel lanes in the claimed-tile attention kernel's token loop
+# (-DCF_ATTN_TOKEN_LANES, CF_ATTN_FLOW_TOKEN_LANES=1; opt-in). Round 29: staging K/V changed nothing at 1024, so
+# the attention tile's ~9 us after q is ready is its own arithmetic: a 5-level 32-lane xor tree per score
+# (80 shuffles per 2 tokens per warp at Qwen) and 24 exp2 per run. Lane groups of D / 8 (D / 4 at GM = 8) lanes
+# per token: 3-4 levels, each shuffle serving 2-4 tokens; per-group running softmax merged once per tile.
+# Predicted (bf16 B=1, us, 1024 / 4096; round 29's default flow in brackets): Qwen ~22 / ~32 (26.5 / 45.3),
+# Llama-3.2-1B ~24 / ~38 (27.9 / 51.9), Llama-3-8B ~56 / ~72 (61.6 / 83.6), Llama-2-7B ~66 / ~85 (67.9 / 91.5).
+# Falsified if Qwen 4096 > 40. Decision: a GQA model whose token-lane flow beats v5_heads at both lengths gets
+# flow as its default (and the token lanes become the flow default where they win on every row).
+set -uo pipefail
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+FINAL=${OUT:-/tmp/cf-final}; W=/tmp/r30; mkdir -p "$FINAL" "$W"
+t0=$SECONDS
+timeout 130 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py > "$W/tests.log" 2>&1
+echo "flow tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|ERROR)|Error" "$W/tests.log" | head -12
+echo "[tests at $((SECONDS - t0)) s]"
+A="benchmarks/attention.py --no-prefetch --no-inductor --dtypes bf16 --batches 1 --seqs 1024 4096"
+timeout 80 python3 $A --variants flow v5_heads --json "$W/rows_default.json" > "$W/default.log" 2>&1
+echo "default flow + cluster rc $?"; grep -E " ours |Error" "$W/default.log" | cut -c1-110
+CF_ATTN_FLOW_TOKEN_LANES=1 timeout 80 python3 $A --timeline --variants flow --json "$W/rows_lanes.json" \
+  > "$W/lanes.log" 2>&1
+echo "token lanes rc $?"; grep -E "^flow timeline| ours |Error" "$W/lanes.log" | cut -c1-400
+CF_ATTN_FLOW_TOKEN_LANES=1 CF_ATTN_FLOW_MAX_CHUNKS=64 timeout 70 python3 $A --variants flow \
+  --json "$W/rows_lanes_cap64.json" > "$W/lanes_cap64.log" 2>&1
+echo "token lanes, cap 64 rc $?"; grep -E " ours |Error" "$W/lanes_cap64.log" | cut -c1-110
+tar czf "$FINAL/round30.tgz" -C "$W" .
+echo "[done at $((SECONDS - t0)) s]"
