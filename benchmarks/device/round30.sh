@@ -12,17 +12,20 @@ set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/cf-final}; W=/tmp/r30; mkdir -p "$FINAL" "$W"
 t0=$SECONDS
-timeout 130 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py > "$W/tests.log" 2>&1
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py -k "token_lanes" -x \
+  > "$W/tests.log" 2>&1
 echo "flow tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|ERROR)|Error" "$W/tests.log" | head -12
 echo "[tests at $((SECONDS - t0)) s]"
 A="benchmarks/attention.py --no-prefetch --no-inductor --dtypes bf16 --batches 1 --seqs 1024 4096"
-timeout 80 python3 $A --variants flow v5_heads --json "$W/rows_default.json" > "$W/default.log" 2>&1
+timeout 50 python3 $A --variants flow v5_heads --json "$W/rows_default.json" > "$W/default.log" 2>&1
 echo "default flow + cluster rc $?"; grep -E " ours |Error" "$W/default.log" | cut -c1-110
-CF_ATTN_FLOW_TOKEN_LANES=1 timeout 80 python3 $A --timeline --variants flow --json "$W/rows_lanes.json" \
+CF_ATTN_FLOW_TOKEN_LANES=1 timeout 50 python3 $A --timeline --variants flow --json "$W/rows_lanes.json" \
   > "$W/lanes.log" 2>&1
 echo "token lanes rc $?"; grep -E "^flow timeline| ours |Error" "$W/lanes.log" | cut -c1-400
-CF_ATTN_FLOW_TOKEN_LANES=1 CF_ATTN_FLOW_MAX_CHUNKS=64 timeout 70 python3 $A --variants flow \
-  --json "$W/rows_lanes_cap64.json" > "$W/lanes_cap64.log" 2>&1
-echo "token lanes, cap 64 rc $?"; grep -E " ours |Error" "$W/lanes_cap64.log" | cut -c1-110
+if [ "${CAP64:-0}" = 1 ]; then
+  CF_ATTN_FLOW_TOKEN_LANES=1 CF_ATTN_FLOW_MAX_CHUNKS=64 timeout 70 python3 $A --variants flow \
+    --json "$W/rows_lanes_cap64.json" > "$W/lanes_cap64.log" 2>&1
+  echo "token lanes, cap 64 rc $?"; grep -E " ours |Error" "$W/lanes_cap64.log" | cut -c1-110
+fi
 tar czf "$FINAL/round30.tgz" -C "$W" .
 echo "[done at $((SECONDS - t0)) s]"
