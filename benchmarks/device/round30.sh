@@ -27,5 +27,10 @@ if [ "${CAP64:-0}" = 1 ]; then
     --json "$W/rows_lanes_cap64.json" > "$W/lanes_cap64.log" 2>&1
   echo "token lanes, cap 64 rc $?"; grep -E " ours |Error" "$W/lanes_cap64.log" | cut -c1-110
 fi
+if [ "${E2E:-0}" = 1 ]; then  # second call: the Qwen step with flow + token lanes for its attention (GQA)
+  CF_ATTN_KERNEL=flow CF_ATTN_FLOW_TOKEN_LANES=1 timeout 280 python3 benchmarks/e2e_families.py \
+    --model qwen2.5-0.5b --json "$W/families_qwen_lanes.json" 2>&1 | grep -E '^\[|"bench"|Error|Traceback' \
+    | cut -c1-400
+fi
 tar czf "$FINAL/round30.tgz" -C "$W" .
 echo "[done at $((SECONDS - t0)) s]"
