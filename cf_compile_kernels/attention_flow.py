@@ -251,3 +251,6 @@ for _dtype in CTYPES.values():
                            label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}")
 register_check(SOURCE, KERNEL, ("__nv_bfloat16", 64, 8, RPW), defines={"CF_FLOW_TIMELINE": 1},
                label="attention claimed tiles bf16 D 64 groups <= 8, timeline")
+for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 64, 4), ("__nv_bfloat16", 128, 4), ("__half", 128, 1)):
+    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_ATTN_TOKEN_LANES": 1},
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, token lanes")

@@ -150,12 +150,71 @@ __device__ __forceinline__ void load_row_part(const T* row, int part, float (&f)
   }
 }
 
-/// @brief The token-parallel walk of one attention tile's chunk [cs, ce) (CF_ATTN_TOKEN_LANES): this warp's
-/// (m, l, o) for every head the build holds, written to the warp's slots of wo_s / wm_s / wl_s.
-template <typename T, int D, int GM>
+/// @brief Scores of a step's RUN tokens for every head the walk holds, over this lane's E elements (heads >= G
+/// have q = 0: computed, never written), then one xor tree per level from FIRST_OFF down over all of them at once:
+/// RUN * GM independent shuffles per level instead of RUN * GM dependent chains (round 27).
+template <int RUN, int GM, int E, int FIRST_OFF>
+__device__ __forceinline__ void step_scores(const float (&q)[GM][E], const float (&kf)[RUN][E],
+                                            float (&sc)[RUN][GM]) {
+#pragma unroll
+  for (int u = 0; u < RUN; ++u)
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      float d = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) d = fmaf(q[h][e], kf[u][e], d);
+      sc[u][h] = d;
+    }
+#pragma unroll
+  for (int off = FIRST_OFF; off; off >>= 1)
+#pragma unroll
+    for (int u = 0; u < RUN; ++u)
+#pragma unroll
+      for (int h = 0; h < GM; ++h) sc[u][h] += __shfl_xor_sync(0xffffffffu, sc[u][h], off);
+}
+
+/// @brief One online-softmax step per head over a step's RUN tokens: their maximum, one rescale, their
+/// probabilities in token order (dead tokens weigh 0).
+template <int RUN, int GM, int E>
+__device__ __forceinline__ void online_step(const float (&sc)[RUN][GM], const bool (&live)[RUN],
+                                            const float (&vf)[RUN][E], float (&m)[GM], float (&l)[GM],
+                                            float (&o)[GM][E]) {
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    float mx = m[h];
+#pragma unroll
+    for (int u = 0; u < RUN; ++u) mx = live[u] ? fmaxf(mx, sc[u][h]) : mx;
+    const float corr = softmax_rescale(m[h], mx);
+    float p[RUN];
+#pragma unroll
+    for (int u = 0; u < RUN; ++u) p[u] = live[u] ? exp2f(sc[u][h] - mx) : 0.f;
+    float ls = l[h] * corr;
+#pragma unroll
+    for (int u = 0; u < RUN; ++u) ls += p[u];
+    l[h] = ls;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      float a = o[h][e] * corr;
+#pragma unroll
+      for (int u = 0; u < RUN; ++u) a = fmaf(p[u], vf[u][e], a);
+      o[h][e] = a;
+    }
+    m[h] = mx;
+  }
+}
+
+/// Query heads one token-parallel walk holds: GM = 8 walks the chunk twice, 4 heads each (8 heads' q and o in
+/// registers spill at 128 registers; the second walk's K/V rows come from L1/L2).
+template <int GM>
+constexpr int kHeadsPerWalk = GM < 4 ? GM : 4;
+
+/// @brief The token-parallel walk of one attention tile's chunk [cs, ce) (CF_ATTN_TOKEN_LANES) for query heads
+/// [h0, h0 + GM) of the group (G in all): this warp's (m, l, o) per head into its slots of wo_s / wm_s / wl_s
+/// (GS heads per warp slot: the build's).
+template <typename T, int D, int GM, int GS>
 __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc, const T* vc, const T* knew_s,
                                                    const T* vnew_s, const unsigned char* mask, long long pos,
-                                                   int cs, int ce, int G, int warp, int lane, float* wo_s,
+                                                   int cs, int ce, int h0, int G, int warp, int lane, float* wo_s,
                                                    float* wm_s, float* wl_s) {
   constexpr int E = kRowElems<D, GM>, LPT = kLanesPerToken<D, GM>, GPW = kGroupsPerWarp<D, GM>;
   constexpr int kStep = GPW * kGroupRun<GM>;  // tokens per warp step
@@ -167,7 +226,7 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
     l[h] = 0.f;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      q[h][e] = h < G ? q_s[h * D + part * E + e] : 0.f;
+      q[h][e] = h0 + h < G ? q_s[(h0 + h) * D + part * E + e] : 0.f;
       o[h][e] = 0.f;
     }
   }
@@ -183,43 +242,8 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
       load_row_part<T, E>(cached ? vc + static_cast<size_t>(tok) * D : vnew_s, part, vf[u]);
     }
     float sc[kGroupRun<GM>][GM];
-#pragma unroll
-    for (int u = 0; u < kGroupRun<GM>; ++u)
-#pragma unroll
-      for (int h = 0; h < GM; ++h) {
-        float d = 0.f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) d = fmaf(q[h][e], kf[u][e], d);
-        sc[u][h] = d;
-      }
-#pragma unroll
-    for (int off = LPT / 2; off; off >>= 1)
-#pragma unroll
-      for (int u = 0; u < kGroupRun<GM>; ++u)
-#pragma unroll
-        for (int h = 0; h < GM; ++h) sc[u][h] += __shfl_xor_sync(0xffffffffu, sc[u][h], off);
-#pragma unroll
-    for (int h = 0; h < GM; ++h) {
-      float mx = m[h];
-#pragma unroll
-      for (int u = 0; u < kGroupRun<GM>; ++u) mx = live[u] ? fmaxf(mx, sc[u][h]) : mx;
-      const float corr = softmax_rescale(m[h], mx);
-      float p[kGroupRun<GM>];
-#pragma unroll
-      for (int u = 0; u < kGroupRun<GM>; ++u) p[u] = live[u] ? exp2f(sc[u][h] - mx) : 0.f;
-      float ls = l[h] * corr;
-#pragma unroll
-      for (int u = 0; u < kGroupRun<GM>; ++u) ls += p[u];
-      l[h] = ls;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        float a = o[h][e] * corr;
-#pragma unroll
-        for (int u = 0; u < kGroupRun<GM>; ++u) a = fmaf(p[u], vf[u][e], a);
-        o[h][e] = a;
-      }
-      m[h] = mx;
-    }
+    step_scores<kGroupRun<GM>, GM, E, LPT / 2>(q, kf, sc);
+    online_step<kGroupRun<GM>, GM, E>(sc, live, vf, m, l, o);
   }
   // the groups' (m, l, o) merged by xor levels over the group bits; group 0's lanes hold the warp's result
 #pragma unroll
@@ -240,10 +264,10 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
 #pragma unroll
     for (int h = 0; h < GM; ++h) {
 #pragma unroll
-      for (int e = 0; e < E; ++e) wo_s[(warp * GM + h) * D + part * E + e] = o[h][e];
+      for (int e = 0; e < E; ++e) wo_s[(warp * GS + h0 + h) * D + part * E + e] = o[h][e];
       if (part == 0) {
-        wm_s[warp * GM + h] = m[h];
-        wl_s[warp * GM + h] = l[h];
+        wm_s[warp * GS + h0 + h] = m[h];
+        wl_s[warp * GS + h0 + h] = l[h];
       }
     }
   }
@@ -385,9 +409,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const int per = ceil_div(max(hi - lo, 0), NC);
       const int cs = lo + c * per, ce = min(hi, cs + per);
       if constexpr (CF_ATTN_TOKEN_LANES != 0) {
-        attend_token_lanes<T, D, GM>(q_s, static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D,
-                                     static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D, knew_s, vnew_s,
-                                     mask, pos, cs, ce, G, warp, lane, wo_s, wm_s, wl_s);
+        constexpr int HW = kHeadsPerWalk<GM>;
+#pragma unroll 1
+        for (int h0 = 0; h0 < GM; h0 += HW)
+          attend_token_lanes<T, D, HW, GM>(q_s, static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D,
+                                           static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D, knew_s,
+                                           vnew_s, mask, pos, cs, ce, h0, G, warp, lane, wo_s, wm_s, wl_s);
       } else {
       float q[GM][kLaneElems], o[GM][kLaneElems], m[GM], l[GM];
 #pragma unroll
@@ -415,48 +442,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           load_lane_row<T, D>(krow, lane, kf[u]);
           load_lane_row<T, D>(vrow, lane, vf[u]);
         }
-        // scores of the run's tokens for every head the build holds (heads >= G have q = 0: computed, never
-        // written), then one xor tree per level over all of them at once: GM * kTokenRun<GM> independent shuffles
-        // per level instead of GM * kTokenRun<GM> dependent five-shuffle chains (round 27)
         float sc[kTokenRun<GM>][GM];
-#pragma unroll
-        for (int u = 0; u < kTokenRun<GM>; ++u)
-#pragma unroll
-          for (int h = 0; h < GM; ++h) {
-            float d = 0.f;
-#pragma unroll
-            for (int e = 0; e < kLaneElems; ++e) d = fmaf(q[h][e], kf[u][e], d);
-            sc[u][h] = d;
-          }
-#pragma unroll
-        for (int off = kWarpSize / 2; off; off >>= 1)
-#pragma unroll
-          for (int u = 0; u < kTokenRun<GM>; ++u)
-#pragma unroll
-            for (int h = 0; h < GM; ++h) sc[u][h] += __shfl_xor_sync(0xffffffffu, sc[u][h], off);
-        // one online-softmax step per run: the run's maximum, one rescale, its probabilities in token order
-#pragma unroll
-        for (int h = 0; h < GM; ++h) {
-          float mx = m[h];
-#pragma unroll
-          for (int u = 0; u < kTokenRun<GM>; ++u) mx = live[u] ? fmaxf(mx, sc[u][h]) : mx;
-          const float corr = softmax_rescale(m[h], mx);
-          float p[kTokenRun<GM>];
-#pragma unroll
-          for (int u = 0; u < kTokenRun<GM>; ++u) p[u] = live[u] ? exp2f(sc[u][h] - mx) : 0.f;
-          float ls = l[h] * corr;
-#pragma unroll
-          for (int u = 0; u < kTokenRun<GM>; ++u) ls += p[u];
-          l[h] = ls;
-#pragma unroll
-          for (int e = 0; e < kLaneElems; ++e) {
-            float a = o[h][e] * corr;
-#pragma unroll
-            for (int u = 0; u < kTokenRun<GM>; ++u) a = fmaf(p[u], vf[u][e], a);
-            o[h][e] = a;
-          }
-          m[h] = mx;
-        }
+        step_scores<kTokenRun<GM>, GM, kLaneElems, kWarpSize / 2>(q, kf, sc);
+        online_step<kTokenRun<GM>, GM, kLaneElems>(sc, live, vf, m, l, o);
       }
       // warps -> tile, in warp order
 #pragma unroll
