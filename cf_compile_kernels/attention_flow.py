@@ -1,7 +1,7 @@
 """Launcher of the claimed-tile attention kernel (csrc/attention_flow.cu): batch 1, head_dim 64 / 128.
 
-Not the default yet: `attention.attention_decode(..., variant="flow")` (or CF_ATTN_KERNEL=flow, where the shape
-is supported) runs it; attention.py validates every tensor first. The host cuts three kinds of tiles, all
+attention.attention_decode launches it for batch-1 MHA shapes (is_default; CF_ATTN_KERNEL=cluster|flow or
+variant="flow" choose explicitly) after validating every tensor. The host cuts three kinds of tiles, all
 from the shape and the resident CTA count (`slots`): q/k/v tiles of whole rows of one head, the largest that
 still give half the slots a tile; NC attention chunks per KV group (at most MAX_CHUNKS, so the merge of a
 group's partials stays one short pass); o_proj tiles of O_TILE_ROWS rows (the FFN's measured down-tile cut).
