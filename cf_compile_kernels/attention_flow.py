@@ -75,24 +75,28 @@ class Knobs:
     """Benchmark overrides, read from the environment when a launch asks for its plan (part of the plan key):
     CF_ATTN_FLOW_MAX_CHUNKS (the chunk cap; above SINGLE_MERGE_MAX the merge is two-level) and
     CF_ATTN_FLOW_QKV_WPR (warps per row group of the q/k/v tiles, 1/2/4/8: smaller tiles, k-split rows) and
-    CF_ATTN_FLOW_TOKEN_LANES=1 (the -DCF_ATTN_TOKEN_LANES build: a lane group per token, round 30)."""
+    CF_ATTN_FLOW_TOKEN_LANES=1 (the -DCF_ATTN_TOKEN_LANES build: a lane group per token, round 30) and
+    CF_ATTN_FLOW_O_SPLIT=1 (the -DCF_ATTN_O_SPLIT build: o_proj tiles per head segment, round 30)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
     token_lanes: bool = False
+    o_split: bool = False
 
     @staticmethod
     def from_env() -> Knobs:
-        cap = os.environ.get("CF_ATTN_FLOW_MAX_CHUNKS")
-        wpr = os.environ.get("CF_ATTN_FLOW_QKV_WPR")
-        lanes = os.environ.get("CF_ATTN_FLOW_TOKEN_LANES", "0") not in ("", "0")
-        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None, lanes)
+        env = os.environ.get
+        cap, wpr = env("CF_ATTN_FLOW_MAX_CHUNKS"), env("CF_ATTN_FLOW_QKV_WPR")
+        lanes, split = (env(f"CF_ATTN_FLOW_{k}", "0") not in ("", "0") for k in ("TOKEN_LANES", "O_SPLIT"))
+        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None, lanes, split)
 
     def defines(self, timeline: bool) -> dict[str, int] | None:
         """The build's -D defines (None: the default build)."""
         defines = {"CF_FLOW_TIMELINE": 1} if timeline else {}
         if self.token_lanes:
             defines["CF_ATTN_TOKEN_LANES"] = 1
+        if self.o_split:
+            defines["CF_ATTN_O_SPLIT"] = 1
         return defines or None
 
 
@@ -123,13 +127,29 @@ def flow_unsupported_reason(*, hidden: int, num_heads: int, num_kv_heads: int, h
 
 
 def tile_counts(hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_cut: int, o_cut: int,
-                nc: int) -> dict[str, int]:
-    """The queue of one launch, tile kinds in queue order: q/k/v tiles, attention tiles, o_proj tiles."""
+                nc: int, o_segments: int = 1) -> dict[str, int]:
+    """The queue of one launch, tile kinds in queue order: q/k/v tiles, attention tiles, o_proj tiles (per head
+    segment where o_proj is split)."""
     return {
         "qkv": (num_heads + 2 * num_kv_heads) * head_dim // tile_rows(RPW, qkv_cut),
         "attention": num_kv_heads * nc,
-        "o_proj": hidden // tile_rows(RPW, o_cut),
+        "o_proj": hidden // tile_rows(RPW, o_cut) * o_segments,
     }
+
+
+O_SPLIT_SEGMENT_COLS = 1024  # columns of W_o per split o_proj tile at most: one 16-vector chunk per lane per row
+O_SPLIT_TILE_ROWS = 32  # rows per split o_proj tile: 8 warps x 4 rows, each warp a whole segment row (<= 64 KB)
+
+
+def o_segment_groups(num_heads: int, num_kv_heads: int, head_dim: int) -> int:
+    """KV groups per o_proj segment (CF_ATTN_O_SPLIT): the most that divide the groups and stay within
+    O_SPLIT_SEGMENT_COLS columns (at least one group)."""
+    group_cols = num_heads // num_kv_heads * head_dim
+    best = 1
+    for n in range(1, num_kv_heads + 1):
+        if num_kv_heads % n == 0 and n * group_cols <= O_SPLIT_SEGMENT_COLS:
+            best = n
+    return best
 
 
 def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, num_sms: int,
@@ -164,12 +184,14 @@ class FlowPlan:
     qkv_wpr: int
     o_wpr: int
     chunks: int
+    o_seg_groups: int  # KV groups per o_proj segment (1 segment of all groups: not split)
     qkv: torch.Tensor
     part: torch.Tensor
     attn_o: torch.Tensor
     ctrl: torch.Tensor
     kinds: dict[str, int]  # tile_counts: tiles of each kind in queue order (how a timeline splits its stamps)
     timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
+    o_part: torch.Tensor | None = None  # CF_ATTN_O_SPLIT: fp32 partial of every output row per segment
 
     @property
     def tiles(self) -> int:
@@ -201,22 +223,27 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
     smem = smem_bytes(hidden, head_dim, gm)
     slots = resident_slots(kernel, device, smem)
     qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
-    ow, nc = o_wpr(hidden), chunks(num_kv_heads, slots, knobs.max_chunks)
+    nc = chunks(num_kv_heads, slots, knobs.max_chunks)
+    ow = nearest_cut(hidden, RPW, O_SPLIT_TILE_ROWS) if knobs.o_split else o_wpr(hidden)
+    seg = o_segment_groups(num_heads, num_kv_heads, head_dim) if knobs.o_split else num_kv_heads
+    segments = num_kv_heads // seg
     if head_dim % tile_rows(RPW, qw):
         raise ValueError(f"attention_flow: q/k/v tiles of {tile_rows(RPW, qw)} rows cut across heads of {head_dim}")
     nb = merge_blocks(nc)
     qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
-    kinds = tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc)
+    kinds = tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc, segments if knobs.o_split else 1)
+    split_words = segments + hidden // tile_rows(RPW, ow) if knobs.o_split else 0
     tiles = sum(kinds.values())
     f32 = dict(dtype=torch.float32, device=device)
     return FlowPlan(
-        kernel, min(slots, tiles), smem, qw, ow, nc,
+        kernel, min(slots, tiles), smem, qw, ow, nc, seg,
         qkv=torch.empty(qkv_rows, **f32),
         part=torch.empty(num_kv_heads * (nc + nb) * gm * (head_dim + 2), **f32),
         attn_o=torch.empty(num_heads * head_dim, dtype=dtype, device=device),
-        ctrl=torch.zeros(CTRL_FIXED + (2 + nb) * num_kv_heads, dtype=torch.int32, device=device),
+        ctrl=torch.zeros(CTRL_FIXED + (2 + nb) * num_kv_heads + split_words, dtype=torch.int32, device=device),
         kinds=kinds,
         timeline=timeline,
+        o_part=torch.empty(segments * hidden, **f32) if knobs.o_split else None,
     )
 
 
@@ -239,7 +266,7 @@ def launch(x, norm_weight, eps, unit_offset, wq, wk, wv, bq, bk, bv, cos, sin, c
         x, norm_weight, wq, wk, wv, bq, bk, bv, cos, sin, cache_position, k_cache, v_cache, mask, o_weight, o_bias,
         out, p.qkv, p.part, p.attn_o, p.ctrl, stamps, f32(eps), f32(scale), i32(hidden), i32(num_heads), i32(kvh),
         i32(max_len), i32(p.chunks), i32(cos_kind), i32(int(unit_offset)), i32(int(add_residual)), i32(p.qkv_wpr),
-        i32(p.o_wpr),
+        i32(p.o_wpr), p.o_part, i32(p.o_seg_groups),
     ]
     p.kernel.launch((p.grid, 1, 1), (THREADS, 1, 1), args, shared_bytes=p.smem)
 
@@ -251,6 +278,9 @@ for _dtype in CTYPES.values():
                            label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}")
 register_check(SOURCE, KERNEL, ("__nv_bfloat16", 64, 8, RPW), defines={"CF_FLOW_TIMELINE": 1},
                label="attention claimed tiles bf16 D 64 groups <= 8, timeline")
+for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1)):
+    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_ATTN_O_SPLIT": 1},
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, o_proj split by head segment")
 for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 64, 4), ("__nv_bfloat16", 128, 4), ("__half", 128, 1)):
     register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_ATTN_TOKEN_LANES": 1},
                    label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, token lanes")

@@ -94,6 +94,7 @@ def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("CF_ATTN_FLOW_MAX_CHUNKS", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_QKV_WPR", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_TOKEN_LANES", raising=False)
+    monkeypatch.delenv("CF_ATTN_FLOW_O_SPLIT", raising=False)
     assert af.Knobs.from_env() == af.Knobs(af.MAX_CHUNKS, None)
     monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", "64")
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", "4")
@@ -101,4 +102,21 @@ def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     assert af.Knobs().defines(timeline=False) is None  # the default build: no -D
     monkeypatch.setenv("CF_ATTN_FLOW_TOKEN_LANES", "1")
     assert af.Knobs.from_env().defines(timeline=True) == {"CF_FLOW_TIMELINE": 1, "CF_ATTN_TOKEN_LANES": 1}
+    monkeypatch.setenv("CF_ATTN_FLOW_O_SPLIT", "1")
+    assert af.Knobs.from_env() == af.Knobs(64, 4, True, True)
+    assert af.Knobs.from_env().defines(timeline=False) == {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1}
+
+
+def test_split_o_proj_segments_are_whole_groups_within_one_chunk():
+    """CF_ATTN_O_SPLIT: a segment is whole KV groups (its tiles wait on one counter), divides the groups, and
+    spans at most O_SPLIT_SEGMENT_COLS columns (one 16-vector chunk per lane per row); the queue counts one
+    o_proj tile per row block and segment."""
+    shapes = {"llama-2-7b": (32, 32, 128, 8), "llama-3-8b": (32, 8, 128, 2), "llama-3.2-1b": (32, 8, 64, 4),
+              "qwen2.5-0.5b": (14, 2, 64, 2)}
+    for name, (nh, kvh, d, want) in shapes.items():
+        seg = af.o_segment_groups(nh, kvh, d)
+        assert seg == want, name
+        assert kvh % seg == 0 and seg * nh // kvh * d <= af.O_SPLIT_SEGMENT_COLS
+    counts = af.tile_counts(4096, 32, 32, 128, 1, 1, 8, o_segments=4)
+    assert counts["o_proj"] == 4096 // af.O_SPLIT_TILE_ROWS * 4
     assert af.chunks(2, 264, 64) == 64 and af.chunks(8, 264, 64) == 33 and af.chunks(2, 264) == af.MAX_CHUNKS

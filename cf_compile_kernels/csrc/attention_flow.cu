@@ -34,6 +34,16 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <int GM>
 constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 
+// o_proj split by head segment (round 30; -DCF_ATTN_O_SPLIT=1, attention_flow.Knobs.o_split, opt-in until
+// measured): an o_proj tile is rows x the columns of one segment of o_seg_groups KV groups, so it waits only for
+// those groups and W_o streams while later groups still attend (round 28's timeline: at Llama-2-7B o_proj ran
+// 13 us after the last group, its tiles holding only 32 KB of W_o each while they waited). Each tile writes its
+// segment's fp32 partial of its rows; the last of a row block's segments sums them in segment order (+ bias,
+// + residual) and rounds once: deterministic, another summation order than the default build's (same band).
+#ifndef CF_ATTN_O_SPLIT
+#define CF_ATTN_O_SPLIT 0
+#endif
+
 // Token-parallel lanes (round 30; -DCF_ATTN_TOKEN_LANES=1, attention_flow.Knobs.token_lanes, opt-in until
 // measured): a group of kLanesPerToken<D, GM> lanes holds one K/V row (kRowElems elements per lane, one 16- or
 // 8-byte load), a warp step covers kTokensPerStep tokens (kGroupsPerWarp groups x kGroupRun<GM> tokens each), and a
@@ -285,7 +295,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
     const void* bv, const void* cos, const void* sin, const long long* cache_position, void* k_cache, void* v_cache,
     const unsigned char* mask, const void* wo, const void* bo, void* out, float* qkv, float* part, void* attn_o,
     int* ctrl, unsigned long long* stamps, float eps, float scale, int hidden, int num_heads, int num_kv_heads,
-    int max_cache_len, int chunks, int cos_kind, int unit_offset, int add_residual, int qkv_wpr, int o_wpr) {
+    int max_cache_len, int chunks, int cos_kind, int unit_offset, int add_residual, int qkv_wpr, int o_wpr,
+    float* o_part, int o_seg_groups) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 only");
   static_assert(GM == 1 || GM == 2 || GM == 4 || GM == 8, "query heads per KV head: 1, 2, 4 or 8");
   constexpr int kLaneElems = D / 32;
@@ -311,12 +322,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   const TileCut oc(RPW, o_wpr, NH * D / kElems, warp);
   const int qkv_rows = (NH + 2 * KVH) * D;
   const int qkv_tiles = qkv_rows / qc.rows, qkv_per_group = (G + 2) * D / qc.rows;
-  const int attn_tiles = KVH * NC, o_tiles = H / oc.rows;
+  // CF_ATTN_O_SPLIT: NS segments of o_seg_groups KV groups; o_proj tiles segment-major over row blocks
+  const int NS = CF_ATTN_O_SPLIT != 0 ? KVH / o_seg_groups : 1;
+  const int seg_cols = CF_ATTN_O_SPLIT != 0 ? o_seg_groups * G * D : 0;
+  const int attn_tiles = KVH * NC, o_tiles = H / oc.rows * NS;
   const int total = qkv_tiles + attn_tiles + o_tiles;
   int* const qkv_done = ctrl + kPerGroup;
   int* const attn_done = qkv_done + KVH;
   const int NB = NC > kSingleMergeMax ? ceil_div(NC, kMergeFanIn) : 0;  // merge blocks per group (two-level)
   int* const block_done = attn_done + KVH;
+  int* const seg_done = block_done + KVH * NB;  // CF_ATTN_O_SPLIT: per segment its merged groups
+  int* const row_done = seg_done + NS;          // ... and per o_proj row block its finished segments
   const T* const xs = static_cast<const T*>(x);
 
   TileClock clock;
@@ -511,31 +527,72 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         if (merged && tid == 0) {
           __threadfence();
           atomicAdd(ctrl + kGroupsDone, 1);
+          if constexpr (CF_ATTN_O_SPLIT != 0) atomicAdd(seg_done + g / o_seg_groups, 1);
         }
       }
     } else {
-      // ---- o_proj tile: output rows [row0, row0 + rows), all NH*D columns
-      const int row0 = (t - qkv_tiles - attn_tiles) * oc.rows;
-      const T* rows[RPW];
+      if constexpr (CF_ATTN_O_SPLIT != 0) {
+        // ---- o_proj tile: output rows [row0, row0 + rows) x the columns of segment seg
+        const int o_t = t - qkv_tiles - attn_tiles, blocks = H / oc.rows;
+        const int seg = o_t / blocks, block = o_t % blocks, row0 = block * oc.rows;
+        const TileCut segc(RPW, o_wpr, seg_cols / kElems, warp);
+        const T* rows[RPW];
 #pragma unroll
-      for (int r = 0; r < RPW; ++r)
-        rows[r] = static_cast<const T*>(wo) + static_cast<size_t>(row0 + oc.row_group * RPW + r) * NH * D;
-      const T* ao = static_cast<const T*>(attn_o);  // written by other CTAs of this launch: L2 loads (.cg)
-      const auto act = [&](int, int v) { return __ldcg(reinterpret_cast<const uint4*>(ao + v * kElems)); };
-      dot.run(rows, oc, lane, 1, act, [&] {
-        if (!o_ready) {
-          if (tid == 0) clock.wait_until(ctrl + kGroupsDone, KVH);
+        for (int r = 0; r < RPW; ++r)
+          rows[r] = static_cast<const T*>(wo) + static_cast<size_t>(row0 + segc.row_group * RPW + r) * NH * D +
+                    static_cast<size_t>(seg) * seg_cols;
+        const T* ao = static_cast<const T*>(attn_o) + static_cast<size_t>(seg) * seg_cols;  // L2 loads (.cg)
+        const auto act = [&](int, int v) { return __ldcg(reinterpret_cast<const uint4*>(ao + v * kElems)); };
+        dot.run(rows, segc, lane, 1, act, [&] {
+          if (tid == 0) clock.wait_until(seg_done + seg, o_seg_groups);
           __syncthreads();
+        });
+        dot.publish(red_s, warp, lane);
+        __syncthreads();
+        for (int j = tid; j < segc.rows; j += kThreads) {
+          o_part[static_cast<size_t>(seg) * H + row0 + j] = slice_sum<RPW, 1>(red_s, j, 0, o_wpr);
+          __threadfence();
         }
-      });
-      o_ready = true;
-      dot.publish(red_s, warp, lane);
-      __syncthreads();
-      for (int j = tid; j < oc.rows; j += kThreads) {
-        float s = slice_sum<RPW, 1>(red_s, j, 0, o_wpr);
-        if (bo != nullptr) s += load_scalar<T>(bo, row0 + j);
-        if (add_residual) s += to_float(xs[row0 + j]);
-        static_cast<T*>(out)[row0 + j] = from_float<T>(s);
+        __syncthreads();
+        if (tid == 0) {
+          __threadfence();
+          last_s = atomicAdd(row_done + block, 1) == NS - 1;
+          __threadfence();
+        }
+        __syncthreads();
+        if (last_s) {  // the row block's last segment: the segments' partials in segment order, one rounding
+          for (int j = tid; j < segc.rows; j += kThreads) {
+            float s = 0.f;
+            for (int k = 0; k < NS; ++k) s += __ldcg(o_part + static_cast<size_t>(k) * H + row0 + j);
+            if (bo != nullptr) s += load_scalar<T>(bo, row0 + j);
+            if (add_residual) s += to_float(xs[row0 + j]);
+            static_cast<T*>(out)[row0 + j] = from_float<T>(s);
+          }
+        }
+      } else {
+        // ---- o_proj tile: output rows [row0, row0 + rows), all NH*D columns
+        const int row0 = (t - qkv_tiles - attn_tiles) * oc.rows;
+        const T* rows[RPW];
+#pragma unroll
+        for (int r = 0; r < RPW; ++r)
+          rows[r] = static_cast<const T*>(wo) + static_cast<size_t>(row0 + oc.row_group * RPW + r) * NH * D;
+        const T* ao = static_cast<const T*>(attn_o);  // written by other CTAs of this launch: L2 loads (.cg)
+        const auto act = [&](int, int v) { return __ldcg(reinterpret_cast<const uint4*>(ao + v * kElems)); };
+        dot.run(rows, oc, lane, 1, act, [&] {
+          if (!o_ready) {
+            if (tid == 0) clock.wait_until(ctrl + kGroupsDone, KVH);
+            __syncthreads();
+          }
+        });
+        o_ready = true;
+        dot.publish(red_s, warp, lane);
+        __syncthreads();
+        for (int j = tid; j < oc.rows; j += kThreads) {
+          float s = slice_sum<RPW, 1>(red_s, j, 0, o_wpr);
+          if (bo != nullptr) s += load_scalar<T>(bo, row0 + j);
+          if (add_residual) s += to_float(xs[row0 + j]);
+          static_cast<T*>(out)[row0 + j] = from_float<T>(s);
+        }
       }
     }
     clock.tile_done(stamps, t);
@@ -545,7 +602,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   if (tid == 0) {  // every claim of this launch is made once all CTAs got here: the last one resets the counters
     __threadfence();
     if (atomicAdd(ctrl + kFinished, 1) == static_cast<int>(gridDim.x) - 1) {
-      for (int i = 0; i < kPerGroup + 2 * KVH + KVH * NB; ++i) ctrl[i] = 0;
+      const int split_words = CF_ATTN_O_SPLIT != 0 ? NS + H / oc.rows : 0;  // segments, then row blocks
+      for (int i = 0; i < kPerGroup + 2 * KVH + KVH * NB + split_words; ++i) ctrl[i] = 0;
     }
   }
 }

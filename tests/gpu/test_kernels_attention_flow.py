@@ -169,3 +169,24 @@ def test_token_lanes_random_configs(i, monkeypatch):
     """The default build's random batch-1 sweep (every mask kind, D 64 / 128, groups 1-8), on the token-lane build."""
     monkeypatch.setenv("CF_ATTN_FLOW_TOKEN_LANES", "1")
     check_case(flow_cases(N_CASES)[i], variant="flow")
+
+
+@pytest.mark.parametrize("lanes", [0, 1])
+@pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"], LLAMA32_B1],
+                         ids=["qwen", "llama3", "llama2", "llama3.2"])
+def test_split_o_proj_matches_the_reference(lanes, case, monkeypatch):
+    """CF_ATTN_FLOW_O_SPLIT: o_proj tiles per head segment, the row block's last segment summing the partials:
+    inside the band (alone and with token lanes), bitwise repeatable, counters back to zero."""
+    monkeypatch.setenv("CF_ATTN_FLOW_O_SPLIT", "1")
+    monkeypatch.setenv("CF_ATTN_FLOW_TOKEN_LANES", str(lanes))
+    check_case(case, variant="flow")
+    first = torch.full_like(make_inputs(case)["x"], float("nan"))
+    run_kernel(case, make_inputs(case), first, variant="flow")
+    for _ in range(20):
+        again = torch.full_like(first, float("nan"))
+        run_kernel(case, make_inputs(case), again, variant="flow")
+        torch.cuda.synchronize()
+        assert torch.equal(again, first)
+    p = attention_flow.plan(case.dtype, case.hidden, case.num_heads, case.kv_heads, case.head_dim,
+                            torch.device("cuda"))
+    assert int(p.ctrl.abs().sum()) == 0, "counters left non-zero"
