@@ -126,30 +126,16 @@ __device__ __forceinline__ void live_range(const unsigned char* mask, int L, lon
   __syncthreads();
 }
 
-/// @brief K or V elements [lane * D / 32, +D / 32) of one cached row, widened to fp32.
-template <typename T, int D>
-__device__ __forceinline__ void load_lane_row(const T* row, int lane, float (&f)[D / 32]) {
-  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
-  if constexpr (D == 64) {
-    const float2 a = pair_to_float2<T>(*reinterpret_cast<const unsigned*>(row + lane * 2));
-    f[0] = a.x;
-    f[1] = a.y;
-  } else {
-    const uint2 u = *reinterpret_cast<const uint2*>(row + lane * 4);
-    const float2 a = pair_to_float2<T>(u.x), b = pair_to_float2<T>(u.y);
-    f[0] = a.x;
-    f[1] = a.y;
-    f[2] = b.x;
-    f[3] = b.y;
-  }
-}
-
-/// @brief Elements [part * E, +E) of one row (E = 4 or 8), widened to fp32.
+/// @brief Elements [part * E, +E) of one K or V row (E = 2, 4 or 8: one 4-, 8- or 16-byte load), widened to fp32.
 template <typename T, int E>
 __device__ __forceinline__ void load_row_part(const T* row, int part, float (&f)[E]) {
-  static_assert(E == 4 || E == 8, "4 or 8 elements per lane");
+  static_assert(E == 2 || E == 4 || E == 8, "2, 4 or 8 elements per lane");
   if constexpr (E == 8) {
     unpack8<T>(*reinterpret_cast<const uint4*>(row + part * 8), f);
+  } else if constexpr (E == 2) {
+    const float2 a = pair_to_float2<T>(*reinterpret_cast<const unsigned*>(row + part * 2));
+    f[0] = a.x;
+    f[1] = a.y;
   } else {
     const uint2 u = *reinterpret_cast<const uint2*>(row + part * 4);
     const float2 a = pair_to_float2<T>(u.x), b = pair_to_float2<T>(u.y);
@@ -455,8 +441,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           const bool cached = tok < ce && tok != pos;
           const T* krow = cached ? kc + static_cast<size_t>(tok) * D : knew_s;
           const T* vrow = cached ? vc + static_cast<size_t>(tok) * D : vnew_s;
-          load_lane_row<T, D>(krow, lane, kf[u]);
-          load_lane_row<T, D>(vrow, lane, vf[u]);
+          load_row_part<T, kLaneElems>(krow, lane, kf[u]);
+          load_row_part<T, kLaneElems>(vrow, lane, vf[u]);
         }
         float sc[kTokenRun<GM>][GM];
         step_scores<kTokenRun<GM>, GM, kLaneElems, kWarpSize / 2>(q, kf, sc);
