@@ -28,6 +28,9 @@ TABLE = ROOT / "cf_compile" / "measured.json"
 ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
+# config flags of rows that timed an opt-in build of the claimed-tile attention kernel (not the default's code)
+FLOW_EXPERIMENT_FLAGS = ("flow_o_gated", "flow_token_lanes", "flow_o_split")
+
 def default_variants() -> dict[str, str | None]:
     """The launcher default a row without a variant name ran (None: the family has no named variants)."""
     from cf_compile_kernels import attention, mla
@@ -46,10 +49,10 @@ def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bo
     if block == "attention" and attention_flow.is_default(num_heads=shape.get("heads", 0),
                                                           num_kv_heads=shape.get("kv_heads", -1),
                                                           batch=config["batch"]):
-        # batch-1 MHA runs the claimed-tile kernel; rows of another chunk cap, q/k/v cut or o_proj gate were
-        # experiments
+        # batch-1 MHA runs the claimed-tile kernel; rows of another chunk cap, q/k/v cut or opt-in build (o_proj
+        # gate, token lanes, o_proj split) were experiments
         return (config.get("variant") == attention_flow.VARIANT and "flow_qkv_wpr" not in config
-                and not config.get("flow_o_gated", False)
+                and not any(config.get(k, False) for k in FLOW_EXPERIMENT_FLAGS)
                 and config.get("flow_max_chunks", attention_flow.MAX_CHUNKS) == attention_flow.MAX_CHUNKS)
     variant = config.get("variant", defaults[block])
     if variant == defaults[block]:

@@ -109,13 +109,15 @@ def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_
 
 def test_at_batch_one_mha_only_the_claimed_tile_kernel_at_its_chunk_cap_is_the_default():
     """attention_flow.is_default: batch-1 MHA runs the claimed-tile kernel, so only its rows (at the landed chunk
-    cap; CF_ATTN_FLOW_MAX_CHUNKS rows were experiments) speak for the kernel there."""
+    cap; CF_ATTN_FLOW_MAX_CHUNKS rows and opt-in builds were experiments) speak for the kernel there."""
     mod = _policy_table()
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07", inductor_us=70.0)
     cfg = dict(model="llama-2-7b", batch=1, seq=1024, dtype="bf16",
                shape=dict(hidden=4096, heads=32, kv_heads=32, head_dim=128))
     rows = [dict(base, config=dict(cfg, variant="v5_heads"), ours_us=78.0),
-            dict(base, config=dict(cfg, variant="flow", flow_max_chunks=64), ours_us=60.0)]
+            dict(base, config=dict(cfg, variant="flow", flow_max_chunks=64), ours_us=60.0),
+            dict(base, config=dict(cfg, variant="flow", flow_token_lanes=True), ours_us=61.0),
+            dict(base, config=dict(cfg, variant="flow", flow_o_split=True), ours_us=62.0)]
     assert mod.entries(rows, mod.default_variants()) == []
     rows.append(dict(base, config=dict(cfg, variant="flow"), ours_us=67.9))
     (e,) = mod.entries(rows, mod.default_variants())
