@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 
+from . import env
 from .flow import CTYPES, STAMP_WORDS, THREADS, WARPS, cuts, nearest_cut, resident_slots, tile_rows
 from .launch import PlanCache, load_kernel
 from .registry import register_check
@@ -72,11 +72,10 @@ def merge_blocks(nc: int) -> int:
 
 @dataclass(frozen=True)
 class Knobs:
-    """Benchmark overrides, read from the environment when a launch asks for its plan (part of the plan key):
-    CF_ATTN_FLOW_MAX_CHUNKS (the chunk cap; above SINGLE_MERGE_MAX the merge is two-level) and
-    CF_ATTN_FLOW_QKV_WPR (warps per row group of the q/k/v tiles, 1/2/4/8: smaller tiles, k-split rows) and
-    CF_ATTN_FLOW_TOKEN_LANES=1 (the -DCF_ATTN_TOKEN_LANES build: a lane group per token, round 30) and
-    CF_ATTN_FLOW_O_SPLIT=1 (the -DCF_ATTN_O_SPLIT build: o_proj tiles per head segment, round 30)."""
+    """Benchmark overrides (env.py's CF_ATTN_FLOW_* knobs), read when a launch asks for its plan (part of the plan
+    key): the chunk cap (above SINGLE_MERGE_MAX the merge is two-level), warps per row group of the q/k/v tiles
+    (1/2/4/8: smaller tiles, k-split rows), and the opt-in builds of round 30: -DCF_ATTN_TOKEN_LANES (a lane group
+    per token) and -DCF_ATTN_O_SPLIT (o_proj tiles per head segment)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
@@ -85,10 +84,8 @@ class Knobs:
 
     @staticmethod
     def from_env() -> Knobs:
-        env = os.environ.get
-        cap, wpr = env("CF_ATTN_FLOW_MAX_CHUNKS"), env("CF_ATTN_FLOW_QKV_WPR")
-        lanes, split = (env(f"CF_ATTN_FLOW_{k}", "0") not in ("", "0") for k in ("TOKEN_LANES", "O_SPLIT"))
-        return Knobs(int(cap) if cap else MAX_CHUNKS, int(wpr) if wpr else None, lanes, split)
+        return Knobs(env.attention_flow_max_chunks() or MAX_CHUNKS, env.attention_flow_qkv_wpr(),
+                     env.attention_flow_token_lanes(), env.attention_flow_o_split())
 
     def defines(self, timeline: bool) -> dict[str, int] | None:
         """The build's -D defines (None: the default build)."""
@@ -231,7 +228,7 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
         raise ValueError(f"attention_flow: q/k/v tiles of {tile_rows(RPW, qw)} rows cut across heads of {head_dim}")
     nb = merge_blocks(nc)
     qkv_rows = (num_heads + 2 * num_kv_heads) * head_dim
-    kinds = tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc, segments if knobs.o_split else 1)
+    kinds = tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc, segments)
     split_words = segments + hidden // tile_rows(RPW, ow) if knobs.o_split else 0
     tiles = sum(kinds.values())
     f32 = dict(dtype=torch.float32, device=device)

@@ -11,7 +11,11 @@ Reading on each call (not at import) lets tests and tools point one process at a
 | CF_INCLUDE_DIRS | "" | extra header directories, os.pathsep-separated, searched after the wheels' |
 | CF_VERBOSE | 0 | 1: log every compile and cache hit at INFO |
 | CF_FFN_KERNEL | "" (ffn.DEFAULT_KERNEL) | "cluster" or "flow": the gated-FFN kernel where both take the shape |
-| CF_ATTN_KERNEL | "" (the cluster kernel) | "flow": the claimed-tile attention kernel where it takes the shape |
+| CF_ATTN_KERNEL | "" (attention.default_kernel) | "cluster" or "flow": the attention kernel where both take the shape |
+| CF_ATTN_FLOW_MAX_CHUNKS | "" (attention_flow.MAX_CHUNKS) | benchmarks: attention tiles per KV group at most |
+| CF_ATTN_FLOW_QKV_WPR | "" (from the shape) | benchmarks: warps per row group of the claimed-tile q/k/v tiles |
+| CF_ATTN_FLOW_TOKEN_LANES | 0 | benchmarks: 1 selects the claimed-tile attention build with token-parallel lanes |
+| CF_ATTN_FLOW_O_SPLIT | 0 | benchmarks: 1 selects the claimed-tile attention build with o_proj per head segment |
 """
 
 from __future__ import annotations
@@ -65,3 +69,24 @@ def ffn_kernel() -> str | None:
 def attention_kernel() -> str | None:
     value = os.environ.get("CF_ATTN_KERNEL", "").strip()
     return value or None
+
+
+def _int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+def attention_flow_max_chunks() -> int | None:
+    return _int("CF_ATTN_FLOW_MAX_CHUNKS")
+
+
+def attention_flow_qkv_wpr() -> int | None:
+    return _int("CF_ATTN_FLOW_QKV_WPR")
+
+
+def attention_flow_token_lanes() -> bool:
+    return _flag("CF_ATTN_FLOW_TOKEN_LANES")
+
+
+def attention_flow_o_split() -> bool:
+    return _flag("CF_ATTN_FLOW_O_SPLIT")

@@ -53,10 +53,10 @@ constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 #ifndef CF_ATTN_TOKEN_LANES
 #define CF_ATTN_TOKEN_LANES 0
 #endif
-template <int D, int GM>
+template <int GM>
 constexpr int kRowElems = GM * 8 <= 32 ? 8 : 4;
 template <int D, int GM>
-constexpr int kLanesPerToken = D / kRowElems<D, GM>;
+constexpr int kLanesPerToken = D / kRowElems<GM>;
 template <int D, int GM>
 constexpr int kGroupsPerWarp = 32 / kLanesPerToken<D, GM>;
 template <int GM>
@@ -146,6 +146,23 @@ __device__ __forceinline__ void load_row_part(const T* row, int part, float (&f)
   }
 }
 
+/// @brief A walk's registers before its first token: q of heads [h0, h0 + GM) (elements [part * E, +E); heads >= G
+/// zero), o = 0, l = 0, m = -inf.
+template <int GM, int E, int D>
+__device__ __forceinline__ void start_walk(const float* q_s, int h0, int G, int part, float (&q)[GM][E],
+                                           float (&o)[GM][E], float (&m)[GM], float (&l)[GM]) {
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    m[h] = neg_inf();
+    l[h] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      q[h][e] = h0 + h < G ? q_s[(h0 + h) * D + part * E + e] : 0.f;
+      o[h][e] = 0.f;
+    }
+  }
+}
+
 /// @brief Scores of a step's RUN tokens for every head the walk holds, over this lane's E elements (heads >= G
 /// have q = 0: computed, never written), then one xor tree per level from FIRST_OFF down over all of them at once:
 /// RUN * GM independent shuffles per level instead of RUN * GM dependent chains (round 27).
@@ -212,20 +229,11 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
                                                    const T* vnew_s, const unsigned char* mask, long long pos,
                                                    int cs, int ce, int h0, int G, int warp, int lane, float* wo_s,
                                                    float* wm_s, float* wl_s) {
-  constexpr int E = kRowElems<D, GM>, LPT = kLanesPerToken<D, GM>, GPW = kGroupsPerWarp<D, GM>;
+  constexpr int E = kRowElems<GM>, LPT = kLanesPerToken<D, GM>, GPW = kGroupsPerWarp<D, GM>;
   constexpr int kStep = GPW * kGroupRun<GM>;  // tokens per warp step
   const int group = lane / LPT, part = lane % LPT;
   float q[GM][E], o[GM][E], m[GM], l[GM];
-#pragma unroll
-  for (int h = 0; h < GM; ++h) {
-    m[h] = neg_inf();
-    l[h] = 0.f;
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      q[h][e] = h0 + h < G ? q_s[(h0 + h) * D + part * E + e] : 0.f;
-      o[h][e] = 0.f;
-    }
-  }
+  start_walk<GM, E, D>(q_s, h0, G, part, q, o, m, l);
   for (int t0 = cs + warp * kStep; t0 < ce; t0 += kWarps * kStep) {
     float kf[kGroupRun<GM>][E], vf[kGroupRun<GM>][E];
     bool live[kGroupRun<GM>];
@@ -419,16 +427,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
                                            vnew_s, mask, pos, cs, ce, h0, G, warp, lane, wo_s, wm_s, wl_s);
       } else {
       float q[GM][kLaneElems], o[GM][kLaneElems], m[GM], l[GM];
-#pragma unroll
-      for (int h = 0; h < GM; ++h) {
-        m[h] = neg_inf();
-        l[h] = 0.f;
-#pragma unroll
-        for (int e = 0; e < kLaneElems; ++e) {
-          q[h][e] = h < G ? q_s[h * D + lane * kLaneElems + e] : 0.f;
-          o[h][e] = 0.f;
-        }
-      }
+      start_walk<GM, kLaneElems, D>(q_s, 0, G, lane, q, o, m, l);
       const T* kc = static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D;
       const T* vc = static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D;
       for (int t0 = cs + warp * kTokenRun<GM>; t0 < ce; t0 += kWarps * kTokenRun<GM>) {
