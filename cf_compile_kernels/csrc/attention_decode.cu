@@ -154,6 +154,7 @@ constexpr int kSpinSleepNs = 32;  // back-off between polls of an arrival counte
 using cf::ld_stream;
 using cf::load_scalar;
 using cf::load_table;
+using cf::merge_token_slots;
 using cf::softmax_rescale;
 using cf::unpack8;
 using cf::warp_sum;
@@ -1282,23 +1283,7 @@ __device__ __forceinline__ void attention_decode_body(const Params& p, unsigned 
         } else {
           attend_tokens<false>(ts, q, o, m, l);
         }
-        // merge the token slots of the warp (butterfly over slot bits), slot 0 keeps the result
-        for (int off = lanes_per_token; off < 32; off <<= 1) {
-#pragma unroll
-          for (int h = 0; h < HG; ++h) {
-            const float m2 = __shfl_xor_sync(0xffffffffu, m[h], off);
-            const float l2 = __shfl_xor_sync(0xffffffffu, l[h], off);
-            const float M = fmaxf(m[h], m2);
-            const float c1 = softmax_rescale(m[h], M), c2 = softmax_rescale(m2, M);
-            l[h] = l[h] * c1 + l2 * c2;
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) {
-              const float o2 = __shfl_xor_sync(0xffffffffu, o[h][e], off);
-              o[h][e] = o[h][e] * c1 + o2 * c2;
-            }
-            m[h] = M;
-          }
-        }
+        merge_token_slots<HG, kVec>(m, l, o, lanes_per_token);  // slot 0 keeps the warp's result
         if (slot == 0) {
 #pragma unroll
           for (int h = 0; h < HG; ++h) {

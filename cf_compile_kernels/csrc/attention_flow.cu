@@ -249,21 +249,7 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
     step_scores<kGroupRun<GM>, GM, E, LPT / 2>(q, kf, sc);
     online_step<kGroupRun<GM>, GM, E>(sc, live, vf, m, l, o);
   }
-  // the groups' (m, l, o) merged by xor levels over the group bits; group 0's lanes hold the warp's result
-#pragma unroll
-  for (int off = LPT; off < kWarpSize; off <<= 1)
-#pragma unroll
-    for (int h = 0; h < GM; ++h) {
-      const float mo = __shfl_xor_sync(0xffffffffu, m[h], off), lo = __shfl_xor_sync(0xffffffffu, l[h], off);
-      const float M = fmaxf(m[h], mo), f = softmax_rescale(m[h], M), fo = softmax_rescale(mo, M);
-      l[h] = l[h] * f + lo * fo;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const float oo = __shfl_xor_sync(0xffffffffu, o[h][e], off);
-        o[h][e] = o[h][e] * f + oo * fo;
-      }
-      m[h] = M;
-    }
+  merge_token_slots<GM, E>(m, l, o, LPT);  // group 0's lanes hold the warp's result
   if (group == 0) {
 #pragma unroll
     for (int h = 0; h < GM; ++h) {

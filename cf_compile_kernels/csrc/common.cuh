@@ -161,4 +161,28 @@ __device__ __forceinline__ void mask_chunk_bounds(const unsigned char* row, int 
 /// 0 for an empty partial (m = -inf), which would otherwise give exp2(-inf - -inf) = NaN.
 __device__ __forceinline__ float softmax_rescale(float m, float M) { return m == neg_inf() ? 0.f : exp2f(m - M); }
 
+/// @brief Merge the running softmax states (m, l, o) that a warp's token slots kept side by side (slots of
+/// `lanes_per_slot` lanes, each lane holding E elements of o per head): a butterfly over the slot bits, after which
+/// every slot holds the warp's state (slot 0's lanes are the ones written out).
+template <int HG, int E>
+__device__ __forceinline__ void merge_token_slots(float (&m)[HG], float (&l)[HG], float (&o)[HG][E],
+                                                  int lanes_per_slot) {
+  for (int off = lanes_per_slot; off < 32; off <<= 1) {
+#pragma unroll
+    for (int h = 0; h < HG; ++h) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[h], off);
+      const float l2 = __shfl_xor_sync(0xffffffffu, l[h], off);
+      const float M = fmaxf(m[h], m2);
+      const float c1 = softmax_rescale(m[h], M), c2 = softmax_rescale(m2, M);
+      l[h] = l[h] * c1 + l2 * c2;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float o2 = __shfl_xor_sync(0xffffffffu, o[h][e], off);
+        o[h][e] = o[h][e] * c1 + o2 * c2;
+      }
+      m[h] = M;
+    }
+  }
+}
+
 }  // namespace cf
