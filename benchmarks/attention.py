@@ -45,7 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
 from cta_timeline import format_timeline, reduce_stamps  # noqa: E402
-from flow_timeline import summarise_kinds  # noqa: E402
+from flow_timeline import summarise_kinds, summarise_steps  # noqa: E402
 from timing import copy_bandwidth, graph_time_us  # noqa: E402
 
 from cf_compile_kernels import attention, attention_flow  # noqa: E402
@@ -179,8 +179,12 @@ def flow_timeline_of(layers: list[dict], model: str) -> dict:
         ours(layers[r % len(layers)], variant="flow", timeline=stamps)
         torch.cuda.synchronize()
         if r:
-            st = stamps.view(-1, attention_flow.STAMP_WORDS).cpu()
-            runs.append(summarise_kinds(st[: plan.tiles], st[plan.tiles: plan.tiles + plan.grid], kinds))
+            records = (plan.tiles + plan.grid) * attention_flow.STAMP_WORDS
+            st = stamps[:records].view(-1, attention_flow.STAMP_WORDS).cpu()
+            tiles, ctas = st[: plan.tiles], st[plan.tiles:]
+            marks = stamps[records:].view(plan.tiles, attention_flow.PHASE_MARKS).cpu()
+            runs.append(summarise_kinds(tiles, ctas, kinds)
+                        | summarise_steps(tiles, ctas, marks, kinds, attention_flow.PHASE_STEPS))
     return {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]}
 
 

@@ -78,6 +78,31 @@ def summarise_kinds(tiles: torch.Tensor, ctas: torch.Tensor, kinds: dict[str, in
     return out
 
 
+def summarise_steps(tiles: torch.Tensor, ctas: torch.Tensor, marks: torch.Tensor, kinds: dict[str, int],
+                    steps: dict[str, tuple[str, ...]]) -> dict[str, float]:
+    """One launch's step marks (attention_flow.PHASE_STEPS: per tile kind, the steps a timeline build marks in
+    order; marks: int64 [T, PHASE_MARKS], 0 where a tile has no such step). Per kind and step: the median time
+    from the previous step (the claim for the first) over the tiles that marked it, and the last tile's mark, in us
+    since the first CTA start."""
+    t0 = int(ctas[:, 0].min())
+    out: dict[str, float] = {}
+    start = 0
+    for name, count in kinds.items():
+        rows, stamps = marks[start:start + count], tiles[start:start + count]
+        start += count
+        prev = stamps[:, 0]
+        for k, step in enumerate(steps.get(name, ())):
+            have = rows[:, k] > 0
+            if not bool(have.any()):
+                continue
+            key = f"{name} {step}"
+            out[f"{key} (step us)"] = statistics.median(
+                (int(a) - int(b)) / NS_PER_US for a, b in zip(rows[have, k].tolist(), prev[have].tolist(), strict=True))
+            out[f"{key} (last at)"] = (int(rows[have, k].max()) - t0) / NS_PER_US
+            prev = torch.where(have, rows[:, k], prev)
+    return out
+
+
 def flow_timeline(x: torch.Tensor, sets: list[dict], tuning: ffn.Tuning, runs: int, eps: float) -> dict:
     """Median over `runs` timeline launches (after one warm-up) of each summarise() number."""
     tuning = dataclasses.replace(tuning, phases=True, kernel="flow")

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 import torch
 
 from . import env
-from .flow import CTYPES, STAMP_WORDS, THREADS, WARPS, cuts, nearest_cut, resident_slots, tile_rows
+from .flow import (
+    CTYPES,
+    PHASE_MARKS,
+    STAMP_WORDS,
+    THREADS,
+    WARPS,
+    cuts,
+    nearest_cut,
+    resident_slots,
+    tile_rows,
+)
 from .launch import PlanCache, load_kernel
 from .registry import register_check
 
@@ -34,6 +44,12 @@ MAX_CHUNKS = 16  # attention tiles per KV group by default: the last one merges 
 SINGLE_MERGE_MAX = 16  # kSingleMergeMax: above it (CF_ATTN_FLOW_MAX_CHUNKS > 16) the merge is two-level
 MERGE_FAN_IN = 8  # kMergeFanIn: chunks per first-level merge block
 O_TILE_ROWS = 4
+# The steps each tile kind marks in a timeline build (TileClock::mark, in order; PHASE_MARKS at most).
+PHASE_STEPS = {
+    "qkv": ("rows summed", "counted"),
+    "attention": ("q/k/v ready", "rope done", "chunk walked", "partial counted", "group merged"),
+    "o_proj": ("groups merged", "rows summed"),
+}
 CTRL_FIXED = 3  # ticket, exit count, groups merged; then 2 words per KV group
 
 
@@ -74,18 +90,22 @@ def merge_blocks(nc: int) -> int:
 class Knobs:
     """Benchmark overrides (env.py's CF_ATTN_FLOW_* knobs), read when a launch asks for its plan (part of the plan
     key): the chunk cap (above SINGLE_MERGE_MAX the merge is two-level), warps per row group of the q/k/v tiles
-    (1/2/4/8: smaller tiles, k-split rows), and the opt-in builds of round 30: -DCF_ATTN_TOKEN_LANES (a lane group
-    per token) and -DCF_ATTN_O_SPLIT (o_proj tiles per head segment)."""
+    (1/2/4/8: smaller tiles, k-split rows), the opt-in builds of round 30: -DCF_ATTN_TOKEN_LANES (a lane group
+    per token) and -DCF_ATTN_O_SPLIT (o_proj tiles per head segment), and of round 31: -DCF_FLOW_LEAN_SYNC
+    (release/acquire hand-offs, no per-thread fences) and -DCF_ATTN_DENSE_MASK (no mask loads on dense rows)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
     token_lanes: bool = False
     o_split: bool = False
+    lean_sync: bool = False
+    dense_mask: bool = False
 
     @staticmethod
     def from_env() -> Knobs:
         return Knobs(env.attention_flow_max_chunks() or MAX_CHUNKS, env.attention_flow_qkv_wpr(),
-                     env.attention_flow_token_lanes(), env.attention_flow_o_split())
+                     env.attention_flow_token_lanes(), env.attention_flow_o_split(),
+                     env.attention_flow_lean_sync(), env.attention_flow_dense_mask())
 
     def defines(self, timeline: bool) -> dict[str, int] | None:
         """The build's -D defines (None: the default build)."""
@@ -94,6 +114,10 @@ class Knobs:
             defines["CF_ATTN_TOKEN_LANES"] = 1
         if self.o_split:
             defines["CF_ATTN_O_SPLIT"] = 1
+        if self.lean_sync:
+            defines["CF_FLOW_LEAN_SYNC"] = 1
+        if self.dense_mask:
+            defines["CF_ATTN_DENSE_MASK"] = 1
         return defines or None
 
 
@@ -195,8 +219,9 @@ class FlowPlan:
         return sum(self.kinds.values())
 
     def stamp_elems(self) -> int:
-        """int64 elements of a timeline launch's stamps: STAMP_WORDS per tile (queue order), then per CTA."""
-        return (self.tiles + self.grid) * STAMP_WORDS
+        """int64 elements of a timeline launch's stamps: STAMP_WORDS per tile (queue order), then per CTA, then
+        PHASE_MARKS step times per tile (PHASE_STEPS; 0 where a tile has no such step)."""
+        return (self.tiles + self.grid) * STAMP_WORDS + self.tiles * PHASE_MARKS
 
 
 _plans = PlanCache()
@@ -281,3 +306,10 @@ for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1)):
 for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 64, 4), ("__nv_bfloat16", 128, 4), ("__half", 128, 1)):
     register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_ATTN_TOKEN_LANES": 1},
                    label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, token lanes")
+for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1), ("__nv_bfloat16", 128, 4)):
+    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_FLOW_LEAN_SYNC": 1, "CF_ATTN_DENSE_MASK": 1},
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, lean hand-offs, dense mask")
+register_check(SOURCE, KERNEL, ("__nv_bfloat16", 64, 8, RPW),
+               defines={"CF_FLOW_LEAN_SYNC": 1, "CF_ATTN_DENSE_MASK": 1, "CF_ATTN_TOKEN_LANES": 1,
+                        "CF_ATTN_O_SPLIT": 1},
+               label="attention claimed tiles bf16 D 64 groups <= 8, lean hand-offs, dense mask, token lanes, split")

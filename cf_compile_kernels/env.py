@@ -16,6 +16,8 @@ Reading on each call (not at import) lets tests and tools point one process at a
 | CF_ATTN_FLOW_QKV_WPR | "" (from the shape) | benchmarks: warps per row group of the claimed-tile q/k/v tiles |
 | CF_ATTN_FLOW_TOKEN_LANES | 0 | benchmarks: 1 selects the claimed-tile attention build with token-parallel lanes |
 | CF_ATTN_FLOW_O_SPLIT | 0 | benchmarks: 1 selects the claimed-tile attention build with o_proj per head segment |
+| CF_ATTN_FLOW_LEAN_SYNC | 0 | benchmarks: 1 selects the claimed-tile attention build with release/acquire hand-offs |
+| CF_ATTN_FLOW_DENSE_MASK | 0 | benchmarks: 1 selects the claimed-tile attention build that skips mask loads on dense rows |
 """
 
 from __future__ import annotations
@@ -90,3 +92,11 @@ def attention_flow_token_lanes() -> bool:
 
 def attention_flow_o_split() -> bool:
     return _flag("CF_ATTN_FLOW_O_SPLIT")
+
+
+def attention_flow_lean_sync() -> bool:
+    return _flag("CF_ATTN_FLOW_LEAN_SYNC")
+
+
+def attention_flow_dense_mask() -> bool:
+    return _flag("CF_ATTN_FLOW_DENSE_MASK")

@@ -13,6 +13,7 @@ ELEMS_PER_VEC = 8  # kElems: 16-byte vectors of fp16/bf16
 VECS_IN_FLIGHT = 16  # kVecsInFlight: per lane per chunk, over the warp's rows
 ASSUMED_CTAS_PER_SM = 2  # kMinBlocksPerSm: what the report assumes without a device
 STAMP_WORDS = 3  # kStampWords: {claimed ns, done ns, SM} per tile, {start ns, end ns, wait ns} per CTA
+PHASE_MARKS = 5  # kPhaseMarks: step times per tile a timeline build may record after the tile and CTA records
 WPR_CHOICES = (1, 2, 4, 8)  # warps per row group: tile rows = rpw * WARPS / wpr
 CTYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 

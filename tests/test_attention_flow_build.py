@@ -95,6 +95,8 @@ def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("CF_ATTN_FLOW_QKV_WPR", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_TOKEN_LANES", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_O_SPLIT", raising=False)
+    monkeypatch.delenv("CF_ATTN_FLOW_LEAN_SYNC", raising=False)
+    monkeypatch.delenv("CF_ATTN_FLOW_DENSE_MASK", raising=False)
     assert af.Knobs.from_env() == af.Knobs(af.MAX_CHUNKS, None)
     monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", "64")
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", "4")
@@ -105,6 +107,11 @@ def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CF_ATTN_FLOW_O_SPLIT", "1")
     assert af.Knobs.from_env() == af.Knobs(64, 4, True, True)
     assert af.Knobs.from_env().defines(timeline=False) == {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1}
+    monkeypatch.setenv("CF_ATTN_FLOW_LEAN_SYNC", "1")
+    monkeypatch.setenv("CF_ATTN_FLOW_DENSE_MASK", "1")
+    assert af.Knobs.from_env() == af.Knobs(64, 4, True, True, True, True)
+    assert af.Knobs.from_env().defines(timeline=False) == {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1,
+                                                           "CF_FLOW_LEAN_SYNC": 1, "CF_ATTN_DENSE_MASK": 1}
 
 
 def test_split_o_proj_segments_are_whole_groups_within_one_chunk():

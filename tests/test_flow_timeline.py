@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.flow_timeline import summarise, summarise_kinds
+from benchmarks.flow_timeline import summarise, summarise_kinds, summarise_steps
 
 EPOCH = 10**18  # globaltimer counts ns since an epoch: differences must be taken in integers
 
@@ -45,3 +45,24 @@ def test_attention_queue_split_by_tile_kind():
     assert (s["o_proj_first_claim"], s["o_proj_done"], s["o_proj_tile_us"]) == (2.5, 4.0, 1.5)
     assert (s["wait_median"], s["wait_max"]) == (0.2, 0.3)
     assert (s["end_median"], s["end_max"]) == (3.35, 4.0)
+
+
+def test_attention_steps_are_timed_from_the_previous_mark():
+    """Step marks per tile (0 where a tile has no such step): each step's median time from the tile's previous
+    mark (its claim for the first step) over the tiles that marked it, and the last tile's mark."""
+    ns = lambda *v: [EPOCH + t for t in v]  # noqa: E731
+    tiles = torch.tensor([ns(100, 900) + [0], ns(200, 1300) + [1], ns(300, 1600) + [0]], dtype=torch.int64)
+    ctas = torch.tensor([ns(0, 1600) + [0], ns(50, 1300) + [0]], dtype=torch.int64)
+    marks = torch.tensor(
+        [ns(400, 500, 800, 900)[:4] + [0],            # attention tile: ready, rope, walked, counted; no merge
+         ns(600, 700, 1000, 1100) + [EPOCH + 1300],   # the group's last tile also merges
+         ns(1500) + [0, 0, 0, 0]],                   # o_proj: groups merged
+        dtype=torch.int64,
+    )
+    steps = {"attention": ("ready", "rope", "walked", "counted", "merged"), "o_proj": ("groups merged",)}
+    s = summarise_steps(tiles, ctas, marks, {"attention": 2, "o_proj": 1}, steps)
+    assert s["attention ready (step us)"] == 0.35  # (300 + 400) / 2
+    assert s["attention rope (step us)"] == 0.1 and s["attention walked (step us)"] == 0.3
+    assert s["attention merged (step us)"] == 0.2 and s["attention merged (last at)"] == 1.3
+    assert s["attention counted (last at)"] == 1.1
+    assert s["o_proj groups merged (step us)"] == 1.2 and s["o_proj groups merged (last at)"] == 1.5

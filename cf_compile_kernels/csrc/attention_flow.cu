@@ -53,6 +53,14 @@ constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 #ifndef CF_ATTN_TOKEN_LANES
 #define CF_ATTN_TOKEN_LANES 0
 #endif
+
+// Dense live range (round 31; -DCF_ATTN_DENSE_MASK=1, attention_flow.Knobs.dense_mask, opt-in until measured):
+// the CTA's one scan of the mask row also counts its live tokens; where every token of [first, last] is live
+// (a causal or padding-free row: the decode step's usual mask), the token loop skips its per-token mask loads
+// (each an L2 round trip inside the loop's dependence chain). Same live set, same bits.
+#ifndef CF_ATTN_DENSE_MASK
+#define CF_ATTN_DENSE_MASK 0
+#endif
 template <int GM>
 constexpr int kRowElems = GM * 8 <= 32 ? 8 : 4;
 template <int D, int GM>
@@ -99,16 +107,34 @@ __device__ __forceinline__ void merge_partials(const float* base, int count, int
         dst[h * (D + 2) + D + 1] = S;
       }
     }
-    __threadfence();
+    store_fence();
   }
 }
 
-/// @brief The live range [first, last] of the mask row [L] (null: [0, min(pos, L - 1)]), into range_s[2].
+/// @brief Nonzero bytes of row[j0, j0 + kMaskScanBytes) (bytes at or past L count as zero): L1 hits after
+/// mask_chunk_bounds read the same 16 bytes.
+__device__ __forceinline__ int live_bytes(const unsigned char* row, int j0, int L, bool vec) {
+  alignas(16) unsigned char bytes[kMaskScanBytes];
+  if (vec) {
+    *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(row + j0);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kMaskScanBytes; ++e) bytes[e] = j0 + e < L ? row[j0 + e] : 0;
+  }
+  int n = 0;
+#pragma unroll
+  for (int e = 0; e < kMaskScanBytes; ++e) n += bytes[e] != 0;
+  return n;
+}
+
+/// @brief The live range [first, last] of the mask row [L] (null: [0, min(pos, L - 1)]), into range_s[0..1];
+/// CF_ATTN_DENSE_MASK builds also count the live tokens into range_s[2].
 __device__ __forceinline__ void live_range(const unsigned char* mask, int L, long long pos, int* range_s) {
   const int tid = threadIdx.x;
   if (tid == 0) {
     range_s[0] = mask != nullptr ? 0x7fffffff : 0;
     range_s[1] = mask != nullptr ? -1 : static_cast<int>(min(pos, static_cast<long long>(L - 1)));
+    if constexpr (CF_ATTN_DENSE_MASK != 0) range_s[2] = 0;
   }
   __syncthreads();
   if (mask != nullptr) {
@@ -120,6 +146,7 @@ __device__ __forceinline__ void live_range(const unsigned char* mask, int L, lon
       if (last >= 0) {
         atomicMin(range_s, first);
         atomicMax(range_s + 1, last);
+        if constexpr (CF_ATTN_DENSE_MASK != 0) atomicAdd(range_s + 2, live_bytes(mask, j0, L, vec));
       }
     }
   }
@@ -284,7 +311,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   __shared__ float red_s[kWarps * RPW];
   __shared__ float ss_s[kWarps];
   __shared__ float rstd_s[1];
-  __shared__ int ticket_s, last_s, last_block_s, range_s[2];
+  __shared__ int ticket_s, last_s, last_block_s, range_s[CF_ATTN_DENSE_MASK != 0 ? 3 : 2];  // first, last[, live count]
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int H = hidden, NH = num_heads, KVH = num_kv_heads, G = NH / KVH, NC = chunks;
@@ -348,17 +375,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         }
       });
       normed = true;
+      clock.mark(0);  // q/k/v: rows summed
       dot.publish(red_s, warp, lane);
       __syncthreads();
       for (int j = tid; j < qc.rows; j += kThreads) {
         qkv[row0 + j] = slice_sum<RPW, 1>(red_s, j, 0, qkv_wpr);
-        __threadfence();
+        store_fence();
       }
       __syncthreads();
-      if (tid == 0) {
-        __threadfence();
-        atomicAdd(qkv_done + group, 1);
-      }
+      if (tid == 0) publish_count(qkv_done + group);
+      clock.mark(1);  // q/k/v: counted
     } else if (t < qkv_tiles + attn_tiles) {
       // ---- attention tile: KV group g, chunk c of the live range
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
@@ -366,6 +392,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       ranged = true;
       if (tid == 0) clock.wait_until(qkv_done + g, qkv_per_group);
       __syncthreads();
+      clock.mark(0);  // attention: q/k/v of the group ready
       // bias, RoPE (q scaled into the exp2 domain; k, v rounded to T once), every tile of the group alike
       const float q_scale = scale * kLog2e;
       const int half = D / 2;
@@ -400,17 +427,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         }
       }
       __syncthreads();
+      clock.mark(1);  // attention: bias, RoPE, cache slot done
       // the chunk: [first, last] cut into NC equal parts
       const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
       const int per = ceil_div(max(hi - lo, 0), NC);
       const int cs = lo + c * per, ce = min(hi, cs + per);
+      // CF_ATTN_DENSE_MASK: every token of [lo, hi) live -> the loop reads no mask byte
+      const unsigned char* const walk_mask =
+          CF_ATTN_DENSE_MASK != 0 && hi > lo && range_s[2] == hi - lo ? nullptr : mask;
       if constexpr (CF_ATTN_TOKEN_LANES != 0) {
         constexpr int HW = kHeadsPerWalk<GM>;
 #pragma unroll 1
         for (int h0 = 0; h0 < GM; h0 += HW)
           attend_token_lanes<T, D, HW, GM>(q_s, static_cast<const T*>(k_cache) + static_cast<size_t>(g) * L * D,
                                            static_cast<const T*>(v_cache) + static_cast<size_t>(g) * L * D, knew_s,
-                                           vnew_s, mask, pos, cs, ce, h0, G, warp, lane, wo_s, wm_s, wl_s);
+                                           vnew_s, walk_mask, pos, cs, ce, h0, G, warp, lane, wo_s, wm_s, wl_s);
       } else {
       float q[GM][kLaneElems], o[GM][kLaneElems], m[GM], l[GM];
       start_walk<GM, kLaneElems, D>(q_s, 0, G, lane, q, o, m, l);
@@ -422,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
 #pragma unroll
         for (int u = 0; u < kTokenRun<GM>; ++u) {  // every load of the run issued before any use
           const int tok = t0 + u;
-          live[u] = tok < ce && (mask == nullptr || mask[tok] != 0);
+          live[u] = tok < ce && (walk_mask == nullptr || walk_mask[tok] != 0);
           const bool cached = tok < ce && tok != pos;
           const T* krow = cached ? kc + static_cast<size_t>(tok) * D : knew_s;
           const T* vrow = cached ? vc + static_cast<size_t>(tok) * D : vnew_s;
@@ -445,6 +476,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
       }  // CF_ATTN_TOKEN_LANES
       __syncthreads();
+      clock.mark(2);  // attention: the chunk walked
       float* const gpart = part + (static_cast<size_t>(g) * NC + c) * GM * (D + 2);
       for (int idx = tid; idx < G * D; idx += kThreads) {
         const int h = idx / D, d = idx % D;
@@ -461,18 +493,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           gpart[h * (D + 2) + D] = M;
           gpart[h * (D + 2) + D + 1] = S;
         }
-        __threadfence();
+        store_fence();
       }
       __syncthreads();
       const bool two_level = NC > kSingleMergeMax;
       const int block = c / kMergeFanIn, in_block = min(kMergeFanIn, NC - block * kMergeFanIn);
       if (tid == 0) {
-        __threadfence();
-        last_s = two_level ? atomicAdd(block_done + g * NB + block, 1) == in_block - 1
-                           : atomicAdd(attn_done + g, 1) == NC - 1;
-        __threadfence();
+        arrival_release();
+        last_s = two_level ? count_arrival(block_done + g * NB + block) == in_block - 1
+                           : count_arrival(attn_done + g) == NC - 1;
+        arrival_acquire();
       }
       __syncthreads();
+      clock.mark(3);  // attention: partial published and counted
       if (last_s) {  // the last tile of the group (one level) or of its block (two levels) merges, chunk order
         T* const ao = static_cast<T*>(attn_o) + static_cast<size_t>(g) * G * D;
         const float* const base = part + static_cast<size_t>(g) * NC * GM * (D + 2);
@@ -484,9 +517,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
                                    blocks + static_cast<size_t>(block) * GM * (D + 2), nullptr);
           __syncthreads();
           if (tid == 0) {
-            __threadfence();
-            last_block_s = atomicAdd(attn_done + g, 1) == NB - 1;
-            __threadfence();
+            arrival_release();
+            last_block_s = count_arrival(attn_done + g) == NB - 1;
+            arrival_acquire();
           }
           __syncthreads();
           if (last_block_s) merge_partials<T, D, GM>(blocks, NB, G, nullptr, ao);
@@ -496,10 +529,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         }
         __syncthreads();
         if (merged && tid == 0) {
-          __threadfence();
-          atomicAdd(ctrl + kGroupsDone, 1);
-          if constexpr (CF_ATTN_O_SPLIT != 0) atomicAdd(seg_done + g / o_seg_groups, 1);
+          if constexpr (CF_ATTN_O_SPLIT != 0) {
+            publish_count(seg_done + g / o_seg_groups);
+          } else {
+            publish_count(ctrl + kGroupsDone);
+          }
         }
+        clock.mark(4);  // attention: the group merged (the last tile only)
       }
     } else {
       if constexpr (CF_ATTN_O_SPLIT != 0) {
@@ -517,19 +553,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
         dot.run(rows, segc, lane, 1, act, [&] {
           if (tid == 0) clock.wait_until(seg_done + seg, o_seg_groups);
           __syncthreads();
+          clock.mark(0);  // o_proj: its segment's groups merged
         });
+        clock.mark(1);  // o_proj: rows summed
         dot.publish(red_s, warp, lane);
         __syncthreads();
         for (int j = tid; j < segc.rows; j += kThreads) {
           o_part[static_cast<size_t>(seg) * H + row0 + j] = slice_sum<RPW, 1>(red_s, j, 0, o_wpr);
-          __threadfence();
+          store_fence();
         }
         __syncthreads();
-        if (tid == 0) {
-          __threadfence();
-          last_s = atomicAdd(row_done + block, 1) == NS - 1;
-          __threadfence();
-        }
+        if (tid == 0) last_s = arrive_count(row_done + block) == NS - 1;
         __syncthreads();
         if (last_s) {  // the row block's last segment: the segments' partials in segment order, one rounding
           for (int j = tid; j < segc.rows; j += kThreads) {
@@ -554,7 +588,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
             if (tid == 0) clock.wait_until(ctrl + kGroupsDone, KVH);
             __syncthreads();
           }
+          clock.mark(0);  // o_proj: every group merged
         });
+        clock.mark(1);  // o_proj: rows summed
         o_ready = true;
         dot.publish(red_s, warp, lane);
         __syncthreads();
@@ -567,6 +603,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
     }
     clock.tile_done(stamps, t);
+    clock.phases_done(stamps, total, t);
     t = claims.advance(next);
   }
   clock.cta_done(stamps, total + static_cast<int>(blockIdx.x));

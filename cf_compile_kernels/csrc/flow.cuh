@@ -27,6 +27,9 @@ constexpr unsigned kSpinSleepNs = 64;         // back-off of the hand-off wait
 #define CF_FLOW_TIMELINE 0
 #endif
 constexpr int kStampWords = 3;
+// Timeline builds also record, per tile, up to kPhaseMarks times of its inner steps (TileClock::mark; which step
+// each mark is belongs to the kernel: attention_flow.PHASE_MARKS), after the tile and CTA records.
+constexpr int kPhaseMarks = 5;
 
 __device__ __forceinline__ unsigned long long timer_ns() {
   unsigned long long t;
@@ -59,6 +62,76 @@ __device__ __forceinline__ int load_acquire(const int* p) {
   return v;
 }
 
+// ------------------------------------------------------------------ hand-off synchronisation
+// Default builds: every thread fences after each store another CTA reads (MEMBAR.SC.GPU), thread 0 fences
+// around its counter atomic, and the wait polls with acquire loads (each poll invalidates the SM's L1).
+// -DCF_FLOW_LEAN_SYNC=1 (round 31, opt-in until measured): the CTA barrier orders the CTA's stores before
+// thread 0's release (red.release / atom.acq_rel: MEMBAR.ALL.GPU, no SC fence, no per-thread fences), and
+// the wait polls with relaxed loads, then one acquire fence (the release/acquire pattern of PTX's memory
+// model: the barrier makes it cumulative). Same arithmetic, same bits; fewer round trips on the chain
+// q/k/v -> attention -> merge -> o_proj, which at the small models is most of the block (round 30's timeline).
+#ifndef CF_FLOW_LEAN_SYNC
+#define CF_FLOW_LEAN_SYNC 0
+#endif
+
+/// @brief After a store that another CTA will read: the default builds' per-thread fence (lean: nothing, the
+/// barrier before the release orders it).
+__device__ __forceinline__ void store_fence() {
+  if constexpr (CF_FLOW_LEAN_SYNC == 0) __threadfence();
+}
+
+/// @brief Thread 0, after a CTA barrier that follows the CTA's stores: count them published on `counter`.
+__device__ __forceinline__ void publish_count(int* counter) {
+  if constexpr (CF_FLOW_LEAN_SYNC != 0) {
+    asm volatile("red.release.gpu.global.add.s32 [%0], 1;" : : "l"(counter) : "memory");
+    return;
+  }
+  __threadfence();
+  atomicAdd(counter, 1);
+}
+
+/// @brief Thread 0: an arrival count's three steps -- arrival_release(), count_arrival(counter) (the count before
+/// this arrival), arrival_acquire() -- for a last arrival that then reads every earlier arrival's stores (after a
+/// CTA barrier). Default builds: a fence, a plain atomic, a fence; lean builds: one acq_rel atomic.
+__device__ __forceinline__ void arrival_release() {
+  if constexpr (CF_FLOW_LEAN_SYNC == 0) __threadfence();
+}
+__device__ __forceinline__ int count_arrival(int* counter) {
+  if constexpr (CF_FLOW_LEAN_SYNC != 0) {
+    int before;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(before) : "l"(counter) : "memory");
+    return before;
+  } else {
+    return atomicAdd(counter, 1);
+  }
+}
+__device__ __forceinline__ void arrival_acquire() {
+  if constexpr (CF_FLOW_LEAN_SYNC == 0) __threadfence();
+}
+/// @brief Thread 0, after a CTA barrier that follows the CTA's stores: the three steps for one counter.
+__device__ __forceinline__ int arrive_count(int* counter) {
+  arrival_release();
+  const int before = count_arrival(counter);
+  arrival_acquire();
+  return before;
+}
+
+__device__ __forceinline__ int load_relaxed(const int* p) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+/// @brief Spin (backing off) until *counter >= target, then acquire what the counted CTAs published.
+__device__ __forceinline__ void spin_until(const int* counter, int target) {
+  if constexpr (CF_FLOW_LEAN_SYNC != 0) {
+    while (load_relaxed(counter) < target) __nanosleep(kSpinSleepNs);
+    asm volatile("fence.acq_rel.gpu;" : : : "memory");
+  } else {
+    while (load_acquire(counter) < target) __nanosleep(kSpinSleepNs);
+  }
+}
+
 /// @brief A CTA's timeline (CF_FLOW_TIMELINE builds; in the others every member is dead code): its start, its
 /// current tile's claim, and the time thread 0 spent waiting on hand-off counters; written by stamp3.
 /// attention_flow.cu uses it. gated_ffn_flow.cu keeps the same steps inline until its next measured change:
@@ -67,17 +140,36 @@ __device__ __forceinline__ int load_acquire(const int* p) {
 struct TileClock {
   static constexpr bool kOn = CF_FLOW_TIMELINE != 0;
   unsigned long long start = 0, tile = 0, waited = 0;
+  unsigned long long marks[kPhaseMarks] = {};
   __device__ __forceinline__ TileClock() {
     if constexpr (kOn) start = timer_ns();
   }
   __device__ __forceinline__ void tile_claimed() {
     if constexpr (kOn) tile = timer_ns();
   }
-  /// @brief Thread 0 only: spin (acquire loads, backing off) until *counter >= target.
+  /// @brief Thread 0 only: spin_until(counter, target), timed.
   __device__ __forceinline__ void wait_until(const int* counter, int target) {
     const unsigned long long from = kOn ? timer_ns() : 0;
-    while (load_acquire(counter) < target) __nanosleep(kSpinSleepNs);
+    spin_until(counter, target);
     if constexpr (kOn) waited += timer_ns() - from;
+  }
+  /// @brief Thread 0: the time the current tile reached its step `k` (< kPhaseMarks), for phase_done.
+  __device__ __forceinline__ void mark(int k) {
+    if constexpr (kOn) marks[k] = timer_ns();
+  }
+  /// @brief Record tile t's step marks in the phase region (after the tile and CTA records), then clear them.
+  __device__ __forceinline__ void phases_done(unsigned long long* stamps, int tiles, int t) {
+    if constexpr (kOn) {
+      if (threadIdx.x == 0) {
+        unsigned long long* dst =
+            stamps + static_cast<size_t>(tiles + gridDim.x) * kStampWords + static_cast<size_t>(t) * kPhaseMarks;
+#pragma unroll
+        for (int k = 0; k < kPhaseMarks; ++k) {
+          dst[k] = marks[k];
+          marks[k] = 0;
+        }
+      }
+    }
   }
   /// @brief Record tile t: {claimed, done, SM}.
   __device__ __forceinline__ void tile_done(unsigned long long* stamps, int t) const {

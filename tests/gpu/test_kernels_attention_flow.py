@@ -109,11 +109,24 @@ def test_timeline_build_gives_the_same_bits_and_stamps_every_tile():
     run_kernel(QWEN_B1, make_inputs(QWEN_B1), timed, variant="flow", timeline=stamps)
     torch.cuda.synchronize()
     assert torch.equal(timed, plain)
-    st = stamps.view(-1, attention_flow.STAMP_WORDS).cpu()
-    tiles, ctas = st[: plan.tiles], st[plan.tiles: plan.tiles + plan.grid]
+    records = (plan.tiles + plan.grid) * attention_flow.STAMP_WORDS
+    st = stamps[:records].view(-1, attention_flow.STAMP_WORDS).cpu()
+    tiles, ctas = st[: plan.tiles], st[plan.tiles:]
     assert bool((tiles[:, 0] > 0).all()) and bool((tiles[:, 1] >= tiles[:, 0]).all())
     assert bool((ctas[:, 1] >= ctas[:, 0]).all())
     assert sum(plan.kinds.values()) == plan.tiles
+    # step marks: every tile marks its kind's steps in order, between its claim and its end; one merge per group
+    marks = stamps[records:].view(plan.tiles, attention_flow.PHASE_MARKS).cpu()
+    start = 0
+    for kind, count in plan.kinds.items():
+        rows, own = marks[start:start + count], tiles[start:start + count]
+        start += count
+        always = len(attention_flow.PHASE_STEPS[kind]) - (1 if kind == "attention" else 0)
+        assert bool((rows[:, :always] > 0).all()), kind
+        ordered = torch.cat([own[:, :1], rows[:, :always], own[:, 1:2]], 1)
+        assert bool((ordered[:, 1:] >= ordered[:, :-1]).all()), kind
+        if kind == "attention":
+            assert int((rows[:, always] > 0).sum()) == QWEN_B1.kv_heads
 
 
 # Llama-3-8B attention at batch 1 (the named case carries Qwen3-style q/k norms: not in the claimed-tile kernel)
@@ -189,3 +202,42 @@ def test_split_o_proj_matches_the_reference(lanes, case, monkeypatch):
     p = attention_flow.plan(case.dtype, case.hidden, case.num_heads, case.kv_heads, case.head_dim,
                             torch.device("cuda"))
     assert int(p.ctrl.abs().sum()) == 0, "counters left non-zero"
+
+
+@pytest.mark.parametrize("knobs", ["lean", "dense", "lean+dense", "lean+dense+lanes+split"])
+@pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"], LLAMA32_B1],
+                         ids=["qwen", "llama3", "llama2", "llama3.2"])
+def test_lean_hand_offs_and_dense_mask_change_no_bit(knobs, case, monkeypatch):
+    """CF_ATTN_FLOW_LEAN_SYNC (release/acquire hand-offs) and CF_ATTN_FLOW_DENSE_MASK (no mask loads where the
+    live range is dense) change when data moves, not what is computed: the same bits as the build without them
+    (its token-lane / split form alike), the same cache, counters back to zero, over several launches."""
+    env = {"lean": "CF_ATTN_FLOW_LEAN_SYNC", "dense": "CF_ATTN_FLOW_DENSE_MASK", "lanes": "CF_ATTN_FLOW_TOKEN_LANES",
+           "split": "CF_ATTN_FLOW_O_SPLIT"}
+    chosen = knobs.split("+")
+    for name in ("lanes", "split"):
+        monkeypatch.setenv(env[name], "1" if name in chosen else "0")
+    outs, caches = [], []
+    for on in (False, True):
+        for name in ("lean", "dense"):
+            monkeypatch.setenv(env[name], "1" if on and name in chosen else "0")
+        inp = make_inputs(case)
+        out = torch.full_like(inp["x"], float("nan"))
+        for _ in range(3):
+            run_kernel(case, inp, out, variant="flow")
+        torch.cuda.synchronize()
+        outs.append(out)
+        caches.append((inp["k_cache"].clone(), inp["v_cache"].clone()))
+        p = attention_flow.plan(case.dtype, case.hidden, case.num_heads, case.kv_heads, case.head_dim,
+                                torch.device("cuda"))
+        assert int(p.ctrl.abs().sum()) == 0, "counters left non-zero"
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+    check_case(case, variant="flow")  # and inside the band against the fp64 reference (the knobs still set)
+
+
+@pytest.mark.parametrize("i", range(0, N_CASES, 4))
+def test_lean_dense_random_configs(i, monkeypatch):
+    """Every mask kind of the random sweep (holes, sliding windows, none) on the lean + dense build."""
+    monkeypatch.setenv("CF_ATTN_FLOW_LEAN_SYNC", "1")
+    monkeypatch.setenv("CF_ATTN_FLOW_DENSE_MASK", "1")
+    check_case(flow_cases(N_CASES)[i], variant="flow")
