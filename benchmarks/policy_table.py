@@ -28,8 +28,23 @@ TABLE = ROOT / "cf_compile" / "measured.json"
 ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
-# config flags of rows that timed an opt-in build of the claimed-tile attention kernel (not the default's code)
-FLOW_EXPERIMENT_FLAGS = ("flow_o_gated", "flow_token_lanes", "flow_o_split")
+# config flags a claimed-tile attention row carries for its build (absent: off; rows before round 31 timed the fenced
+# hand-offs and per-token mask loads), each against attention_flow.Knobs' field of the same meaning
+FLOW_BUILD_FLAGS = {"flow_token_lanes": "token_lanes", "flow_o_split": "o_split", "flow_lean_sync": "lean_sync",
+                    "flow_dense_mask": "dense_mask", "flow_merge_stage": "merge_stage"}
+FLOW_EXPERIMENT_FLAGS = ("flow_o_gated",)  # opt-in builds never made a default
+
+
+def ran_flow_default(config: dict, heads: int, kv_heads: int) -> bool:
+    """Whether a claimed-tile row timed the build and cut the launcher now picks for its shape."""
+    from cf_compile_kernels import attention_flow
+
+    want = attention_flow.Knobs().resolved(heads, kv_heads)
+    return (config.get("variant") == attention_flow.VARIANT and "flow_qkv_wpr" not in config
+            and not any(config.get(k, False) for k in FLOW_EXPERIMENT_FLAGS)
+            and config.get("flow_max_chunks", attention_flow.MAX_CHUNKS) == want.max_chunks
+            and all(bool(config.get(flag, False)) == getattr(want, field) for flag, field in FLOW_BUILD_FLAGS.items()))
+
 
 def default_variants() -> dict[str, str | None]:
     """The launcher default a row without a variant name ran (None: the family has no named variants)."""
@@ -39,8 +54,8 @@ def default_variants() -> dict[str, str | None]:
 
 
 def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bool:
-    """Whether a row timed the family's default kernel: batch-1 MHA attention, the claimed-tile kernel at its chunk
-    cap (attention_flow.is_default); else its variant is the default, or (attention) it differs from
+    """Whether a row timed the family's default kernel: batch-1 attention, the claimed-tile kernel in the build and
+    cut its launcher picks for the shape (attention_flow.is_default, ran_flow_default); else its variant is the default, or (attention) it differs from
     the default only in bits the default's launcher drops at the row's shape (launch_bits: the K/V ring outside
     the MHA builds of buckets 1, 2 and 8; the head-lane loop outside keeps_head_lanes' GQA builds)."""
     from cf_compile_kernels import attention, attention_flow
@@ -49,11 +64,8 @@ def ran_default(block: str, config: dict, defaults: dict[str, str | None]) -> bo
     if block == "attention" and attention_flow.is_default(num_heads=shape.get("heads", 0),
                                                           num_kv_heads=shape.get("kv_heads", -1),
                                                           batch=config["batch"]):
-        # batch-1 MHA runs the claimed-tile kernel; rows of another chunk cap, q/k/v cut or opt-in build (o_proj
-        # gate, token lanes, o_proj split) were experiments
-        return (config.get("variant") == attention_flow.VARIANT and "flow_qkv_wpr" not in config
-                and not any(config.get(k, False) for k in FLOW_EXPERIMENT_FLAGS)
-                and config.get("flow_max_chunks", attention_flow.MAX_CHUNKS) == attention_flow.MAX_CHUNKS)
+        # batch 1 runs the claimed-tile kernel; rows of another build, chunk cap or q/k/v cut were experiments
+        return ran_flow_default(config, shape["heads"], shape["kv_heads"])
     variant = config.get("variant", defaults[block])
     if variant == defaults[block]:
         return True

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -88,47 +88,65 @@ def merge_blocks(nc: int) -> int:
 
 @dataclass(frozen=True)
 class Knobs:
-    """Benchmark overrides (env.py's CF_ATTN_FLOW_* knobs), read when a launch asks for its plan (part of the plan
-    key): the chunk cap (above SINGLE_MERGE_MAX the merge is two-level), warps per row group of the q/k/v tiles
-    (1/2/4/8: smaller tiles, k-split rows), the opt-in builds of round 30: -DCF_ATTN_TOKEN_LANES (a lane group
-    per token) and -DCF_ATTN_O_SPLIT (o_proj tiles per head segment), and of round 31: -DCF_FLOW_LEAN_SYNC
-    (release/acquire hand-offs, no per-thread fences) and -DCF_ATTN_DENSE_MASK (no mask loads on dense rows)."""
+    """The build and cut of one launch (part of the plan key). Defaults are the measured choices; env.py's
+    CF_ATTN_FLOW_* knobs override them for benchmarks: the chunk cap (above SINGLE_MERGE_MAX the merge is
+    two-level), warps per row group of the q/k/v tiles (1/2/4/8: smaller tiles, k-split rows), token-parallel lanes
+    (-DCF_ATTN_TOKEN_LANES) and o_proj tiles per head segment (-DCF_ATTN_O_SPLIT; both None: by shape, on for GQA,
+    uses_gqa_builds), release/acquire hand-offs (lean_sync, -DCF_FLOW_LEAN_SYNC=0 when off), no mask loads on
+    dense rows (dense_mask, -DCF_ATTN_DENSE_MASK=0 when off), and the merge stage (-DCF_ATTN_MERGE_STAGE)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
-    token_lanes: bool = False
-    o_split: bool = False
-    lean_sync: bool = False
-    dense_mask: bool = False
+    token_lanes: bool | None = None
+    o_split: bool | None = None
+    lean_sync: bool = True
+    dense_mask: bool = True
+    merge_stage: bool = False
 
     @staticmethod
     def from_env() -> Knobs:
         return Knobs(env.attention_flow_max_chunks() or MAX_CHUNKS, env.attention_flow_qkv_wpr(),
                      env.attention_flow_token_lanes(), env.attention_flow_o_split(),
-                     env.attention_flow_lean_sync(), env.attention_flow_dense_mask())
+                     env.attention_flow_lean_sync(), env.attention_flow_dense_mask(), env.attention_flow_merge_stage())
+
+    def resolved(self, num_heads: int, num_kv_heads: int) -> Knobs:
+        """The shape's choice for every knob left None."""
+        gqa = uses_gqa_builds(num_heads, num_kv_heads)
+        return replace(self, token_lanes=gqa if self.token_lanes is None else self.token_lanes,
+                       o_split=gqa if self.o_split is None else self.o_split)
 
     def defines(self, timeline: bool) -> dict[str, int] | None:
-        """The build's -D defines (None: the default build)."""
+        """The build's -D defines (None: the default build); token_lanes / o_split as resolved (None: off)."""
         defines = {"CF_FLOW_TIMELINE": 1} if timeline else {}
         if self.token_lanes:
             defines["CF_ATTN_TOKEN_LANES"] = 1
         if self.o_split:
             defines["CF_ATTN_O_SPLIT"] = 1
-        if self.lean_sync:
-            defines["CF_FLOW_LEAN_SYNC"] = 1
-        if self.dense_mask:
-            defines["CF_ATTN_DENSE_MASK"] = 1
+        if not self.lean_sync:
+            defines["CF_FLOW_LEAN_SYNC"] = 0
+        if not self.dense_mask:
+            defines["CF_ATTN_DENSE_MASK"] = 0
+        if self.merge_stage:
+            defines["CF_ATTN_MERGE_STAGE"] = 1
         return defines or None
 
 
-def is_default(*, num_heads: int, num_kv_heads: int, batch: int) -> bool:
-    """Batch-1 MHA (one query head per KV head) runs this kernel by default, where it supports the shape.
+def uses_gqa_builds(num_heads: int, num_kv_heads: int) -> bool:
+    """Grouped-query shapes run token-parallel lanes and o_proj split by head segment (measured, H100 bf16 B=1,
+    2026-12-07, round 31, us at 1024 / 4096 cached, with the lean hand-offs: Llama-3-8B 53.9 / 65.3 against 56.8 /
+    76.1 without them, Llama-3.2-1B 25.9 / 32.5 against 26.5 / 46.7, Qwen2.5-0.5B 23.4 / 32.1 against 24.5 / 43.7;
+    Llama-2-7B (MHA) loses with them at 4096, 92.8 against 87.2)."""
+    return num_heads != num_kv_heads
 
-    Measured (H100 bf16, 2026-12-07, NOTES-attention.md round 27; us at 1024 / 4096 cached): Llama-2-7B 67.9 /
-    91.4 against the cluster kernel's 78.3 / 108.6. The GQA shapes lose at 4096 (Llama-3-8B 88.7 vs 70.0,
-    Llama-3.2-1B 48.1 vs 41.1, Qwen2.5-0.5B 44.9 vs 31.8): few KV groups give few attention tiles, each with a
-    long run of tokens, and those stay latency-bound; MHA gives one group per head and tiles to every slot."""
-    return batch == 1 and num_heads == num_kv_heads
+
+def is_default(*, num_heads: int, num_kv_heads: int, batch: int) -> bool:
+    """Batch 1 runs this kernel by default, where it supports the shape (flow_unsupported_reason).
+
+    Measured (H100 bf16, 2026-12-07, NOTES-attention.md round 31, one run; us at 1024 / 4096 cached, against the
+    cluster kernel v5_heads): Llama-2-7B 66.3 / 87.2 vs 78.3 / 108.0; with the GQA builds (uses_gqa_builds)
+    Llama-3-8B 53.9 / 65.3 vs 58.1 / 69.8, Llama-3.2-1B 25.9 / 32.5 vs 30.9 / 40.8, Qwen2.5-0.5B 23.4 / 32.1 vs
+    27.0 / 31.7 (a tie at 4096)."""
+    return batch == 1
 
 
 @functools.cache  # asked on every launch: the answer is per shape
@@ -191,10 +209,12 @@ def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int
     }
 
 
-def smem_bytes(hidden: int, head_dim: int, gm: int) -> int:
-    """n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [8][GM][D], m, l fp32 (the kernel's)."""
+def smem_bytes(hidden: int, head_dim: int, gm: int, merge_stage: bool = False) -> int:
+    """n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [8][GM][D], m, l fp32 [| the merge stage:
+    SINGLE_MERGE_MAX partials of GM x (D + 2) fp32] (the kernel's)."""
     n = -(-hidden * 2 // 16) * 16
-    return n + gm * head_dim * 4 + 2 * head_dim * 2 + WARPS * gm * head_dim * 4 + 2 * WARPS * gm * 4
+    stage = SINGLE_MERGE_MAX * gm * (head_dim + 2) * 4 if merge_stage else 0
+    return n + gm * head_dim * 4 + 2 * head_dim * 2 + WARPS * gm * head_dim * 4 + 2 * WARPS * gm * 4 + stage
 
 
 @dataclass
@@ -229,7 +249,7 @@ _plans = PlanCache()
 
 def plan(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
          device: torch.device, timeline: bool = False, knobs: Knobs | None = None) -> FlowPlan:
-    knobs = Knobs.from_env() if knobs is None else knobs
+    knobs = (Knobs.from_env() if knobs is None else knobs).resolved(num_heads, num_kv_heads)
     return _plans.get((dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline, knobs),
                       lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline, knobs))
 
@@ -242,7 +262,7 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
     compiled = compile_kernel(SOURCE, KERNEL, template_args=(CTYPES[dtype], head_dim, gm, RPW),
                               defines=knobs.defines(timeline))
     kernel = load_kernel(compiled, device)
-    smem = smem_bytes(hidden, head_dim, gm)
+    smem = smem_bytes(hidden, head_dim, gm, knobs.merge_stage)
     slots = resident_slots(kernel, device, smem)
     qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
     nc = chunks(num_kv_heads, slots, knobs.max_chunks)
@@ -293,23 +313,24 @@ def launch(x, norm_weight, eps, unit_offset, wq, wk, wv, bq, bk, bv, cos, sin, c
     p.kernel.launch((p.grid, 1, 1), (THREADS, 1, 1), args, shared_bytes=p.smem)
 
 
+GQA_DEFINES = {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1}  # uses_gqa_builds: every build holding 2+ heads
 for _dtype in CTYPES.values():
     for _d, _gms in GROUP_BUILDS.items():
-        for _gm in _gms:
-            register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW),
+        for _gm in _gms:  # the default builds: GM = 1 serves MHA, GM >= 2 grouped heads
+            register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines=GQA_DEFINES if _gm > 1 else None,
                            label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}")
-register_check(SOURCE, KERNEL, ("__nv_bfloat16", 64, 8, RPW), defines={"CF_FLOW_TIMELINE": 1},
+register_check(SOURCE, KERNEL, ("__nv_bfloat16", 64, 8, RPW), defines={"CF_FLOW_TIMELINE": 1, **GQA_DEFINES},
                label="attention claimed tiles bf16 D 64 groups <= 8, timeline")
-for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1)):
+register_check(SOURCE, KERNEL, ("__half", 128, 1, RPW), defines={"CF_FLOW_TIMELINE": 1},
+               label="attention claimed tiles fp16 D 128 groups <= 1, timeline")
+for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1)):  # the benchmarks' other forms
+    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_FLOW_LEAN_SYNC": 0, "CF_ATTN_DENSE_MASK": 0},
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, fenced hand-offs (before round 31)")
     register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_ATTN_O_SPLIT": 1},
-                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, o_proj split by head segment")
-for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 64, 4), ("__nv_bfloat16", 128, 4), ("__half", 128, 1)):
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, o_proj split only")
     register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_ATTN_TOKEN_LANES": 1},
-                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, token lanes")
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, token lanes only")
 for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1), ("__nv_bfloat16", 128, 4)):
-    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_FLOW_LEAN_SYNC": 1, "CF_ATTN_DENSE_MASK": 1},
-                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, lean hand-offs, dense mask")
-register_check(SOURCE, KERNEL, ("__nv_bfloat16", 64, 8, RPW),
-               defines={"CF_FLOW_LEAN_SYNC": 1, "CF_ATTN_DENSE_MASK": 1, "CF_ATTN_TOKEN_LANES": 1,
-                        "CF_ATTN_O_SPLIT": 1},
-               label="attention claimed tiles bf16 D 64 groups <= 8, lean hand-offs, dense mask, token lanes, split")
+    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW),
+                   defines={"CF_ATTN_MERGE_STAGE": 1, **(GQA_DEFINES if _gm > 1 else {})},
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, merge stage")

@@ -14,10 +14,11 @@ Reading on each call (not at import) lets tests and tools point one process at a
 | CF_ATTN_KERNEL | "" (attention.default_kernel) | "cluster" or "flow": the attention kernel where both take the shape |
 | CF_ATTN_FLOW_MAX_CHUNKS | "" (attention_flow.MAX_CHUNKS) | benchmarks: attention tiles per KV group at most |
 | CF_ATTN_FLOW_QKV_WPR | "" (from the shape) | benchmarks: warps per row group of the claimed-tile q/k/v tiles |
-| CF_ATTN_FLOW_TOKEN_LANES | 0 | benchmarks: 1 selects the claimed-tile attention build with token-parallel lanes |
-| CF_ATTN_FLOW_O_SPLIT | 0 | benchmarks: 1 selects the claimed-tile attention build with o_proj per head segment |
-| CF_ATTN_FLOW_LEAN_SYNC | 0 | benchmarks: 1 selects the claimed-tile attention build with release/acquire hand-offs |
-| CF_ATTN_FLOW_DENSE_MASK | 0 | benchmarks: 1 selects the claimed-tile attention build that skips mask loads on dense rows |
+| CF_ATTN_FLOW_TOKEN_LANES | "" (on for GQA) | benchmarks: 1 / 0 forces the claimed-tile attention's token-parallel lanes |
+| CF_ATTN_FLOW_O_SPLIT | "" (on for GQA) | benchmarks: 1 / 0 forces the claimed-tile attention's o_proj per head segment |
+| CF_ATTN_FLOW_LEAN_SYNC | 1 | benchmarks: 0 builds the claimed-tile attention with fenced hand-offs (before round 31) |
+| CF_ATTN_FLOW_DENSE_MASK | 1 | benchmarks: 0 keeps the per-token mask loads on dense rows (before round 31) |
+| CF_ATTN_FLOW_MERGE_STAGE | 0 | benchmarks: 1 stages a group's partials in shared memory before its merge |
 """
 
 from __future__ import annotations
@@ -86,17 +87,26 @@ def attention_flow_qkv_wpr() -> int | None:
     return _int("CF_ATTN_FLOW_QKV_WPR")
 
 
-def attention_flow_token_lanes() -> bool:
-    return _flag("CF_ATTN_FLOW_TOKEN_LANES")
+def _tristate(name: str) -> bool | None:
+    """Unset or empty: None (the launcher decides); else _flag's reading."""
+    return _flag(name) if os.environ.get(name, "").strip() else None
 
 
-def attention_flow_o_split() -> bool:
-    return _flag("CF_ATTN_FLOW_O_SPLIT")
+def attention_flow_token_lanes() -> bool | None:
+    return _tristate("CF_ATTN_FLOW_TOKEN_LANES")
+
+
+def attention_flow_o_split() -> bool | None:
+    return _tristate("CF_ATTN_FLOW_O_SPLIT")
 
 
 def attention_flow_lean_sync() -> bool:
-    return _flag("CF_ATTN_FLOW_LEAN_SYNC")
+    return _tristate("CF_ATTN_FLOW_LEAN_SYNC") is not False
 
 
 def attention_flow_dense_mask() -> bool:
-    return _flag("CF_ATTN_FLOW_DENSE_MASK")
+    return _tristate("CF_ATTN_FLOW_DENSE_MASK") is not False
+
+
+def attention_flow_merge_stage() -> bool:
+    return _flag("CF_ATTN_FLOW_MERGE_STAGE")

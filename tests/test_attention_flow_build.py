@@ -62,15 +62,32 @@ def test_what_it_does_not_take_gets_a_reason(kwargs, needle):
     assert needle in af.flow_unsupported_reason(**{**base, **kwargs})
 
 
-@pytest.mark.parametrize("model,kernel", [("llama-2-7b", "flow"), ("llama-3-8b", "cluster"),
-                                          ("llama-3.2-1b", "cluster"), ("qwen2.5-0.5b", "cluster")])
-def test_batch_one_mha_reports_the_claimed_tile_kernel_and_gqa_the_cluster_kernel(model, kernel, monkeypatch):
-    """attention_flow.is_default: MHA at batch 1 (measured faster at 1024 and 4096); GQA keeps the cluster kernel."""
+@pytest.mark.parametrize("model", ["llama-2-7b", "llama-3-8b", "llama-3.2-1b", "qwen2.5-0.5b"])
+def test_batch_one_reports_the_claimed_tile_kernel_and_batch_four_the_cluster_kernel(model, monkeypatch):
+    """attention_flow.is_default: batch 1, MHA and GQA (measured faster than the cluster kernel at 1024 and 4096,
+    Qwen2.5-0.5B tied at 4096); batches of 2+ keep the cluster kernel."""
     monkeypatch.delenv("CF_ATTN_KERNEL", raising=False)
     hidden, nh, kvh, d = MODELS[model]
     shape = dict(hidden=hidden, num_heads=nh, num_kv_heads=kvh, head_dim=d, dtype=torch.bfloat16, num_sms=132)
-    assert attention.attention_config(**shape, batch=1)["kernel"] == kernel
+    assert attention.attention_config(**shape, batch=1)["kernel"] == "flow"
     assert attention.attention_config(**shape, batch=4)["kernel"] == "cluster"
+
+
+def test_grouped_heads_take_token_lanes_and_the_split_o_proj_and_every_build_the_lean_hand_offs(monkeypatch):
+    """Knobs.resolved: token lanes and o_proj per head segment where query heads share a KV head (measured wins
+    at every GQA shape, losses at MHA 4096); lean hand-offs and the dense-mask skip everywhere; the environment
+    forces each either way."""
+    for name in ("TOKEN_LANES", "O_SPLIT", "LEAN_SYNC", "DENSE_MASK", "MERGE_STAGE"):
+        monkeypatch.delenv(f"CF_ATTN_FLOW_{name}", raising=False)
+    gqa, mha = af.Knobs.from_env().resolved(32, 8), af.Knobs.from_env().resolved(32, 32)
+    assert (gqa.token_lanes, gqa.o_split, mha.token_lanes, mha.o_split) == (True, True, False, False)
+    assert gqa.lean_sync and gqa.dense_mask and mha.lean_sync and mha.dense_mask and not mha.merge_stage
+    assert mha.defines(timeline=False) is None
+    assert gqa.defines(timeline=False) == {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1}
+    monkeypatch.setenv("CF_ATTN_FLOW_TOKEN_LANES", "0")
+    monkeypatch.setenv("CF_ATTN_FLOW_LEAN_SYNC", "0")
+    forced = af.Knobs.from_env().resolved(32, 8)
+    assert forced.defines(timeline=False) == {"CF_ATTN_O_SPLIT": 1, "CF_FLOW_LEAN_SYNC": 0}
 
 
 def test_the_environment_overrides_the_default_both_ways(monkeypatch):
@@ -97,6 +114,7 @@ def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("CF_ATTN_FLOW_O_SPLIT", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_LEAN_SYNC", raising=False)
     monkeypatch.delenv("CF_ATTN_FLOW_DENSE_MASK", raising=False)
+    monkeypatch.delenv("CF_ATTN_FLOW_MERGE_STAGE", raising=False)
     assert af.Knobs.from_env() == af.Knobs(af.MAX_CHUNKS, None)
     monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", "64")
     monkeypatch.setenv("CF_ATTN_FLOW_QKV_WPR", "4")
@@ -107,11 +125,13 @@ def test_benchmark_knobs_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CF_ATTN_FLOW_O_SPLIT", "1")
     assert af.Knobs.from_env() == af.Knobs(64, 4, True, True)
     assert af.Knobs.from_env().defines(timeline=False) == {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1}
-    monkeypatch.setenv("CF_ATTN_FLOW_LEAN_SYNC", "1")
-    monkeypatch.setenv("CF_ATTN_FLOW_DENSE_MASK", "1")
-    assert af.Knobs.from_env() == af.Knobs(64, 4, True, True, True, True)
+    monkeypatch.setenv("CF_ATTN_FLOW_LEAN_SYNC", "0")
+    monkeypatch.setenv("CF_ATTN_FLOW_DENSE_MASK", "0")
+    monkeypatch.setenv("CF_ATTN_FLOW_MERGE_STAGE", "1")
+    assert af.Knobs.from_env() == af.Knobs(64, 4, True, True, False, False, True)
     assert af.Knobs.from_env().defines(timeline=False) == {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1,
-                                                           "CF_FLOW_LEAN_SYNC": 1, "CF_ATTN_DENSE_MASK": 1}
+                                                           "CF_FLOW_LEAN_SYNC": 0, "CF_ATTN_DENSE_MASK": 0,
+                                                           "CF_ATTN_MERGE_STAGE": 1}
 
 
 def test_split_o_proj_segments_are_whole_groups_within_one_chunk():

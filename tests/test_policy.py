@@ -68,7 +68,7 @@ def test_table_builder_keeps_the_last_default_row_and_inductors_best_per_key():
     that key in any row (a variant's row too: Inductor's code is the same whatever we ran beside it)."""
     mod = _policy_table()
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-11-23")
-    cfg = dict(model="llama-3-8b", batch=1, seq=1024, dtype="fp16", shape=LLAMA3_ATTN)
+    cfg = dict(model="llama-3-8b", batch=2, seq=1024, dtype="fp16", shape=LLAMA3_ATTN)
     rows = [dict(base, config=cfg, ours_us=90.0, inductor_us=65.0),                          # older kernel
             dict(base, config=cfg, ours_us=64.0, inductor_us=None),                          # no Inductor
             dict(base, config=dict(cfg, variant="mma"), ours_us=10.0, inductor_us=65.0),     # not the default
@@ -83,7 +83,7 @@ def test_a_row_of_a_kernel_source_that_did_not_land_counts_for_inductor_only():
     for the shipped kernel; the Inductor time beside it is still Inductor's."""
     mod = _policy_table()
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07")
-    cfg = dict(model="llama-3-8b", batch=1, seq=1024, dtype="bf16", shape=LLAMA3_ATTN, variant="v5_ring")
+    cfg = dict(model="llama-3-8b", batch=2, seq=1024, dtype="bf16", shape=LLAMA3_ATTN, variant="v5_ring")
     rows = [dict(base, config=cfg, ours_us=62.0, inductor_us=66.0),
             dict(base, config=dict(cfg, source="round 18 (not merged)"), ours_us=40.0, inductor_us=64.0)]
     (e,) = mod.entries(rows, {"attention": "v5_ring", "mla": None, "ffn": None})
@@ -99,7 +99,7 @@ def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-11-24", inductor_us=100.0)
     mha = dict(hidden=4096, heads=32, kv_heads=32, head_dim=128)
     cfg = dict(model="m", seq=1024, dtype="fp16", variant="v5")
-    rows = [dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN), ours_us=60.0),   # GQA: the ring is dropped
+    rows = [dict(base, config=dict(cfg, batch=2, shape=LLAMA3_ATTN), ours_us=60.0),   # GQA: the ring is dropped
             dict(base, config=dict(cfg, batch=16, shape=mha), ours_us=110.0),         # batch 16: dropped
             dict(base, config=dict(cfg, batch=2, shape=mha), ours_us=80.0)]           # MHA batch 2: the ring runs
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [60.0, 110.0]
@@ -107,27 +107,37 @@ def test_a_ringless_v5_row_stands_for_the_default_only_where_its_launcher_drops_
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [60.0, 79.0, 110.0]
 
 
-def test_at_batch_one_mha_only_the_claimed_tile_kernel_at_its_chunk_cap_is_the_default():
-    """attention_flow.is_default: batch-1 MHA runs the claimed-tile kernel, so only its rows (at the landed chunk
-    cap; CF_ATTN_FLOW_MAX_CHUNKS rows and opt-in builds were experiments) speak for the kernel there."""
+def test_at_batch_one_only_the_claimed_tile_kernel_in_its_default_build_is_the_default():
+    """attention_flow.is_default: batch 1 runs the claimed-tile kernel, so only its rows in the build and cut the
+    launcher picks (here MHA: lean hand-offs and the dense-mask skip, no token lanes or split, the landed chunk cap;
+    rows before round 31 carry none of the build flags) speak for the kernel there."""
     mod = _policy_table()
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07", inductor_us=70.0)
     cfg = dict(model="llama-2-7b", batch=1, seq=1024, dtype="bf16",
                shape=dict(hidden=4096, heads=32, kv_heads=32, head_dim=128))
+    lean = dict(flow_lean_sync=True, flow_dense_mask=True)
     rows = [dict(base, config=dict(cfg, variant="v5_heads"), ours_us=78.0),
-            dict(base, config=dict(cfg, variant="flow", flow_max_chunks=64), ours_us=60.0),
-            dict(base, config=dict(cfg, variant="flow", flow_token_lanes=True), ours_us=61.0),
-            dict(base, config=dict(cfg, variant="flow", flow_o_split=True), ours_us=62.0)]
+            dict(base, config=dict(cfg, variant="flow"), ours_us=67.9),   # before round 31: fenced hand-offs
+            dict(base, config=dict(cfg, variant="flow", flow_max_chunks=64, **lean), ours_us=60.0),
+            dict(base, config=dict(cfg, variant="flow", flow_token_lanes=True, **lean), ours_us=61.0),
+            dict(base, config=dict(cfg, variant="flow", flow_o_split=True, **lean), ours_us=62.0)]
     assert mod.entries(rows, mod.default_variants()) == []
-    rows.append(dict(base, config=dict(cfg, variant="flow"), ours_us=67.9))
+    rows.append(dict(base, config=dict(cfg, variant="flow", **lean), ours_us=66.3))
     (e,) = mod.entries(rows, mod.default_variants())
-    assert e["ours_us"] == 67.9
+    assert e["ours_us"] == 66.3
+    gqa = dict(cfg, model="llama-3-8b", shape=dict(hidden=4096, heads=32, kv_heads=8, head_dim=128))
+    rows = [dict(base, config=dict(gqa, variant="flow", **lean), ours_us=56.8),
+            dict(base, config=dict(gqa, variant="flow", flow_token_lanes=True, flow_o_split=True, **lean),
+                 ours_us=53.9)]
+    (e,) = mod.entries(rows, mod.default_variants())
+    assert e["ours_us"] == 53.9
 
 
 def test_a_row_without_the_head_lane_bit_stands_for_a_head_lane_default_only_where_that_loop_never_runs():
     """With the default v5_heads (v5_ring + the head-lane loop of the batch-1/2 GQA builds at head_dim 64/128), a
     v5_ring row counts as the default's at MHA batch 2 (where the ring runs and the loop does not; batch-1 MHA runs
-    the claimed-tile kernel) and at batch 4, never at batch-1 GQA, where the two launch different code."""
+    the claimed-tile kernel) and at batch 4, never at batch-2 GQA, where the two launch different code (batch 1
+    runs the claimed-tile kernel)."""
     mod = _policy_table()
     defaults = {"attention": "v5_heads", "mla": None, "ffn": None}
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-12-07", inductor_us=100.0)
@@ -135,9 +145,9 @@ def test_a_row_without_the_head_lane_bit_stands_for_a_head_lane_default_only_whe
     cfg = dict(model="m", seq=1024, dtype="bf16", variant="v5_ring")
     rows = [dict(base, config=dict(cfg, batch=2, shape=mha), ours_us=80.0),            # MHA: no head lanes
             dict(base, config=dict(cfg, batch=4, shape=LLAMA3_ATTN), ours_us=83.0),    # batch 4: no head lanes
-            dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN), ours_us=61.0)]    # batch-1 GQA: they run
+            dict(base, config=dict(cfg, batch=2, shape=LLAMA3_ATTN), ours_us=61.0)]    # batch-2 GQA: they run
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [80.0, 83.0]
-    rows.append(dict(base, config=dict(cfg, batch=1, shape=LLAMA3_ATTN, variant="v5_heads"), ours_us=58.0))
+    rows.append(dict(base, config=dict(cfg, batch=2, shape=LLAMA3_ATTN, variant="v5_heads"), ours_us=58.0))
     assert sorted(e["ours_us"] for e in mod.entries(rows, defaults)) == [58.0, 80.0, 83.0]
 
 
@@ -146,7 +156,7 @@ def test_an_inductor_outlier_cannot_hand_a_block_to_the_kernel():
     the verdict compares ours with Inductor's best, and a later, faster Inductor figure lowers it further."""
     mod = _policy_table()
     base = dict(bench="attention", device=H100 + " (132 SMs)", date="2026-11-23")
-    cfg = dict(model="llama-3.2-1b", batch=1, seq=1024, dtype="bf16", shape=LLAMA3_ATTN)
+    cfg = dict(model="llama-3.2-1b", batch=2, seq=1024, dtype="bf16", shape=LLAMA3_ATTN)
     rows = [dict(base, config=cfg, ours_us=35.2, inductor_us=37.8),
             dict(base, config=cfg, ours_us=34.6, inductor_us=99.6)]
     (e,) = mod.entries(rows, {"attention": None, "mla": None, "ffn": None})

@@ -19,6 +19,11 @@
 //     order, writes o (T) and counts the group done.
 //   * o_proj tiles: R rows of W_o; the first weight chunk is issued, then the tile waits for every group.
 // Deterministic: each sum has one order (lanes: xor tree; warps, slices and chunks: index order).
+// Hand-offs (flow.cuh): release/acquire by default here (round 31, H100 bf16 B=1: 1-2 us off every block, the
+// per-thread SC fences and acquire polls gone); -DCF_FLOW_LEAN_SYNC=0 (CF_ATTN_FLOW_LEAN_SYNC=0): the fenced form.
+#ifndef CF_FLOW_LEAN_SYNC
+#define CF_FLOW_LEAN_SYNC 1
+#endif
 #include "common.cuh"
 #include "flow.cuh"
 
@@ -54,12 +59,21 @@ constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 #define CF_ATTN_TOKEN_LANES 0
 #endif
 
-// Dense live range (round 31; -DCF_ATTN_DENSE_MASK=1, attention_flow.Knobs.dense_mask, opt-in until measured):
+// Dense live range (round 31; the default, -DCF_ATTN_DENSE_MASK=0 / CF_ATTN_FLOW_DENSE_MASK=0 turns it off):
 // the CTA's one scan of the mask row also counts its live tokens; where every token of [first, last] is live
 // (a causal or padding-free row: the decode step's usual mask), the token loop skips its per-token mask loads
 // (each an L2 round trip inside the loop's dependence chain). Same live set, same bits.
 #ifndef CF_ATTN_DENSE_MASK
-#define CF_ATTN_DENSE_MASK 0
+#define CF_ATTN_DENSE_MASK 1
+#endif
+
+// Merge stage (round 32; -DCF_ATTN_MERGE_STAGE=1, attention_flow.Knobs.merge_stage, opt-in until measured): the
+// merging tile first copies the group's partials (count x GM x (D + 2) floats, count <= kSingleMergeMax) into
+// shared memory with every load in flight, then merges from there. Round 31's step marks: the merge took 5-7 us
+// at Qwen2.5-0.5B and Llama-3-8B (two passes of dependent L2 loads, 8 in flight, per output element). Same
+// arithmetic in the same order: the same bits.
+#ifndef CF_ATTN_MERGE_STAGE
+#define CF_ATTN_MERGE_STAGE 0
 #endif
 template <int GM>
 constexpr int kRowElems = GM * 8 <= 32 ? 8 : 4;
@@ -81,22 +95,43 @@ enum Ctrl : int { kTicket = 0, kFinished = 1, kGroupsDone = 2, kPerGroup = 3 };
 constexpr int kSingleMergeMax = 16;
 constexpr int kMergeFanIn = 8;
 
+/// @brief A partial's word: from L2 (written by other CTAs of this launch), or from the merge stage (generic load).
+__device__ __forceinline__ float ld_partial(const float* p) {
+  if constexpr (CF_ATTN_MERGE_STAGE != 0) {
+    return *p;
+  } else {
+    return __ldcg(p);
+  }
+}
+
 /// @brief Merge `count` (m, l, o) partials of one KV group (stride GM * (D + 2) floats, heads < G), in index
 /// order, by the whole CTA: to `dst` as an (m, l, o) partial, or, with `ao`, to o rounded to T.
 template <typename T, int D, int GM>
-__device__ __forceinline__ void merge_partials(const float* base, int count, int G, float* dst, T* ao) {
+__device__ __forceinline__ void merge_partials(const float* base, int count, int G, float* stage, float* dst,
+                                               T* ao) {
+  if constexpr (CF_ATTN_MERGE_STAGE != 0) {
+    if (count <= kSingleMergeMax) {  // the partials are contiguous: one coalesced copy, then shared-memory reads
+      const int words = count * GM * (D + 2);
+      const int vecs = (reinterpret_cast<unsigned long long>(base) % 16 == 0) ? words / 4 : 0;  // GM = 1: odd rows
+      for (int i = threadIdx.x; i < vecs; i += kThreads)
+        reinterpret_cast<float4*>(stage)[i] = __ldcg(reinterpret_cast<const float4*>(base) + i);
+      for (int i = vecs * 4 + static_cast<int>(threadIdx.x); i < words; i += kThreads) stage[i] = __ldcg(base + i);
+      __syncthreads();
+      base = stage;
+    }
+  }
   for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
     const int h = idx / D, d = idx % D;
     float M = neg_inf();
 #pragma unroll 8
-    for (int k = 0; k < count; ++k) M = fmaxf(M, __ldcg(base + (k * GM + h) * (D + 2) + D));
+    for (int k = 0; k < count; ++k) M = fmaxf(M, ld_partial(base + (k * GM + h) * (D + 2) + D));
     float O = 0.f, S = 0.f;
 #pragma unroll 8
     for (int k = 0; k < count; ++k) {
       const float* pk = base + (k * GM + h) * (D + 2);
-      const float f = softmax_rescale(__ldcg(pk + D), M);
-      O = fmaf(__ldcg(pk + d), f, O);
-      S = fmaf(__ldcg(pk + D + 1), f, S);
+      const float f = softmax_rescale(ld_partial(pk + D), M);
+      O = fmaf(ld_partial(pk + d), f, O);
+      S = fmaf(ld_partial(pk + D + 1), f, S);
     }
     if (ao != nullptr) {
       ao[h * D + d] = from_float<T>(S > 0.f ? O / S : 0.f);
@@ -317,6 +352,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   const int H = hidden, NH = num_heads, KVH = num_kv_heads, G = NH / KVH, NC = chunks;
   const int L = max_cache_len;
   // shared memory: n [H] (T) | q [GM][D] fp32 | k_new, v_new [D] (T) | warp partials o [kWarps][GM][D], m, l
+  // [| merge stage (CF_ATTN_MERGE_STAGE)]
   T* n_s = reinterpret_cast<T*>(smem);
   float* q_s = reinterpret_cast<float*>(smem + ceil_div(H * 2, 16) * 16);
   T* knew_s = reinterpret_cast<T*>(q_s + GM * D);
@@ -324,6 +360,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
   float* wo_s = reinterpret_cast<float*>(vnew_s + D);
   float* wm_s = wo_s + kWarps * GM * D;
   float* wl_s = wm_s + kWarps * GM;
+  float* stage = wl_s + kWarps * GM;  // CF_ATTN_MERGE_STAGE: kSingleMergeMax x GM x (D + 2) floats (16-B aligned)
 
   const TileCut qc(RPW, qkv_wpr, H / kElems, warp);
   const TileCut oc(RPW, o_wpr, NH * D / kElems, warp);
@@ -514,7 +551,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
           float* const blocks = part + static_cast<size_t>(KVH) * NC * GM * (D + 2) +
                                 static_cast<size_t>(g) * NB * GM * (D + 2);
           merge_partials<T, D, GM>(base + static_cast<size_t>(block) * kMergeFanIn * GM * (D + 2), in_block, G,
-                                   blocks + static_cast<size_t>(block) * GM * (D + 2), nullptr);
+                                   stage, blocks + static_cast<size_t>(block) * GM * (D + 2), nullptr);
           __syncthreads();
           if (tid == 0) {
             arrival_release();
@@ -522,10 +559,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
             arrival_acquire();
           }
           __syncthreads();
-          if (last_block_s) merge_partials<T, D, GM>(blocks, NB, G, nullptr, ao);
+          if (last_block_s) merge_partials<T, D, GM>(blocks, NB, G, stage, nullptr, ao);
           merged = last_block_s;
         } else {
-          merge_partials<T, D, GM>(base, NC, G, nullptr, ao);
+          merge_partials<T, D, GM>(base, NC, G, stage, nullptr, ao);
         }
         __syncthreads();
         if (merged && tid == 0) {

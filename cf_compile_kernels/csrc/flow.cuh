@@ -63,13 +63,13 @@ __device__ __forceinline__ int load_acquire(const int* p) {
 }
 
 // ------------------------------------------------------------------ hand-off synchronisation
-// Default builds: every thread fences after each store another CTA reads (MEMBAR.SC.GPU), thread 0 fences
-// around its counter atomic, and the wait polls with acquire loads (each poll invalidates the SM's L1).
-// -DCF_FLOW_LEAN_SYNC=1 (round 31, opt-in until measured): the CTA barrier orders the CTA's stores before
-// thread 0's release (red.release / atom.acq_rel: MEMBAR.ALL.GPU, no SC fence, no per-thread fences), and
-// the wait polls with relaxed loads, then one acquire fence (the release/acquire pattern of PTX's memory
-// model: the barrier makes it cumulative). Same arithmetic, same bits; fewer round trips on the chain
-// q/k/v -> attention -> merge -> o_proj, which at the small models is most of the block (round 30's timeline).
+// Fenced form (-DCF_FLOW_LEAN_SYNC=0, this header's default; gated_ffn_flow.cu keeps it inline): every thread
+// fences after each store another CTA reads (MEMBAR.SC.GPU), thread 0 fences around its counter atomic, and the
+// wait polls with acquire loads (each poll invalidates the SM's L1). Lean form (-DCF_FLOW_LEAN_SYNC=1, round 31,
+// attention_flow.cu's default): the CTA barrier orders the CTA's stores before thread 0's release (red.release /
+// atom.acq_rel: MEMBAR.ALL.GPU, no SC fence, no per-thread fences), and the wait polls with relaxed loads, then
+// one acquire fence (the release/acquire pattern of PTX's memory model: the barrier makes it cumulative). Same
+// arithmetic, same bits; fewer round trips on the chain q/k/v -> attention -> merge -> o_proj.
 #ifndef CF_FLOW_LEAN_SYNC
 #define CF_FLOW_LEAN_SYNC 0
 #endif

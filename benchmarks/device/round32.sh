@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Round 32 (prepared 2026-12-07): round 31's measured builds are the defaults now (lean hand-offs and the dense-mask
+# skip everywhere; token lanes + o_proj split for GQA; the claimed-tile kernel at batch 1 for GQA too). This call:
+# (1) the flow GPU tests on the new defaults (fp64 reference sweep, named models, bitwise repeats, graph replay,
+#     timeline marks, knob A/Bs bit-equal, merge stage one- and two-level);
+# (2) the merge stage (-DCF_ATTN_MERGE_STAGE, CF_ATTN_FLOW_MERGE_STAGE=1, opt-in) with its timeline. Round 31's
+#     marks: the merge took 5.3 us (Qwen) / 6.1 us (Llama-3-8B) / 3.2 (Llama-3.2-1B) / 2.1 (Llama-2-7B) at 1024, two
+#     passes of L2 loads, 8 in flight. Staged: one copy with every load in flight, then shared-memory reads.
+#     Predicted (us, 1024 / 4096, default in brackets): Qwen -3.5 / -3.5, Llama-3-8B -4 / -4, Llama-3.2-1B -2 / -2,
+#     Llama-2-7B -1 / -1. Falsified if Qwen 1024 gains < 1.5. Decision: default where it never loses > 0.5.
+# (3) the new defaults beside Inductor, bf16 then fp16 (the policy's block rows for batch 1).
+set -uo pipefail
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+FINAL=${OUT:-/tmp/cf-final}; W=/tmp/r32; mkdir -p "$FINAL" "$W"
+t0=$SECONDS
+timeout 160 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py \
+  -k "random_batch_one or named or repeats or graph_replay or timeline_build or change_no_bit or environment" \
+  > "$W/tests.log" 2>&1
+echo "flow tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|ERROR)|Error" "$W/tests.log" | head -12
+echo "[tests at $((SECONDS - t0)) s]"
+A="benchmarks/attention.py --no-prefetch --batches 1 --seqs 1024 4096"
+run() {  # name, timeout, env..., (EXTRA: more args)
+  local name=$1 limit=$2; shift 2
+  env "$@" timeout "$limit" python3 $A --json "$W/rows_$name.json" ${EXTRA:-} > "$W/$name.log" 2>&1
+  echo "$name rc $?"; grep -E " ours |Error|Traceback" "$W/$name.log" | cut -c1-118
+  grep -E "^flow timeline" "$W/$name.log" | sed "s/^flow timeline /$name /" >> "$W/timelines.txt"
+}
+EXTRA="--no-inductor --dtypes bf16 --timeline --variants flow" run stage 70 CF_ATTN_FLOW_MERGE_STAGE=1
+EXTRA="--no-inductor --dtypes bf16 --variants flow" run default_again 40 CF_ATTN_FLOW_MERGE_STAGE=0
+echo "[stage at $((SECONDS - t0)) s]"
+EXTRA="--dtypes bf16" run inductor_bf16 150
+EXTRA="--dtypes fp16" run inductor_fp16 150
+python3 - "$W/timelines.txt" <<'PY'
+import sys
+for line in open(sys.argv[1]):
+    head, _, rest = line.partition(": ")
+    keep = [kv for kv in rest.split(", ") if "(step us)" in kv or kv.split(" ")[0] in ("qkv_done", "attention_done", "o_proj_done")]
+    print(head.split(" (us since")[0], "|", ", ".join(keep).replace(" (step us)", ""))
+PY
+tar czf "$FINAL/round32.tgz" -C "$W" .
+echo "[done at $((SECONDS - t0)) s]"
