@@ -13,8 +13,8 @@ set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/cf-final}; W=/tmp/r32; mkdir -p "$FINAL" "$W"
 t0=$SECONDS
-timeout 160 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py \
-  -k "random_batch_one or named or repeats or graph_replay or timeline_build or change_no_bit or environment" \
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py \
+  -k "named or repeats or graph_replay or timeline_build or change_no_bit" \
   > "$W/tests.log" 2>&1
 echo "flow tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|ERROR)|Error" "$W/tests.log" | head -12
 echo "[tests at $((SECONDS - t0)) s]"
@@ -29,7 +29,7 @@ EXTRA="--no-inductor --dtypes bf16 --timeline --variants flow" run stage 70 CF_A
 EXTRA="--no-inductor --dtypes bf16 --variants flow" run default_again 40 CF_ATTN_FLOW_MERGE_STAGE=0
 echo "[stage at $((SECONDS - t0)) s]"
 EXTRA="--dtypes bf16" run inductor_bf16 150
-EXTRA="--dtypes fp16" run inductor_fp16 150
+[ "${FP16:-0}" = 1 ] && EXTRA="--dtypes fp16" run inductor_fp16 150
 python3 - "$W/timelines.txt" <<'PY'
 import sys
 for line in open(sys.argv[1]):
