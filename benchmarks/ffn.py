@@ -261,12 +261,13 @@ VARIANT_KEYS = {
     "cluster": "cluster", "warps": "warps", "depth": "depth", "stages": "stages", "l2": "l2_hint",
     # claimed tiles:
     "rpw": "rpw", "gu": "gu_wpr", "down": "down_wpr", "per_sm": "ctas_per_sm", "hsm": "h_shared", "stream": "streamed",
+    "lean": "lean_sync",
 }
 
 
 def parse_variant(spec: str) -> ffn.Tuning:
     """'mode=whole,stages=0' (keys: mode, cluster, warps, depth, stages, l2, and flags=early_x+defer_fix_up;
-    kernel=flow|cluster, and for the claimed-tile kernel rpw, gu, down, per_sm, hsm, stream) or the older positional
+    kernel=flow|cluster, and for the claimed-tile kernel rpw, gu, down, per_sm, hsm, stream, lean) or the older positional
     'cluster:warps:depth[:stages[:l2_hint]]'; 'default' is the launcher's own choice."""
     if spec == "default":
         return ffn.Tuning()

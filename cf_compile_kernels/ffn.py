@@ -345,6 +345,7 @@ class Tuning:
     ctas_per_sm: int | None = None  # flow kernel: cap on resident CTAs per SM; None: the occupancy API's
     h_shared: bool | None = None  # flow kernel: h in shared memory for the down tiles; None: the shape's default
     streamed: bool = False  # flow kernel: down warps wait per h segment, not once for all of h (opt-in)
+    lean_sync: bool = False  # flow kernel: release/acquire hand-offs, no per-thread fences (opt-in until measured)
 
     def flow(self) -> ffn_flow.FlowTuning:
         """The claimed-tile kernel's knobs (phases: its timeline build); one object per tuning (every launch asks)."""
@@ -354,7 +355,8 @@ class Tuning:
 @functools.cache
 def _flow_tuning(tuning: Tuning) -> ffn_flow.FlowTuning:
     return ffn_flow.FlowTuning(tuning.rpw, tuning.gu_wpr, tuning.down_wpr, tuning.ctas_per_sm, tuning.phases,
-                               None if tuning.h_shared is None else bool(tuning.h_shared), bool(tuning.streamed))
+                               None if tuning.h_shared is None else bool(tuning.h_shared), bool(tuning.streamed),
+                               bool(tuning.lean_sync))
 
 
 def _plan(

@@ -180,6 +180,7 @@ class FlowTuning:
     timeline: bool = False  # the -DCF_FLOW_TIMELINE build: launch() then needs `stamps`
     h_shared: bool | None = None  # the HS build (h copied into shared memory once per CTA); None: default_h_shared
     streamed: bool = False  # the -DCF_FFN_STREAMED build: down warps wait per h segment (opt-in, NOTES round 10)
+    lean_sync: bool = False  # -DCF_FLOW_LEAN_SYNC: release/acquire hand-offs (attention's default since round 31)
 
 
 @dataclass
@@ -250,6 +251,8 @@ def _build_plan(
     defines = {"CF_FLOW_TIMELINE": 1} if tuning.timeline else {}
     if tuning.streamed:
         defines["CF_FFN_STREAMED"] = 1
+    if tuning.lean_sync:
+        defines["CF_FLOW_LEAN_SYNC"] = 1
     gu_cut = tuning.gu_wpr or gate_up_wpr(intermediate, rpw)
     down_cut = tuning.down_wpr or down_wpr(hidden, rpw)
     if gu_cut is None or down_cut is None:
@@ -315,3 +318,8 @@ for _dtype in CTYPES:
                        label=f"gated FFN claimed tiles {_dtype} rpw {_rpw} batch <= {_batch}, h in shared memory")
 register_check(SOURCE, KERNEL, ("__nv_bfloat16", 4, 1), defines={"CF_FLOW_TIMELINE": 1},
                label="gated FFN claimed tiles bf16 rpw 4 batch 1, timeline")
+for _args in (("__nv_bfloat16", 4, 1), ("__half", 4, 2), ("__nv_bfloat16", 2, 4, "true")):
+    register_check(SOURCE, KERNEL, _args, defines={"CF_FLOW_LEAN_SYNC": 1},
+                   label=f"gated FFN claimed tiles {' '.join(map(str, _args))}, lean hand-offs")
+register_check(SOURCE, KERNEL, ("__nv_bfloat16", 4, 1), defines={"CF_FLOW_LEAN_SYNC": 1, "CF_FFN_STREAMED": 1},
+               label="gated FFN claimed tiles bf16 rpw 4 batch 1, lean hand-offs, streamed")

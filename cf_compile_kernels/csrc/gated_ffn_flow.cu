@@ -134,13 +134,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         const float gate = slice_sum<RPW, BB>(red_s, 2 * j, b, gu_wpr);
         const float up = slice_sum<RPW, BB>(red_s, 2 * j + 1, b, gu_wpr);
         h_buf[static_cast<size_t>(b) * inter + unit0 + j] = from_float<T>(ffn::activate(gate, activation) * up);
-        __threadfence();
+        store_fence();
       }
       __syncthreads();
-      if (tid == 0) {  // the CTA's h stores are ordered before the counts (fences on both sides of the barrier)
-        __threadfence();
-        if constexpr (kStreamed) atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride, 1);
-        atomicAdd(ctrl + kDone, 1);
+      if (tid == 0) {  // the CTA's h stores are ordered before the counts (flow.cuh: fenced or release)
+        if constexpr (CF_FLOW_LEAN_SYNC != 0) {
+          if constexpr (kStreamed) publish_count(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride);
+          publish_count(ctrl + kDone);
+        } else {
+          __threadfence();
+          if constexpr (kStreamed) atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride, 1);
+          atomicAdd(ctrl + kDone, 1);
+        }
       }
     } else {
       // ---- down tile: output rows [row0, row0 + dn.rows), all I columns
@@ -166,7 +171,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           if (lane == 0) {
             for (int s = max(ready, c * kElems / kSegmentUnits); s <= last; ++s) {
               const int target = segment_tiles(s, inter, gu_units);
-              while (load_acquire(ctrl + kSegments + s * kSegmentStride) < target) __nanosleep(kSpinSleepNs);
+              spin_until(ctrl + kSegments + s * kSegmentStride, target);
             }
           }
           __syncwarp();
@@ -179,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         if (!handed_off) {
           if (tid == 0) {
             const unsigned long long wait_start = kTimeline ? timer_ns() : 0;
-            while (load_acquire(ctrl + kDone) < gu_tiles) __nanosleep(kSpinSleepNs);
+            spin_until(ctrl + kDone, gu_tiles);
             if constexpr (kTimeline) wait_ns = timer_ns() - wait_start;
           }
           __syncthreads();

@@ -105,6 +105,20 @@ def test_streamed_hand_off_gives_the_bits_of_one_wait(hidden, inter, batch, rpw)
         assert torch.equal(run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw, streamed=True)), one_wait)
 
 
+@pytest.mark.parametrize("hidden,inter,batch,rpw,hsm,streamed", [
+    (4096, 11008, 1, 4, False, False), (4096, 14336, 2, 4, True, False), (896, 4864, 1, 4, False, False),
+    (2048, 8192, 2, 2, False, True), (256, 136, 1, 2, False, False), (4096, 11008, 4, 2, True, False)])
+def test_lean_hand_offs_give_the_bits_of_the_fenced_ones(hidden, inter, batch, rpw, hsm, streamed):
+    """-DCF_FLOW_LEAN_SYNC (release/acquire counts, relaxed polls + one acquire fence, no per-thread fences) moves
+    when h becomes visible, not what is summed: the fenced build's bits, every launch, counters back to zero."""
+    inp = make_inputs(hidden, inter, batch, torch.bfloat16, fused=False, norm_kind="weight", seed=11 + batch)
+    fenced = run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw, h_shared=hsm, streamed=streamed)).clone()
+    for _ in range(3):
+        inp["out"].fill_(float("nan"))
+        lean = run(inp, 1e-5, "weight", "silu", True, flow(rpw=rpw, h_shared=hsm, streamed=streamed, lean_sync=True))
+        assert torch.equal(lean, fenced)
+
+
 def test_fewer_ctas_than_slots_give_the_same_bits():
     """One CTA per SM claims twice as many tiles as two: the tile cut (pinned here; the derived one does
     not depend on the CTA count either), not the CTAs, fixes the arithmetic."""
