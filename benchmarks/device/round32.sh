@@ -13,6 +13,7 @@ set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/cf-final}; W=/tmp/r32; mkdir -p "$FINAL" "$W"
 t0=$SECONDS
+pack() { tar czf "$FINAL/round32.tgz" -C "$W" .; }  # after each part: a cut-off call keeps what ran
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py \
   -k "named or repeats or graph_replay or timeline_build or change_no_bit" \
   > "$W/tests.log" 2>&1
@@ -24,6 +25,7 @@ run() {  # name, timeout, env..., (EXTRA: more args)
   env "$@" timeout "$limit" python3 $A --json "$W/rows_$name.json" ${EXTRA:-} > "$W/$name.log" 2>&1
   echo "$name rc $?"; grep -E " ours |Error|Traceback" "$W/$name.log" | cut -c1-118
   grep -E "^flow timeline" "$W/$name.log" | sed "s/^flow timeline /$name /" >> "$W/timelines.txt"
+  pack
 }
 EXTRA="--no-inductor --dtypes bf16 --timeline --variants flow" run stage 70 CF_ATTN_FLOW_MERGE_STAGE=1
 EXTRA="--no-inductor --dtypes bf16 --variants flow" run default_again 40 CF_ATTN_FLOW_MERGE_STAGE=0
