@@ -30,9 +30,9 @@ run() {  # name, timeout, env..., (EXTRA: more args)
 EXTRA="--no-inductor --dtypes bf16 --timeline --variants flow" run stage 70 CF_ATTN_FLOW_MERGE_STAGE=1
 EXTRA="--no-inductor --dtypes bf16 --variants flow" run default_again 40 CF_ATTN_FLOW_MERGE_STAGE=0
 echo "[stage at $((SECONDS - t0)) s]"
-EXTRA="--dtypes bf16" run inductor_bf16 150
+[ "${IND:-1}" = 1 ] && EXTRA="--dtypes bf16" run inductor_bf16 150
 [ "${FP16:-0}" = 1 ] && EXTRA="--dtypes fp16" run inductor_fp16 150
-if [ $((SECONDS - t0)) -lt 330 ]; then  # FFN claimed tiles, lean hand-offs (opt-in): bits, then an A/B at batch 1-2
+if [ $((SECONDS - t0)) -lt ${FFN_BEFORE:-330} ]; then  # FFN claimed tiles, lean hand-offs (opt-in): bits, then an A/B at batch 1-2
   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_ffn_flow.py -k lean > "$W/ffn_tests.log" 2>&1
   echo "ffn lean tests rc $?: $(tail -1 "$W/ffn_tests.log")"
   timeout 70 python3 benchmarks/ffn.py --no-inductor --dtypes bf16 --batches 1 2 \
