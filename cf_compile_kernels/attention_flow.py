@@ -93,7 +93,8 @@ class Knobs:
     two-level), warps per row group of the q/k/v tiles (1/2/4/8: smaller tiles, k-split rows), token-parallel lanes
     (-DCF_ATTN_TOKEN_LANES) and o_proj tiles per head segment (-DCF_ATTN_O_SPLIT; both None: by shape, on for GQA,
     uses_gqa_builds), release/acquire hand-offs (lean_sync, -DCF_FLOW_LEAN_SYNC=0 when off), no mask loads on
-    dense rows (dense_mask, -DCF_ATTN_DENSE_MASK=0 when off), and the merge stage (-DCF_ATTN_MERGE_STAGE)."""
+    dense rows (dense_mask, -DCF_ATTN_DENSE_MASK=0 when off), the merge stage (-DCF_ATTN_MERGE_STAGE) and the K/V
+    chunk asked of L2 before the q/k/v wait (-DCF_ATTN_KV_PREFETCH)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
@@ -102,12 +103,14 @@ class Knobs:
     lean_sync: bool = True
     dense_mask: bool = True
     merge_stage: bool = False
+    kv_prefetch: bool = False
 
     @staticmethod
     def from_env() -> Knobs:
         return Knobs(env.attention_flow_max_chunks() or MAX_CHUNKS, env.attention_flow_qkv_wpr(),
                      env.attention_flow_token_lanes(), env.attention_flow_o_split(),
-                     env.attention_flow_lean_sync(), env.attention_flow_dense_mask(), env.attention_flow_merge_stage())
+                     env.attention_flow_lean_sync(), env.attention_flow_dense_mask(), env.attention_flow_merge_stage(),
+                     env.attention_flow_kv_prefetch())
 
     def resolved(self, num_heads: int, num_kv_heads: int) -> Knobs:
         """The shape's choice for every knob left None."""
@@ -128,6 +131,8 @@ class Knobs:
             defines["CF_ATTN_DENSE_MASK"] = 0
         if self.merge_stage:
             defines["CF_ATTN_MERGE_STAGE"] = 1
+        if self.kv_prefetch:
+            defines["CF_ATTN_KV_PREFETCH"] = 1
         return defines or None
 
 
@@ -334,3 +339,6 @@ for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1), ("__nv_bfl
     register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW),
                    defines={"CF_ATTN_MERGE_STAGE": 1, **(GQA_DEFINES if _gm > 1 else {})},
                    label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, merge stage")
+    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW),
+                   defines={"CF_ATTN_KV_PREFETCH": 1, **(GQA_DEFINES if _gm > 1 else {})},
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, K/V prefetch")

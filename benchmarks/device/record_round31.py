@@ -38,6 +38,10 @@ ROUNDS = {  # round -> file stem -> (title, flags of the flow rows (None: the ro
                        "CF_ATTN_FLOW_MERGE_STAGE=1 attention.py --no-inductor --timeline --variants flow"),
         "rows_default_again": ("Attention flow, the defaults after round 31 (round 32)", None,
                                "attention.py --no-inductor --variants flow"),
+        "rows_prefetch": ("Attention flow, K/V chunk prefetched to L2 (round 32)", None,
+                          "CF_ATTN_FLOW_KV_PREFETCH=1 attention.py --no-inductor --variants flow"),
+        "rows_prefetch_stage": ("Attention flow, K/V prefetch + merge stage (round 32)", None,
+                                "CF_ATTN_FLOW_KV_PREFETCH=1 CF_ATTN_FLOW_MERGE_STAGE=1 attention.py --no-inductor"),
         "rows_inductor_bf16": ("Attention block decode, batch 1: the defaults after round 31 beside Inductor (round 32)",
                                None, "attention.py --dtypes bf16 --batches 1"),
         "rows_inductor_fp16": ("Attention block decode, batch 1, fp16: the defaults after round 31 beside Inductor "

@@ -75,6 +75,14 @@ constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 #ifndef CF_ATTN_MERGE_STAGE
 #define CF_ATTN_MERGE_STAGE 0
 #endif
+
+// K/V prefetch (round 33; -DCF_ATTN_KV_PREFETCH=1, attention_flow.Knobs.kv_prefetch, opt-in until measured): an
+// attention tile asks L2 for its chunk's K and V lines (prefetch.global.L2, no registers) as soon as it is
+// claimed, before it waits for its group's q/k/v, so the token loop's dependent steps read L2, not HBM.
+#ifndef CF_ATTN_KV_PREFETCH
+#define CF_ATTN_KV_PREFETCH 0
+#endif
+constexpr int kLineBytes = 128;  // one L2 prefetch request
 template <int GM>
 constexpr int kRowElems = GM * 8 <= 32 ? 8 : 4;
 template <int D, int GM>
@@ -160,6 +168,14 @@ __device__ __forceinline__ int live_bytes(const unsigned char* row, int j0, int 
 #pragma unroll
   for (int e = 0; e < kMaskScanBytes; ++e) n += bytes[e] != 0;
   return n;
+}
+
+/// @brief Ask L2 for rows [cs, ce) of one K or V cache head (`row_bytes` each), the CTA's threads in turn.
+__device__ __forceinline__ void prefetch_rows_l2(const void* head, int cs, int ce, int row_bytes) {
+  const char* const base = static_cast<const char*>(head) + static_cast<size_t>(cs) * row_bytes;
+  const int lines = max(ce - cs, 0) * row_bytes / kLineBytes;
+  for (int i = threadIdx.x; i < lines; i += kThreads)
+    asm volatile("prefetch.global.L2 [%0];" : : "l"(base + static_cast<size_t>(i) * kLineBytes));
 }
 
 /// @brief The live range [first, last] of the mask row [L] (null: [0, min(pos, L - 1)]), into range_s[0..1];
@@ -427,6 +443,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
       if (!ranged) live_range(mask, L, pos, range_s);  // once per CTA: the range is the launch's
       ranged = true;
+      if constexpr (CF_ATTN_KV_PREFETCH != 0) {  // the chunk below, asked of L2 before the wait
+        const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
+        const int per = ceil_div(max(hi - lo, 0), NC), cs = lo + c * per, ce = min(hi, cs + per);
+        const size_t head = static_cast<size_t>(g) * L * D * sizeof(T);
+        prefetch_rows_l2(static_cast<const char*>(k_cache) + head, cs, ce, D * sizeof(T));
+        prefetch_rows_l2(static_cast<const char*>(v_cache) + head, cs, ce, D * sizeof(T));
+      }
       if (tid == 0) clock.wait_until(qkv_done + g, qkv_per_group);
       __syncthreads();
       clock.mark(0);  // attention: q/k/v of the group ready

@@ -205,23 +205,24 @@ def test_split_o_proj_matches_the_reference(lanes, case, monkeypatch):
 
 
 @pytest.mark.parametrize("knobs", ["lean", "dense", "lean+dense", "lean+dense+lanes+split", "stage",
-                                   "stage+lanes+split", "stage+cap64"])
+                                   "stage+lanes+split", "stage+cap64", "prefetch", "prefetch+stage+lanes+split"])
 @pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"], LLAMA32_B1],
                          ids=["qwen", "llama3", "llama2", "llama3.2"])
 def test_hand_offs_mask_skip_and_merge_stage_change_no_bit(knobs, case, monkeypatch):
     """CF_ATTN_FLOW_LEAN_SYNC (release/acquire hand-offs), CF_ATTN_FLOW_DENSE_MASK (no mask loads where the live
-    range is dense) and CF_ATTN_FLOW_MERGE_STAGE (partials staged in shared memory before the merge, one- and
-    two-level) change when data moves, not what is computed: the same bits as the build without them (its token-lane
+    range is dense), CF_ATTN_FLOW_MERGE_STAGE (partials staged in shared memory before the merge, one- and
+    two-level) and CF_ATTN_FLOW_KV_PREFETCH (the chunk asked of L2 early) change when data moves, not what is
+    computed: the same bits as the build without them (its token-lane
     / split form alike), the same cache, counters back to zero, over several launches."""
     env = {"lean": "CF_ATTN_FLOW_LEAN_SYNC", "dense": "CF_ATTN_FLOW_DENSE_MASK", "lanes": "CF_ATTN_FLOW_TOKEN_LANES",
-           "split": "CF_ATTN_FLOW_O_SPLIT", "stage": "CF_ATTN_FLOW_MERGE_STAGE"}
+           "split": "CF_ATTN_FLOW_O_SPLIT", "stage": "CF_ATTN_FLOW_MERGE_STAGE", "prefetch": "CF_ATTN_FLOW_KV_PREFETCH"}
     chosen = knobs.split("+")
     for name in ("lanes", "split"):
         monkeypatch.setenv(env[name], "1" if name in chosen else "0")
     monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", "64" if "cap64" in chosen else "")
     outs, caches = [], []
     for on in (False, True):
-        for name in ("lean", "dense", "stage"):
+        for name in ("lean", "dense", "stage", "prefetch"):
             monkeypatch.setenv(env[name], "1" if on and name in chosen else "0")
         inp = make_inputs(case)
         out = torch.full_like(inp["x"], float("nan"))
