@@ -231,7 +231,7 @@ def flow_build_flags(num_heads: int, num_kv_heads: int) -> dict:
     knobs = attention_flow.Knobs.from_env().resolved(num_heads, num_kv_heads)
     flags = {"flow_token_lanes": knobs.token_lanes, "flow_o_split": knobs.o_split, "flow_lean_sync": knobs.lean_sync,
              "flow_dense_mask": knobs.dense_mask, "flow_merge_stage": knobs.merge_stage,
-             "flow_kv_prefetch": knobs.kv_prefetch}
+             "flow_kv_prefetch": knobs.kv_prefetch, "flow_walk_pipeline": knobs.walk_pipeline}
     if knobs.max_chunks != attention_flow.MAX_CHUNKS:
         flags["flow_max_chunks"] = knobs.max_chunks
     if knobs.qkv_wpr is not None:

@@ -31,7 +31,8 @@ ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 # config flags a claimed-tile attention row carries for its build (absent: off; rows before round 31 timed the fenced
 # hand-offs and per-token mask loads), each against attention_flow.Knobs' field of the same meaning
 FLOW_BUILD_FLAGS = {"flow_token_lanes": "token_lanes", "flow_o_split": "o_split", "flow_lean_sync": "lean_sync",
-                    "flow_dense_mask": "dense_mask", "flow_merge_stage": "merge_stage", "flow_kv_prefetch": "kv_prefetch"}
+                    "flow_dense_mask": "dense_mask", "flow_merge_stage": "merge_stage", "flow_kv_prefetch": "kv_prefetch",
+                    "flow_walk_pipeline": "walk_pipeline"}
 FLOW_EXPERIMENT_FLAGS = ("flow_o_gated",)  # opt-in builds never made a default
 
 

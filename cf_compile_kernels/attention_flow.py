@@ -94,7 +94,8 @@ class Knobs:
     (-DCF_ATTN_TOKEN_LANES) and o_proj tiles per head segment (-DCF_ATTN_O_SPLIT; both None: by shape, on for GQA,
     uses_gqa_builds), release/acquire hand-offs (lean_sync, -DCF_FLOW_LEAN_SYNC=0 when off), no mask loads on
     dense rows (dense_mask, -DCF_ATTN_DENSE_MASK=0 when off), the merge stage (-DCF_ATTN_MERGE_STAGE) and the K/V
-    chunk asked of L2 before the q/k/v wait (-DCF_ATTN_KV_PREFETCH)."""
+    chunk asked of L2 before the q/k/v wait (-DCF_ATTN_KV_PREFETCH), the next step's K loaded before the current
+    step's scores in the token-lane walk (-DCF_ATTN_WALK_PIPELINE)."""
 
     max_chunks: int = MAX_CHUNKS
     qkv_wpr: int | None = None
@@ -104,13 +105,14 @@ class Knobs:
     dense_mask: bool = True
     merge_stage: bool = False
     kv_prefetch: bool = False
+    walk_pipeline: bool = False
 
     @staticmethod
     def from_env() -> Knobs:
         return Knobs(env.attention_flow_max_chunks() or MAX_CHUNKS, env.attention_flow_qkv_wpr(),
                      env.attention_flow_token_lanes(), env.attention_flow_o_split(),
                      env.attention_flow_lean_sync(), env.attention_flow_dense_mask(), env.attention_flow_merge_stage(),
-                     env.attention_flow_kv_prefetch())
+                     env.attention_flow_kv_prefetch(), env.attention_flow_walk_pipeline())
 
     def resolved(self, num_heads: int, num_kv_heads: int) -> Knobs:
         """The shape's choice for every knob left None."""
@@ -133,6 +135,8 @@ class Knobs:
             defines["CF_ATTN_MERGE_STAGE"] = 1
         if self.kv_prefetch:
             defines["CF_ATTN_KV_PREFETCH"] = 1
+        if self.walk_pipeline:
+            defines["CF_ATTN_WALK_PIPELINE"] = 1
         return defines or None
 
 
@@ -342,3 +346,6 @@ for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 128, 1), ("__nv_bfl
     register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW),
                    defines={"CF_ATTN_KV_PREFETCH": 1, **(GQA_DEFINES if _gm > 1 else {})},
                    label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, K/V prefetch")
+for _dtype, _d, _gm in (("__nv_bfloat16", 64, 8), ("__half", 64, 2), ("__nv_bfloat16", 128, 4)):
+    register_check(SOURCE, KERNEL, (_dtype, _d, _gm, RPW), defines={"CF_ATTN_WALK_PIPELINE": 1, **GQA_DEFINES},
+                   label=f"attention claimed tiles {_dtype} D {_d} groups <= {_gm}, pipelined token-lane walk")

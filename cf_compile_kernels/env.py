@@ -20,6 +20,7 @@ Reading on each call (not at import) lets tests and tools point one process at a
 | CF_ATTN_FLOW_DENSE_MASK | 1 | benchmarks: 0 keeps the per-token mask loads on dense rows (before round 31) |
 | CF_ATTN_FLOW_MERGE_STAGE | 0 | benchmarks: 1 stages a group's partials in shared memory before its merge |
 | CF_ATTN_FLOW_KV_PREFETCH | 0 | benchmarks: 1 asks L2 for an attention tile's K/V chunk before its q/k/v wait |
+| CF_ATTN_FLOW_WALK_PIPELINE | 0 | benchmarks: 1 loads the next step's K before the current step's scores (lanes) |
 """
 
 from __future__ import annotations
@@ -115,3 +116,7 @@ def attention_flow_merge_stage() -> bool:
 
 def attention_flow_kv_prefetch() -> bool:
     return _flag("CF_ATTN_FLOW_KV_PREFETCH")
+
+
+def attention_flow_walk_pipeline() -> bool:
+    return _flag("CF_ATTN_FLOW_WALK_PIPELINE")

@@ -38,6 +38,8 @@ ROUNDS = {  # round -> file stem -> (title, flags of the flow rows (None: the ro
                        "CF_ATTN_FLOW_MERGE_STAGE=1 attention.py --no-inductor --timeline --variants flow"),
         "rows_default_again": ("Attention flow, the defaults after round 31 (round 32)", None,
                                "attention.py --no-inductor --variants flow"),
+        "rows_pipeline": ("Attention flow, pipelined token-lane walk (round 32)", None,
+                          "CF_ATTN_FLOW_WALK_PIPELINE=1 attention.py --no-inductor --variants flow"),
         "rows_prefetch": ("Attention flow, K/V chunk prefetched to L2 (round 32)", None,
                           "CF_ATTN_FLOW_KV_PREFETCH=1 attention.py --no-inductor --variants flow"),
         "rows_prefetch_stage": ("Attention flow, K/V prefetch + merge stage (round 32)", None,

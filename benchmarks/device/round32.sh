@@ -10,6 +10,8 @@
 #     Llama-2-7B -1 / -1. Falsified if Qwen 1024 gains < 1.5. Decision: default where it never loses > 0.5.
 # (2b) the K/V chunk asked of L2 before the q/k/v wait (-DCF_ATTN_KV_PREFETCH, CF_ATTN_FLOW_KV_PREFETCH=1, opt-in),
 #     alone and with the stage: predicted -1 to -2 us at 1024 (the walk's steps read L2), more at 4096.
+# (2c) the token-lane walk with the next step's K loaded before this step's scores (-DCF_ATTN_WALK_PIPELINE,
+#     CF_ATTN_FLOW_WALK_PIPELINE=1; GQA builds only): predicted Qwen -2 / -6, Llama-3.2-1B -1 / -4 (1024 / 4096).
 # (3) the new defaults beside Inductor, bf16 then fp16 (the policy's block rows for batch 1).
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -31,6 +33,7 @@ run() {  # name, timeout, env..., (EXTRA: more args)
 }
 EXTRA="--no-inductor --dtypes bf16 --timeline --variants flow" run stage 70 CF_ATTN_FLOW_MERGE_STAGE=1
 EXTRA="--no-inductor --dtypes bf16 --variants flow" run default_again 40 CF_ATTN_FLOW_MERGE_STAGE=0
+EXTRA="--no-inductor --dtypes bf16 --variants flow" run pipeline 40 CF_ATTN_FLOW_WALK_PIPELINE=1
 EXTRA="--no-inductor --dtypes bf16 --variants flow" run prefetch 40 CF_ATTN_FLOW_KV_PREFETCH=1
 EXTRA="--no-inductor --dtypes bf16 --variants flow" run prefetch_stage 40 CF_ATTN_FLOW_KV_PREFETCH=1 \
   CF_ATTN_FLOW_MERGE_STAGE=1

@@ -83,6 +83,15 @@ constexpr int kTokenRun = GM <= 2 ? 8 : (GM <= 4 ? 4 : 2);
 #define CF_ATTN_KV_PREFETCH 0
 #endif
 constexpr int kLineBytes = 128;  // one L2 prefetch request
+
+// Pipelined token-lane walk (round 33; -DCF_ATTN_WALK_PIPELINE=1, attention_flow.Knobs.walk_pipeline, opt-in until
+// measured): each warp step issues the next step's K loads (packed: 2-4 registers per row part; with V too the
+// GM = 8 build spilled 22 B) before the current step's scores, so the K round trip overlaps a step's arithmetic
+// instead of preceding it; V's load still goes out at the step's start and hides behind the scores (round 31:
+// ~1.3 us per step at Qwen, the walk 5.4 us of the tile at 1024 and 22 us at 4096). Same arithmetic: the same bits.
+#ifndef CF_ATTN_WALK_PIPELINE
+#define CF_ATTN_WALK_PIPELINE 0
+#endif
 template <int GM>
 constexpr int kRowElems = GM * 8 <= 32 ? 8 : 4;
 template <int D, int GM>
@@ -204,6 +213,48 @@ __device__ __forceinline__ void live_range(const unsigned char* mask, int L, lon
   __syncthreads();
 }
 
+/// @brief The packed form of E fp16/bf16 elements: one 4-, 8- or 16-byte load.
+template <int E>
+struct PackedPart;
+template <>
+struct PackedPart<2> {
+  unsigned v;
+};
+template <>
+struct PackedPart<4> {
+  uint2 v;
+};
+template <>
+struct PackedPart<8> {
+  uint4 v;
+};
+
+/// @brief Elements [part * E, +E) of one K or V row, still packed (the pipelined walk's next step).
+template <int E, typename T>
+__device__ __forceinline__ PackedPart<E> load_packed(const T* row, int part) {
+  PackedPart<E> p;
+  p.v = *reinterpret_cast<const decltype(p.v)*>(row + part * E);
+  return p;
+}
+
+/// @brief A packed part widened to fp32 (load_row_part's arithmetic).
+template <typename T, int E>
+__device__ __forceinline__ void unpack_part(const PackedPart<E>& p, float (&f)[E]) {
+  if constexpr (E == 8) {
+    unpack8<T>(p.v, f);
+  } else if constexpr (E == 2) {
+    const float2 a = pair_to_float2<T>(p.v);
+    f[0] = a.x;
+    f[1] = a.y;
+  } else {
+    const float2 a = pair_to_float2<T>(p.v.x), b = pair_to_float2<T>(p.v.y);
+    f[0] = a.x;
+    f[1] = a.y;
+    f[2] = b.x;
+    f[3] = b.y;
+  }
+}
+
 /// @brief Elements [part * E, +E) of one K or V row (E = 2, 4 or 8: one 4-, 8- or 16-byte load), widened to fp32.
 template <typename T, int E>
 __device__ __forceinline__ void load_row_part(const T* row, int part, float (&f)[E]) {
@@ -312,6 +363,29 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
   const int group = lane / LPT, part = lane % LPT;
   float q[GM][E], o[GM][E], m[GM], l[GM];
   start_walk<GM, E, D>(q_s, h0, G, part, q, o, m, l);
+  if constexpr (CF_ATTN_WALK_PIPELINE != 0) {
+    // the row token `tok` reads: its cache row, or the new token's (shared memory) at pos and past the chunk
+    const auto k_row = [&](int tok) { return tok < ce && tok != pos ? kc + static_cast<size_t>(tok) * D : knew_s; };
+    const auto v_row = [&](int tok) { return tok < ce && tok != pos ? vc + static_cast<size_t>(tok) * D : vnew_s; };
+    PackedPart<E> kp[kGroupRun<GM>];  // K only: V is first needed after the scores, its load hides behind them
+#pragma unroll
+    for (int u = 0; u < kGroupRun<GM>; ++u) kp[u] = load_packed<E>(k_row(cs + warp * kStep + u * GPW + group), part);
+    for (int t0 = cs + warp * kStep; t0 < ce; t0 += kWarps * kStep) {
+      float kf[kGroupRun<GM>][E], vf[kGroupRun<GM>][E];
+      bool live[kGroupRun<GM>];
+#pragma unroll
+      for (int u = 0; u < kGroupRun<GM>; ++u) {
+        const int tok = t0 + u * GPW + group;
+        live[u] = tok < ce && (mask == nullptr || mask[tok] != 0);
+        load_row_part<T, E>(v_row(tok), part, vf[u]);
+        unpack_part<T, E>(kp[u], kf[u]);
+        kp[u] = load_packed<E>(k_row(tok + kWarps * kStep), part);  // the next step's K, before this step's math
+      }
+      float sc[kGroupRun<GM>][GM];
+      step_scores<kGroupRun<GM>, GM, E, LPT / 2>(q, kf, sc);
+      online_step<kGroupRun<GM>, GM, E>(sc, live, vf, m, l, o);
+    }
+  } else {
   for (int t0 = cs + warp * kStep; t0 < ce; t0 += kWarps * kStep) {
     float kf[kGroupRun<GM>][E], vf[kGroupRun<GM>][E];
     bool live[kGroupRun<GM>];
@@ -327,6 +401,7 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
     step_scores<kGroupRun<GM>, GM, E, LPT / 2>(q, kf, sc);
     online_step<kGroupRun<GM>, GM, E>(sc, live, vf, m, l, o);
   }
+  }  // CF_ATTN_WALK_PIPELINE
   merge_token_slots<GM, E>(m, l, o, LPT);  // group 0's lanes hold the warp's result
   if (group == 0) {
 #pragma unroll

@@ -205,7 +205,8 @@ def test_split_o_proj_matches_the_reference(lanes, case, monkeypatch):
 
 
 @pytest.mark.parametrize("knobs", ["lean", "dense", "lean+dense", "lean+dense+lanes+split", "stage",
-                                   "stage+lanes+split", "stage+cap64", "prefetch", "prefetch+stage+lanes+split"])
+                                   "stage+lanes+split", "stage+cap64", "prefetch", "prefetch+stage+lanes+split",
+                                   "pipeline+lanes+split", "pipeline+lanes+split+cap64"])
 @pytest.mark.parametrize("case", [QWEN_B1, LLAMA3_B1, NAMED["llama2_7b"], LLAMA32_B1],
                          ids=["qwen", "llama3", "llama2", "llama3.2"])
 def test_hand_offs_mask_skip_and_merge_stage_change_no_bit(knobs, case, monkeypatch):
@@ -215,14 +216,15 @@ def test_hand_offs_mask_skip_and_merge_stage_change_no_bit(knobs, case, monkeypa
     computed: the same bits as the build without them (its token-lane
     / split form alike), the same cache, counters back to zero, over several launches."""
     env = {"lean": "CF_ATTN_FLOW_LEAN_SYNC", "dense": "CF_ATTN_FLOW_DENSE_MASK", "lanes": "CF_ATTN_FLOW_TOKEN_LANES",
-           "split": "CF_ATTN_FLOW_O_SPLIT", "stage": "CF_ATTN_FLOW_MERGE_STAGE", "prefetch": "CF_ATTN_FLOW_KV_PREFETCH"}
+           "split": "CF_ATTN_FLOW_O_SPLIT", "stage": "CF_ATTN_FLOW_MERGE_STAGE", "prefetch": "CF_ATTN_FLOW_KV_PREFETCH",
+           "pipeline": "CF_ATTN_FLOW_WALK_PIPELINE"}
     chosen = knobs.split("+")
     for name in ("lanes", "split"):
         monkeypatch.setenv(env[name], "1" if name in chosen else "0")
     monkeypatch.setenv("CF_ATTN_FLOW_MAX_CHUNKS", "64" if "cap64" in chosen else "")
     outs, caches = [], []
     for on in (False, True):
-        for name in ("lean", "dense", "stage", "prefetch"):
+        for name in ("lean", "dense", "stage", "prefetch", "pipeline"):
             monkeypatch.setenv(env[name], "1" if on and name in chosen else "0")
         inp = make_inputs(case)
         out = torch.full_like(inp["x"], float("nan"))
