@@ -133,3 +133,23 @@ def format_flow_timeline(label: str, summary: dict) -> str:
     return f"flow timeline {label} (us since the first CTA start; medians over launches): " + ", ".join(
         f"{k} {v}" for k, v in summary.items()
     )
+
+
+PHASE_DONE_KEYS = ("qkv_done", "attention_done", "o_proj_done")
+
+
+def step_lines(lines: list[str]) -> list[str]:
+    """The timeline lines of a device run ("<label> ... : key value, ..."; the device scripts prefix each with
+    their build's name), cut to each kind's last completion and the step times (summarise_steps)."""
+    out = []
+    for line in lines:
+        head, _, rest = line.partition(": ")
+        keep = [kv for kv in rest.strip().split(", ") if "(step us)" in kv or kv.split(" ")[0] in PHASE_DONE_KEYS]
+        out.append(f"{head.split(' (us since')[0]} | " + ", ".join(keep).replace(" (step us)", ""))
+    return out
+
+
+if __name__ == "__main__":  # python benchmarks/flow_timeline.py <timelines.txt>: the step lines of a device run
+    import sys
+
+    print("\n".join(step_lines(open(sys.argv[1]).read().splitlines())))

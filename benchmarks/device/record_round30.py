@@ -5,13 +5,15 @@ until a build becomes the default); the default run's flow and v5_heads rows are
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import results  # noqa: E402
+import results  # noqa: E402, F401 -- record_round31 appends through it
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_round31 import append_files  # noqa: E402
 
 COLUMNS = ["config.model", "config.seq", "config.dtype", "config.variant", "ours_us", "floor_us", "floor_fraction",
            "rel_err"]
@@ -34,17 +36,7 @@ FILES = {  # file stem -> (title, extra config of the flow rows, method)
 
 def main() -> None:
     folder = Path(sys.argv[1])
-    for stem, (title, extra, method) in FILES.items():
-        path = folder / f"{stem}.json"
-        if not path.exists() or not path.stat().st_size:
-            print(f"{stem}: absent")
-            continue
-        rows = json.loads(path.read_text())
-        for r in rows:
-            if r["config"].get("variant") == "flow":
-                r["config"].update(extra)
-        results.append(rows, title=title, method=f"benchmarks/device/round30.sh: {method}.", columns=COLUMNS)
-        print(f"{stem}: {len(rows)} rows")
+    append_files(folder, FILES, "round30.sh", COLUMNS)
     families = folder / "families_qwen_lanes.json"
     if families.exists() and families.stat().st_size:
         # not appended here: e2e_families rows feed the policy, and this step ran an opt-in build

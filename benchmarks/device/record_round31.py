@@ -52,9 +52,10 @@ ROUNDS = {  # round -> file stem -> (title, flags of the flow rows (None: the ro
 }
 
 
-def main() -> None:
-    which, folder = sys.argv[1], Path(sys.argv[2])
-    for stem, (title, flags, method) in ROUNDS[which].items():
+def append_files(folder: Path, files: dict, script: str, columns: list[str], suffix: str = "") -> None:
+    """Append each present <stem>.json of `folder` (files: stem -> (title, flags for its flow rows or None, method))
+    to results.jsonl / RESULTS.md."""
+    for stem, (title, flags, method) in files.items():
         path = folder / f"{stem}.json"
         if not path.exists() or not path.stat().st_size:
             print(f"{stem}: absent")
@@ -63,9 +64,13 @@ def main() -> None:
         for r in rows:
             if r["config"].get("variant") == "flow" and flags is not None:
                 r["config"].update(flags)
-        results.append(rows, title=title, method=f"benchmarks/device/round{which}.sh: {method}, bf16 B=1.",
-                       columns=COLUMNS)
+        results.append(rows, title=title, method=f"benchmarks/device/{script}: {method}{suffix}.", columns=columns)
         print(f"{stem}: {len(rows)} rows")
+
+
+def main() -> None:
+    which, folder = sys.argv[1], Path(sys.argv[2])
+    append_files(folder, ROUNDS[which], f"round{which}.sh", COLUMNS, ", bf16 B=1")
 
 
 if __name__ == "__main__":

@@ -40,12 +40,6 @@ EXTRA="--variants flow" run all_gqa CF_ATTN_FLOW_LEAN_SYNC=1 CF_ATTN_FLOW_DENSE_
 EXTRA="--variants flow" run all_gqa_cap64 CF_ATTN_FLOW_LEAN_SYNC=1 CF_ATTN_FLOW_DENSE_MASK=1 \
   CF_ATTN_FLOW_TOKEN_LANES=1 CF_ATTN_FLOW_O_SPLIT=1 CF_ATTN_FLOW_MAX_CHUNKS=64
 echo "[variants at $((SECONDS - t0)) s]"
-python3 - "$W/timelines.txt" <<'PY'
-import re, sys
-for line in open(sys.argv[1]):
-    head, _, rest = line.partition(": ")
-    keep = [kv for kv in rest.split(", ") if "(step us)" in kv or kv.split(" ")[0] in ("qkv_done", "attention_done", "o_proj_done")]
-    print(head.split(" (us since")[0], "|", ", ".join(keep).replace(" (step us)", ""))
-PY
+python3 benchmarks/flow_timeline.py "$W/timelines.txt"
 tar czf "$FINAL/round31.tgz" -C "$W" .
 echo "[done at $((SECONDS - t0)) s]"

@@ -47,12 +47,6 @@ if [ $((SECONDS - t0)) -lt ${FFN_BEFORE:-330} ]; then  # FFN claimed tiles, lean
     --variants kernel=flow kernel=flow,lean=1 --rows-out "$W/rows_ffn_lean.json" > "$W/ffn.log" 2>&1
   echo "ffn rc $?"; grep -E "^variant|Error" "$W/ffn.log" | cut -c1-160
 fi
-python3 - "$W/timelines.txt" <<'PY'
-import sys
-for line in open(sys.argv[1]):
-    head, _, rest = line.partition(": ")
-    keep = [kv for kv in rest.split(", ") if "(step us)" in kv or kv.split(" ")[0] in ("qkv_done", "attention_done", "o_proj_done")]
-    print(head.split(" (us since")[0], "|", ", ".join(keep).replace(" (step us)", ""))
-PY
+python3 benchmarks/flow_timeline.py "$W/timelines.txt"
 tar czf "$FINAL/round32.tgz" -C "$W" .
 echo "[done at $((SECONDS - t0)) s]"
