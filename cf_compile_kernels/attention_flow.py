@@ -202,19 +202,25 @@ def o_segment_groups(num_heads: int, num_kv_heads: int, head_dim: int) -> int:
 
 def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, num_sms: int,
                 ctas_per_sm: int = 2) -> dict:
-    """The tile cut for the report, from the shape and an estimate of the resident CTAs (the launcher asks the
-    occupancy API; two per SM is what the builds are bounded for)."""
+    """The tile cut and build for the report, from the shape, the knobs (Knobs.from_env, resolved for the shape)
+    and an estimate of the resident CTAs (the launcher asks the occupancy API; two per SM is what the builds are
+    bounded for); the same cut _build makes."""
+    knobs = Knobs.from_env().resolved(num_heads, num_kv_heads)
     slots = ctas_per_sm * num_sms
-    qw, ow = qkv_wpr(num_heads, num_kv_heads, head_dim, slots), o_wpr(hidden)
-    nc = chunks(num_kv_heads, slots)
+    qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
+    ow = nearest_cut(hidden, RPW, O_SPLIT_TILE_ROWS) if knobs.o_split else o_wpr(hidden)
+    segments = num_kv_heads // o_segment_groups(num_heads, num_kv_heads, head_dim) if knobs.o_split else 1
+    nc = chunks(num_kv_heads, slots, knobs.max_chunks)
     return {
         "kernel": VARIANT,
         "ctas": slots,
         "qkv_tile_rows": tile_rows(RPW, qw),
         "attention_tiles": num_kv_heads * nc,
         "o_tile_rows": tile_rows(RPW, ow),
-        "tiles": sum(tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc).values()),
+        "o_segments": segments,
+        "tiles": sum(tile_counts(hidden, num_heads, num_kv_heads, head_dim, qw, ow, nc, segments).values()),
         "group_build": group_build(num_heads // num_kv_heads, head_dim),
+        "token_lanes": knobs.token_lanes,
     }
 
 

@@ -149,3 +149,16 @@ def test_split_o_proj_segments_are_whole_groups_within_one_chunk():
     counts = af.tile_counts(4096, 32, 32, 128, 1, 1, 8, o_segments=4)
     assert counts["o_proj"] == 4096 // af.O_SPLIT_TILE_ROWS * 4
     assert af.chunks(2, 264, 64) == 64 and af.chunks(8, 264, 64) == 33 and af.chunks(2, 264) == af.MAX_CHUNKS
+
+
+def test_the_report_shows_the_cut_the_launcher_makes(monkeypatch):
+    """flow_config (the report's kernel-config column) follows the resolved build: GQA shapes list o_proj tiles of
+    O_SPLIT_TILE_ROWS rows per head segment and the token lanes; MHA the plain cut."""
+    for name in ("TOKEN_LANES", "O_SPLIT", "MAX_CHUNKS", "QKV_WPR"):
+        monkeypatch.delenv(f"CF_ATTN_FLOW_{name}", raising=False)
+    gqa = af.flow_config(hidden=4096, num_heads=32, num_kv_heads=8, head_dim=128, num_sms=132)
+    assert gqa["token_lanes"] and gqa["o_tile_rows"] == af.O_SPLIT_TILE_ROWS
+    assert gqa["o_segments"] == 8 // af.o_segment_groups(32, 8, 128) == 4
+    assert gqa["tiles"] - gqa["attention_tiles"] - (32 + 16) * 128 // gqa["qkv_tile_rows"] == 4096 // 32 * 4
+    mha = af.flow_config(hidden=4096, num_heads=32, num_kv_heads=32, head_dim=128, num_sms=132)
+    assert not mha["token_lanes"] and mha["o_segments"] == 1 and mha["o_tile_rows"] == af.O_TILE_ROWS
