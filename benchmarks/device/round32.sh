@@ -18,8 +18,8 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/cf-final}; W=/tmp/r32; mkdir -p "$FINAL" "$W"
 t0=$SECONDS
 pack() { tar czf "$FINAL/round32.tgz" -C "$W" .; }  # after each part: a cut-off call keeps what ran
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py \
-  -k "${TESTS_K:-named or repeats or graph_replay or timeline_build or change_no_bit}" \
+timeout 180 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_attention_flow.py \
+  -k "${TESTS_K:-random_batch_one or named or repeats or graph_replay or timeline_build or change_no_bit}" \
   > "$W/tests.log" 2>&1
 echo "flow tests rc $?: $(tail -1 "$W/tests.log")"; grep -E "^(FAILED|ERROR)|Error" "$W/tests.log" | head -12
 echo "[tests at $((SECONDS - t0)) s]"
