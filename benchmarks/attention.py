@@ -225,20 +225,6 @@ def resolved_variant(variant: str, model: str, batch: int, dtype: torch.dtype) -
     return "flow" if kernel == "flow" else DEFAULT_VARIANT
 
 
-def flow_build_flags(num_heads: int, num_kv_heads: int) -> dict:
-    """The claimed-tile build a flow row ran (policy_table.FLOW_BUILD_FLAGS; the knobs as this process resolves them,
-    environment overrides included), plus the chunk cap where it is not the landed one."""
-    knobs = attention_flow.Knobs.from_env().resolved(num_heads, num_kv_heads)
-    flags = {"flow_token_lanes": knobs.token_lanes, "flow_o_split": knobs.o_split, "flow_lean_sync": knobs.lean_sync,
-             "flow_dense_mask": knobs.dense_mask, "flow_merge_stage": knobs.merge_stage,
-             "flow_kv_prefetch": knobs.kv_prefetch, "flow_walk_pipeline": knobs.walk_pipeline}
-    if knobs.max_chunks != attention_flow.MAX_CHUNKS:
-        flags["flow_max_chunks"] = knobs.max_chunks
-    if knobs.qkv_wpr is not None:
-        flags["flow_qkv_wpr"] = knobs.qkv_wpr
-    return flags
-
-
 def time_variant(layers: list[dict], dtype: torch.dtype, variant: str, phases: bool, prefetch: bool, split=None):
     """(us per call, us with the L2 prefetch or None, relative error, {phaseK_us}) of one variant of ours
     (split: the (C, P) override, None for the launcher's choice)."""
@@ -366,8 +352,8 @@ def main() -> None:
                       "cluster": plan.cluster, "clusters_per_kv_head": plan.clusters_per_kv_head,
                       "shape": {"hidden": hidden, "heads": nh, "kv_heads": kvh, "head_dim": d}}
             config["variant"] = resolved_variant(variant, model, batch, dtype)
-            if config["variant"] == "flow":
-                config.update(flow_build_flags(nh, kvh))
+            if config["variant"] == "flow":  # the build this process ran (environment overrides included)
+                config.update(attention_flow.Knobs.from_env().resolved(nh, kvh).row_flags())
             if args.splits:  # whether it was an override
                 config["split"] = "default" if split is None else f"{split[0]},{split[1]}"
                 config["ctas"] = plan.grid[0] * plan.grid[1] * plan.grid[2]

@@ -28,23 +28,15 @@ TABLE = ROOT / "cf_compile" / "measured.json"
 ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
-# config flags a claimed-tile attention row carries for its build (absent: off; rows before round 31 timed the fenced
-# hand-offs and per-token mask loads), each against attention_flow.Knobs' field of the same meaning
-FLOW_BUILD_FLAGS = {"flow_token_lanes": "token_lanes", "flow_o_split": "o_split", "flow_lean_sync": "lean_sync",
-                    "flow_dense_mask": "dense_mask", "flow_merge_stage": "merge_stage", "flow_kv_prefetch": "kv_prefetch",
-                    "flow_walk_pipeline": "walk_pipeline"}
-FLOW_EXPERIMENT_FLAGS = ("flow_o_gated",)  # opt-in builds never made a default
-
-
 def ran_flow_default(config: dict, heads: int, kv_heads: int) -> bool:
-    """Whether a claimed-tile row timed the build and cut the launcher now picks for its shape."""
+    """Whether a claimed-tile row timed the build and cut the launcher now picks for its shape: its flow_* entries
+    that are set (absent: off; rows before round 31 name none of the builds they ran, the fenced hand-offs among
+    them; opt-in experiments such as flow_o_gated name theirs) equal the default's Knobs.row_flags."""
     from cf_compile_kernels import attention_flow
 
-    want = attention_flow.Knobs().resolved(heads, kv_heads)
-    return (config.get("variant") == attention_flow.VARIANT and "flow_qkv_wpr" not in config
-            and not any(config.get(k, False) for k in FLOW_EXPERIMENT_FLAGS)
-            and config.get("flow_max_chunks", attention_flow.MAX_CHUNKS) == want.max_chunks
-            and all(bool(config.get(flag, False)) == getattr(want, field) for flag, field in FLOW_BUILD_FLAGS.items()))
+    want = attention_flow.Knobs().resolved(heads, kv_heads).row_flags()
+    have = {k: v for k, v in config.items() if k.startswith("flow_") and v}
+    return config.get("variant") == attention_flow.VARIANT and have == want
 
 
 def default_variants() -> dict[str, str | None]:

@@ -120,6 +120,16 @@ class Knobs:
         return replace(self, token_lanes=gqa if self.token_lanes is None else self.token_lanes,
                        o_split=gqa if self.o_split is None else self.o_split)
 
+    def row_flags(self) -> dict[str, bool | int]:
+        """How a benchmark row names this (resolved) build: a flow_<knob> entry per build switch that is on, the
+        chunk cap and q/k/v cut where overridden (policy_table.ran_flow_default compares them)."""
+        flags: dict[str, bool | int] = {f"flow_{name}": True for name in BUILD_SWITCHES if getattr(self, name)}
+        if self.max_chunks != MAX_CHUNKS:
+            flags["flow_max_chunks"] = self.max_chunks
+        if self.qkv_wpr is not None:
+            flags["flow_qkv_wpr"] = self.qkv_wpr
+        return flags
+
     def defines(self, timeline: bool) -> dict[str, int] | None:
         """The build's -D defines (None: the default build); token_lanes / o_split as resolved (None: off)."""
         defines = {"CF_FLOW_TIMELINE": 1} if timeline else {}
@@ -138,6 +148,9 @@ class Knobs:
         if self.walk_pipeline:
             defines["CF_ATTN_WALK_PIPELINE"] = 1
         return defines or None
+
+
+BUILD_SWITCHES = ("token_lanes", "o_split", "lean_sync", "dense_mask", "merge_stage", "kv_prefetch", "walk_pipeline")
 
 
 def uses_gqa_builds(num_heads: int, num_kv_heads: int) -> bool:
@@ -200,6 +213,16 @@ def o_segment_groups(num_heads: int, num_kv_heads: int, head_dim: int) -> int:
     return best
 
 
+def tile_cut(knobs: Knobs, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
+             slots: int) -> tuple[int, int, int, int]:
+    """(q/k/v warps per row, o_proj warps per row, attention chunks per group, KV groups per o_proj segment) of a
+    resolved build on `slots` resident CTAs: the launcher's cut, which the report shows."""
+    qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
+    ow = nearest_cut(hidden, RPW, O_SPLIT_TILE_ROWS) if knobs.o_split else o_wpr(hidden)
+    seg = o_segment_groups(num_heads, num_kv_heads, head_dim) if knobs.o_split else num_kv_heads
+    return qw, ow, chunks(num_kv_heads, slots, knobs.max_chunks), seg
+
+
 def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, num_sms: int,
                 ctas_per_sm: int = 2) -> dict:
     """The tile cut and build for the report, from the shape, the knobs (Knobs.from_env, resolved for the shape)
@@ -207,10 +230,8 @@ def flow_config(*, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int
     bounded for); the same cut _build makes."""
     knobs = Knobs.from_env().resolved(num_heads, num_kv_heads)
     slots = ctas_per_sm * num_sms
-    qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
-    ow = nearest_cut(hidden, RPW, O_SPLIT_TILE_ROWS) if knobs.o_split else o_wpr(hidden)
-    segments = num_kv_heads // o_segment_groups(num_heads, num_kv_heads, head_dim) if knobs.o_split else 1
-    nc = chunks(num_kv_heads, slots, knobs.max_chunks)
+    qw, ow, nc, seg = tile_cut(knobs, hidden, num_heads, num_kv_heads, head_dim, slots)
+    segments = num_kv_heads // seg
     return {
         "kernel": VARIANT,
         "ctas": slots,
@@ -264,9 +285,10 @@ _plans = PlanCache()
 
 def plan(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
          device: torch.device, timeline: bool = False, knobs: Knobs | None = None) -> FlowPlan:
-    knobs = (Knobs.from_env() if knobs is None else knobs).resolved(num_heads, num_kv_heads)
+    knobs = Knobs.from_env() if knobs is None else knobs  # resolved in _build: the key already holds the shape
     return _plans.get((dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline, knobs),
-                      lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline, knobs))
+                      lambda: _build(dtype, hidden, num_heads, num_kv_heads, head_dim, device, timeline,
+                                     knobs.resolved(num_heads, num_kv_heads)))
 
 
 def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -279,10 +301,7 @@ def _build(dtype: torch.dtype, hidden: int, num_heads: int, num_kv_heads: int, h
     kernel = load_kernel(compiled, device)
     smem = smem_bytes(hidden, head_dim, gm, knobs.merge_stage)
     slots = resident_slots(kernel, device, smem)
-    qw = knobs.qkv_wpr or qkv_wpr(num_heads, num_kv_heads, head_dim, slots)
-    nc = chunks(num_kv_heads, slots, knobs.max_chunks)
-    ow = nearest_cut(hidden, RPW, O_SPLIT_TILE_ROWS) if knobs.o_split else o_wpr(hidden)
-    seg = o_segment_groups(num_heads, num_kv_heads, head_dim) if knobs.o_split else num_kv_heads
+    qw, ow, nc, seg = tile_cut(knobs, hidden, num_heads, num_kv_heads, head_dim, slots)
     segments = num_kv_heads // seg
     if head_dim % tile_rows(RPW, qw):
         raise ValueError(f"attention_flow: q/k/v tiles of {tile_rows(RPW, qw)} rows cut across heads of {head_dim}")
@@ -328,7 +347,7 @@ def launch(x, norm_weight, eps, unit_offset, wq, wk, wv, bq, bk, bv, cos, sin, c
     p.kernel.launch((p.grid, 1, 1), (THREADS, 1, 1), args, shared_bytes=p.smem)
 
 
-GQA_DEFINES = {"CF_ATTN_TOKEN_LANES": 1, "CF_ATTN_O_SPLIT": 1}  # uses_gqa_builds: every build holding 2+ heads
+GQA_DEFINES = Knobs().resolved(2, 1).defines(timeline=False)  # uses_gqa_builds: every build holding 2+ heads
 for _dtype in CTYPES.values():
     for _d, _gms in GROUP_BUILDS.items():
         for _gm in _gms:  # the default builds: GM = 1 serves MHA, GM >= 2 grouped heads

@@ -1,6 +1,6 @@
 """Append round30.sh's rows (on the CPU machine after the device call): unpack round30.tgz into a folder, then
 python benchmarks/device/record_round30.py <folder>; then python benchmarks/policy_table.py. Flow rows of the
-opt-in builds carry the knob in their config (policy_table.FLOW_EXPERIMENT_FLAGS keeps them out of the policy
+opt-in builds carry the knob in their config (policy_table.ran_flow_default keeps them out of the policy
 until a build becomes the default); the default run's flow and v5_heads rows are the landed code."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Append round31.sh's or round32.sh's rows (on the CPU machine after the device call): unpack the call's tgz into a
 folder, then python benchmarks/device/record_round31.py <31|32> <folder>; then python benchmarks/policy_table.py.
-Every flow row gets the build it ran as policy_table.FLOW_BUILD_FLAGS (round 31's rows predate
-attention.flow_build_flags; round 32's carry them already and keep them)."""
+Every flow row gets the build it ran as flow_* flags (attention_flow.Knobs.row_flags; round 31's rows predate
+attention.py recording them; round 32's carry them already and keep them)."""
 
 from __future__ import annotations
 

@@ -163,28 +163,23 @@ __device__ __forceinline__ void merge_partials(const float* base, int count, int
   }
 }
 
-/// @brief Nonzero bytes of row[j0, j0 + kMaskScanBytes) (bytes at or past L count as zero): L1 hits after
-/// mask_chunk_bounds read the same 16 bytes.
-__device__ __forceinline__ int live_bytes(const unsigned char* row, int j0, int L, bool vec) {
-  alignas(16) unsigned char bytes[kMaskScanBytes];
-  if (vec) {
-    *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(row + j0);
-  } else {
-#pragma unroll
-    for (int e = 0; e < kMaskScanBytes; ++e) bytes[e] = j0 + e < L ? row[j0 + e] : 0;
-  }
-  int n = 0;
-#pragma unroll
-  for (int e = 0; e < kMaskScanBytes; ++e) n += bytes[e] != 0;
-  return n;
-}
-
 /// @brief Ask L2 for rows [cs, ce) of one K or V cache head (`row_bytes` each), the CTA's threads in turn.
 __device__ __forceinline__ void prefetch_rows_l2(const void* head, int cs, int ce, int row_bytes) {
   const char* const base = static_cast<const char*>(head) + static_cast<size_t>(cs) * row_bytes;
   const int lines = max(ce - cs, 0) * row_bytes / kLineBytes;
   for (int i = threadIdx.x; i < lines; i += kThreads)
     asm volatile("prefetch.global.L2 [%0];" : : "l"(base + static_cast<size_t>(i) * kLineBytes));
+}
+
+/// @brief Nonzero bytes of row[j0, j0 + kMaskScanBytes) (load_mask_chunk's; L1 hits after mask_chunk_bounds read
+/// the same 16 bytes: once per CTA, off the hand-off chain).
+__device__ __forceinline__ int live_bytes(const unsigned char* row, int j0, int L, bool vec) {
+  alignas(16) unsigned char bytes[kMaskScanBytes];
+  load_mask_chunk(row, j0, L, vec, bytes);
+  int n = 0;
+#pragma unroll
+  for (int e = 0; e < kMaskScanBytes; ++e) n += bytes[e] != 0;
+  return n;
 }
 
 /// @brief The live range [first, last] of the mask row [L] (null: [0, min(pos, L - 1)]), into range_s[0..1];
@@ -213,7 +208,7 @@ __device__ __forceinline__ void live_range(const unsigned char* mask, int L, lon
   __syncthreads();
 }
 
-/// @brief The packed form of E fp16/bf16 elements: one 4-, 8- or 16-byte load.
+/// @brief The packed form of E fp16/bf16 elements: one 4-, 8- or 16-byte load (E = 2, 4 or 8).
 template <int E>
 struct PackedPart;
 template <>
@@ -229,30 +224,12 @@ struct PackedPart<8> {
   uint4 v;
 };
 
-/// @brief Elements [part * E, +E) of one K or V row, still packed (the pipelined walk's next step).
+/// @brief Elements [part * E, +E) of one K or V row, still packed (load_row_part; the pipelined walk's next step).
 template <int E, typename T>
 __device__ __forceinline__ PackedPart<E> load_packed(const T* row, int part) {
   PackedPart<E> p;
   p.v = *reinterpret_cast<const decltype(p.v)*>(row + part * E);
   return p;
-}
-
-/// @brief A packed part widened to fp32 (load_row_part's arithmetic).
-template <typename T, int E>
-__device__ __forceinline__ void unpack_part(const PackedPart<E>& p, float (&f)[E]) {
-  if constexpr (E == 8) {
-    unpack8<T>(p.v, f);
-  } else if constexpr (E == 2) {
-    const float2 a = pair_to_float2<T>(p.v);
-    f[0] = a.x;
-    f[1] = a.y;
-  } else {
-    const float2 a = pair_to_float2<T>(p.v.x), b = pair_to_float2<T>(p.v.y);
-    f[0] = a.x;
-    f[1] = a.y;
-    f[2] = b.x;
-    f[3] = b.y;
-  }
 }
 
 /// @brief Elements [part * E, +E) of one K or V row (E = 2, 4 or 8: one 4-, 8- or 16-byte load), widened to fp32.
@@ -273,6 +250,12 @@ __device__ __forceinline__ void load_row_part(const T* row, int part, float (&f)
     f[2] = b.x;
     f[3] = b.y;
   }
+}
+
+/// @brief A packed part widened to fp32: load_row_part's widening, read from the registers of `p`.
+template <typename T, int E>
+__device__ __forceinline__ void unpack_part(const PackedPart<E>& p, float (&f)[E]) {
+  load_row_part<T, E>(reinterpret_cast<const T*>(&p.v), 0, f);
 }
 
 /// @brief A walk's registers before its first token: q of heads [h0, h0 + GM) (elements [part * E, +E); heads >= G
@@ -363,10 +346,10 @@ __device__ __forceinline__ void attend_token_lanes(const float* q_s, const T* kc
   const int group = lane / LPT, part = lane % LPT;
   float q[GM][E], o[GM][E], m[GM], l[GM];
   start_walk<GM, E, D>(q_s, h0, G, part, q, o, m, l);
+  // the row token `tok` reads: its cache row, or the new token's (shared memory) at pos and past the chunk
+  const auto k_row = [&](int tok) { return tok < ce && tok != pos ? kc + static_cast<size_t>(tok) * D : knew_s; };
+  const auto v_row = [&](int tok) { return tok < ce && tok != pos ? vc + static_cast<size_t>(tok) * D : vnew_s; };
   if constexpr (CF_ATTN_WALK_PIPELINE != 0) {
-    // the row token `tok` reads: its cache row, or the new token's (shared memory) at pos and past the chunk
-    const auto k_row = [&](int tok) { return tok < ce && tok != pos ? kc + static_cast<size_t>(tok) * D : knew_s; };
-    const auto v_row = [&](int tok) { return tok < ce && tok != pos ? vc + static_cast<size_t>(tok) * D : vnew_s; };
     PackedPart<E> kp[kGroupRun<GM>];  // K only: V is first needed after the scores, its load hides behind them
 #pragma unroll
     for (int u = 0; u < kGroupRun<GM>; ++u) kp[u] = load_packed<E>(k_row(cs + warp * kStep + u * GPW + group), part);
@@ -518,7 +501,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
       if (!ranged) live_range(mask, L, pos, range_s);  // once per CTA: the range is the launch's
       ranged = true;
-      if constexpr (CF_ATTN_KV_PREFETCH != 0) {  // the chunk below, asked of L2 before the wait
+      if constexpr (CF_ATTN_KV_PREFETCH != 0) {  // the chunk, asked of L2 before the wait
         const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
         const int per = ceil_div(max(hi - lo, 0), NC), cs = lo + c * per, ce = min(hi, cs + per);
         const size_t head = static_cast<size_t>(g) * L * D * sizeof(T);

@@ -134,17 +134,24 @@ __device__ __forceinline__ float warp_max(float v) {
 /// @brief Mask bytes one thread scans per step of a live-range scan (one 16-byte load when aligned).
 constexpr int kMaskScanBytes = 16;
 
-/// @brief First and last nonzero byte of row[j0, j0 + kMaskScanBytes) (bytes at or past L count as zero);
-/// last = -1 and first = INT_MAX if none. `vec`: row + j0 is 16-byte aligned and the chunk lies inside L.
-__device__ __forceinline__ void mask_chunk_bounds(const unsigned char* row, int j0, int L, bool vec, int& first_out,
-                                                  int& last_out) {
-  alignas(16) unsigned char bytes[kMaskScanBytes];
+/// @brief row[j0, j0 + kMaskScanBytes) into `bytes` (bytes at or past L as zero). `vec`: row + j0 is 16-byte
+/// aligned and the chunk lies inside L (one 16-byte load).
+__device__ __forceinline__ void load_mask_chunk(const unsigned char* row, int j0, int L, bool vec,
+                                                unsigned char (&bytes)[kMaskScanBytes]) {
   if (vec) {
     *reinterpret_cast<uint4*>(bytes) = *reinterpret_cast<const uint4*>(row + j0);
   } else {
 #pragma unroll
     for (int e = 0; e < kMaskScanBytes; ++e) bytes[e] = j0 + e < L ? row[j0 + e] : 0;
   }
+}
+
+/// @brief First and last nonzero byte of row[j0, j0 + kMaskScanBytes) (load_mask_chunk's bytes); last = -1 and
+/// first = INT_MAX if none.
+__device__ __forceinline__ void mask_chunk_bounds(const unsigned char* row, int j0, int L, bool vec, int& first_out,
+                                                  int& last_out) {
+  alignas(16) unsigned char bytes[kMaskScanBytes];
+  load_mask_chunk(row, j0, L, vec, bytes);
   int first = 0x7fffffff, last = -1;
 #pragma unroll
   for (int e = kMaskScanBytes - 1; e >= 0; --e) {

@@ -80,14 +80,14 @@ __device__ __forceinline__ void store_fence() {
   if constexpr (CF_FLOW_LEAN_SYNC == 0) __threadfence();
 }
 
-/// @brief Thread 0, after a CTA barrier that follows the CTA's stores: count them published on `counter`.
-__device__ __forceinline__ void publish_count(int* counter) {
+/// @brief Thread 0, after arrival_release(): count the CTA's stores published on `counter` (fenced: a plain
+/// atomic; lean: a release reduction).
+__device__ __forceinline__ void count_published(int* counter) {
   if constexpr (CF_FLOW_LEAN_SYNC != 0) {
     asm volatile("red.release.gpu.global.add.s32 [%0], 1;" : : "l"(counter) : "memory");
-    return;
+  } else {
+    atomicAdd(counter, 1);
   }
-  __threadfence();
-  atomicAdd(counter, 1);
 }
 
 /// @brief Thread 0: an arrival count's three steps -- arrival_release(), count_arrival(counter) (the count before
@@ -108,6 +108,13 @@ __device__ __forceinline__ int count_arrival(int* counter) {
 __device__ __forceinline__ void arrival_acquire() {
   if constexpr (CF_FLOW_LEAN_SYNC == 0) __threadfence();
 }
+/// @brief Thread 0, after a CTA barrier that follows the CTA's stores: count them published on `counter` (several
+/// counters: arrival_release() once, then count_published on each).
+__device__ __forceinline__ void publish_count(int* counter) {
+  arrival_release();
+  count_published(counter);
+}
+
 /// @brief Thread 0, after a CTA barrier that follows the CTA's stores: the three steps for one counter.
 __device__ __forceinline__ int arrive_count(int* counter) {
   arrival_release();

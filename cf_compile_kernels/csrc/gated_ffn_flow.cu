@@ -138,14 +138,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       }
       __syncthreads();
       if (tid == 0) {  // the CTA's h stores are ordered before the counts (flow.cuh: fenced or release)
-        if constexpr (CF_FLOW_LEAN_SYNC != 0) {
-          if constexpr (kStreamed) publish_count(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride);
-          publish_count(ctrl + kDone);
-        } else {
-          __threadfence();
-          if constexpr (kStreamed) atomicAdd(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride, 1);
-          atomicAdd(ctrl + kDone, 1);
-        }
+        arrival_release();
+        if constexpr (kStreamed) count_published(ctrl + kSegments + unit0 / kSegmentUnits * kSegmentStride);
+        count_published(ctrl + kDone);
       }
     } else {
       // ---- down tile: output rows [row0, row0 + dn.rows), all I columns
