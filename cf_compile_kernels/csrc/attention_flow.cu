@@ -163,6 +163,16 @@ __device__ __forceinline__ void merge_partials(const float* base, int count, int
   }
 }
 
+/// @brief The live range [lo, hi) (range_s = [first, last]; empty: last < 0) and its chunk c of NC equal parts.
+struct Chunk {
+  int lo, hi, cs, ce;
+};
+__device__ __forceinline__ Chunk chunk_of(const int* range_s, int NC, int c) {
+  const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
+  const int cs = lo + c * ceil_div(max(hi - lo, 0), NC);
+  return {lo, hi, cs, min(hi, cs + ceil_div(max(hi - lo, 0), NC))};
+}
+
 /// @brief Ask L2 for rows [cs, ce) of one K or V cache head (`row_bytes` each), the CTA's threads in turn.
 __device__ __forceinline__ void prefetch_rows_l2(const void* head, int cs, int ce, int row_bytes) {
   const char* const base = static_cast<const char*>(head) + static_cast<size_t>(cs) * row_bytes;
@@ -501,12 +511,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       const int g = (t - qkv_tiles) / NC, c = (t - qkv_tiles) % NC;
       if (!ranged) live_range(mask, L, pos, range_s);  // once per CTA: the range is the launch's
       ranged = true;
-      if constexpr (CF_ATTN_KV_PREFETCH != 0) {  // the chunk, asked of L2 before the wait
-        const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
-        const int per = ceil_div(max(hi - lo, 0), NC), cs = lo + c * per, ce = min(hi, cs + per);
+      // the chunk, asked of L2 before the wait; chunk_of runs again after it (kept live across the wait, the chunk
+      // reorders the default build's instructions)
+      if constexpr (CF_ATTN_KV_PREFETCH != 0) {
+        const Chunk ch = chunk_of(range_s, NC, c);
         const size_t head = static_cast<size_t>(g) * L * D * sizeof(T);
-        prefetch_rows_l2(static_cast<const char*>(k_cache) + head, cs, ce, D * sizeof(T));
-        prefetch_rows_l2(static_cast<const char*>(v_cache) + head, cs, ce, D * sizeof(T));
+        prefetch_rows_l2(static_cast<const char*>(k_cache) + head, ch.cs, ch.ce, D * sizeof(T));
+        prefetch_rows_l2(static_cast<const char*>(v_cache) + head, ch.cs, ch.ce, D * sizeof(T));
       }
       if (tid == 0) clock.wait_until(qkv_done + g, qkv_per_group);
       __syncthreads();
@@ -546,13 +557,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) attention_flow_kern
       }
       __syncthreads();
       clock.mark(1);  // attention: bias, RoPE, cache slot done
-      // the chunk: [first, last] cut into NC equal parts
-      const int lo = range_s[1] < 0 ? 0 : range_s[0], hi = range_s[1] + 1;
-      const int per = ceil_div(max(hi - lo, 0), NC);
-      const int cs = lo + c * per, ce = min(hi, cs + per);
+      const Chunk ch = chunk_of(range_s, NC, c);
+      const int cs = ch.cs, ce = ch.ce;
       // CF_ATTN_DENSE_MASK: every token of [lo, hi) live -> the loop reads no mask byte
       const unsigned char* const walk_mask =
-          CF_ATTN_DENSE_MASK != 0 && hi > lo && range_s[2] == hi - lo ? nullptr : mask;
+          CF_ATTN_DENSE_MASK != 0 && ch.hi > ch.lo && range_s[2] == ch.hi - ch.lo ? nullptr : mask;
       if constexpr (CF_ATTN_TOKEN_LANES != 0) {
         constexpr int HW = kHeadsPerWalk<GM>;
 #pragma unroll 1
